@@ -1,0 +1,566 @@
+//! The configured objects of every project space (domains, submitters, API
+//! tokens, connections, repeaters): persisted in the store, declared by the
+//! config file at start-up or changed through the admin API, and served from
+//! an immutable in-memory snapshot that is swapped whole on every change.
+//!
+//! Connections are sealed with the secret key before they reach the store;
+//! submitter passwords are kept as argon2 hashes and API tokens as SHA-256
+//! digests, so the data directory holds no secret in clear.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConnectionSpec, RepeaterSpec};
+use crate::secrets::{self, SecretKey};
+use crate::store::{ObjectChange, RepeaterRef, Store, StoreError};
+
+const DOMAIN: &str = "domain";
+const SUBMITTER: &str = "submitter";
+const TOKEN: &str = "token";
+const CONNECTION: &str = "connection";
+const REPEATER: &str = "repeater";
+
+/// Who created a connection: the operator's config file may point anywhere;
+/// the API is subject to the delivery network policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Config,
+    Admin,
+    Domain,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredConnection {
+    pub spec: ConnectionSpec,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRepeater {
+    id: u64,
+    spec: RepeaterSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSubmitter {
+    password_hash: String,
+}
+
+/// One project space's objects.
+#[derive(Debug, Default)]
+pub struct DomainObjects {
+    pub name: String,
+    /// username → argon2 PHC string.
+    pub submitters: HashMap<String, String>,
+    pub token_digests: Vec<[u8; 32]>,
+    pub connections: BTreeMap<String, Arc<StoredConnection>>,
+    pub repeaters: BTreeMap<String, RepeaterRef>,
+    /// The repeaters again, as ingest hands them to the store.
+    pub repeater_list: Arc<Vec<RepeaterRef>>,
+}
+
+/// Every domain's objects at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub domains: BTreeMap<String, Arc<DomainObjects>>,
+}
+
+impl Snapshot {
+    pub fn domain(&self, name: &str) -> Option<&Arc<DomainObjects>> {
+        self.domains.get(name)
+    }
+
+    /// Every repeater of every domain.
+    pub fn repeaters(&self) -> impl Iterator<Item = &RepeaterRef> {
+        self.domains.values().flat_map(|domain| domain.repeaters.values())
+    }
+
+    /// The domain a token reaches, if it is a domain token.
+    pub fn domain_of_token(&self, token: &str) -> Option<&str> {
+        let digest = secrets::token_digest(token);
+        let mut found = None;
+        for domain in self.domains.values() {
+            for known in &domain.token_digests {
+                // Constant time per comparison; every token is compared.
+                if secrets::digests_equal(known, &digest) {
+                    found = Some(domain.name.as_str());
+                }
+            }
+        }
+        found
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Secret(#[from] secrets::SecretError),
+    #[error("no domain \"{0}\"")]
+    NoDomain(String),
+    #[error("no {kind} \"{name}\" in domain \"{domain}\"")]
+    NotFound {
+        kind: &'static str,
+        domain: String,
+        name: String,
+    },
+    #[error("{kind} \"{name}\" already exists in domain \"{domain}\"")]
+    Exists {
+        kind: &'static str,
+        domain: String,
+        name: String,
+    },
+    /// A field of the object is wrong.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// The change would break another object.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored object {what} is not readable: {problem}")]
+    Corrupt { what: String, problem: String },
+}
+
+/// The catalog: the store's objects plus the current snapshot.
+pub struct Catalog {
+    store: Store,
+    key: Arc<SecretKey>,
+    current: RwLock<Arc<Snapshot>>,
+    changes: tokio::sync::watch::Sender<Arc<Snapshot>>,
+    /// Keyed digests of (domain, user, password) already verified against
+    /// their argon2 hash: argon2 is deliberately slow, submissions are not.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    verify_salt: [u8; 16],
+    /// Serialises changes so that read-modify-write of the snapshot is safe.
+    change_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+fn corrupt(what: String, problem: impl ToString) -> CatalogError {
+    CatalogError::Corrupt {
+        what,
+        problem: problem.to_string(),
+    }
+}
+
+fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the operating system's randomness");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashes any password")
+        .to_string()
+}
+
+fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+impl Catalog {
+    /// Reads every object from the store.
+    pub fn load(store: Store, key: Arc<SecretKey>) -> Result<Catalog, CatalogError> {
+        let mut verify_salt = [0u8; 16];
+        getrandom::fill(&mut verify_salt).expect("the operating system's randomness");
+        let snapshot = Arc::new(Self::read_snapshot(&store, &key)?);
+        let (changes, _) = tokio::sync::watch::channel(snapshot.clone());
+        Ok(Catalog {
+            store,
+            key,
+            current: RwLock::new(snapshot),
+            changes,
+            verified: Mutex::new(HashSet::new()),
+            verify_salt,
+            change_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn read_snapshot(store: &Store, key: &SecretKey) -> Result<Snapshot, CatalogError> {
+        let mut domains: BTreeMap<String, DomainObjects> = BTreeMap::new();
+        for (domain, _, _) in store.objects(DOMAIN)? {
+            domains.insert(
+                domain.clone(),
+                DomainObjects {
+                    name: domain,
+                    ..DomainObjects::default()
+                },
+            );
+        }
+        fn domain_of<'a>(
+            domains: &'a mut BTreeMap<String, DomainObjects>,
+            domain: &str,
+            what: &str,
+        ) -> Result<&'a mut DomainObjects, CatalogError> {
+            domains
+                .get_mut(domain)
+                .ok_or_else(|| corrupt(what.to_owned(), format!("its domain \"{domain}\" is not stored")))
+        }
+        for (domain, username, bytes) in store.objects(SUBMITTER)? {
+            let what = format!("submitter {domain}/{username}");
+            let stored: StoredSubmitter = serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
+            domain_of(&mut domains, &domain, &what)?.submitters.insert(username, stored.password_hash);
+        }
+        for (domain, digest_hex, _) in store.objects(TOKEN)? {
+            let what = format!("token of {domain}");
+            let digest = decode_hex32(&digest_hex).ok_or_else(|| corrupt(what.clone(), "bad digest"))?;
+            domain_of(&mut domains, &domain, &what)?.token_digests.push(digest);
+        }
+        for (domain, name, bytes) in store.objects(CONNECTION)? {
+            let what = format!("connection {domain}/{name}");
+            let plain = key.open(&bytes)?;
+            let stored: StoredConnection = serde_json::from_slice(&plain).map_err(|e| corrupt(what.clone(), e))?;
+            domain_of(&mut domains, &domain, &what)?.connections.insert(name, Arc::new(stored));
+        }
+        for (domain, name, bytes) in store.objects(REPEATER)? {
+            let what = format!("repeater {domain}/{name}");
+            let stored: StoredRepeater = serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
+            domain_of(&mut domains, &domain, &what)?.repeaters.insert(
+                name,
+                RepeaterRef {
+                    id: stored.id,
+                    domain: domain.clone(),
+                    spec: Arc::new(stored.spec),
+                },
+            );
+        }
+        Ok(Snapshot {
+            domains: domains
+                .into_iter()
+                .map(|(name, mut objects)| {
+                    objects.repeater_list = Arc::new(objects.repeaters.values().cloned().collect());
+                    (name, Arc::new(objects))
+                })
+                .collect(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().expect("catalog lock").clone()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Snapshot>> {
+        self.changes.subscribe()
+    }
+
+    fn reload(&self) -> Result<(), CatalogError> {
+        let snapshot = Arc::new(Self::read_snapshot(&self.store, &self.key)?);
+        *self.current.write().expect("catalog lock") = snapshot.clone();
+        self.verified.lock().expect("verified lock").clear();
+        self.changes.send_replace(snapshot);
+        Ok(())
+    }
+
+    /// Creates or updates everything the config file declares. Objects made
+    /// through the API and not named in the file are left as they are.
+    pub fn apply_config(&self, config: &Config) -> Result<(), CatalogError> {
+        let before = self.snapshot();
+        let mut changes = Vec::new();
+        for domain in &config.domains {
+            if before.domain(&domain.name).is_none() {
+                changes.push(ObjectChange {
+                    kind: DOMAIN,
+                    domain: domain.name.clone(),
+                    name: String::new(),
+                    value: Some(b"{}".to_vec()),
+                });
+            }
+        }
+        for submitter in &config.submitters {
+            let existing = before
+                .domain(&submitter.domain)
+                .and_then(|d| d.submitters.get(&submitter.username));
+            if existing.is_some_and(|hash| password_matches(submitter.password.expose(), hash)) {
+                continue;
+            }
+            let stored = StoredSubmitter {
+                password_hash: hash_password(submitter.password.expose()),
+            };
+            changes.push(ObjectChange {
+                kind: SUBMITTER,
+                domain: submitter.domain.clone(),
+                name: submitter.username.clone(),
+                value: Some(serde_json::to_vec(&stored).expect("serializes")),
+            });
+        }
+        for token in &config.api_tokens {
+            let digest = secrets::token_digest(token.token.expose());
+            changes.push(ObjectChange {
+                kind: TOKEN,
+                domain: token.domain.clone(),
+                name: encode_hex(&digest),
+                value: Some(Vec::new()),
+            });
+        }
+        for declared in &config.connections {
+            let stored = StoredConnection {
+                spec: declared.spec.clone(),
+                origin: Origin::Config,
+            };
+            changes.push(ObjectChange {
+                kind: CONNECTION,
+                domain: declared.domain.clone(),
+                name: declared.spec.name.clone(),
+                value: Some(self.key.seal(&serde_json::to_vec(&stored).expect("serializes"))),
+            });
+        }
+        for declared in &config.repeaters {
+            let existing = before
+                .domain(&declared.domain)
+                .and_then(|d| d.repeaters.get(&declared.spec.name))
+                .map(|r| r.id);
+            let id = match existing {
+                Some(id) => id,
+                None => self.store.allocate_repeater_id_blocking()?,
+            };
+            let stored = StoredRepeater {
+                id,
+                spec: declared.spec.clone(),
+            };
+            changes.push(ObjectChange {
+                kind: REPEATER,
+                domain: declared.domain.clone(),
+                name: declared.spec.name.clone(),
+                value: Some(serde_json::to_vec(&stored).expect("serializes")),
+            });
+        }
+        self.store.put_objects_blocking(changes)?;
+        self.reload()
+    }
+
+    fn verification_key(&self, domain: &str, username: &str, password: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.verify_salt);
+        for part in [domain, username, password] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hasher.finalize().into()
+    }
+
+    /// Whether these credentials were verified before (no argon2 work).
+    pub fn submitter_known_good(&self, domain: &str, username: &str, password: &str) -> bool {
+        let cache_key = self.verification_key(domain, username, password);
+        self.verified.lock().expect("verified lock").contains(&cache_key)
+    }
+
+    /// Checks a submitter's password (HTTP Basic on the receiver). Slow on
+    /// first sight of a password (argon2): call it off the async runtime.
+    pub fn verify_submitter(&self, domain: &str, username: &str, password: &str) -> bool {
+        let snapshot = self.snapshot();
+        let Some(hash) = snapshot.domain(domain).and_then(|d| d.submitters.get(username)) else {
+            return false;
+        };
+        let cache_key = self.verification_key(domain, username, password);
+        if self.verified.lock().expect("verified lock").contains(&cache_key) {
+            return true;
+        }
+        let matches = password_matches(password, hash);
+        if matches {
+            self.verified.lock().expect("verified lock").insert(cache_key);
+        }
+        matches
+    }
+
+    // ---- changes through the API --------------------------------------------
+
+    fn require_domain<'a>(snapshot: &'a Snapshot, domain: &str) -> Result<&'a Arc<DomainObjects>, CatalogError> {
+        snapshot
+            .domain(domain)
+            .ok_or_else(|| CatalogError::NoDomain(domain.to_owned()))
+    }
+
+    /// Creates (`replace = false`) or replaces a connection. A secret left as
+    /// the placeholder keeps the stored value.
+    pub async fn put_connection(
+        &self,
+        domain: &str,
+        mut spec: ConnectionSpec,
+        origin: Origin,
+        replace: bool,
+    ) -> Result<(), CatalogError> {
+        let _guard = self.change_lock.lock().await;
+        let snapshot = self.snapshot();
+        let objects = Self::require_domain(&snapshot, domain)?;
+        let existing = objects.connections.get(&spec.name);
+        match (existing, replace) {
+            (Some(_), false) => {
+                return Err(CatalogError::Exists {
+                    kind: "connection",
+                    domain: domain.to_owned(),
+                    name: spec.name.clone(),
+                });
+            }
+            (None, true) => {
+                return Err(CatalogError::NotFound {
+                    kind: "connection",
+                    domain: domain.to_owned(),
+                    name: spec.name.clone(),
+                });
+            }
+            (Some(existing), true) => spec.auth.keep_placeholders_from(&existing.spec.auth),
+            (None, false) => {}
+        }
+        if let Some(field) = spec.auth.placeholder_field() {
+            return Err(CatalogError::Invalid {
+                field: format!("auth.{field}"),
+                problem: "is the placeholder \"********\" but no secret is stored to keep".into(),
+            });
+        }
+        let stored = StoredConnection { spec, origin };
+        let change = ObjectChange {
+            kind: CONNECTION,
+            domain: domain.to_owned(),
+            name: stored.spec.name.clone(),
+            value: Some(self.key.seal(&serde_json::to_vec(&stored).expect("serializes"))),
+        };
+        self.store.put_objects(vec![change]).await?;
+        self.reload()
+    }
+
+    pub async fn delete_connection(&self, domain: &str, name: &str) -> Result<(), CatalogError> {
+        let _guard = self.change_lock.lock().await;
+        let snapshot = self.snapshot();
+        let objects = Self::require_domain(&snapshot, domain)?;
+        if !objects.connections.contains_key(name) {
+            return Err(CatalogError::NotFound {
+                kind: "connection",
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        let users: Vec<&str> = objects
+            .repeaters
+            .values()
+            .filter(|r| r.spec.connection == name)
+            .map(|r| r.spec.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(CatalogError::Conflict(format!(
+                "connection \"{name}\" is used by repeater{} {}",
+                if users.len() == 1 { "" } else { "s" },
+                users.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.store
+            .put_objects(vec![ObjectChange {
+                kind: CONNECTION,
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+                value: None,
+            }])
+            .await?;
+        self.reload()
+    }
+
+    /// Creates or replaces a repeater; returns its id.
+    pub async fn put_repeater(&self, domain: &str, spec: RepeaterSpec, replace: bool) -> Result<u64, CatalogError> {
+        let _guard = self.change_lock.lock().await;
+        let snapshot = self.snapshot();
+        let objects = Self::require_domain(&snapshot, domain)?;
+        if !objects.connections.contains_key(&spec.connection) {
+            return Err(CatalogError::Invalid {
+                field: "connection".into(),
+                problem: format!("no connection \"{}\" in domain \"{domain}\"", spec.connection),
+            });
+        }
+        let id = match (objects.repeaters.get(&spec.name), replace) {
+            (Some(_), false) => {
+                return Err(CatalogError::Exists {
+                    kind: "repeater",
+                    domain: domain.to_owned(),
+                    name: spec.name.clone(),
+                });
+            }
+            (None, true) => {
+                return Err(CatalogError::NotFound {
+                    kind: "repeater",
+                    domain: domain.to_owned(),
+                    name: spec.name.clone(),
+                });
+            }
+            (Some(existing), true) => existing.id,
+            (None, false) => self.store.allocate_repeater_id().await?,
+        };
+        let stored = StoredRepeater { id, spec };
+        self.store
+            .put_objects(vec![ObjectChange {
+                kind: REPEATER,
+                domain: domain.to_owned(),
+                name: stored.spec.name.clone(),
+                value: Some(serde_json::to_vec(&stored).expect("serializes")),
+            }])
+            .await?;
+        self.reload()?;
+        Ok(id)
+    }
+
+    /// Deletes a repeater; returns its id so that its records can be cancelled.
+    pub async fn delete_repeater(&self, domain: &str, name: &str) -> Result<u64, CatalogError> {
+        let _guard = self.change_lock.lock().await;
+        let snapshot = self.snapshot();
+        let objects = Self::require_domain(&snapshot, domain)?;
+        let Some(repeater) = objects.repeaters.get(name) else {
+            return Err(CatalogError::NotFound {
+                kind: "repeater",
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        let id = repeater.id;
+        self.store
+            .put_objects(vec![ObjectChange {
+                kind: REPEATER,
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+                value: None,
+            }])
+            .await?;
+        self.reload()?;
+        Ok(id)
+    }
+
+    /// Pauses or resumes a repeater.
+    pub async fn set_paused(&self, domain: &str, name: &str, paused: bool) -> Result<(), CatalogError> {
+        let spec = {
+            let snapshot = self.snapshot();
+            let objects = Self::require_domain(&snapshot, domain)?;
+            let repeater = objects.repeaters.get(name).ok_or_else(|| CatalogError::NotFound {
+                kind: "repeater",
+                domain: domain.to_owned(),
+                name: name.to_owned(),
+            })?;
+            let mut spec = (*repeater.spec).clone();
+            spec.paused = paused;
+            spec
+        };
+        self.put_repeater(domain, spec, true).await.map(|_| ())
+    }
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

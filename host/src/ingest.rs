@@ -1,0 +1,340 @@
+//! The front door: `POST /a/{domain}/receiver[/{app_id}]` takes XForm
+//! submissions from devices (raw XML or OpenRosa multipart), and
+//! `POST /api/v1/domains/{domain}/apps/{app_id}/events` takes app changes.
+//!
+//! A submission is authenticated, read within the size limit, parsed and
+//! checked completely before anything is stored; then the form, its case
+//! changes and its repeat records are committed together and only then is
+//! the OpenRosa `201` sent. Ingest never sends anything itself: it tells the
+//! scheduler what it registered.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+use crate::AppState;
+use crate::model::{Attachment, StoredForm};
+use crate::store::{IngestResult, Submission};
+use crate::xform;
+
+const OPENROSA_VERSION: &str = "1.0";
+
+/// An OpenRosa response: what CommCare and ODK Collect expect back.
+fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
+    let body = format!(
+        "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"{nature}\">{}</message></OpenRosaResponse>",
+        xml_escape(message)
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+    headers.insert("x-openrosa-version", HeaderValue::from_static(OPENROSA_VERSION));
+    response
+}
+
+fn refuse(app: &AppState, status: StatusCode, message: &str) -> Response {
+    app.metrics
+        .forms_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    openrosa(status, "submit_error", message)
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn unauthorized(app: &AppState, domain: &str, message: &str) -> Response {
+    let mut response = refuse(app, StatusCode::UNAUTHORIZED, message);
+    let challenge = format!("Basic realm=\"repeatd {domain}\", charset=\"UTF-8\"");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The username and password of an HTTP Basic `Authorization` header.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (username, password) = text.split_once(':')?;
+    Some((username.to_owned(), password.to_owned()))
+}
+
+/// `HEAD` on the receiver: OpenRosa clients ask before they submit.
+pub async fn receiver_head(State(app): State<Arc<AppState>>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-openrosa-version", HeaderValue::from_static(OPENROSA_VERSION));
+    headers.insert(
+        "x-openrosa-accept-content-length",
+        HeaderValue::from(app.config.ingest.max_body_bytes),
+    );
+    response
+}
+
+pub async fn receive(State(app): State<Arc<AppState>>, Path(domain): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    receive_form(app, domain, None, headers, body).await
+}
+
+pub async fn receive_for_app(
+    State(app): State<Arc<AppState>>,
+    Path((domain, app_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    receive_form(app, domain, Some(app_id), headers, body).await
+}
+
+/// What a submission's body held.
+struct Received {
+    xml: Vec<u8>,
+    attachments: Vec<Attachment>,
+}
+
+async fn receive_form(app: Arc<AppState>, domain: String, app_id: Option<String>, headers: HeaderMap, body: Body) -> Response {
+    let snapshot = app.catalog.snapshot();
+    if snapshot.domain(&domain).is_none() {
+        return refuse(&app, StatusCode::NOT_FOUND, &format!("no project space \"{domain}\""));
+    }
+    let Some((username, password)) = basic_credentials(&headers) else {
+        return unauthorized(&app, &domain, "this receiver needs HTTP Basic credentials of a submitter of the project space");
+    };
+    let verified = if app.catalog.submitter_known_good(&domain, &username, &password) {
+        true
+    } else {
+        let catalog = app.catalog.clone();
+        let (d, u, p) = (domain.clone(), username.clone(), password);
+        tokio::task::spawn_blocking(move || catalog.verify_submitter(&d, &u, &p))
+            .await
+            .unwrap_or(false)
+    };
+    if !verified {
+        return unauthorized(&app, &domain, "wrong username or password for this project space");
+    }
+
+    let limit = app.config.ingest.max_body_bytes as usize;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return refuse(
+                &app,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body is larger than the limit of {limit} bytes"),
+            );
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let received = match read_body(&content_type, bytes).await {
+        Ok(received) => received,
+        Err((status, message)) => return refuse(&app, status, &message),
+    };
+    let parsed = match xform::parse_form(&received.xml) {
+        Ok(parsed) => parsed,
+        Err(error) => return refuse(&app, StatusCode::BAD_REQUEST, &format!("the form is not accepted: {error}")),
+    };
+    let is_device_report = parsed.is_device_report();
+    let form_id = parsed.form_id().map(str::to_owned).unwrap_or_else(generate_form_id);
+    let received_on = crate::time::format_utc(crate::time::now_micros());
+    let meta = parsed.meta;
+    let form = StoredForm {
+        domain: domain.clone(),
+        form_id,
+        xmlns: parsed.xmlns,
+        app_id,
+        received_on,
+        user_id: meta.user_id,
+        username: meta.username,
+        device_id: meta.device_id,
+        time_start: meta.time_start,
+        time_end: meta.time_end,
+        app_version: meta.app_version,
+        case_ids: Vec::new(),
+        attachments: received.attachments,
+        is_device_report,
+        n_duplicates: 0,
+        last_duplicate_on: None,
+    };
+    let repeaters = snapshot
+        .domain(&domain)
+        .map(|objects| objects.repeater_list.clone())
+        .unwrap_or_default();
+    let submission = Submission {
+        form,
+        xml: received.xml,
+        case_blocks: parsed.case_blocks,
+        repeaters,
+    };
+    match app.store.commit_submission(submission).await {
+        Ok(IngestResult::Accepted { registered }) => {
+            app.metrics
+                .forms_accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.scheduler.registered(&registered);
+            openrosa(StatusCode::CREATED, "submit_success", "   √   ")
+        }
+        Ok(IngestResult::Duplicate) => {
+            app.metrics
+                .forms_duplicate
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            openrosa(
+                StatusCode::CREATED,
+                "submit_success",
+                "   √   (a form with this id was already received; it was not processed again)",
+            )
+        }
+        Err(error) => {
+            tracing::error!(%error, domain, "could not store a submission");
+            openrosa(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "submit_error",
+                "the gateway could not store the form; nothing was kept, submit it again later",
+            )
+        }
+    }
+}
+
+async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, (StatusCode, String)> {
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "" | "text/xml" | "application/xml" => Ok(Received {
+            xml: bytes.to_vec(),
+            attachments: Vec::new(),
+        }),
+        "multipart/form-data" => read_multipart(content_type, bytes).await,
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {other} is not accepted; send the form as text/xml, application/xml or multipart/form-data"),
+        )),
+    }
+}
+
+async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|error| bad(format!("multipart body without a usable boundary: {error}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(bytes) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut xml = None;
+    let mut attachments = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(error) => return Err(bad(format!("multipart body is malformed: {error}"))),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let part_type = field.content_type().map(|m| m.to_string()).unwrap_or_default();
+        let content = field
+            .bytes()
+            .await
+            .map_err(|error| bad(format!("multipart part \"{name}\" is malformed: {error}")))?;
+        if name == "xml_submission_file" {
+            if xml.is_some() {
+                return Err(bad("multipart body has more than one xml_submission_file part".into()));
+            }
+            xml = Some(content.to_vec());
+        } else {
+            attachments.push(Attachment {
+                name: file_name.unwrap_or(name),
+                content_type: part_type,
+                size: content.len() as u64,
+            });
+        }
+    }
+    let xml = xml.ok_or_else(|| bad("multipart body has no part named xml_submission_file".into()))?;
+    Ok(Received { xml, attachments })
+}
+
+/// A random form id, for forms that carry none (32 hex digits, as CommCare's).
+fn generate_form_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppEventBody {
+    event: String,
+    build_id: Option<String>,
+}
+
+/// `POST /api/v1/domains/{domain}/apps/{app_id}/events`.
+pub async fn app_event(
+    State(app): State<Arc<AppState>>,
+    Path((domain, app_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = crate::api::authorize(&app, &headers, &domain) {
+        return response;
+    }
+    let parsed: AppEventBody = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => return crate::api::error(StatusCode::BAD_REQUEST, "body", &format!("not a JSON app event: {error}")),
+    };
+    let (change, build_id) = match (parsed.event.as_str(), parsed.build_id) {
+        ("saved", None) => (crate::record::AppChange::Saved, None),
+        ("saved", Some(_)) => {
+            return crate::api::error(StatusCode::BAD_REQUEST, "build_id", "only a \"built\" event has a build_id");
+        }
+        ("built", Some(build_id)) if !build_id.trim().is_empty() => (crate::record::AppChange::Built, Some(build_id)),
+        ("built", _) => return crate::api::error(StatusCode::BAD_REQUEST, "build_id", "a \"built\" event needs a build_id"),
+        (other, _) => {
+            return crate::api::error(
+                StatusCode::BAD_REQUEST,
+                "event",
+                &format!("unknown event \"{other}\" (one of saved, built)"),
+            );
+        }
+    };
+    let repeaters = app
+        .catalog
+        .snapshot()
+        .domain(&domain)
+        .map(|d| d.repeater_list.clone())
+        .unwrap_or_default();
+    match app.store.register_app_change(repeaters, app_id, change, build_id).await {
+        Ok(registered) => {
+            app.scheduler.registered(&registered);
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "registered": registered.len() })),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, domain, "could not store an app event");
+            crate::api::error(StatusCode::SERVICE_UNAVAILABLE, "store", "the gateway could not store the event; send it again later")
+        }
+    }
+}

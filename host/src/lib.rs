@@ -1,0 +1,242 @@
+//! repeatd: a data-forwarding gateway for CommCare-style XForm submissions.
+//!
+//! Devices submit forms; the gateway keeps the forms and the cases they
+//! change, and forwards forms, cases, form stubs and app changes to each
+//! project's remote systems, one HTTP request per payload, retried until the
+//! remote accepts. Payload formats and custom auth are WebAssembly plugins.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated once.
+//! - [`model`], [`record`]: the domain types and the repeat-record state
+//!   machine (pure).
+//! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
+//!   applying case blocks, timestamps, repeater filters (pure).
+//! - [`store`]: the redb file; the only module that knows redb.
+//! - [`catalog`], [`secrets`]: configured objects and their secrets.
+//! - [`ingest`]: the receiver endpoints.
+//! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
+//! - [`plugins`]: the WebAssembly host.
+//! - [`api`], [`metrics`]: the admin API.
+//! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
+//!
+//! `run` wires them together for a listener the caller binds, so tests run
+//! the real gateway on `127.0.0.1:0`.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cases;
+pub mod catalog;
+pub mod config;
+pub mod delivery;
+pub mod filters;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod plugins;
+pub mod record;
+pub mod scheduler;
+pub mod secrets;
+pub mod sample;
+pub mod sink;
+pub mod store;
+pub mod time;
+pub mod xform;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::plugins::PluginHost;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// How long shutdown waits for sends under way.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a plugin file must stay unchanged before it is loaded.
+const PLUGIN_SETTLE: Duration = Duration::from_millis(300);
+
+/// Everything the HTTP handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub plugins: Arc<PluginHost>,
+    pub scheduler: Scheduler,
+    pub metrics: Arc<Metrics>,
+    pub delivery: Arc<Delivery>,
+    pub admin_token_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Where the admin token came from, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    /// `admin_token` in the config, or `REPEATD_ADMIN_TOKEN`.
+    Configured,
+    /// Generated on first start and kept in this file (mode 0600).
+    File(PathBuf),
+}
+
+/// Reads the admin token file of `data_dir`, creating it on first start.
+pub fn admin_token(config: &Config) -> anyhow::Result<(String, AdminTokenSource)> {
+    if let Some(token) = &config.admin_token {
+        return Ok((token.expose().to_owned(), AdminTokenSource::Configured));
+    }
+    let path = config.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok((text.trim().to_owned(), AdminTokenSource::File(path))),
+        _ => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            secrets::write_private_file(&path, format!("{token}\n").as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok((token, AdminTokenSource::File(path)))
+        }
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    use api::*;
+    let domain = "/api/v1/domains/{domain}";
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/a/{domain}/receiver",
+            post(ingest::receive).head(ingest::receiver_head),
+        )
+        .route(
+            "/a/{domain}/receiver/{app_id}",
+            post(ingest::receive_for_app).head(ingest::receiver_head),
+        )
+        .route(&format!("{domain}/apps/{{app_id}}/events"), post(ingest::app_event))
+        .route(&format!("{domain}/connections"), get(list_connections).post(create_connection))
+        .route(
+            &format!("{domain}/connections/{{name}}"),
+            get(get_connection).put(replace_connection).delete(delete_connection),
+        )
+        .route(&format!("{domain}/repeaters"), get(list_repeaters).post(create_repeater))
+        .route(
+            &format!("{domain}/repeaters/{{name}}"),
+            get(get_repeater).put(replace_repeater).delete(delete_repeater),
+        )
+        .route(&format!("{domain}/repeaters/{{name}}/{{action}}"), post(repeater_action))
+        .route(&format!("{domain}/records"), get(list_records))
+        .route(&format!("{domain}/records/bulk"), post(bulk_action))
+        .route(&format!("{domain}/records/{{id}}"), get(get_record))
+        .route(&format!("{domain}/records/{{id}}/{{action}}"), post(record_action))
+        .route(&format!("{domain}/forms/{{form_id}}"), get(get_form))
+        .route(&format!("{domain}/cases/{{case_id}}"), get(get_case))
+        .route("/api/v1/plugins", get(list_plugins))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Opens the store, loads plugins and objects, starts the scheduler and
+/// serves `listener` until `shutdown` completes; then lets sends under way
+/// finish (bounded) and returns.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (state, _) = start(config).await?;
+    serve(state, listener, shutdown).await
+}
+
+/// Builds and starts everything but the HTTP server.
+pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
+    let config = Arc::new(config);
+    let (token, token_source) = admin_token(&config)?;
+    let store_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir)).await??;
+    let key = Arc::new(secrets::SecretKey::load_or_create(&config.data_dir)?);
+    let limits = config.plugins.clone();
+    let plugins = tokio::task::spawn_blocking(move || PluginHost::new(limits)).await??;
+    {
+        let plugins = plugins.clone();
+        let plugin_dir = config.plugin_dir.clone();
+        tokio::task::spawn_blocking(move || plugins::watch(plugins, plugin_dir, PLUGIN_SETTLE)).await??;
+    }
+    for declared in &config.repeaters {
+        if !plugins.is_loaded(&declared.spec.format) {
+            anyhow::bail!(
+                "repeaters: repeater \"{}\" of domain \"{}\": format: no payload format plugin \"{}\" (built-ins: form-xml, case-xml, case-json, form-stub, app-schema; or put {}.wasm in {})",
+                declared.spec.name,
+                declared.domain,
+                declared.spec.format,
+                declared.spec.format,
+                config.plugin_dir.display()
+            );
+        }
+    }
+    let catalog = {
+        let store = store.clone();
+        let key = key.clone();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Catalog> {
+            let catalog = Catalog::load(store, key)?;
+            catalog.apply_config(&config)?;
+            Ok(catalog)
+        })
+        .await??
+    };
+    let catalog = Arc::new(catalog);
+    let metrics = Arc::new(Metrics::default());
+    let delivery = Arc::new(Delivery::new(plugins.clone(), config.delivery.default_timeout)?);
+    let scheduler = Scheduler::start(
+        store.clone(),
+        catalog.clone(),
+        delivery.clone(),
+        plugins.clone(),
+        metrics.clone(),
+        config.retry.clone(),
+        config.delivery.max_in_flight,
+    );
+    let state = Arc::new(AppState {
+        config,
+        store,
+        catalog,
+        plugins,
+        scheduler,
+        metrics,
+        delivery,
+        admin_token_digest: secrets::token_digest(&token),
+    });
+    Ok((state, token_source))
+}
+
+/// Serves HTTP until `shutdown`, then drains the scheduler.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    state.scheduler.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}

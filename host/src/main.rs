@@ -1,0 +1,216 @@
+//! The `repeatd` command: parses the command line, loads the config, sets up
+//! logging and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use repeatd::config::{self, PayloadKind};
+use repeatd::plugins::{self, Payload, PluginHost, PluginKind, PluginSource};
+
+#[derive(Debug, Parser)]
+#[command(name = "repeatd", version, about = "A data-forwarding gateway for CommCare-style XForm submissions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (embedded defaults when no config is given).
+    Serve {
+        /// The TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// A tiny receiver that prints every request and answers 200.
+    Sink {
+        /// Where to listen, e.g. 127.0.0.1:9000.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a component; print its kind and name.
+    Check { file: PathBuf },
+    /// Run a payload plugin on one sample event and print the request it would send.
+    Run {
+        file: PathBuf,
+        /// A form (XML, as a device submits it), an app event
+        /// (`{"app_id": .., "event": "saved"|"built", "build_id": ..}`) or a
+        /// case (the case-json shape).
+        #[arg(long)]
+        event: PathBuf,
+        /// The repeater kind: form, case, form-stub or app-schema (default:
+        /// the first kind the plugin serves).
+        #[arg(long)]
+        kind: Option<String>,
+        /// The project space the event belongs to.
+        #[arg(long, default_value = "demo")]
+        domain: String,
+        /// The connection URL to show.
+        #[arg(long, default_value = "http://remote.example/receiver")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Sink { listen } => runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen))),
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => plugin_check(&file),
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    file,
+                    event,
+                    kind,
+                    domain,
+                    url,
+                },
+        } => plugin_run(&file, &event, kind.as_deref(), &domain, &url),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("repeatd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = config::load(config_path)?;
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("listen: cannot listen on {listen}: {error}"))?;
+        let data_dir = config.data_dir.clone();
+        let (state, token_source) = repeatd::start(config).await?;
+        match &token_source {
+            repeatd::AdminTokenSource::Configured => {
+                eprintln!("repeatd: admin token from the config (admin_token or REPEATD_ADMIN_TOKEN)")
+            }
+            repeatd::AdminTokenSource::File(path) => eprintln!("repeatd: admin token is in {}", path.display()),
+        }
+        eprintln!(
+            "repeatd: listening on http://{} (data in {})",
+            listener.local_addr()?,
+            data_dir.display()
+        );
+        repeatd::serve(state, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    eprintln!("repeatd: shutting down; letting sends under way finish");
+}
+
+fn load_plugin_file(file: &Path) -> anyhow::Result<(std::sync::Arc<PluginHost>, plugins::LoadedPlugin)> {
+    let bytes = std::fs::read(file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_owned();
+    let host = PluginHost::without_builtins(config::PluginLimits::default())?;
+    let loaded = host
+        .load(&name, &bytes, PluginSource::File(file.to_owned()))
+        .map_err(|error| anyhow::anyhow!("{}: {error:#}", file.display()))?;
+    Ok((host, loaded))
+}
+
+fn plugin_check(file: &Path) -> anyhow::Result<()> {
+    let (_, loaded) = load_plugin_file(file)?;
+    match &loaded.kind {
+        PluginKind::Format { description, kinds } => {
+            let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+            println!("{}: payload format \"{}\" ({description}); serves {}", file.display(), loaded.name, kinds.join(", "));
+        }
+        PluginKind::Auth { description } => {
+            println!("{}: auth plugin \"{}\" ({description})", file.display(), loaded.name);
+        }
+    }
+    Ok(())
+}
+
+fn plugin_run(file: &Path, event_file: &Path, kind: Option<&str>, domain: &str, url: &str) -> anyhow::Result<()> {
+    let (host, loaded) = load_plugin_file(file)?;
+    let PluginKind::Format { kinds, .. } = &loaded.kind else {
+        anyhow::bail!("{}: is an auth plugin; `plugin run` runs payload formats", file.display());
+    };
+    let kind: PayloadKind = match kind {
+        Some(text) => text
+            .parse()
+            .map_err(|problem| anyhow::anyhow!("--kind: {problem}"))?,
+        None => *kinds
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{}: the plugin serves no kind; pass --kind", file.display()))?,
+    };
+    let bytes = std::fs::read(event_file).map_err(|error| anyhow::anyhow!("{}: {error}", event_file.display()))?;
+    let events = repeatd::sample::events(&bytes, kind, domain)
+        .map_err(|problem| anyhow::anyhow!("{}: {problem}", event_file.display()))?;
+    for (index, event) in events.iter().enumerate() {
+        let payload = host.build_payload(&loaded, kind, event, &[])?;
+        if index > 0 {
+            println!();
+        }
+        match payload {
+            Payload::Nothing => println!("(nothing to send: the record would be `empty`)"),
+            Payload::Send(request) => {
+                let mut full_url = reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("--url: {error}"))?;
+                if !request.query.is_empty() {
+                    let mut query = full_url.query_pairs_mut();
+                    for pair in &request.query {
+                        query.append_pair(&pair.name, &pair.value);
+                    }
+                }
+                println!("POST {full_url}");
+                println!("Content-Type: {}", request.content_type);
+                for pair in &request.headers {
+                    println!("{}: {}", pair.name, pair.value);
+                }
+                println!("Idempotency-Key: <the repeat record's id>");
+                println!();
+                println!("{}", String::from_utf8_lossy(&request.body));
+            }
+        }
+    }
+    Ok(())
+}

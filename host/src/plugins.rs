@@ -1,0 +1,820 @@
+//! The plugin host: every payload format and custom auth method is a
+//! WebAssembly component run here, sandboxed.
+//!
+//! One wasmtime `Engine` compiles each component once per version. A call
+//! runs in a `Store` with a memory cap (`StoreLimits`) and a CPU deadline
+//! (epoch interruption, ticked by one thread); the WASI context is empty: no
+//! preopened directories, no environment, no sockets. Live instances are kept
+//! in a small pool per plugin and reused, since a fresh instance costs tens of
+//! microseconds; an instance that trapped is dropped, never reused.
+//!
+//! The registry maps a plugin name to its current version behind an `Arc`:
+//! swapping in a new version never disturbs calls already running on the old
+//! one. Built-ins are embedded in the binary; a `NAME.wasm` in `plugin_dir`
+//! overrides the built-in `NAME` and, when removed, hands it back (see
+//! `watch`). This module never sees the store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{PayloadKind, PluginLimits};
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+}
+
+/// Host-side bindings of the WIT worlds in `wit/`.
+pub mod bindings {
+    pub mod format {
+        wasmtime::component::bindgen!({ world: "payload-format", path: "../wit" });
+    }
+    pub mod auth {
+        wasmtime::component::bindgen!({ world: "outbound-auth", path: "../wit" });
+    }
+}
+
+pub use bindings::format::repeatd::plugin::types::{
+    AppChange as WitAppChange, AppEvent, Attachment as WitAttachment, Case as WitCase, CaseIndex as WitCaseIndex,
+    Event, Form as WitForm, Pair, Payload, PayloadKind as WitPayloadKind, Request as WitRequest,
+};
+use bindings::auth::repeatd::plugin::types::{Outgoing, Pair as AuthPair};
+
+/// How often the CPU-deadline clock ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// Live instances kept per plugin.
+const POOL_SIZE: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("no plugin named \"{0}\" is loaded")]
+    Missing(String),
+    #[error("plugin \"{name}\" is {actual}, not {wanted}")]
+    WrongKind {
+        name: String,
+        actual: &'static str,
+        wanted: &'static str,
+    },
+    /// The plugin returned an error: its own words.
+    #[error("plugin \"{name}\" failed: {message}")]
+    Failed { name: String, message: String },
+    /// A trap: a bug in the plugin, or the host's policy (time, memory).
+    #[error("plugin \"{name}\" was stopped: {reason}")]
+    Trapped { name: String, reason: String },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
+/// What a plugin is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginKind {
+    Format {
+        description: String,
+        kinds: Vec<PayloadKind>,
+    },
+    Auth {
+        description: String,
+    },
+}
+
+impl PluginKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PluginKind::Format { .. } => "payload format",
+            PluginKind::Auth { .. } => "auth",
+        }
+    }
+}
+
+/// Where a plugin's current version came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    Builtin,
+    File(PathBuf),
+}
+
+/// The state of one call's store.
+struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+enum Instances {
+    Format {
+        pre: bindings::format::PayloadFormatPre<CallState>,
+        pool: Mutex<Vec<(Store<CallState>, bindings::format::PayloadFormat)>>,
+    },
+    Auth {
+        pre: bindings::auth::OutboundAuthPre<CallState>,
+        pool: Mutex<Vec<(Store<CallState>, bindings::auth::OutboundAuth)>>,
+    },
+}
+
+/// One loaded version of a plugin.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub kind: PluginKind,
+    pub source: PluginSource,
+    /// SHA-256 of the component's bytes, hex.
+    pub hash: String,
+    /// Unix micros.
+    pub loaded_at: i64,
+    instances: Instances,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// What `GET /api/v1/plugins` shows of one plugin name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub kind: Option<String>,
+    pub description: Option<String>,
+    pub kinds: Vec<String>,
+    pub source: Option<String>,
+    pub hash: Option<String>,
+    pub loaded_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// The plugin host: engine, linker, registry.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<CallState>,
+    limits: PluginLimits,
+    deadline_ticks: u64,
+    registry: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    builtins: HashMap<String, Arc<LoadedPlugin>>,
+    /// The last load failure per plugin name (cleared by a good load).
+    errors: RwLock<HashMap<String, String>>,
+    /// Called after the registry changes.
+    listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").field("limits", &self.limits).finish()
+    }
+}
+
+fn engine_config(limits: &PluginLimits) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Reserve what the cap allows and no more: cheap instances, and a memory
+    // never moves because the cap is reached before the reservation.
+    config.memory_reservation(limits.memory.max(1 << 20));
+    config.memory_guard_size(64 << 10);
+    config.memory_reservation_for_growth(0);
+    config
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn describe_trap(error: &wasmtime::Error, limits: &PluginLimits) -> String {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => format!(
+                "ran longer than its {} ms limit",
+                limits.timeout.as_millis()
+            ),
+            wasmtime::Trap::UnreachableCodeReached => "trapped: unreachable code reached (a panic or abort in the plugin)".into(),
+            other => format!("trapped: {other}"),
+        };
+    }
+    let text = format!("{error:#}");
+    if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+        format!("exceeded its memory limit of {} bytes: {text}", limits.memory)
+    } else {
+        text
+    }
+}
+
+impl PluginHost {
+    /// Builds the engine and loads the built-in plugins.
+    pub fn new(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
+        Self::build(limits, true)
+    }
+
+    /// An engine with no plugin loaded (for `repeatd plugin check|run`).
+    pub fn without_builtins(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
+        Self::build(limits, false)
+    }
+
+    fn build(limits: PluginLimits, with_builtins: bool) -> anyhow::Result<Arc<PluginHost>> {
+        let engine = Engine::new(&engine_config(&limits))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
+        let mut host = PluginHost {
+            engine,
+            linker,
+            limits,
+            deadline_ticks: ticks,
+            registry: RwLock::new(HashMap::new()),
+            builtins: HashMap::new(),
+            errors: RwLock::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
+        };
+        // Compile the built-ins side by side: each takes a while.
+        let compiled: Vec<anyhow::Result<LoadedPlugin>> = std::thread::scope(|scope| {
+            let host = &host;
+            let handles: Vec<_> = builtin::BUILTIN_PLUGINS
+                .iter()
+                .filter(|_| with_builtins)
+                .map(|(name, bytes)| scope.spawn(move || host.load(name, bytes, PluginSource::Builtin)))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("plugin compile thread")).collect()
+        });
+        for loaded in compiled {
+            let loaded = Arc::new(loaded?);
+            host.builtins.insert(loaded.name.clone(), loaded.clone());
+            host.registry.get_mut().expect("registry lock").insert(loaded.name.clone(), loaded);
+        }
+        let engine = host.engine.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Arc::new(host))
+    }
+
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Compiles and validates a component as a plugin named `name`.
+    pub fn load(&self, name: &str, bytes: &[u8], source: PluginSource) -> anyhow::Result<LoadedPlugin> {
+        let component = Component::new(&self.engine, bytes).map_err(|error| {
+            anyhow::anyhow!("not a WebAssembly component: {}", first_line(&format!("{error:#}")))
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
+            anyhow::anyhow!(
+                "imports what the sandbox does not offer (only WASI's defaults are available): {}",
+                first_line(&format!("{error:#}"))
+            )
+        })?;
+        let hash = hash_hex(bytes);
+        let loaded_at = crate::time::now_micros();
+        if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
+            let mut store = self.new_store();
+            let instance = pre.instantiate(&mut store)?;
+            store.set_epoch_deadline(self.deadline_ticks);
+            let info = instance
+                .repeatd_plugin_format()
+                .call_info(&mut store)
+                .map_err(|error| anyhow::anyhow!("info() failed: {}", describe_trap(&error, &self.limits)))?;
+            let kinds = info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect();
+            return Ok(LoadedPlugin {
+                name: name.to_owned(),
+                kind: PluginKind::Format {
+                    description: info.description,
+                    kinds,
+                },
+                source,
+                hash,
+                loaded_at,
+                instances: Instances::Format {
+                    pre,
+                    pool: Mutex::new(vec![(store, instance)]),
+                },
+            });
+        }
+        if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
+            let mut store = self.new_store();
+            let instance = pre.instantiate(&mut store)?;
+            store.set_epoch_deadline(self.deadline_ticks);
+            let description = instance
+                .repeatd_plugin_auth()
+                .call_describe(&mut store)
+                .map_err(|error| anyhow::anyhow!("describe() failed: {}", describe_trap(&error, &self.limits)))?;
+            return Ok(LoadedPlugin {
+                name: name.to_owned(),
+                kind: PluginKind::Auth { description },
+                source,
+                hash,
+                loaded_at,
+                instances: Instances::Auth {
+                    pre,
+                    pool: Mutex::new(vec![(store, instance)]),
+                },
+            });
+        }
+        anyhow::bail!(
+            "exports neither repeatd:plugin/format@1.x (world payload-format) nor repeatd:plugin/auth@1.x (world outbound-auth)"
+        )
+    }
+
+    fn new_store(&self) -> Store<CallState> {
+        let state = CallState {
+            // Nothing inherited: no environment, arguments, directories,
+            // sockets or standard streams.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory as usize)
+                .instances(16)
+                .tables(64)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // Instantiation runs guest code too: it gets the same deadline.
+        store.set_epoch_deadline(self.deadline_ticks);
+        store
+    }
+
+    /// The current version of a plugin.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.registry.read().expect("registry lock").get(name).cloned()
+    }
+
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.registry.read().expect("registry lock").contains_key(name)
+    }
+
+    /// Registers a callback run after every change of the registry.
+    pub fn on_change(&self, listener: Box<dyn Fn() + Send + Sync>) {
+        self.listeners.lock().expect("listeners lock").push(listener);
+    }
+
+    fn changed(&self) {
+        for listener in self.listeners.lock().expect("listeners lock").iter() {
+            listener();
+        }
+    }
+
+    /// Makes `plugin` the current version of its name.
+    pub fn install(&self, plugin: LoadedPlugin) {
+        let name = plugin.name.clone();
+        self.registry
+            .write()
+            .expect("registry lock")
+            .insert(name.clone(), Arc::new(plugin));
+        self.errors.write().expect("errors lock").remove(&name);
+        self.changed();
+    }
+
+    /// Unloads the file version of `name`, handing back the built-in if any.
+    pub fn remove(&self, name: &str) {
+        {
+            let mut registry = self.registry.write().expect("registry lock");
+            match self.builtins.get(name) {
+                Some(builtin) => {
+                    registry.insert(name.to_owned(), builtin.clone());
+                }
+                None => {
+                    registry.remove(name);
+                }
+            }
+        }
+        self.errors.write().expect("errors lock").remove(name);
+        self.changed();
+    }
+
+    /// Records a failed load; the previous version keeps serving.
+    pub fn record_error(&self, name: &str, error: String) {
+        self.errors.write().expect("errors lock").insert(name.to_owned(), error);
+    }
+
+    /// Loads `path` as plugin `name` and installs it, unless its content is
+    /// what is already loaded. A failure is recorded and returned.
+    pub fn load_file(&self, name: &str, path: &Path) -> Result<bool, String> {
+        let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        if let Some(current) = self.get(name)
+            && current.source == PluginSource::File(path.to_owned())
+            && current.hash == hash_hex(&bytes)
+        {
+            return Ok(false);
+        }
+        match self.load(name, &bytes, PluginSource::File(path.to_owned())) {
+            Ok(plugin) => {
+                tracing::info!(plugin = name, path = %path.display(), kind = plugin.kind.label(), "plugin loaded");
+                self.install(plugin);
+                Ok(true)
+            }
+            Err(error) => {
+                let message = format!("{}: {error:#}", path.display());
+                tracing::error!(plugin = name, error = %message, "plugin failed to load; the previous version keeps serving");
+                self.record_error(name, message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    /// Every plugin name known, loaded or failed.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let registry = self.registry.read().expect("registry lock");
+        let errors = self.errors.read().expect("errors lock");
+        let mut names: Vec<&String> = registry.keys().chain(errors.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let loaded = registry.get(name);
+                let (description, kinds) = match loaded.map(|p| &p.kind) {
+                    Some(PluginKind::Format { description, kinds }) => {
+                        (Some(description.clone()), kinds.iter().map(|k| k.to_string()).collect())
+                    }
+                    Some(PluginKind::Auth { description }) => (Some(description.clone()), Vec::new()),
+                    None => (None, Vec::new()),
+                };
+                PluginStatus {
+                    name: name.clone(),
+                    kind: loaded.map(|p| p.kind.label().to_owned()),
+                    description,
+                    kinds,
+                    source: loaded.map(|p| match &p.source {
+                        PluginSource::Builtin => "built-in".to_owned(),
+                        PluginSource::File(path) => path.display().to_string(),
+                    }),
+                    hash: loaded.map(|p| p.hash.clone()),
+                    loaded_at: loaded.map(|p| crate::time::format_utc(p.loaded_at)),
+                    last_error: errors.get(name).cloned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs a payload format on one event.
+    pub fn build_payload(
+        &self,
+        plugin: &LoadedPlugin,
+        kind: PayloadKind,
+        event: &Event,
+        settings: &[Pair],
+    ) -> Result<Payload, PluginError> {
+        let Instances::Format { pre, pool } = &plugin.instances else {
+            return Err(PluginError::WrongKind {
+                name: plugin.name.clone(),
+                actual: plugin.kind.label(),
+                wanted: "a payload format",
+            });
+        };
+        let taken = pool.lock().expect("plugin pool").pop();
+        let (mut store, instance) = match taken {
+            Some(live) => live,
+            None => {
+                let mut store = self.new_store();
+                let instance = pre.instantiate(&mut store).map_err(|error| PluginError::Trapped {
+                    name: plugin.name.clone(),
+                    reason: describe_trap(&error, &self.limits),
+                })?;
+                (store, instance)
+            }
+        };
+        store.set_epoch_deadline(self.deadline_ticks);
+        let result = instance
+            .repeatd_plugin_format()
+            .call_build(&mut store, to_wit_kind(kind), event, settings);
+        match result {
+            Ok(answer) => {
+                let mut pool = pool.lock().expect("plugin pool");
+                if pool.len() < POOL_SIZE {
+                    pool.push((store, instance));
+                }
+                answer.map_err(|message| PluginError::Failed {
+                    name: plugin.name.clone(),
+                    message,
+                })
+            }
+            Err(error) => Err(PluginError::Trapped {
+                name: plugin.name.clone(),
+                reason: describe_trap(&error, &self.limits),
+            }),
+        }
+    }
+
+    /// Runs an auth plugin on one outgoing request; returns headers to add.
+    pub fn sign(
+        &self,
+        plugin: &LoadedPlugin,
+        request: &SignRequest,
+        settings: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, PluginError> {
+        let Instances::Auth { pre, pool } = &plugin.instances else {
+            return Err(PluginError::WrongKind {
+                name: plugin.name.clone(),
+                actual: plugin.kind.label(),
+                wanted: "an auth plugin",
+            });
+        };
+        let taken = pool.lock().expect("plugin pool").pop();
+        let (mut store, instance) = match taken {
+            Some(live) => live,
+            None => {
+                let mut store = self.new_store();
+                let instance = pre.instantiate(&mut store).map_err(|error| PluginError::Trapped {
+                    name: plugin.name.clone(),
+                    reason: describe_trap(&error, &self.limits),
+                })?;
+                (store, instance)
+            }
+        };
+        let outgoing = Outgoing {
+            method: request.method.clone(),
+            url: request.url.clone(),
+            headers: request
+                .headers
+                .iter()
+                .map(|(name, value)| AuthPair {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            body: request.body.clone(),
+            record_id: request.record_id.clone(),
+            unix_time: request.unix_time,
+        };
+        let settings: Vec<AuthPair> = settings
+            .iter()
+            .map(|(name, value)| AuthPair {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let result = instance.repeatd_plugin_auth().call_sign(&mut store, &outgoing, &settings);
+        match result {
+            Ok(answer) => {
+                let mut pool = pool.lock().expect("plugin pool");
+                if pool.len() < POOL_SIZE {
+                    pool.push((store, instance));
+                }
+                answer
+                    .map(|headers| headers.into_iter().map(|pair| (pair.name, pair.value)).collect())
+                    .map_err(|message| PluginError::Failed {
+                        name: plugin.name.clone(),
+                        message,
+                    })
+            }
+            Err(error) => Err(PluginError::Trapped {
+                name: plugin.name.clone(),
+                reason: describe_trap(&error, &self.limits),
+            }),
+        }
+    }
+}
+
+/// The request an auth plugin signs.
+#[derive(Debug, Clone)]
+pub struct SignRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub record_id: String,
+    pub unix_time: u64,
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+pub fn to_wit_kind(kind: PayloadKind) -> WitPayloadKind {
+    match kind {
+        PayloadKind::Form => WitPayloadKind::Form,
+        PayloadKind::Case => WitPayloadKind::Case,
+        PayloadKind::FormStub => WitPayloadKind::FormStub,
+        PayloadKind::AppSchema => WitPayloadKind::AppSchema,
+    }
+}
+
+fn from_wit_kind(kind: WitPayloadKind) -> PayloadKind {
+    match kind {
+        WitPayloadKind::Form => PayloadKind::Form,
+        WitPayloadKind::Case => PayloadKind::Case,
+        WitPayloadKind::FormStub => PayloadKind::FormStub,
+        WitPayloadKind::AppSchema => PayloadKind::AppSchema,
+    }
+}
+
+/// Name/value pairs in the WIT's shape.
+pub fn pairs<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Pair> {
+    items
+        .into_iter()
+        .map(|(name, value)| Pair {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+        .collect()
+}
+
+/// The event for a form (and form-stub) payload.
+pub fn form_event(form: &crate::model::StoredForm, xml: Vec<u8>) -> Event {
+    Event::Form(WitForm {
+        domain: form.domain.clone(),
+        form_id: form.form_id.clone(),
+        xmlns: form.xmlns.clone(),
+        app_id: form.app_id.clone(),
+        received_on: form.received_on.clone(),
+        user_id: form.user_id.clone(),
+        username: form.username.clone(),
+        device_id: form.device_id.clone(),
+        time_start: form.time_start.clone(),
+        time_end: form.time_end.clone(),
+        app_version: form.app_version.clone(),
+        case_ids: form.case_ids.clone(),
+        attachments: form
+            .attachments
+            .iter()
+            .map(|a| WitAttachment {
+                name: a.name.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+            })
+            .collect(),
+        xml,
+    })
+}
+
+/// The event for a case payload: the case as it stands.
+pub fn case_event(case: &crate::model::Case) -> Event {
+    Event::Case(WitCase {
+        domain: case.domain.clone(),
+        case_id: case.case_id.clone(),
+        case_type: case.case_type.clone(),
+        case_name: case.case_name.clone(),
+        owner_id: case.owner_id.clone(),
+        user_id: case.user_id.clone(),
+        external_id: case.external_id.clone(),
+        date_opened: case.date_opened.clone(),
+        date_modified: case.date_modified.clone(),
+        server_date_opened: case.server_date_opened.clone(),
+        server_date_modified: case.server_date_modified.clone(),
+        closed: case.closed,
+        date_closed: case.date_closed.clone(),
+        properties: case
+            .properties
+            .iter()
+            .map(|(name, value)| Pair {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        indices: case
+            .indices
+            .iter()
+            .map(|index| WitCaseIndex {
+                identifier: index.identifier.clone(),
+                case_type: index.case_type.clone(),
+                case_id: index.case_id.clone(),
+                relationship: index.relationship.clone(),
+            })
+            .collect(),
+        xform_ids: case.xform_ids.clone(),
+        attachments: case.attachments.clone(),
+    })
+}
+
+/// The event for an app change.
+pub fn app_event(domain: &str, app_id: &str, change: crate::record::AppChange, build_id: Option<&str>) -> Event {
+    Event::App(AppEvent {
+        domain: domain.to_owned(),
+        app_id: app_id.to_owned(),
+        change: match change {
+            crate::record::AppChange::Saved => WitAppChange::Saved,
+            crate::record::AppChange::Built => WitAppChange::Built,
+        },
+        build_id: build_id.map(str::to_owned),
+    })
+}
+
+/// Watches `plugin_dir`: loads every `NAME.wasm` at start, then reloads a
+/// file once it is complete (unchanged for `settle`), and unloads a removed
+/// one. Runs on its own thread; compiling never blocks the async runtime.
+pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> anyhow::Result<()> {
+    use notify::{RecursiveMode, Watcher};
+    std::fs::create_dir_all(&plugin_dir)
+        .map_err(|error| anyhow::anyhow!("plugin_dir {}: {error}", plugin_dir.display()))?;
+    let (events_tx, events) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = events_tx.send(());
+    })?;
+    watcher.watch(&plugin_dir, RecursiveMode::NonRecursive)?;
+    // The first scan happens before this returns, so start-up sees every
+    // plugin file that is already there.
+    let mut known: HashMap<PathBuf, FileStamp> = HashMap::new();
+    scan(&host, &plugin_dir, &mut known, Duration::ZERO);
+    std::thread::Builder::new().name("plugin-watch".into()).spawn(move || {
+        let _watcher = watcher;
+        loop {
+            // Wake on an event, or every second anyway (some file systems
+            // do not deliver events).
+            let _ = events.recv_timeout(Duration::from_secs(1));
+            // Let writers finish, then look.
+            std::thread::sleep(settle);
+            while events.try_recv().is_ok() {}
+            scan(&host, &plugin_dir, &mut known, settle);
+        }
+    })?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    loaded: bool,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+        loaded: false,
+    })
+}
+
+fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let name = path.file_stem()?.to_str()?;
+    let valid = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    valid.then(|| name.to_owned())
+}
+
+fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, settle: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut present = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = plugin_name(&path) else {
+            continue;
+        };
+        present.push(path.clone());
+        let Some(mut now) = stamp(&path) else {
+            continue;
+        };
+        if let Some(before) = known.get(&path)
+            && before.len == now.len
+            && before.modified == now.modified
+            && before.loaded
+        {
+            continue;
+        }
+        // A file still being written changes between two looks.
+        if !settle.is_zero() {
+            std::thread::sleep(settle.min(Duration::from_millis(200)));
+            if stamp(&path).is_none_or(|again| again.len != now.len || again.modified != now.modified) {
+                known.insert(path, now);
+                continue;
+            }
+        }
+        let _ = host.load_file(&name, &path);
+        now.loaded = true;
+        known.insert(path, now);
+    }
+    let removed: Vec<PathBuf> = known.keys().filter(|path| !present.contains(path)).cloned().collect();
+    for path in removed {
+        known.remove(&path);
+        if let Some(name) = plugin_name(&path)
+            && let Some(current) = host.get(&name)
+            && current.source == PluginSource::File(path.clone())
+        {
+            tracing::info!(plugin = %name, path = %path.display(), "plugin file removed; unloaded");
+            host.remove(&name);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Sample events for `repeatd plugin run` and the plugin benchmark: a form
+//! file becomes the events a gateway would hand a plugin for it (the form,
+//! or each case it creates), and small JSON files stand for app changes and
+//! cases.
+
+use crate::cases::{self, FormContext};
+use crate::config::PayloadKind;
+use crate::model::{Case, CaseIndex, StoredForm};
+use crate::plugins::{self, Event};
+use crate::record::AppChange;
+
+/// The events `bytes` stands for, for a repeater of `kind` in `domain`.
+pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
+    let text_start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != 0xEF && *b != 0xBB && *b != 0xBF)
+        .map(|i| bytes[i]);
+    match text_start {
+        Some(b'<') => form_events(bytes, kind, domain),
+        Some(b'{') => json_events(bytes, kind, domain),
+        _ => Err("is neither a form (XML) nor an event (JSON)".into()),
+    }
+}
+
+/// The form as the gateway would store it, received now.
+pub fn stored_form(bytes: &[u8], domain: &str) -> Result<(StoredForm, Vec<crate::xform::CaseBlock>), String> {
+    let parsed = crate::xform::parse_form(bytes).map_err(|e| e.to_string())?;
+    let form_id = parsed.form_id().unwrap_or("sample-form").to_owned();
+    let mut case_ids: Vec<String> = Vec::new();
+    for block in &parsed.case_blocks {
+        if !case_ids.contains(&block.case_id) {
+            case_ids.push(block.case_id.clone());
+        }
+    }
+    let is_device_report = parsed.is_device_report();
+    let meta = parsed.meta;
+    let form = StoredForm {
+        domain: domain.to_owned(),
+        form_id,
+        xmlns: parsed.xmlns,
+        app_id: None,
+        received_on: crate::time::format_utc(crate::time::now_micros()),
+        user_id: meta.user_id,
+        username: meta.username,
+        device_id: meta.device_id,
+        time_start: meta.time_start,
+        time_end: meta.time_end,
+        app_version: meta.app_version,
+        case_ids,
+        attachments: Vec::new(),
+        is_device_report,
+        n_duplicates: 0,
+        last_duplicate_on: None,
+    };
+    Ok((form, parsed.case_blocks))
+}
+
+fn form_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
+    let (form, blocks) = stored_form(bytes, domain)?;
+    match kind {
+        PayloadKind::Form | PayloadKind::FormStub => Ok(vec![plugins::form_event(&form, bytes.to_vec())]),
+        PayloadKind::Case => {
+            let context = FormContext {
+                domain,
+                form_id: &form.form_id,
+                received_on: &form.received_on,
+                form_user_id: form.user_id.as_deref(),
+                form_time_end: form.time_end.as_deref(),
+            };
+            let mut cases: Vec<Case> = Vec::new();
+            for block in &blocks {
+                let position = cases.iter().position(|c| c.case_id == block.case_id);
+                let current = position.map(|i| cases.remove(i));
+                let updated = cases::apply_block(current, block, &context);
+                cases.insert(position.unwrap_or(cases.len()), updated);
+            }
+            if cases.is_empty() {
+                return Err("the form has no case block, so a case repeater would send nothing".into());
+            }
+            Ok(cases.iter().map(plugins::case_event).collect())
+        }
+        PayloadKind::AppSchema => Err("an app-schema plugin takes an app event ({\"app_id\": .., \"event\": \"saved\"}), not a form".into()),
+    }
+}
+
+fn json_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    if value.get("event").is_some() {
+        let app_id = text("app_id").ok_or("an app event needs \"app_id\"")?;
+        let change = match text("event").as_deref() {
+            Some("saved") => AppChange::Saved,
+            Some("built") => AppChange::Built,
+            other => return Err(format!("\"event\" is {other:?}; want \"saved\" or \"built\"")),
+        };
+        let build_id = text("build_id");
+        if change == AppChange::Built && build_id.is_none() {
+            return Err("a \"built\" event needs \"build_id\"".into());
+        }
+        if kind != PayloadKind::AppSchema {
+            return Err(format!("an app event goes to app-schema repeaters, not {kind}"));
+        }
+        return Ok(vec![plugins::app_event(domain, &app_id, change, build_id.as_deref())]);
+    }
+    if value.get("case_id").is_some() {
+        if kind != PayloadKind::Case {
+            return Err(format!("a case goes to case repeaters, not {kind}"));
+        }
+        return Ok(vec![plugins::case_event(&case_from_json(&value, domain)?)]);
+    }
+    Err("JSON with neither \"event\" (an app event) nor \"case_id\" (a case)".into())
+}
+
+/// A case from the case-json shape (SPEC section 5).
+fn case_from_json(value: &serde_json::Value, domain: &str) -> Result<Case, String> {
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let properties = value.get("properties").and_then(|p| p.as_object()).cloned().unwrap_or_default();
+    let property = |key: &str| text(properties.get(key));
+    let now = crate::time::format_utc(crate::time::now_micros());
+    let standard = ["case_name", "case_type", "date_opened", "owner_id", "external_id"];
+    let indices = value
+        .get("indices")
+        .and_then(|i| i.as_object())
+        .map(|indices| {
+            indices
+                .iter()
+                .map(|(identifier, index)| CaseIndex {
+                    identifier: identifier.clone(),
+                    case_type: text(index.get("case_type")).unwrap_or_default(),
+                    case_id: text(index.get("case_id")).unwrap_or_default(),
+                    relationship: text(index.get("relationship")).unwrap_or_else(|| "child".into()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Case {
+        domain: text(value.get("domain")).unwrap_or_else(|| domain.to_owned()),
+        case_id: text(value.get("case_id")).ok_or("\"case_id\" must be a string")?,
+        case_type: property("case_type").unwrap_or_default(),
+        case_name: property("case_name").unwrap_or_default(),
+        owner_id: property("owner_id").unwrap_or_default(),
+        user_id: text(value.get("user_id")).unwrap_or_default(),
+        opened_by: text(value.get("opened_by")).unwrap_or_default(),
+        external_id: property("external_id"),
+        date_opened: property("date_opened").unwrap_or_else(|| now.clone()),
+        date_modified: text(value.get("date_modified")).unwrap_or_else(|| now.clone()),
+        server_date_opened: text(value.get("server_date_opened")).unwrap_or_else(|| now.clone()),
+        server_date_modified: text(value.get("server_date_modified")).unwrap_or_else(|| now.clone()),
+        closed: value.get("closed").and_then(|c| c.as_bool()).unwrap_or(false),
+        date_closed: text(value.get("date_closed")),
+        closed_by: text(value.get("closed_by")),
+        properties: properties
+            .iter()
+            .filter(|(key, _)| !standard.contains(&key.as_str()))
+            .map(|(key, v)| (key.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect(),
+        indices,
+        xform_ids: value
+            .get("xform_ids")
+            .and_then(|x| x.as_array())
+            .map(|ids| ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        attachments: Vec::new(),
+    })
+}
