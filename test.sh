@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the built-in plugins' unit tests, then the
+# gateway's unit, integration and end-to-end tests (real HTTP receivers, a real
+# SMTP server, real redb files and real .wasm components, all on loopback).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+.ci/setup-test-deps
+
+cargo test --manifest-path plugins/Cargo.toml
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
