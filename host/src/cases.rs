@@ -20,8 +20,9 @@
 //! - The acting user is the block's `user_id`, else the form's meta `userID`, else
 //!   a `user_id` property of the block. It becomes `user_id`, and `closed_by` on
 //!   close; it fills `owner_id` and `opened_by` while those are empty.
-//! - The block's time is its `date_modified` (normalised to UTC when it has an
-//!   offset), else the form's `timeEnd`, else the server's `received_on`. It is
+//! - The block's time is its `date_modified` (normalised to UTC, a time without
+//!   offset taken as UTC and a date as its midnight, as HQ's
+//!   `string_to_utc_datetime` reads it), else the form's `timeEnd`, else the server's `received_on`. It is
 //!   `date_closed` on close and fills `date_opened` while that is empty;
 //!   `date_modified` only moves forward, so an older form arriving late does not
 //!   turn the modification date back.
@@ -443,8 +444,8 @@ mod tests {
         let parent = &store["f8b34e0c744f8f45dfa12e28617e5716"];
         assert_eq!(parent.case_type, "cc_bihar_pregnancy");
         assert_eq!(
-            parent.date_opened, "2012-04-19",
-            "a date without time is kept as sent"
+            parent.date_opened, "2012-04-19T00:00:00.000000Z",
+            "a date without time is its midnight UTC"
         );
         assert_eq!(parent.properties.len(), 20);
         assert_eq!(property(parent, "tt_1_date"), Some("2012-04-30"));
@@ -461,7 +462,7 @@ mod tests {
         for task in tasks {
             assert_eq!(task.owner_id, "3c5a80e4db53049dfc110c368a0d282b");
             assert_eq!(task.user_id, "67bffa913b38e7901851d863eded2ba3");
-            assert_eq!(task.date_modified, "2012-05-28");
+            assert_eq!(task.date_modified, "2012-05-28T00:00:00.000000Z");
             assert_eq!(task.indices.len(), 1);
             assert_eq!(task.indices[0].identifier, "person_id");
             assert_eq!(task.xform_ids, [form_id.as_str()]);
@@ -511,8 +512,8 @@ mod tests {
             "owner defaults to the block's user"
         );
         assert_eq!(case.opened_by, "bar-user-id");
-        assert_eq!(case.date_opened, "2011-12-06T13:42:50");
-        assert_eq!(case.date_modified, "2011-12-06T13:42:50");
+        assert_eq!(case.date_opened, "2011-12-06T13:42:50.000000Z");
+        assert_eq!(case.date_modified, "2011-12-06T13:42:50.000000Z");
 
         submit(
             &mut store,
@@ -526,16 +527,19 @@ mod tests {
             case.properties,
             [("dynamic".to_owned(), "something dynamic".to_owned())]
         );
-        assert_eq!(case.date_modified, "2011-12-07T13:42:50");
-        assert_eq!(case.date_opened, "2011-12-06T13:42:50");
+        assert_eq!(case.date_modified, "2011-12-07T13:42:50.000000Z");
+        assert_eq!(case.date_opened, "2011-12-06T13:42:50.000000Z");
 
         submit(&mut store, "basic_close.xml", "2011-12-08T14:00:00.000000Z");
         let case = &store["foo-case-id"];
         assert!(case.closed);
-        assert_eq!(case.date_closed.as_deref(), Some("2011-12-06T13:42:50"));
+        assert_eq!(
+            case.date_closed.as_deref(),
+            Some("2011-12-06T13:42:50.000000Z")
+        );
         assert_eq!(case.closed_by.as_deref(), Some("bar-user-id"));
         assert_eq!(
-            case.date_modified, "2011-12-07T13:42:50",
+            case.date_modified, "2011-12-07T13:42:50.000000Z",
             "an older device time does not move it back"
         );
         assert_eq!(case.server_date_modified, "2011-12-08T14:00:00.000000Z");
@@ -710,9 +714,9 @@ mod tests {
             &context("b", "2020-02-02T00:00:00.000000Z"),
         );
         assert_eq!(second.case_name, "second");
-        assert_eq!(second.date_opened, "2020-01-01");
+        assert_eq!(second.date_opened, "2020-01-01T00:00:00.000000Z");
         assert_eq!(second.server_date_opened, "2020-01-02T00:00:00.000000Z");
-        assert_eq!(second.date_modified, "2020-02-01");
+        assert_eq!(second.date_modified, "2020-02-01T00:00:00.000000Z");
         assert_eq!(second.xform_ids, ["a", "b"]);
         let again = apply_block(
             Some(second),

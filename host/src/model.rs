@@ -15,8 +15,9 @@ pub struct CaseIndex {
 
 /// A case as it stands after every form that touched it, in CommCare's terms.
 /// Device times (`date_opened`, `date_modified`, `date_closed`) are normalised
-/// to UTC `YYYY-MM-DDTHH:MM:SS.ffffffZ` when they carry an offset and kept as
-/// sent otherwise; server times are always in that format.
+/// to UTC `YYYY-MM-DDTHH:MM:SS.ffffffZ` (no offset means UTC, a date means its
+/// midnight, as HQ reads them) and kept as sent only when unparseable; server
+/// times are always in that format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Case {
     pub domain: String,

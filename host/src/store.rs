@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata as _, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
 use serde::Serialize;
@@ -60,6 +60,9 @@ const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> = TableDefinition:
 const STATE_COUNTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("state_counts");
 /// (kind, domain, name) → an object declared in the config or through the API.
 const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("objects");
+/// (domain, connection) → what the connection's contacts are still owed an
+/// e-mail about (see `email`).
+const NOTIFICATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("notifications");
 
 /// How many jobs one group commit takes at most.
 const MAX_JOBS_PER_COMMIT: usize = 2_048;
@@ -103,7 +106,9 @@ storage_error_from!(
 );
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
-type Job = Box<dyn FnOnce(&WriteTransaction) -> Completion + Send>;
+/// A job returns its completion and whether it may have left partial writes
+/// behind (a storage error part-way): then the whole batch is abandoned.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
 
 /// A form ready to be committed: parsed, authenticated, not yet stored.
 #[derive(Debug)]
@@ -255,13 +260,17 @@ impl Store {
             txn.open_table(PAYLOAD_RECORDS)?;
             txn.open_table(STATE_COUNTS)?;
             txn.open_table(OBJECTS)?;
+            txn.open_table(NOTIFICATIONS)?;
             let records = txn.open_table(RECORDS)?;
             last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
         txn.commit()?;
         let db = Arc::new(db);
         let (writer, jobs) = mpsc::channel::<Job>();
-        let writer_db = db.clone();
+        // Weak: the file must close when the last `Store` is dropped, not
+        // whenever the writer thread gets round to exiting (a restart in the
+        // same process opens it again at once).
+        let writer_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(&writer_db, &jobs))
@@ -332,14 +341,18 @@ impl Store {
     {
         let boxed: Job = Box::new(move |txn| {
             let result = job(txn);
-            Box::new(move |commit: Result<(), Arc<String>>| {
+            // Logical refusals (no such record) are returned before any write;
+            // a storage or decoding error may strike after some.
+            let poisoned = matches!(result, Err(StoreError::Storage(_) | StoreError::Corrupt { .. }));
+            let completion: Completion = Box::new(move |commit: Result<(), Arc<String>>| {
                 let result = match (result, commit) {
                     (Ok(value), Ok(())) => Ok(value),
                     (Err(error), _) => Err(error),
                     (Ok(_), Err(commit_error)) => Err(StoreError::Storage(commit_error.to_string())),
                 };
                 reply(result);
-            })
+            });
+            (completion, poisoned)
         });
         self.writer.send(boxed).map_err(|_| StoreError::WriterGone)
     }
@@ -871,6 +884,47 @@ impl Store {
         self.write_blocking(move |txn| apply_object_changes(txn, &changes))
     }
 
+    // ---- pending error e-mails ---------------------------------------------
+
+    /// Every connection's pending notification state, as (domain, connection,
+    /// value); an entry that cannot be decoded is handed back as its error.
+    pub fn notifications<T: DeserializeOwned>(&self) -> Result<Vec<(String, String, Result<T, StoreError>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NOTIFICATIONS)?;
+        let mut found = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (domain, connection) = key.value();
+            let decoded = decode(value.value(), || format!("notification state of connection {domain}/{connection}"));
+            found.push((domain.to_owned(), connection.to_owned(), decoded));
+        }
+        Ok(found)
+    }
+
+    /// Writes (or, for `None`, removes) several connections' notification
+    /// states in one transaction.
+    pub async fn put_notifications<T: Serialize + Send + 'static>(
+        &self,
+        changes: Vec<(String, String, Option<T>)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(NOTIFICATIONS)?;
+            for (domain, connection, value) in &changes {
+                let key = (domain.as_str(), connection.as_str());
+                match value {
+                    Some(value) => {
+                        table.insert(key, encode(value).as_slice())?;
+                    }
+                    None => {
+                        table.remove(key)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// A fresh id for a repeater's due index, unique in this store.
     pub fn allocate_repeater_id_blocking(&self) -> Result<u64, StoreError> {
         self.write_blocking(allocate_repeater_id)
@@ -958,8 +1012,10 @@ fn write_record(txn: &WriteTransaction, before: Option<&RepeatRecord>, record: &
 
 /// The writer thread: takes every job that is waiting, runs them in one
 /// transaction, commits durably, then answers each.
-fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>) {
+fn run_writer(db: &std::sync::Weak<Database>, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
+        // Whoever sent a job holds a `Store` until it is answered.
+        let Some(db) = db.upgrade() else { break };
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
             match jobs.try_recv() {
@@ -971,8 +1027,19 @@ fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>) {
         let committed = (|| -> Result<(), StoreError> {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            let mut poisoned = false;
             for job in batch.drain(..) {
-                completions.push(job(&txn));
+                let (completion, job_poisoned) = job(&txn);
+                completions.push(completion);
+                poisoned |= job_poisoned;
+            }
+            if poisoned {
+                // Dropping the transaction discards every write of the batch,
+                // so a half-applied job never becomes durable.
+                txn.abort()?;
+                return Err(StoreError::Storage(
+                    "a job of this group commit failed part-way; the whole group was rolled back".into(),
+                ));
             }
             txn.commit()?;
             Ok(())
@@ -981,6 +1048,7 @@ fn run_writer(db: &Database, jobs: &mpsc::Receiver<Job>) {
             tracing::error!(%error, "group commit failed; its jobs are refused");
             Arc::new(error.to_string())
         });
+        drop(db);
         // Jobs that never ran (the transaction could not begin) are dropped:
         // their callers see `WriterGone`.
         for done in completions {

@@ -38,22 +38,14 @@ pub fn format_utc(micros: i64) -> String {
     )
 }
 
-/// Parses an ISO-8601 timestamp as devices send it and returns Unix microseconds
-/// (UTC). Accepted: a date (`2015-04-17`, taken as midnight UTC), or a date, `T` (or
-/// a space), `HH:MM`, optional `:SS`, optional fraction (digits beyond microseconds
-/// are dropped) and an optional offset `Z`, `±HH`, `±HHMM` or `±HH:MM`. Without an
-/// offset the time is taken as UTC. Surrounding whitespace is ignored.
-pub fn parse_timestamp(raw: &str) -> Option<i64> {
-    parse_timestamp_with_offset_flag(raw).map(|parsed| parsed.micros)
-}
-
-/// The value to store for a time a device sent: when `raw` carries an explicit
-/// offset or `Z`, the same instant formatted in UTC; a date-only value, a time
-/// without an offset or anything unparseable is kept as sent (trimmed).
+/// The value to store for a time a device sent: the instant formatted in UTC
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as CommCare HQ stores it (`string_to_utc_datetime`
+/// then `json_format_datetime`: a time without an offset is taken as UTC, a date
+/// as its midnight UTC). Anything unparseable is kept as sent (trimmed).
 pub fn normalize_device_time(raw: &str) -> String {
-    match parse_timestamp_with_offset_flag(raw) {
-        Some(parsed) if parsed.has_explicit_offset => format_utc(parsed.micros),
-        _ => raw.trim().to_owned(),
+    match parse_timestamp(raw) {
+        Some(micros) => format_utc(micros),
+        None => raw.trim().to_owned(),
     }
 }
 
@@ -133,13 +125,12 @@ fn month_number(name: &str) -> Option<i64> {
     i64::try_from(position).ok().map(|position| position + 1)
 }
 
-/// A parsed timestamp and whether its text named an offset (or `Z`).
-struct ParsedTimestamp {
-    micros: i64,
-    has_explicit_offset: bool,
-}
-
-fn parse_timestamp_with_offset_flag(raw: &str) -> Option<ParsedTimestamp> {
+/// Parses an ISO-8601 timestamp as devices send it and returns Unix microseconds
+/// (UTC). Accepted: a date (`2015-04-17`, taken as midnight UTC), or a date, `T` (or
+/// a space), `HH:MM`, optional `:SS`, optional fraction (digits beyond microseconds
+/// are dropped) and an optional offset `Z`, `±HH`, `±HHMM` or `±HH:MM`. Without an
+/// offset the time is taken as UTC. Surrounding whitespace is ignored.
+pub fn parse_timestamp(raw: &str) -> Option<i64> {
     let mut cursor = Cursor {
         bytes: raw.trim().as_bytes(),
         position: 0,
@@ -155,10 +146,7 @@ fn parse_timestamp_with_offset_flag(raw: &str) -> Option<ParsedTimestamp> {
     }
     let days_since_epoch = days_from_civil(year, month, day);
     if cursor.at_end() {
-        return Some(ParsedTimestamp {
-            micros: days_since_epoch * MICROS_PER_DAY,
-            has_explicit_offset: false,
-        });
+        return Some(days_since_epoch * MICROS_PER_DAY);
     }
 
     match cursor.next()? {
@@ -213,10 +201,7 @@ fn parse_timestamp_with_offset_flag(raw: &str) -> Option<ParsedTimestamp> {
 
     let local_seconds = days_since_epoch * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second;
     let utc_seconds = local_seconds - offset_seconds.unwrap_or(0);
-    Some(ParsedTimestamp {
-        micros: utc_seconds * MICROS_PER_SECOND + fraction_micros,
-        has_explicit_offset: offset_seconds.is_some(),
-    })
+    Some(utc_seconds * MICROS_PER_SECOND + fraction_micros)
 }
 
 /// A read position in the ASCII text of a timestamp.
@@ -400,15 +385,18 @@ mod tests {
     }
 
     #[test]
-    fn values_without_offset_or_unparseable_are_kept_as_sent() {
-        assert_eq!(normalize_device_time(" 2015-04-17 "), "2015-04-17");
+    fn values_without_offset_are_utc_and_unparseable_ones_kept_as_sent() {
+        assert_eq!(
+            normalize_device_time(" 2015-04-17 "),
+            "2015-04-17T00:00:00.000000Z"
+        );
         assert_eq!(
             normalize_device_time("2011-12-06T13:42:50"),
-            "2011-12-06T13:42:50"
+            "2011-12-06T13:42:50.000000Z"
         );
         assert_eq!(
             normalize_device_time("2010-06-29T13:42:50.137"),
-            "2010-06-29T13:42:50.137"
+            "2010-06-29T13:42:50.137000Z"
         );
         assert_eq!(normalize_device_time(" not a date\t"), "not a date");
         assert_eq!(
