@@ -97,6 +97,18 @@ fn store_error(error: crate::store::StoreError) -> Response {
     error_json(StatusCode::INTERNAL_SERVER_ERROR, &error)
 }
 
+/// A connection or repeater body, read by the config reader so that errors
+/// name their field (`retry.min_wait`, `auth.type`); an error about the body
+/// as a whole names `body`.
+fn parse_spec<T>(body: &Bytes, read: fn(Value) -> Result<T, crate::config::FieldError>) -> Result<T, Response> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "body", &format!("not valid JSON: {e}")))?;
+    read(value).map_err(|problem| {
+        let field = if problem.field.is_empty() { "body" } else { problem.field.as_str() };
+        error(StatusCode::UNPROCESSABLE_ENTITY, field, &problem.problem)
+    })
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         // serde names the field in its message ("unknown field `x`", "missing field `y`").
@@ -175,7 +187,7 @@ pub async fn get_connection(
 }
 
 async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Bytes, name: Option<&str>) -> Response {
-    let mut spec: ConnectionSpec = match parse_json(body) {
+    let mut spec: ConnectionSpec = match parse_spec(body, ConnectionSpec::from_json) {
         Ok(spec) => spec,
         Err(response) => return response,
     };
@@ -189,12 +201,16 @@ async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Byt
     if let Err(problem) = spec.validate() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, &problem.field, &problem.problem);
     }
+    if let Err(response) = check_connection_reach(app, access, &spec) {
+        return response;
+    }
     let origin = match access {
         Access::Admin => Origin::Admin,
         Access::Domain => Origin::Domain,
     };
     match app.catalog.put_connection(domain, spec.clone(), origin, name.is_some()).await {
         Ok(()) => {
+            tracing::info!(domain, connection = %spec.name, ?origin, url = %spec.url, auth = ?spec.auth, "connection saved");
             let status = if name.is_some() { StatusCode::OK } else { StatusCode::CREATED };
             let stored = app
                 .catalog
@@ -208,6 +224,44 @@ async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Byt
         }
         Err(error) => catalog_error(error),
     }
+}
+
+/// What can be refused before anything is stored: an auth plugin that is not
+/// loaded, and for a domain token an IP-literal URL the egress policy refuses
+/// (names are checked when they are resolved, at send time).
+fn check_connection_reach(app: &AppState, access: Access, spec: &ConnectionSpec) -> Result<(), Response> {
+    use crate::config::AuthSpec;
+    if let AuthSpec::Plugin { plugin, .. } = &spec.auth {
+        match app.plugins.get(plugin) {
+            Some(loaded) if matches!(loaded.kind, crate::plugins::PluginKind::Auth { .. }) => {}
+            Some(loaded) => {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "auth.plugin",
+                    &format!("plugin \"{plugin}\" is a {}, not an auth plugin", loaded.kind.label()),
+                ));
+            }
+            None => {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "auth.plugin",
+                    &format!("no auth plugin \"{plugin}\" is loaded"),
+                ));
+            }
+        }
+    }
+    if access == Access::Domain {
+        let policy = app.delivery.egress();
+        policy
+            .check_url_text(&spec.url)
+            .map_err(|refused| error(StatusCode::UNPROCESSABLE_ENTITY, "url", &refused.to_string()))?;
+        if let AuthSpec::Oauth2ClientCredentials { token_url, .. } | AuthSpec::Oauth2Password { token_url, .. } = &spec.auth {
+            policy
+                .check_url_text(token_url)
+                .map_err(|refused| error(StatusCode::UNPROCESSABLE_ENTITY, "auth.token_url", &refused.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn create_connection(
@@ -291,7 +345,7 @@ pub async fn get_repeater(
 }
 
 async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&str>) -> Response {
-    let mut spec: RepeaterSpec = match parse_json(body) {
+    let mut spec: RepeaterSpec = match parse_spec(body, RepeaterSpec::from_json) {
         Ok(spec) => spec,
         Err(response) => return response,
     };
@@ -305,12 +359,19 @@ async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&
     if let Err(problem) = spec.validate() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, &problem.field, &problem.problem);
     }
-    if !app.plugins.is_loaded(&spec.format) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "format",
-            &format!("no payload format plugin \"{}\" is loaded", spec.format),
-        );
+    let format_problem = match app.plugins.get(&spec.format).map(|loaded| loaded.kind.clone()) {
+        None => Some(format!("no payload format plugin \"{}\" is loaded", spec.format)),
+        Some(crate::plugins::PluginKind::Format { kinds, .. }) if !kinds.contains(&spec.kind) => Some(format!(
+            "plugin \"{}\" does not build {} payloads (it builds {})",
+            spec.format,
+            spec.kind,
+            kinds.iter().map(|kind| kind.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        Some(crate::plugins::PluginKind::Format { .. }) => None,
+        Some(other) => Some(format!("plugin \"{}\" is an {} plugin, not a payload format", spec.format, other.label())),
+    };
+    if let Some(problem) = format_problem {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "format", &problem);
     }
     match app.catalog.put_repeater(domain, spec.clone(), name.is_some()).await {
         Ok(id) => {
@@ -525,7 +586,7 @@ pub async fn record_action(
     match app.store.operator_action(record.seq, action).await {
         Ok(record) => {
             if let Some(at) = record.next_attempt_at {
-                app.scheduler.registered(&[(record.repeater_id, at)]);
+                app.scheduler.operator_released(&[(record.repeater_id, record.seq, at)]);
             }
             Json(record_json(&app, &record)).into_response()
         }
@@ -572,11 +633,11 @@ pub async fn bulk_action(
     };
     match app.store.bulk_action(domain, filter, action).await {
         Ok(changed) => {
-            let due: Vec<(u64, i64)> = changed
+            let due: Vec<(u64, u64, i64)> = changed
                 .iter()
-                .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, at)))
+                .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, r.seq, at)))
                 .collect();
-            app.scheduler.registered(&due);
+            app.scheduler.operator_released(&due);
             Json(json!({ "action": body.action, "changed": changed.len() })).into_response()
         }
         Err(error) => store_error(error),

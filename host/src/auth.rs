@@ -33,7 +33,9 @@ struct CachedToken {
     expires_at: Instant,
 }
 
-/// OAuth2 tokens by (token_url, client_id, username).
+/// OAuth2 tokens by (token_url, client_id, username and a digest of the
+/// secrets): connections that share a token endpoint and client id but not its
+/// credentials (another project space, say) never share a token.
 #[derive(Debug, Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, CachedToken>>,
@@ -42,18 +44,36 @@ pub struct TokenCache {
 }
 
 fn cache_key(spec: &AuthSpec) -> Option<String> {
-    match spec {
+    let parts: Vec<&str> = match spec {
         AuthSpec::Oauth2ClientCredentials {
-            token_url, client_id, ..
-        } => Some(format!("{token_url}\n{client_id}\n")),
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } => vec![token_url, client_id, client_secret.expose(), scope.as_deref().unwrap_or_default()],
         AuthSpec::Oauth2Password {
             token_url,
             client_id,
+            client_secret,
+            scope,
             username,
-            ..
-        } => Some(format!("{token_url}\n{client_id}\n{username}")),
-        _ => None,
+            password,
+        } => vec![
+            token_url,
+            client_id,
+            client_secret.expose(),
+            scope.as_deref().unwrap_or_default(),
+            username,
+            password.expose(),
+        ],
+        _ => return None,
+    };
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
     }
+    Some(hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 impl TokenCache {
@@ -135,7 +155,7 @@ impl TokenCache {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| token_error(e.without_url().to_string()))?;
+            .map_err(|e| token_error(describe_send_error(&e)))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| token_error(e.without_url().to_string()))?;
         if !status.is_success() {
@@ -163,6 +183,24 @@ impl TokenCache {
         );
         Ok(access_token)
     }
+}
+
+/// Why the token request did not get an answer, with its causes.
+fn describe_send_error(error: &reqwest::Error) -> String {
+    if let Some(refused) = crate::egress::refusal_in(error) {
+        return refused.to_string();
+    }
+    if error.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut text = if error.is_connect() { "connection failed" } else { "request failed" }.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn excerpt(text: &str) -> String {
@@ -310,6 +348,19 @@ mod tests {
         let header = digest_header(&challenge, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", "0a4f113b");
         assert!(header.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{header}");
         assert!(header.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#));
+    }
+
+    #[test]
+    fn tokens_are_shared_only_by_identical_credentials() {
+        let spec = |secret: &str| AuthSpec::Oauth2ClientCredentials {
+            token_url: "https://idp.example/token".into(),
+            client_id: "gateway".into(),
+            client_secret: crate::config::Secret::new(secret),
+            scope: None,
+        };
+        assert_eq!(cache_key(&spec("a")), cache_key(&spec("a")));
+        assert_ne!(cache_key(&spec("a")), cache_key(&spec("b")), "another domain's guess must not reuse a token");
+        assert!(!cache_key(&spec("s3cret-value")).unwrap().contains("s3cret"), "the key holds a digest only");
     }
 
     #[test]

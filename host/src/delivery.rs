@@ -3,6 +3,14 @@
 //! adds `Idempotency-Key`, the connection's headers and its authentication,
 //! sends it over a pooled HTTP client and classifies what came back into an
 //! `Outcome`. Only this module and `auth` reach the network.
+//!
+//! Connections created or changed with a domain token go through clients
+//! guarded by the [`egress`](crate::egress) policy: their names are resolved
+//! by a resolver that drops refused addresses, their IP-literal URLs (and
+//! OAuth2 token URLs) are checked before sending, and they use no proxy, so
+//! the address checked is the one connected to. A refused address is a
+//! failed attempt (retried like a network failure, and reported to the
+//! connection's contacts) whose error says which address and why.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +18,9 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{self, TokenCache};
-use crate::config::{AuthSpec, ConnectionSpec, HttpMethod, PayloadKind, RepeaterSpec};
+use crate::catalog::Origin;
+use crate::config::{AuthSpec, ConnectionSpec, DeliveryConfig, HttpMethod, PayloadKind, RepeaterSpec};
+use crate::egress::{self, EgressPolicy, GuardedResolver};
 use crate::plugins::{self, Payload, PluginError, PluginHost};
 use crate::record::{self, Attempt, Outcome, PayloadRef, RepeatRecord};
 use crate::store::SendSource;
@@ -34,6 +44,10 @@ pub enum SendResult {
 pub struct Delivery {
     client: reqwest::Client,
     insecure_client: reqwest::Client,
+    /// The same two for connections made with a domain token.
+    guarded_client: reqwest::Client,
+    guarded_insecure_client: reqwest::Client,
+    egress: Arc<EgressPolicy>,
     plugins: Arc<PluginHost>,
     tokens: TokenCache,
     default_timeout: Duration,
@@ -45,8 +59,14 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-fn build_client(skip_cert_verify: bool) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+fn build_client(skip_cert_verify: bool, guard: Option<&Arc<EgressPolicy>>) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(policy) = guard {
+        builder = builder
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .no_proxy();
+    }
+    builder
         .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
@@ -58,21 +78,31 @@ fn build_client(skip_cert_verify: bool) -> reqwest::Result<reqwest::Client> {
 }
 
 impl Delivery {
-    pub fn new(plugins: Arc<PluginHost>, default_timeout: Duration) -> anyhow::Result<Delivery> {
+    pub fn new(plugins: Arc<PluginHost>, config: &DeliveryConfig) -> anyhow::Result<Delivery> {
+        let egress = Arc::new(EgressPolicy::new(config.allowed_networks.clone()));
         Ok(Delivery {
-            client: build_client(false)?,
-            insecure_client: build_client(true)?,
+            client: build_client(false, None)?,
+            insecure_client: build_client(true, None)?,
+            guarded_client: build_client(false, Some(&egress))?,
+            guarded_insecure_client: build_client(true, Some(&egress))?,
+            egress,
             plugins,
             tokens: TokenCache::default(),
-            default_timeout,
+            default_timeout: config.default_timeout,
         })
+    }
+
+    /// The policy for connections made with a domain token.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
     }
 
     pub fn tokens(&self) -> &TokenCache {
         &self.tokens
     }
 
-    /// Makes one attempt at `record`.
+    /// Makes one attempt at `record`. `origin` says who made the connection:
+    /// one made with a domain token may only reach what the egress policy allows.
     pub async fn send(
         &self,
         record_id: &str,
@@ -80,6 +110,7 @@ impl Delivery {
         source: SendSource,
         repeater: &RepeaterSpec,
         connection: &ConnectionSpec,
+        origin: Origin,
     ) -> SendResult {
         let Some(plugin) = self.plugins.get(&repeater.format) else {
             return SendResult::PluginMissing(repeater.format.clone());
@@ -106,7 +137,12 @@ impl Delivery {
             ));
         }
         let settings = plugins::pairs(settings);
-        let payload = match self.plugins.build_payload(&plugin, record.kind, &event, &settings) {
+        let payload = match self
+            .plugins
+            .clone()
+            .build_payload_off_runtime(plugin, record.kind, event, settings)
+            .await
+        {
             Ok(payload) => payload,
             Err(error @ (PluginError::Failed { .. } | PluginError::Trapped { .. } | PluginError::WrongKind { .. })) => {
                 return rejected(error.to_string());
@@ -159,12 +195,15 @@ impl Delivery {
             HttpMethod::Post => reqwest::Method::POST,
             HttpMethod::Put => reqwest::Method::PUT,
         };
+        let guarded = origin == Origin::Domain;
         let exchange = Exchange {
-            client: if connection.skip_cert_verify {
-                &self.insecure_client
-            } else {
-                &self.client
+            client: match (guarded, connection.skip_cert_verify) {
+                (false, false) => &self.client,
+                (false, true) => &self.insecure_client,
+                (true, false) => &self.guarded_client,
+                (true, true) => &self.guarded_insecure_client,
             },
+            guard: guarded.then_some(&*self.egress),
             method,
             url,
             headers,
@@ -210,6 +249,15 @@ impl Delivery {
                 }
             }
         };
+        tracing::debug!(
+            record = record_id,
+            url = %attempt.url,
+            auth = connection.auth.type_name(),
+            status = ?attempt.status,
+            error = ?attempt.error,
+            duration_ms,
+            "attempt"
+        );
         SendResult::Done {
             outcome,
             attempt: Some(attempt),
@@ -257,7 +305,7 @@ impl Delivery {
                 exchange.run(Some(("authorization".into(), header))).await
             }
             AuthSpec::Oauth2ClientCredentials { .. } | AuthSpec::Oauth2Password { .. } => {
-                let token = self.tokens.token(&self.client, auth_spec).await.map_err(|e| e.to_string())?;
+                let token = self.oauth2_token(exchange, auth_spec).await?;
                 let answer = exchange
                     .run(Some(("authorization".into(), format!("Bearer {token}"))))
                     .await?;
@@ -265,7 +313,7 @@ impl Delivery {
                     return Ok(answer);
                 }
                 self.tokens.invalidate(auth_spec);
-                let token = self.tokens.token(&self.client, auth_spec).await.map_err(|e| e.to_string())?;
+                let token = self.oauth2_token(exchange, auth_spec).await?;
                 exchange
                     .run(Some(("authorization".into(), format!("Bearer {token}"))))
                     .await
@@ -290,7 +338,12 @@ impl Delivery {
                     .iter()
                     .map(|(name, value)| (name.clone(), value.expose().to_owned()))
                     .collect();
-                let added = self.plugins.sign(&loaded, &request, &settings).map_err(|e| e.to_string())?;
+                let added = self
+                    .plugins
+                    .clone()
+                    .sign_off_runtime(loaded, request, settings)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut extra = Vec::new();
                 for (name, value) in added {
                     extra.push((name, value));
@@ -298,6 +351,26 @@ impl Delivery {
                 exchange.run_with(&extra).await
             }
         }
+    }
+}
+
+impl Delivery {
+    /// An OAuth2 access token, fetched over the connection's own client (so
+    /// the token URL is held to the same egress policy and certificate setting).
+    async fn oauth2_token(&self, exchange: &Exchange<'_>, auth_spec: &AuthSpec) -> Result<String, String> {
+        if let (
+            Some(policy),
+            AuthSpec::Oauth2ClientCredentials { token_url, .. } | AuthSpec::Oauth2Password { token_url, .. },
+        ) = (exchange.guard, auth_spec)
+        {
+            policy
+                .check_url_text(token_url)
+                .map_err(|refused| format!("oauth2 token request to {token_url} failed: {refused}"))?;
+        }
+        self.tokens
+            .token(exchange.client, auth_spec)
+            .await
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -311,6 +384,8 @@ fn rejected(error: String) -> SendResult {
 /// One prepared HTTP request, sendable more than once.
 struct Exchange<'a> {
     client: &'a reqwest::Client,
+    /// Set for connections made with a domain token.
+    guard: Option<&'a EgressPolicy>,
     method: reqwest::Method,
     url: reqwest::Url,
     headers: HeaderMap,
@@ -333,6 +408,9 @@ impl Exchange<'_> {
     }
 
     async fn run_with(&self, extra_headers: &[(String, String)]) -> Result<Answer, String> {
+        if let Some(policy) = self.guard {
+            policy.check_url(&self.url).map_err(|refused| refused.to_string())?;
+        }
         let mut headers = self.headers.clone();
         for (name, value) in extra_headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("auth header name {name:?} is not valid"))?;
@@ -388,6 +466,9 @@ impl Exchange<'_> {
 fn describe_error(error: &reqwest::Error, timeout: Duration) -> String {
     if error.is_timeout() {
         return format!("timed out after {} ms", timeout.as_millis());
+    }
+    if let Some(refused) = egress::refusal_in(error) {
+        return refused.to_string();
     }
     let mut text = if error.is_connect() {
         "connection failed".to_owned()

@@ -23,6 +23,12 @@ use crate::xform;
 
 const OPENROSA_VERSION: &str = "1.0";
 
+/// Argon2 password checks under way at once. Each takes about 19 MiB and tens
+/// of milliseconds: unbounded, a burst of devices whose credentials are not
+/// cached yet (after a start or any catalog change), or a flood of wrong
+/// passwords, runs hundreds at once and the gateway's memory grows with them.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// An OpenRosa response: what CommCare and ODK Collect expect back.
 fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
     let body = format!(
@@ -121,6 +127,9 @@ async fn receive_form(app: Arc<AppState>, domain: String, app_id: Option<String>
     let verified = if app.catalog.submitter_known_good(&domain, &username, &password) {
         true
     } else {
+        // Once through the gate, `verify_submitter` looks in the cache again:
+        // requests that waited behind one with the same credentials skip argon2.
+        let _turn = PASSWORD_CHECKS.acquire().await.ok();
         let catalog = app.catalog.clone();
         let (d, u, p) = (domain.clone(), username.clone(), password);
         tokio::task::spawn_blocking(move || catalog.verify_submitter(&d, &u, &p))

@@ -15,6 +15,9 @@
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
 //! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
+//! - [`email`]: error e-mails to each connection's contacts (SMTP).
+//! - [`egress`]: which addresses connections made with a domain token may
+//!   reach (the server-side request forgery guard).
 //! - [`plugins`]: the WebAssembly host.
 //! - [`api`], [`metrics`]: the admin API.
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
@@ -30,6 +33,8 @@ pub mod cases;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
+pub mod email;
+pub mod egress;
 pub mod filters;
 pub mod ingest;
 pub mod metrics;
@@ -63,6 +68,9 @@ use crate::store::Store;
 
 /// How long shutdown waits for sends under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for error e-mails under way (they are sent again
+/// after a restart when cut short).
+const EMAIL_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a plugin file must stay unchanged before it is loaded.
 const PLUGIN_SETTLE: Duration = Duration::from_millis(300);
 
@@ -75,6 +83,7 @@ pub struct AppState {
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<Delivery>,
+    pub notifier: email::Notifier,
     pub admin_token_digest: [u8; 32],
 }
 
@@ -166,6 +175,8 @@ pub async fn run(
 
 /// Builds and starts everything but the HTTP server.
 pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
+    // Secrets print as "********" in Debug output.
+    tracing::debug!(?config, "configuration");
     let config = Arc::new(config);
     let (token, token_source) = admin_token(&config)?;
     let store_dir = config.data_dir.clone();
@@ -203,13 +214,15 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     };
     let catalog = Arc::new(catalog);
     let metrics = Arc::new(Metrics::default());
-    let delivery = Arc::new(Delivery::new(plugins.clone(), config.delivery.default_timeout)?);
+    let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery)?);
+    let notifier = email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone()).await?;
     let scheduler = Scheduler::start(
         store.clone(),
         catalog.clone(),
         delivery.clone(),
         plugins.clone(),
         metrics.clone(),
+        notifier.clone(),
         config.retry.clone(),
         config.delivery.max_in_flight,
     );
@@ -221,6 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
         scheduler,
         metrics,
         delivery,
+        notifier,
         admin_token_digest: secrets::token_digest(&token),
     });
     Ok((state, token_source))
@@ -238,5 +252,6 @@ pub async fn serve(
         .await
         .context("serving HTTP")?;
     state.scheduler.shutdown(SHUTDOWN_GRACE).await;
+    state.notifier.shutdown(EMAIL_SHUTDOWN_GRACE).await;
     Ok(())
 }

@@ -40,9 +40,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Validate a component; print its kind and name.
-    Check { file: PathBuf },
+    Check {
+        /// A component file, or the name of a built-in (e.g. case-json).
+        file: PathBuf,
+    },
     /// Run a payload plugin on one sample event and print the request it would send.
     Run {
+        /// A component file, or the name of a built-in (e.g. case-json).
         file: PathBuf,
         /// A form (XML, as a device submits it), an app event
         /// (`{"app_id": .., "event": "saved"|"built", "build_id": ..}`) or a
@@ -59,6 +63,12 @@ enum PluginCommand {
         /// The connection URL to show.
         #[arg(long, default_value = "http://remote.example/receiver")]
         url: String,
+        /// The app a form was submitted for (as `POST /a/{domain}/receiver/{app_id}`).
+        #[arg(long)]
+        app_id: Option<String>,
+        /// A repeater setting handed to the plugin, NAME=VALUE (repeatable).
+        #[arg(long = "setting", value_name = "NAME=VALUE")]
+        settings: Vec<String>,
     },
 }
 
@@ -85,8 +95,10 @@ fn main() -> ExitCode {
                     kind,
                     domain,
                     url,
+                    app_id,
+                    settings,
                 },
-        } => plugin_run(&file, &event, kind.as_deref(), &domain, &url),
+        } => plugin_run(&file, &event, kind.as_deref(), &domain, &url, app_id.as_deref(), &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,8 +154,16 @@ async fn shutdown_signal() {
     eprintln!("repeatd: shutting down; letting sends under way finish");
 }
 
+/// Loads a component file; a name of a built-in that is not a file (e.g.
+/// `case-json`) loads the embedded built-in.
 fn load_plugin_file(file: &Path) -> anyhow::Result<(std::sync::Arc<PluginHost>, plugins::LoadedPlugin)> {
-    let bytes = std::fs::read(file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+    let builtin = (!file.exists())
+        .then(|| file.to_str().and_then(plugins::builtin_component))
+        .flatten();
+    let bytes = match builtin {
+        Some(bytes) => bytes.to_vec(),
+        None => std::fs::read(file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
+    };
     let name = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -170,7 +190,15 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin_run(file: &Path, event_file: &Path, kind: Option<&str>, domain: &str, url: &str) -> anyhow::Result<()> {
+fn plugin_run(
+    file: &Path,
+    event_file: &Path,
+    kind: Option<&str>,
+    domain: &str,
+    url: &str,
+    app_id: Option<&str>,
+    settings: &[String],
+) -> anyhow::Result<()> {
     let (host, loaded) = load_plugin_file(file)?;
     let PluginKind::Format { kinds, .. } = &loaded.kind else {
         anyhow::bail!("{}: is an auth plugin; `plugin run` runs payload formats", file.display());
@@ -184,10 +212,27 @@ fn plugin_run(file: &Path, event_file: &Path, kind: Option<&str>, domain: &str, 
             .ok_or_else(|| anyhow::anyhow!("{}: the plugin serves no kind; pass --kind", file.display()))?,
     };
     let bytes = std::fs::read(event_file).map_err(|error| anyhow::anyhow!("{}: {error}", event_file.display()))?;
-    let events = repeatd::sample::events(&bytes, kind, domain)
+    let mut events = repeatd::sample::events(&bytes, kind, domain)
         .map_err(|problem| anyhow::anyhow!("{}: {problem}", event_file.display()))?;
+    if let Some(app_id) = app_id {
+        for event in &mut events {
+            if let plugins::Event::Form(form) = event {
+                form.app_id = Some(app_id.to_owned());
+            }
+        }
+    }
+    let settings = settings
+        .iter()
+        .map(|setting| {
+            setting
+                .split_once('=')
+                .filter(|(name, _)| !name.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--setting {setting:?}: want NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<(&str, &str)>>>()?;
+    let settings = plugins::pairs(settings);
     for (index, event) in events.iter().enumerate() {
-        let payload = host.build_payload(&loaded, kind, event, &[])?;
+        let payload = host.build_payload(&loaded, kind, event, &settings)?;
         if index > 0 {
             println!();
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{PayloadKind, PluginLimits};
@@ -103,7 +103,56 @@ pub enum PluginSource {
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: CallLimits,
+}
+
+/// The limits of one store: `StoreLimits`, except that a plugin asking for
+/// more memory than the cap is stopped with a typed trap (instead of seeing
+/// `memory.grow` fail, which Rust plugins turn into an abort), so a memory
+/// overrun is told apart from other traps without reading error text.
+struct CallLimits {
     limits: StoreLimits,
+    memory_cap: u64,
+}
+
+/// The trap raised when a plugin grows its memory past `[plugins] memory`.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: asked for {desired} bytes, the limit is {cap}")]
+struct MemoryLimitExceeded {
+    desired: usize,
+    cap: u64,
+}
+
+impl ResourceLimiter for CallLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if self.limits.memory_growing(current, desired, maximum)? {
+            return Ok(true);
+        }
+        if desired as u64 > self.memory_cap {
+            return Err(MemoryLimitExceeded {
+                desired,
+                cap: self.memory_cap,
+            }
+            .into());
+        }
+        Ok(false)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for CallState {
@@ -211,11 +260,23 @@ fn describe_trap(error: &wasmtime::Error, limits: &PluginLimits) -> String {
             other => format!("trapped: {other}"),
         };
     }
-    let text = format!("{error:#}");
-    if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
-        format!("exceeded its memory limit of {} bytes: {text}", limits.memory)
+    if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return format!(
+            "exceeded its memory limit of {} (asked for {})",
+            byte_size(exceeded.cap),
+            byte_size(exceeded.desired as u64)
+        );
+    }
+    format!("{error:#}")
+}
+
+/// `67108864` → `64 MiB`; sizes that are not whole mebibytes stay in bytes.
+fn byte_size(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
     } else {
-        text
+        format!("{bytes} bytes")
     }
 }
 
@@ -291,7 +352,9 @@ impl PluginHost {
         let loaded_at = crate::time::now_micros();
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
             let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store)?;
+            let instance = pre
+                .instantiate(&mut store)
+                .map_err(|error| anyhow::anyhow!("instantiating it failed: {}", describe_trap(&error, &self.limits)))?;
             store.set_epoch_deadline(self.deadline_ticks);
             let info = instance
                 .repeatd_plugin_format()
@@ -315,7 +378,9 @@ impl PluginHost {
         }
         if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
             let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store)?;
+            let instance = pre
+                .instantiate(&mut store)
+                .map_err(|error| anyhow::anyhow!("instantiating it failed: {}", describe_trap(&error, &self.limits)))?;
             store.set_epoch_deadline(self.deadline_ticks);
             let description = instance
                 .repeatd_plugin_auth()
@@ -333,9 +398,20 @@ impl PluginHost {
                 },
             });
         }
-        anyhow::bail!(
-            "exports neither repeatd:plugin/format@1.x (world payload-format) nor repeatd:plugin/auth@1.x (world outbound-auth)"
-        )
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(export_name, _)| export_name.to_owned())
+            .collect();
+        const WANTED: &str =
+            "repeatd:plugin/format@1.x (world payload-format) or repeatd:plugin/auth@1.x (world outbound-auth)";
+        match exports.iter().find(|export_name| export_name.starts_with("repeatd:plugin/")) {
+            Some(export_name) => anyhow::bail!(
+                "exports {export_name}, which this repeatd cannot use: it loads {WANTED} (a newer major version of the plugin interfaces needs a newer repeatd)"
+            ),
+            None if exports.is_empty() => anyhow::bail!("exports nothing; a plugin exports {WANTED}"),
+            None => anyhow::bail!("exports {}, not a repeatd plugin; a plugin exports {WANTED}", exports.join(", ")),
+        }
     }
 
     fn new_store(&self) -> Store<CallState> {
@@ -344,13 +420,15 @@ impl PluginHost {
             // sockets or standard streams.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory as usize)
-                .instances(16)
-                .tables(64)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: CallLimits {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory as usize)
+                    .instances(16)
+                    .tables(64)
+                    .memories(4)
+                    .build(),
+                memory_cap: self.limits.memory,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -412,6 +490,11 @@ impl PluginHost {
         self.errors.write().expect("errors lock").insert(name.to_owned(), error);
     }
 
+    /// Forgets the last load failure of `name`.
+    pub fn clear_error(&self, name: &str) {
+        self.errors.write().expect("errors lock").remove(name);
+    }
+
     /// Loads `path` as plugin `name` and installs it, unless its content is
     /// what is already loaded. A failure is recorded and returned.
     pub fn load_file(&self, name: &str, path: &Path) -> Result<bool, String> {
@@ -420,6 +503,10 @@ impl PluginHost {
             && current.source == PluginSource::File(path.to_owned())
             && current.hash == hash_hex(&bytes)
         {
+            // Back to the version that is serving (say, a broken copy was
+            // replaced by the good one again): nothing to load, and the
+            // broken copy's error no longer applies.
+            self.clear_error(name);
             return Ok(false);
         }
         match self.load(name, &bytes, PluginSource::File(path.to_owned())) {
@@ -472,13 +559,69 @@ impl PluginHost {
             .collect()
     }
 
-    /// Runs a payload format on one event.
+    /// Runs a payload format on one event, on a live instance from the
+    /// plugin's pool when one is free.
     pub fn build_payload(
         &self,
         plugin: &LoadedPlugin,
         kind: PayloadKind,
         event: &Event,
         settings: &[Pair],
+    ) -> Result<Payload, PluginError> {
+        self.build_payload_on(plugin, kind, event, settings, true)
+    }
+
+    /// `build_payload` for async callers: the call runs on tokio's blocking
+    /// pool, never on a runtime worker. A call may take up to the CPU
+    /// deadline, which must not stall the runtime; and WASI's streams (where
+    /// a plugin's panic message goes) block on a runtime of their own, which
+    /// panics on a runtime worker thread.
+    pub async fn build_payload_off_runtime(
+        self: Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        kind: PayloadKind,
+        event: Event,
+        settings: Vec<Pair>,
+    ) -> Result<Payload, PluginError> {
+        let name = plugin.name.clone();
+        tokio::task::spawn_blocking(move || self.build_payload(&plugin, kind, &event, &settings))
+            .await
+            .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
+    }
+
+    /// `sign` for async callers, off the runtime like `build_payload_off_runtime`.
+    pub async fn sign_off_runtime(
+        self: Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        request: SignRequest,
+        settings: Vec<(String, String)>,
+    ) -> Result<Vec<(String, String)>, PluginError> {
+        let name = plugin.name.clone();
+        tokio::task::spawn_blocking(move || self.sign(&plugin, &request, &settings))
+            .await
+            .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
+    }
+
+    /// Runs a payload format on a fresh instance, leaving the pool alone:
+    /// what a call costs when no live instance is free (the benchmark in
+    /// `tests/tests/plugin_cost.rs` measures both paths).
+    pub fn build_payload_on_fresh_instance(
+        &self,
+        plugin: &LoadedPlugin,
+        kind: PayloadKind,
+        event: &Event,
+        settings: &[Pair],
+    ) -> Result<Payload, PluginError> {
+        self.build_payload_on(plugin, kind, event, settings, false)
+    }
+
+    fn build_payload_on(
+        &self,
+        plugin: &LoadedPlugin,
+        kind: PayloadKind,
+        event: &Event,
+        settings: &[Pair],
+        use_pool: bool,
     ) -> Result<Payload, PluginError> {
         let Instances::Format { pre, pool } = &plugin.instances else {
             return Err(PluginError::WrongKind {
@@ -487,7 +630,7 @@ impl PluginHost {
                 wanted: "a payload format",
             });
         };
-        let taken = pool.lock().expect("plugin pool").pop();
+        let taken = if use_pool { pool.lock().expect("plugin pool").pop() } else { None };
         let (mut store, instance) = match taken {
             Some(live) => live,
             None => {
@@ -506,7 +649,7 @@ impl PluginHost {
         match result {
             Ok(answer) => {
                 let mut pool = pool.lock().expect("plugin pool");
-                if pool.len() < POOL_SIZE {
+                if use_pool && pool.len() < POOL_SIZE {
                     pool.push((store, instance));
                 }
                 answer.map_err(|message| PluginError::Failed {
@@ -601,6 +744,24 @@ pub struct SignRequest {
     pub body: Vec<u8>,
     pub record_id: String,
     pub unix_time: u64,
+}
+
+/// The embedded component of a built-in plugin.
+pub fn builtin_component(name: &str) -> Option<&'static [u8]> {
+    builtin::BUILTIN_PLUGINS
+        .iter()
+        .find(|(builtin_name, _)| *builtin_name == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// A call whose host side panicked: the record fails like a trap would, and
+/// the store the call used is gone with the panic.
+fn host_panic(name: String, join_error: tokio::task::JoinError) -> PluginError {
+    tracing::error!(plugin = %name, error = %join_error, "a plugin call panicked in the host");
+    PluginError::Trapped {
+        name,
+        reason: format!("the host failed while running it: {join_error}"),
+    }
 }
 
 fn first_line(text: &str) -> String {
@@ -809,12 +970,17 @@ fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, 
     let removed: Vec<PathBuf> = known.keys().filter(|path| !present.contains(path)).cloned().collect();
     for path in removed {
         known.remove(&path);
-        if let Some(name) = plugin_name(&path)
-            && let Some(current) = host.get(&name)
+        let Some(name) = plugin_name(&path) else {
+            continue;
+        };
+        if let Some(current) = host.get(&name)
             && current.source == PluginSource::File(path.clone())
         {
             tracing::info!(plugin = %name, path = %path.display(), "plugin file removed; unloaded");
             host.remove(&name);
+        } else {
+            // A file that never loaded: its error goes with it.
+            host.clear_error(&name);
         }
     }
 }

@@ -8,7 +8,8 @@
 //! changed.
 //!
 //! A lane sends up to `max_workers` records at once (all lanes together at
-//! most `[delivery] max_in_flight`). A lane whose remote keeps failing backs
+//! most `[delivery] max_in_flight`, and no lane more than an equal share of
+//! it, so that one slow remote cannot take every slot). A lane whose remote keeps failing backs
 //! off as a whole: no new sends until its back-off ends, then one probe at a
 //! time; a success restores full speed. A paused lane, or one whose format
 //! plugin is not loaded, sends nothing and costs nothing: its records stay
@@ -23,6 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::catalog::Catalog;
 use crate::config::RetryPolicy;
 use crate::delivery::{Delivery, SendResult};
+use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::{self, Outcome, Verdict};
@@ -54,6 +56,20 @@ impl Health {
             }
             Outcome::Retryable { retry_after, .. } => {
                 self.consecutive_failures += 1;
+                if let Some(until) = self.backoff_until.filter(|until| *until > now) {
+                    // A send that started before this back-off began: it
+                    // confirms the back-off but does not grow it (parallel
+                    // sends failing together are one failure of the remote),
+                    // except to honour a longer Retry-After.
+                    let asked_until = retry_after.map(|asked| now + asked.as_micros() as i64);
+                    return match asked_until {
+                        Some(asked_until) if asked_until > until => {
+                            self.backoff_until = Some(asked_until);
+                            true
+                        }
+                        _ => false,
+                    };
+                }
                 if retry_after.is_some() || self.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
                     self.backoff_level += 1;
                     let computed = record::retry_wait(policy, self.backoff_level, jitter_unit);
@@ -101,12 +117,18 @@ struct Shared {
     delivery: Arc<Delivery>,
     plugins: Arc<PluginHost>,
     metrics: Arc<Metrics>,
+    notifier: Notifier,
     retry_defaults: RetryPolicy,
     wake: Notify,
     lanes: Mutex<HashMap<u64, Lane>>,
     permits: Arc<Semaphore>,
+    /// The number of `permits`.
+    max_in_flight: usize,
     stopping: std::sync::atomic::AtomicBool,
     sends: tokio_util_like::TaskCounter,
+    /// The scheduling task, awaited at shutdown so that it has let go of the
+    /// store (and a restart in the same process can open it).
+    run_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A handle on the running scheduler.
@@ -138,6 +160,7 @@ impl Scheduler {
         delivery: Arc<Delivery>,
         plugins: Arc<PluginHost>,
         metrics: Arc<Metrics>,
+        notifier: Notifier,
         retry_defaults: RetryPolicy,
         max_in_flight: usize,
     ) -> Scheduler {
@@ -147,18 +170,28 @@ impl Scheduler {
             delivery,
             plugins: plugins.clone(),
             metrics,
+            notifier,
             retry_defaults,
             wake: Notify::new(),
             lanes: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            max_in_flight: max_in_flight.max(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             sends: tokio_util_like::TaskCounter::default(),
+            run_task: Mutex::new(None),
         });
         let scheduler = Scheduler { shared };
-        let on_plugins = scheduler.clone();
-        plugins.on_change(Box::new(move || on_plugins.wake()));
+        // Weak: the plugin host outlives the scheduler (its watcher thread
+        // runs for good), and must not keep the store open after shutdown.
+        let on_plugins = Arc::downgrade(&scheduler.shared);
+        plugins.on_change(Box::new(move || {
+            if let Some(shared) = on_plugins.upgrade() {
+                shared.wake.notify_one();
+            }
+        }));
         let running = scheduler.clone();
-        tokio::spawn(async move { running.run().await });
+        let run_task = tokio::spawn(async move { running.run().await });
+        *scheduler.shared.run_task.lock().expect("run task lock") = Some(run_task);
         scheduler
     }
 
@@ -181,6 +214,34 @@ impl Scheduler {
             }
         }
         self.wake();
+    }
+
+    /// An operator made records due now (resend, requeue), given as
+    /// `(repeater id, seq, due)`: they go next, ahead of their lane's queue,
+    /// and at once even when their repeater is backing off, as its next probe
+    /// (one probe at a time still holds until a success).
+    pub fn operator_released(&self, items: &[(u64, u64, i64)]) {
+        {
+            let now = crate::time::now_micros();
+            let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+            for (repeater_id, seq, _) in items.iter().take(FETCH_BATCH).rev() {
+                if let Some(lane) = lanes.get_mut(repeater_id)
+                    && !lane.in_flight.contains(seq)
+                {
+                    lane.buffer.retain(|queued| queued != seq);
+                    lane.buffer.push_front(*seq);
+                }
+            }
+            for (repeater_id, _, _) in items {
+                if let Some(lane) = lanes.get_mut(repeater_id)
+                    && lane.health.backoff_until.is_some_and(|until| until > now)
+                {
+                    lane.health.backoff_until = Some(now);
+                }
+            }
+        }
+        let due: Vec<(u64, i64)> = items.iter().map(|(repeater_id, _, at)| (*repeater_id, *at)).collect();
+        self.registered(&due);
     }
 
     /// Forgets what a lane knows of its due records (after bulk changes).
@@ -217,6 +278,10 @@ impl Scheduler {
                 "sends still under way at shutdown; their records will be sent again after restart"
             );
         }
+        let run_task = self.shared.run_task.lock().expect("run task lock").take();
+        if let Some(run_task) = run_task {
+            let _ = run_task.await;
+        }
     }
 
     fn sync_lanes(&self) {
@@ -243,13 +308,17 @@ impl Scheduler {
 
     async fn run(&self) {
         let mut catalog_changes = self.shared.catalog.subscribe();
-        catalog_changes.mark_changed();
+        // `changed()` below marks a change as seen when it wakes us, so the
+        // change is remembered here rather than asked of the channel again.
+        let mut catalog_changed = true;
+        let mut catalog_open = true;
         loop {
             if self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            if catalog_changes.has_changed().unwrap_or(false) {
+            if catalog_changed || catalog_changes.has_changed().unwrap_or(false) {
                 catalog_changes.mark_unchanged();
+                catalog_changed = false;
                 self.sync_lanes();
             }
             let next_wake = match self.dispatch_due() {
@@ -269,7 +338,12 @@ impl Scheduler {
             tokio::select! {
                 _ = self.shared.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
-                _ = catalog_changes.changed() => {}
+                changed = catalog_changes.changed(), if catalog_open => match changed {
+                    Ok(()) => catalog_changed = true,
+                    // The catalog is gone (shutting down): stop listening
+                    // rather than wake on the closed channel in a loop.
+                    Err(_) => catalog_open = false,
+                },
             }
         }
     }
@@ -281,6 +355,13 @@ impl Scheduler {
         let mut next_wake: Option<i64> = None;
         let mut wake_at = |at: i64| next_wake = Some(next_wake.map_or(at, |w: i64| w.min(at)));
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+        // No lane takes more than an equal share of the global slots, so a
+        // slow remote cannot hold every one while a healthy one waits.
+        let sending_lanes = lanes
+            .values()
+            .filter(|lane| !lane.repeater.spec.paused && self.shared.plugins.is_loaded(&lane.repeater.spec.format))
+            .count();
+        let fair_share = (self.shared.max_in_flight / sending_lanes.max(1)).max(1);
         for lane in lanes.values_mut() {
             let spec = lane.repeater.spec.clone();
             if spec.paused || !self.shared.plugins.is_loaded(&spec.format) {
@@ -298,7 +379,7 @@ impl Scheduler {
                     continue;
                 }
                 Some(_) => 1,
-                None => spec.max_workers.max(1),
+                None => spec.max_workers.max(1).min(fair_share),
             };
             while lane.in_flight.len() < capacity {
                 if lane.buffer.is_empty() {
@@ -344,6 +425,7 @@ impl Scheduler {
                     scheduler: self.clone(),
                     repeater: lane.repeater.clone(),
                     connection: connection.spec.clone(),
+                    connection_origin: connection.origin,
                     seq,
                     guard: self.shared.sends.enter(),
                 };
@@ -385,6 +467,8 @@ struct SendTask {
     scheduler: Scheduler,
     repeater: RepeaterRef,
     connection: crate::config::ConnectionSpec,
+    /// Who made the connection (the egress policy depends on it).
+    connection_origin: crate::catalog::Origin,
     seq: u64,
     guard: tokio_util_like::TaskGuard,
 }
@@ -420,7 +504,7 @@ impl SendTask {
         let started = std::time::Instant::now();
         let result = shared
             .delivery
-            .send(&record_id, &record, source, spec, &self.connection)
+            .send(&record_id, &record, source, spec, &self.connection, self.connection_origin)
             .await;
         let (outcome, attempt) = match result {
             SendResult::Done { outcome, attempt } => (outcome, attempt),
@@ -435,6 +519,7 @@ impl SendTask {
                 .metrics
                 .observe_send(&self.repeater.domain, &spec.name, outcome.label(), started.elapsed());
         }
+        let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
         let committed = shared
             .store
             .commit_attempt(AttemptResult {
@@ -445,6 +530,16 @@ impl SendTask {
                 jitter_unit: fastrand::f64() * 2.0 - 1.0,
             })
             .await;
+        if let Ok((committed_record, _)) = &committed {
+            // Error e-mails (and "recovered" ones); never waits.
+            shared.notifier.observe(
+                &self.repeater.domain,
+                &self.connection,
+                committed_record,
+                &outcome,
+                attempted_url.as_deref(),
+            );
+        }
         let retry_at = match committed {
             Ok((_, Verdict::RetryAt(at))) => Some(at),
             Ok((_, Verdict::Final(_))) => None,
@@ -455,7 +550,11 @@ impl SendTask {
         };
         self.scheduler
             .finished(self.repeater.id, self.seq, Some(&outcome), retry_at, &policy);
-        drop(self.guard);
+        // The scheduler handle goes before the guard, so that a finished
+        // shutdown holds nothing of the store.
+        let SendTask { scheduler, guard, .. } = self;
+        drop(scheduler);
+        drop(guard);
     }
 }
 
@@ -539,10 +638,35 @@ mod tests {
         assert!(!health.observe(&failure(), &policy(), 0, 0.0));
         assert!(health.observe(&failure(), &policy(), 0, 0.0));
         assert_eq!(health.backoff_until, Some(10_000_000));
-        health.observe(&failure(), &policy(), 0, 0.0);
-        assert_eq!(health.backoff_until, Some(20_000_000), "back-off grows like a record's wait");
+        // The probe after the back-off fails too.
+        health.observe(&failure(), &policy(), 10_000_000, 0.0);
+        assert_eq!(health.backoff_until, Some(30_000_000), "back-off grows like a record's wait");
         assert!(health.observe(&Outcome::Success { status: 200 }, &policy(), 0, 0.0));
         assert_eq!(health, Health::default());
+    }
+
+    #[test]
+    fn sends_failing_together_back_off_once() {
+        let mut health = Health::default();
+        for _ in 0..3 {
+            health.observe(&failure(), &policy(), 0, 0.0);
+        }
+        assert_eq!(health.backoff_until, Some(10_000_000));
+        // Five more sends that were under way fail while it backs off.
+        for at in 1..=5 {
+            assert!(!health.observe(&failure(), &policy(), at, 0.0));
+        }
+        assert_eq!(health.backoff_until, Some(10_000_000), "not grown by sends started before it");
+        assert_eq!(health.backoff_level, 1);
+        // One of them asks for longer: granted, without growing the level.
+        let throttled = Outcome::Retryable {
+            status: Some(429),
+            retry_after: Some(Duration::from_secs(60)),
+            error: "remote answered 429".into(),
+        };
+        assert!(health.observe(&throttled, &policy(), 6, 0.0));
+        assert_eq!(health.backoff_until, Some(60_000_006));
+        assert_eq!(health.backoff_level, 1);
     }
 
     #[test]

@@ -593,7 +593,25 @@ impl Store {
             let before = read_record(txn, result.seq)?;
             let mut record = before.clone();
             let now = result.attempt.as_ref().map_or_else(crate::time::now_micros, |a| a.at);
-            let verdict = if record.state.is_queued() {
+            // Due after the attempt began: an operator resent or requeued it
+            // while it was being sent.
+            let resent_meanwhile =
+                record.state == RecordState::Pending && record.next_attempt_at.is_some_and(|at| at > now);
+            let verdict = if resent_meanwhile {
+                // Keep the attempt, and send again as the operator asked.
+                record.last_attempt_at = Some(now);
+                if !matches!(result.outcome, Outcome::Empty) {
+                    record.n_attempts += 1;
+                }
+                match &result.outcome {
+                    Outcome::Retryable { error, .. } | Outcome::Rejected { error, .. } => {
+                        record.last_error = Some(error.clone());
+                    }
+                    Outcome::Success { .. } => record.last_error = None,
+                    Outcome::Empty => {}
+                }
+                Verdict::RetryAt(record.next_attempt_at.unwrap_or(now))
+            } else if record.state.is_queued() {
                 record::after_attempt(&mut record, &result.outcome, &result.policy, now, result.jitter_unit)
             } else {
                 // An operator changed the record while it was being sent: keep
@@ -886,9 +904,8 @@ impl Store {
 
     // ---- pending error e-mails ---------------------------------------------
 
-    /// Every connection's pending notification state, as (domain, connection,
-    /// value); an entry that cannot be decoded is handed back as its error.
-    pub fn notifications<T: DeserializeOwned>(&self) -> Result<Vec<(String, String, Result<T, StoreError>)>, StoreError> {
+    /// Every connection's pending notification state.
+    pub fn notifications<T: DeserializeOwned>(&self) -> Result<Vec<StoredNotification<T>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(NOTIFICATIONS)?;
         let mut found = Vec::new();
@@ -941,6 +958,10 @@ fn allocate_repeater_id(txn: &WriteTransaction) -> Result<u64, StoreError> {
     meta.insert("next_repeater_id", next + 1)?;
     Ok(next)
 }
+
+/// A connection's pending notification state as (domain, connection, value);
+/// a value that cannot be decoded is handed back as its error.
+pub type StoredNotification<T> = (String, String, Result<T, StoreError>);
 
 /// One change to a configured object.
 #[derive(Debug, Clone)]

@@ -17,6 +17,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod load;
+pub mod remote;
+
 mod bytes_shim {
     pub use hyper::body::Bytes;
 }

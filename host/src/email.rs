@@ -1,0 +1,1326 @@
+//! Error e-mails (SPEC section 7). When a send to a connection fails with a
+//! server error, an auth error (401, 403), a timeout or a network failure,
+//! the connection's `notify` addresses are told over SMTP what failed and
+//! where, why they get the e-mail and how to stop it.
+//!
+//! The scheduler reports every committed attempt to [`Notifier::observe`],
+//! which never waits: it hands the facts to one notifier task over a
+//! channel. That task keeps a [`Digest`] per connection so that a remote that
+//! stays down does not flood inboxes: the first failure is e-mailed at once,
+//! then at most one e-mail per connection per `[smtp] quiet_period`, each one
+//! summarising what happened since the previous one (how many failures, which
+//! records, still failing or recovered). A connection whose contacts were told
+//! it fails gets a short "recovered" e-mail once a send succeeds again.
+//!
+//! Digests are persisted through the store whenever they change, so what is
+//! owed survives a restart and is sent afterwards (at least once: an e-mail
+//! under way when the process stops is sent again). E-mails go out from tasks
+//! of their own: an SMTP server that is down or slow is logged and tried
+//! again with growing waits, never holding up delivery. Recipients are read
+//! from the catalog when an e-mail goes out, so an address removed from the
+//! connection gets nothing more. Only this module speaks SMTP.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::message::Mailbox;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{Catalog, Snapshot};
+use crate::config::{ConnectionSpec, SmtpConfig, SmtpTls, format_duration};
+use crate::record::{Outcome, PayloadRef, RepeatRecord};
+use crate::store::Store;
+use crate::time::{format_utc, now_micros};
+
+/// Records listed one by one in an e-mail; failures of others are counted.
+pub const RECORDS_LISTED: usize = 20;
+/// The wait after the SMTP server could not take an e-mail; doubled after
+/// each further failure, up to `MAX_RETRY_WAIT`.
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+/// How long one SMTP exchange step (connect, a command) may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the task waits before trying again to persist digests the store
+/// refused.
+const STORE_RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// (domain, connection name).
+type ConnectionKey = (String, String);
+
+// ---- what the e-mails tell (pure) -------------------------------------------
+
+/// What kind of id a record's payload has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadIdKind {
+    Form,
+    Case,
+    App,
+}
+
+impl PayloadIdKind {
+    fn of(payload: &PayloadRef) -> PayloadIdKind {
+        match payload {
+            PayloadRef::Form { .. } => PayloadIdKind::Form,
+            PayloadRef::Case { .. } => PayloadIdKind::Case,
+            PayloadRef::App { .. } => PayloadIdKind::App,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            PayloadIdKind::Form => "form",
+            PayloadIdKind::Case => "case",
+            PayloadIdKind::App => "app",
+        }
+    }
+}
+
+/// One attempt, as an e-mail tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptNote {
+    /// When it was made (micros).
+    pub at: i64,
+    pub repeater: String,
+    pub record_id: String,
+    pub payload_kind: PayloadIdKind,
+    /// The form, case or app id.
+    pub payload_id: String,
+    pub url: String,
+    /// The error as the remote gave it (status and the start of the body) or
+    /// the network or timeout error; empty for a success.
+    pub error: String,
+}
+
+/// A record among the failures of a digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedRecord {
+    pub record_id: String,
+    pub repeater: String,
+    pub payload_kind: PayloadIdKind,
+    pub payload_id: String,
+    pub n_failures: u64,
+    pub last_at: i64,
+}
+
+/// Failed attempts not yet e-mailed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failures {
+    pub n_failures: u64,
+    pub first_at: Option<i64>,
+    pub latest: Option<AttemptNote>,
+    /// The records that failed, first failed first, at most `RECORDS_LISTED`.
+    pub records: Vec<FailedRecord>,
+    /// Failures of records beyond the listed ones.
+    pub n_unlisted_failures: u64,
+}
+
+impl Failures {
+    pub fn add(&mut self, note: AttemptNote) {
+        self.n_failures += 1;
+        self.first_at = Some(self.first_at.map_or(note.at, |first| first.min(note.at)));
+        self.list(FailedRecord {
+            record_id: note.record_id.clone(),
+            repeater: note.repeater.clone(),
+            payload_kind: note.payload_kind,
+            payload_id: note.payload_id.clone(),
+            n_failures: 1,
+            last_at: note.at,
+        });
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|latest| latest.at <= note.at)
+        {
+            self.latest = Some(note);
+        }
+    }
+
+    fn list(&mut self, failed: FailedRecord) {
+        if let Some(known) = self
+            .records
+            .iter_mut()
+            .find(|known| known.record_id == failed.record_id)
+        {
+            known.n_failures += failed.n_failures;
+            known.last_at = known.last_at.max(failed.last_at);
+        } else if self.records.len() < RECORDS_LISTED {
+            self.records.push(failed);
+        } else {
+            self.n_unlisted_failures += failed.n_failures;
+        }
+    }
+
+    /// `older` and `newer` as one.
+    pub fn merge(older: Failures, newer: Failures) -> Failures {
+        let mut merged = older;
+        merged.n_failures += newer.n_failures;
+        merged.first_at = match (merged.first_at, newer.first_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if newer.latest.is_some() {
+            merged.latest = newer.latest;
+        }
+        for failed in newer.records {
+            merged.list(failed);
+        }
+        merged.n_unlisted_failures += newer.n_unlisted_failures;
+        merged
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_failures == 0
+    }
+}
+
+/// What one connection's contacts have been told and are still owed. This is
+/// what the store keeps per connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Failures not yet e-mailed.
+    pub failures: Failures,
+    /// Failures in the e-mail under way: owed again if it does not get out.
+    pub sending: Option<Failures>,
+    /// Whether the connection's latest attempt failed.
+    pub failing: bool,
+    /// The success that ended the latest run of failures.
+    pub recovery: Option<AttemptNote>,
+    /// Whether the last e-mail said the connection was failing.
+    pub told_failing: bool,
+    pub last_email_at: Option<i64>,
+}
+
+/// The content of one e-mail, taken from a digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub failures: Failures,
+    pub failing: bool,
+    pub recovery: Option<AttemptNote>,
+    /// Whether the previous e-mail said the connection was failing.
+    pub told_failing: bool,
+    pub previous_email_at: Option<i64>,
+}
+
+impl Digest {
+    pub fn failed(&mut self, note: AttemptNote) {
+        self.failures.add(note);
+        self.failing = true;
+        self.recovery = None;
+    }
+
+    pub fn succeeded(&mut self, note: AttemptNote) {
+        if self.failing {
+            self.failing = false;
+            self.recovery = Some(note);
+        }
+    }
+
+    /// Whether there is something to e-mail: failures, or the recovery of a
+    /// connection the contacts were told fails.
+    pub fn owes(&self) -> bool {
+        !self.failures.is_empty() || (self.told_failing && !self.failing)
+    }
+
+    /// When the next e-mail may go out, if one is owed: at once after a quiet
+    /// period without e-mails, else when it ends.
+    pub fn due_at(&self, quiet_period: Duration) -> Option<i64> {
+        self.owes().then(|| {
+            self.last_email_at
+                .map_or(i64::MIN, |at| at.saturating_add(micros(quiet_period)))
+        })
+    }
+
+    /// Whether the digest holds nothing worth keeping at `now`: nothing owed,
+    /// nothing under way, nobody left believing it fails, and the quiet
+    /// period of the last e-mail over.
+    pub fn is_spent(&self, now: i64, quiet_period: Duration) -> bool {
+        !self.owes()
+            && self.sending.is_none()
+            && !self.told_failing
+            && self
+                .last_email_at
+                .is_none_or(|at| at.saturating_add(micros(quiet_period)) <= now)
+    }
+
+    /// Starts an e-mail: the failures it tells move to `sending`.
+    pub fn begin(&mut self) -> Report {
+        let failures = std::mem::take(&mut self.failures);
+        self.sending = Some(failures.clone());
+        Report {
+            failures,
+            failing: self.failing,
+            recovery: self.recovery.clone(),
+            told_failing: self.told_failing,
+            previous_email_at: self.last_email_at,
+        }
+    }
+
+    /// The e-mail of `report` went out at `at`.
+    pub fn sent(&mut self, report: &Report, at: i64) {
+        self.sending = None;
+        self.told_failing = report.failing;
+        self.last_email_at = Some(at);
+    }
+
+    /// The e-mail under way did not go out: its failures are owed again.
+    pub fn unsent(&mut self) {
+        if let Some(sending) = self.sending.take() {
+            self.failures = Failures::merge(sending, std::mem::take(&mut self.failures));
+        }
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A plain-text e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub subject: String,
+    pub body: String,
+}
+
+/// Writes the e-mail of `report` about connection `connection` of project
+/// space `domain`.
+pub fn compose(domain: &str, connection: &str, report: &Report, quiet_period: Duration) -> Email {
+    let failures = &report.failures;
+    let subject_head = format!("[repeatd] project space \"{domain}\": connection \"{connection}\"");
+    let subject = match (failures.n_failures, report.failing) {
+        (0, _) => format!("{subject_head} has recovered"),
+        (1, true) if !report.told_failing => format!("{subject_head} is failing"),
+        (n, true) if !report.told_failing => {
+            format!("{subject_head} is failing ({n} failed attempts)")
+        }
+        (n, true) => {
+            format!("{subject_head} is still failing ({n} failed attempts since the last e-mail)")
+        }
+        (1, false) => format!("{subject_head} failed once, then recovered"),
+        (n, false) => format!("{subject_head} failed {n} times, then recovered"),
+    };
+
+    let mut body = String::new();
+    let mut line = |text: &str| {
+        body.push_str(text);
+        body.push('\n');
+    };
+    let since = report.previous_email_at.map_or_else(String::new, |at| {
+        format!(" since the last e-mail ({})", format_utc(at))
+    });
+    match &failures.latest {
+        None => {
+            line(&format!(
+                "Forwarding from project space \"{domain}\" to connection \"{connection}\" works again."
+            ));
+            line(&format!("There were no further failures{since}."));
+        }
+        Some(latest) => {
+            if failures.n_failures == 1 {
+                line(&format!(
+                    "repeatd could not forward data from project space \"{domain}\" to connection \"{connection}\"."
+                ));
+            } else {
+                line(&format!(
+                    "repeatd could not forward data from project space \"{domain}\" to connection \"{connection}\": {} failed attempts{since}, from {} to {}. The latest:",
+                    failures.n_failures,
+                    format_utc(failures.first_at.unwrap_or(latest.at)),
+                    format_utc(latest.at),
+                ));
+            }
+            line("");
+            line("Error (as the remote gave it):");
+            for error_line in latest.error.lines() {
+                line(&format!("    {error_line}"));
+            }
+            line("");
+            attempt_block(&mut line, domain, connection, latest);
+            if failures.n_failures > 1 {
+                line("");
+                if failures.n_unlisted_failures > 0 {
+                    line(&format!(
+                        "Records that failed (the first {}):",
+                        failures.records.len()
+                    ));
+                } else {
+                    line(&format!(
+                        "Records that failed ({}):",
+                        failures.records.len()
+                    ));
+                }
+                for failed in &failures.records {
+                    let times = if failed.n_failures == 1 {
+                        "1 failed attempt".to_owned()
+                    } else {
+                        format!("{} failed attempts", failed.n_failures)
+                    };
+                    line(&format!(
+                        "  - record {} ({} {}, repeater \"{}\"): {times}, the last at {}",
+                        failed.record_id,
+                        failed.payload_kind.word(),
+                        failed.payload_id,
+                        failed.repeater,
+                        format_utc(failed.last_at),
+                    ));
+                }
+                if failures.n_unlisted_failures > 0 {
+                    line(&format!(
+                        "  - and {} more failed attempts of other records",
+                        failures.n_unlisted_failures
+                    ));
+                }
+            }
+        }
+    }
+    line("");
+    match (&report.recovery, report.failing) {
+        (Some(recovery), false) => {
+            line(&format!(
+                "Status: recovered. A send succeeded at {}:",
+                format_utc(recovery.at)
+            ));
+            line(&format!(
+                "record {} ({} {}, repeater \"{}\") to {}.",
+                recovery.record_id,
+                recovery.payload_kind.word(),
+                recovery.payload_id,
+                recovery.repeater,
+                recovery.url
+            ));
+        }
+        (None, false) => line("Status: recovered."),
+        (_, true) => {
+            let last = failures.latest.as_ref().map_or_else(String::new, |latest| {
+                format!(" (the last failure at {})", format_utc(latest.at))
+            });
+            line(&format!("Status: still failing{last}."));
+            line(&format!(
+                "Failed records are tried again with growing waits until the remote accepts them or their attempts run out; they are listed at GET /api/v1/domains/{domain}/records?state=failed and can be resent from there."
+            ));
+        }
+    }
+    line("");
+    line(&format!(
+        "Why you get this: you are listed in notify of connection \"{connection}\" of project space \"{domain}\"."
+    ));
+    line(&format!(
+        "How to stop: remove your address from the notify list of connection \"{connection}\", with the admin API (PUT /api/v1/domains/{domain}/connections/{connection}) or in its [[connections]] entry of the repeatd config file."
+    ));
+    line(&format!(
+        "You get at most one e-mail about this connection every {}; the next one summarises what happened in between.",
+        format_duration(quiet_period)
+    ));
+    Email { subject, body }
+}
+
+fn attempt_block(line: &mut impl FnMut(&str), domain: &str, connection: &str, note: &AttemptNote) {
+    let id_label = match note.payload_kind {
+        PayloadIdKind::Form => "Form id:",
+        PayloadIdKind::Case => "Case id:",
+        PayloadIdKind::App => "App id:",
+    };
+    line(&format!("Project space: {domain}"));
+    line(&format!("Connection:    {connection}"));
+    line(&format!("URL:           {}", note.url));
+    line(&format!("{id_label:<15}{}", note.payload_id));
+    line(&format!("Record id:     {}", note.record_id));
+    line(&format!("Repeater:      {}", note.repeater));
+    line(&format!("When:          {}", format_utc(note.at)));
+}
+
+/// Whether an outcome is a failure the contacts hear about: a server error,
+/// an auth error, a timeout or a network failure (every retryable outcome,
+/// and the remote refusing the credentials). Other rejections are about one
+/// payload, not the connection.
+pub fn is_reported_failure(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Retryable { .. } => true,
+        Outcome::Rejected { status, .. } => matches!(status, Some(401 | 403)),
+        Outcome::Success { .. } | Outcome::Empty => false,
+    }
+}
+
+// ---- the notifier -------------------------------------------------------------
+
+/// The scheduler's handle on error e-mails; does nothing without `[smtp]`.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    handle: Option<Arc<Handle>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("enabled", &self.handle.is_some())
+            .finish()
+    }
+}
+
+struct Handle {
+    events: mpsc::UnboundedSender<Event>,
+    /// Connections with a digest: only their successes matter.
+    watched: Arc<Mutex<HashSet<ConnectionKey>>>,
+    store: Store,
+}
+
+enum Event {
+    Observed(Observation),
+    /// Finish (up to the grace period), save, answer, end.
+    Stop(Duration, oneshot::Sender<()>),
+}
+
+enum Observation {
+    Failed(ConnectionKey, AttemptNote),
+    Succeeded(ConnectionKey, AttemptNote),
+}
+
+impl Notifier {
+    /// A notifier that sends nothing (no `[smtp]` section).
+    pub fn disabled() -> Notifier {
+        Notifier::default()
+    }
+
+    /// Loads the digests the store kept and starts the notifier task.
+    pub async fn start(
+        smtp: Option<&SmtpConfig>,
+        store: Store,
+        catalog: Arc<Catalog>,
+    ) -> anyhow::Result<Notifier> {
+        let Some(smtp) = smtp else {
+            tracing::info!("no [smtp] section: error e-mails are off");
+            return Ok(Notifier::disabled());
+        };
+        let mailer = Mailer::new(smtp)?;
+        let stored = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.notifications::<Digest>())
+                .await
+                .context("reading pending error e-mails")??
+        };
+        let snapshot = catalog.snapshot();
+        let mut entries = HashMap::new();
+        let mut dirty = HashSet::new();
+        for (domain, connection, decoded) in stored {
+            let key = (domain, connection);
+            match decoded {
+                Ok(mut digest) => {
+                    digest.unsent();
+                    if recipients(&snapshot, &key).is_empty() {
+                        dirty.insert(key);
+                    } else {
+                        entries.insert(key, Entry { digest, job: None });
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "dropping an unreadable pending error e-mail");
+                    dirty.insert(key);
+                }
+            }
+        }
+        let owed = entries.values().filter(|entry| entry.digest.owes()).count();
+        if owed > 0 {
+            tracing::info!(
+                connections = owed,
+                "error e-mails owed from before the restart will be sent"
+            );
+        }
+        let watched = Arc::new(Mutex::new(entries.keys().cloned().collect::<HashSet<_>>()));
+        let (events, received) = mpsc::unbounded_channel();
+        let (tried_tx, tried) = mpsc::unbounded_channel();
+        let worker = Worker {
+            store: store.clone(),
+            catalog,
+            mailer: Arc::new(mailer),
+            quiet_period: smtp.quiet_period,
+            entries,
+            watched: watched.clone(),
+            dirty,
+            tried_tx,
+            running: 0,
+        };
+        tokio::spawn(worker.run(received, tried));
+        Ok(Notifier {
+            handle: Some(Arc::new(Handle {
+                events,
+                watched,
+                store,
+            })),
+        })
+    }
+
+    /// Reports one committed attempt of `record`, sent over `connection` of
+    /// `domain` to `url`. Never waits.
+    pub fn observe(
+        &self,
+        domain: &str,
+        connection: &ConnectionSpec,
+        record: &RepeatRecord,
+        outcome: &Outcome,
+        url: Option<&str>,
+    ) {
+        let Some(handle) = &self.handle else { return };
+        if connection.notify.is_empty() {
+            return;
+        }
+        let key = (domain.to_owned(), connection.name.clone());
+        let failed = is_reported_failure(outcome);
+        if !failed {
+            let watched = handle.watched.lock().expect("watched lock").contains(&key);
+            if !(watched && matches!(outcome, Outcome::Success { .. })) {
+                return;
+            }
+        }
+        let error = match outcome {
+            Outcome::Retryable { error, .. } | Outcome::Rejected { error, .. } => error.clone(),
+            Outcome::Success { .. } | Outcome::Empty => String::new(),
+        };
+        let note = AttemptNote {
+            at: record.last_attempt_at.unwrap_or_else(now_micros),
+            repeater: record.repeater.clone(),
+            record_id: handle.store.record_id(record.seq),
+            payload_kind: PayloadIdKind::of(&record.payload),
+            payload_id: record.payload.payload_id().to_owned(),
+            url: url.map_or_else(|| redacted(&connection.url), str::to_owned),
+            error,
+        };
+        let event = if failed {
+            handle
+                .watched
+                .lock()
+                .expect("watched lock")
+                .insert(key.clone());
+            Event::Observed(Observation::Failed(key, note))
+        } else {
+            Event::Observed(Observation::Succeeded(key, note))
+        };
+        // The task is gone only after shutdown; then there is nobody to tell.
+        let _ = handle.events.send(event);
+    }
+
+    /// Lets e-mails under way finish (up to `grace`), saves what is still
+    /// owed and stops the task.
+    pub async fn shutdown(&self, grace: Duration) {
+        let Some(handle) = &self.handle else { return };
+        let (reply, stopped) = oneshot::channel();
+        if handle.events.send(Event::Stop(grace, reply)).is_ok() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+/// A URL without its password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => crate::delivery::redact_url(&parsed),
+        Err(_) => "(not a valid URL)".to_owned(),
+    }
+}
+
+/// The connection's current `notify` list.
+fn recipients(snapshot: &Snapshot, key: &ConnectionKey) -> Vec<String> {
+    snapshot
+        .domain(&key.0)
+        .and_then(|domain| domain.connections.get(&key.1))
+        .map(|connection| connection.spec.notify.clone())
+        .unwrap_or_default()
+}
+
+/// The SMTP side.
+struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// The server's URL without credentials, for logs.
+    url: String,
+}
+
+impl Mailer {
+    fn new(smtp: &SmtpConfig) -> anyhow::Result<Mailer> {
+        let from: Mailbox = smtp.from.parse().map_err(|error| {
+            anyhow::anyhow!(
+                "smtp.from: \"{}\" is not a usable sender: {error}",
+                smtp.from
+            )
+        })?;
+        let tls = |host: &str| {
+            TlsParameters::new(host.to_owned())
+                .map_err(|error| anyhow::anyhow!("smtp.url: cannot set up TLS for {host}: {error}"))
+        };
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
+                .port(smtp.port)
+                .timeout(Some(SMTP_TIMEOUT));
+        builder = match smtp.tls {
+            SmtpTls::None => builder.tls(Tls::None),
+            SmtpTls::StartTls => builder.tls(Tls::Required(tls(&smtp.host)?)),
+            SmtpTls::Implicit => builder.tls(Tls::Wrapper(tls(&smtp.host)?)),
+        };
+        if let Some(username) = &smtp.username {
+            let password = smtp.password.as_ref().map_or("", |secret| secret.expose());
+            builder = builder.credentials(Credentials::new(username.clone(), password.to_owned()));
+        }
+        Ok(Mailer {
+            transport: builder.build(),
+            from,
+            url: smtp.url.clone(),
+        })
+    }
+
+    fn message(&self, email: &Email, to: Mailbox) -> Result<Message, String> {
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject.clone())
+            .message_id(None)
+            // RFC 3834: no auto-replies to this.
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".to_owned(),
+            ))
+            .header(ContentType::TEXT_PLAIN)
+            .body(email.body.clone())
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// One round of sending an e-mail to the recipients it has left.
+struct Tried {
+    key: ConnectionKey,
+    delivered: Vec<String>,
+    /// Recipients still to do, and why the last try failed.
+    remaining: Vec<String>,
+    transient_error: Option<String>,
+}
+
+async fn try_send(
+    mailer: Arc<Mailer>,
+    key: ConnectionKey,
+    email: Email,
+    recipients: Vec<String>,
+) -> Tried {
+    let mut tried = Tried {
+        key,
+        delivered: Vec::new(),
+        remaining: Vec::new(),
+        transient_error: None,
+    };
+    let mut pending = recipients.into_iter();
+    for address in pending.by_ref() {
+        let mailbox: Mailbox = match address.parse() {
+            Ok(mailbox) => mailbox,
+            Err(error) => {
+                tracing::error!(address = %address, domain = %tried.key.0, connection = %tried.key.1, %error,
+                    "skipping a notify address that is not an e-mail address");
+                continue;
+            }
+        };
+        let message = match mailer.message(&email, mailbox) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(address = %address, %error, "cannot build an error e-mail");
+                continue;
+            }
+        };
+        match mailer.transport.send(message).await {
+            Ok(_) => tried.delivered.push(address),
+            Err(error) if error.is_permanent() => {
+                // The server's final word for this address (or sender):
+                // trying again would get the same answer.
+                tracing::error!(server = %mailer.url, address = %address, domain = %tried.key.0,
+                    connection = %tried.key.1, %error, "the SMTP server refused an error e-mail; not trying again");
+            }
+            Err(error) => {
+                tried.remaining.push(address);
+                tried.transient_error = Some(error.to_string());
+                if !error.is_response() {
+                    // The server is unreachable or broke off: the others
+                    // would fare no better now.
+                    break;
+                }
+            }
+        }
+    }
+    tried.remaining.extend(pending);
+    tried
+}
+
+/// Takes the next e-mail out of `digest`, for the connection's current
+/// recipients; `None` when it has none.
+fn begin(
+    key: &ConnectionKey,
+    digest: &mut Digest,
+    snapshot: &Snapshot,
+    quiet_period: Duration,
+) -> Option<Job> {
+    let recipients = recipients(snapshot, key);
+    if recipients.is_empty() {
+        return None;
+    }
+    let report = digest.begin();
+    let email = compose(&key.0, &key.1, &report, quiet_period);
+    Some(Job {
+        report,
+        email,
+        remaining: recipients,
+        delivered_any: false,
+        n_failed_tries: 0,
+        retry_at: None,
+    })
+}
+
+/// A connection's digest and the e-mail under way, if any.
+struct Entry {
+    digest: Digest,
+    job: Option<Job>,
+}
+
+struct Job {
+    report: Report,
+    email: Email,
+    remaining: Vec<String>,
+    delivered_any: bool,
+    n_failed_tries: u32,
+    /// `None` while a try runs; else when to try again.
+    retry_at: Option<i64>,
+}
+
+struct Worker {
+    store: Store,
+    catalog: Arc<Catalog>,
+    mailer: Arc<Mailer>,
+    quiet_period: Duration,
+    entries: HashMap<ConnectionKey, Entry>,
+    watched: Arc<Mutex<HashSet<ConnectionKey>>>,
+    /// Connections whose stored digest is out of date.
+    dirty: HashSet<ConnectionKey>,
+    tried_tx: mpsc::UnboundedSender<Tried>,
+    /// Tries under way.
+    running: usize,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut tried: mpsc::UnboundedReceiver<Tried>,
+    ) {
+        let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
+        loop {
+            let now = now_micros();
+            if stopping.is_none() {
+                self.start_due(now);
+            }
+            self.forget_spent(now);
+            let store_failed = !self.persist().await;
+            if let Some((deadline, _)) = &stopping
+                && (self.running == 0 || tokio::time::Instant::now() >= *deadline)
+            {
+                if self.running > 0 {
+                    tracing::warn!(
+                        under_way = self.running,
+                        "error e-mails still under way at shutdown; they will be sent again after restart"
+                    );
+                }
+                break;
+            }
+            let mut sleep = match &stopping {
+                // Only the tries under way matter now.
+                Some((deadline, _)) => {
+                    deadline.saturating_duration_since(tokio::time::Instant::now())
+                }
+                None => self.next_wake().map_or(Duration::from_secs(3_600), |at| {
+                    Duration::from_micros((at - now_micros()).clamp(0, 3_600_000_000) as u64)
+                }),
+            };
+            if store_failed {
+                sleep = sleep.min(STORE_RETRY_WAIT);
+            }
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Stop(grace, reply)) => {
+                        stopping = Some((tokio::time::Instant::now() + grace, reply));
+                    }
+                    Some(Event::Observed(observation)) => {
+                        self.apply(observation);
+                        while let Ok(event) = events.try_recv() {
+                            match event {
+                                Event::Observed(observation) => self.apply(observation),
+                                Event::Stop(grace, reply) => {
+                                    stopping = Some((tokio::time::Instant::now() + grace, reply));
+                                }
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                Some(done) = tried.recv() => self.finish_try(done),
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        // Whatever came in meanwhile is kept for the next start.
+        while let Ok(event) = events.try_recv() {
+            match event {
+                Event::Observed(observation) => self.apply(observation),
+                Event::Stop(_, reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        if !self.persist().await {
+            tracing::error!("could not save pending error e-mails at shutdown");
+        }
+        // Let go of the store before saying so: a restart in this process
+        // must be able to open it again.
+        drop(self);
+        if let Some((_, reply)) = stopping {
+            let _ = reply.send(());
+        }
+    }
+
+    fn apply(&mut self, observation: Observation) {
+        match observation {
+            Observation::Failed(key, note) => {
+                self.watched
+                    .lock()
+                    .expect("watched lock")
+                    .insert(key.clone());
+                let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+                    digest: Digest::default(),
+                    job: None,
+                });
+                entry.digest.failed(note);
+                self.dirty.insert(key);
+            }
+            Observation::Succeeded(key, note) => {
+                if let Some(entry) = self.entries.get_mut(&key)
+                    && entry.digest.failing
+                {
+                    entry.digest.succeeded(note);
+                    self.dirty.insert(key);
+                }
+            }
+        }
+    }
+
+    /// Starts the e-mails that are due, and the tries again that are.
+    fn start_due(&mut self, now: i64) {
+        let Worker {
+            catalog,
+            mailer,
+            quiet_period,
+            entries,
+            dirty,
+            tried_tx,
+            running,
+            ..
+        } = self;
+        let snapshot = catalog.snapshot();
+        let mut gone = Vec::new();
+        for (key, entry) in entries.iter_mut() {
+            let retry_due = entry
+                .job
+                .as_ref()
+                .is_some_and(|job| job.retry_at.is_some_and(|at| at <= now));
+            match entry.job.as_mut() {
+                Some(job) if retry_due && job.delivered_any => job.retry_at = None,
+                Some(job) if retry_due => {
+                    // Nobody has it yet: send what is owed by now instead.
+                    let n_failed_tries = job.n_failed_tries;
+                    entry.digest.unsent();
+                    entry.job =
+                        begin(key, &mut entry.digest, &snapshot, *quiet_period).map(|mut job| {
+                            job.n_failed_tries = n_failed_tries;
+                            job
+                        });
+                }
+                Some(_) => continue,
+                None if entry
+                    .digest
+                    .due_at(*quiet_period)
+                    .is_some_and(|at| at <= now) =>
+                {
+                    entry.job = begin(key, &mut entry.digest, &snapshot, *quiet_period);
+                }
+                None => continue,
+            }
+            let Some(job) = &entry.job else {
+                gone.push(key.clone());
+                continue;
+            };
+            *running += 1;
+            dirty.insert(key.clone());
+            let mailer = mailer.clone();
+            let key = key.clone();
+            let email = job.email.clone();
+            let recipients = job.remaining.clone();
+            let tried_tx = tried_tx.clone();
+            tokio::spawn(async move {
+                let tried = try_send(mailer, key, email, recipients).await;
+                let _ = tried_tx.send(tried);
+            });
+        }
+        for key in gone {
+            tracing::info!(domain = %key.0, connection = %key.1,
+                "the connection is gone or has no notify addresses; dropping its pending error e-mail");
+            self.entries.remove(&key);
+            self.watched.lock().expect("watched lock").remove(&key);
+            self.dirty.insert(key);
+        }
+    }
+
+    fn finish_try(&mut self, tried: Tried) {
+        self.running = self.running.saturating_sub(1);
+        let Some(entry) = self.entries.get_mut(&tried.key) else {
+            return;
+        };
+        let Some(job) = &mut entry.job else { return };
+        let (domain, connection) = (&tried.key.0, &tried.key.1);
+        if !tried.delivered.is_empty() {
+            job.delivered_any = true;
+            tracing::info!(%domain, %connection, to = ?tried.delivered, subject = %job.email.subject, "sent an error e-mail");
+        }
+        job.remaining = tried.remaining;
+        if job.remaining.is_empty() {
+            let report = job.report.clone();
+            entry.job = None;
+            entry.digest.sent(&report, now_micros());
+            self.dirty.insert(tried.key);
+            return;
+        }
+        job.n_failed_tries += 1;
+        let wait = FIRST_RETRY_WAIT
+            .saturating_mul(1 << job.n_failed_tries.saturating_sub(1).min(16))
+            .min(MAX_RETRY_WAIT);
+        job.retry_at = Some(now_micros() + micros(wait));
+        tracing::warn!(
+            server = %self.mailer.url,
+            %domain,
+            %connection,
+            error = tried.transient_error.as_deref().unwrap_or("unknown"),
+            retry_in = %format_duration(wait),
+            "could not send an error e-mail; trying again later"
+        );
+    }
+
+    /// Drops digests that hold nothing worth keeping.
+    fn forget_spent(&mut self, now: i64) {
+        let quiet_period = self.quiet_period;
+        let spent: Vec<ConnectionKey> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.job.is_none() && entry.digest.is_spent(now, quiet_period))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if spent.is_empty() {
+            return;
+        }
+        let mut watched = self.watched.lock().expect("watched lock");
+        for key in spent {
+            self.entries.remove(&key);
+            watched.remove(&key);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// When something next becomes due.
+    fn next_wake(&self) -> Option<i64> {
+        self.entries
+            .values()
+            .filter_map(|entry| match &entry.job {
+                Some(job) => job.retry_at,
+                None => entry.digest.due_at(self.quiet_period).or_else(|| {
+                    // A spent digest is forgotten when its quiet period ends.
+                    entry
+                        .digest
+                        .last_email_at
+                        .filter(|_| !entry.digest.told_failing)
+                        .map(|at| at.saturating_add(micros(self.quiet_period)))
+                }),
+            })
+            .min()
+    }
+
+    /// Saves the digests that changed; false when the store refused.
+    async fn persist(&mut self) -> bool {
+        if self.dirty.is_empty() {
+            return true;
+        }
+        let changes: Vec<(String, String, Option<Digest>)> = self
+            .dirty
+            .iter()
+            .map(|key| {
+                let digest = self.entries.get(key).map(|entry| entry.digest.clone());
+                (key.0.clone(), key.1.clone(), digest)
+            })
+            .collect();
+        match self.store.put_notifications(changes).await {
+            Ok(()) => {
+                self.dirty.clear();
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not save pending error e-mails; trying again");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_secs(900);
+    const SECOND: i64 = 1_000_000;
+
+    fn note(record: &str, at: i64, error: &str) -> AttemptNote {
+        AttemptNote {
+            at,
+            repeater: "forms".into(),
+            record_id: record.into(),
+            payload_kind: PayloadIdKind::Form,
+            payload_id: format!("form-{record}"),
+            url: "https://remote.example/in?app_id=a1".into(),
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_failure_is_due_at_once_and_the_next_after_the_quiet_period() {
+        let mut digest = Digest::default();
+        assert_eq!(digest.due_at(QUIET), None, "nothing happened, nothing owed");
+        digest.failed(note("r1", 10 * SECOND, "remote answered 503"));
+        assert_eq!(digest.due_at(QUIET), Some(i64::MIN));
+        let report = digest.begin();
+        assert_eq!(report.failures.n_failures, 1);
+        assert!(!digest.owes());
+        digest.sent(&report, 11 * SECOND);
+        for n in 0..49 {
+            digest.failed(note("r1", (12 + n) * SECOND, "remote answered 503"));
+        }
+        assert_eq!(digest.due_at(QUIET), Some(11 * SECOND + 900 * SECOND));
+        let summary = digest.begin();
+        assert_eq!(summary.failures.n_failures, 49);
+        assert!(summary.failing && summary.told_failing);
+    }
+
+    #[test]
+    fn an_email_that_did_not_go_out_is_owed_again_with_what_came_since() {
+        let mut digest = Digest::default();
+        digest.failed(note("r1", SECOND, "timeout"));
+        let report = digest.begin();
+        digest.failed(note("r2", 2 * SECOND, "connection refused"));
+        assert_eq!(digest.sending.as_ref().map(|s| s.n_failures), Some(1));
+        digest.unsent();
+        assert_eq!(digest.sending, None);
+        assert_eq!(digest.failures.n_failures, 2);
+        assert_eq!(digest.failures.first_at, Some(SECOND));
+        assert_eq!(digest.failures.latest.as_ref().unwrap().record_id, "r2");
+        assert_eq!(digest.failures.records.len(), 2);
+        assert_eq!(
+            digest.due_at(QUIET),
+            Some(i64::MIN),
+            "never e-mailed, so due at once"
+        );
+        let _ = report;
+    }
+
+    #[test]
+    fn recovery_is_owed_only_to_contacts_told_of_the_failure() {
+        let mut digest = Digest::default();
+        digest.failed(note("r1", SECOND, "remote answered 500"));
+        digest.succeeded(note("r2", 2 * SECOND, ""));
+        // Failed and recovered before any e-mail: one e-mail tells both.
+        let report = digest.begin();
+        assert!(!report.failing && report.recovery.is_some());
+        digest.sent(&report, 3 * SECOND);
+        assert!(!digest.owes(), "nobody believes it fails");
+
+        digest.failed(note("r3", 4 * SECOND, "remote answered 500"));
+        let report = digest.begin();
+        digest.sent(&report, 5 * SECOND);
+        assert!(!digest.owes());
+        digest.succeeded(note("r4", 6 * SECOND, ""));
+        assert!(digest.owes(), "they were told it fails");
+        assert_eq!(digest.due_at(QUIET), Some(5 * SECOND + 900 * SECOND));
+        let recovered = digest.begin();
+        assert!(recovered.failures.is_empty());
+        digest.sent(&recovered, 905 * SECOND);
+        assert!(!digest.owes() && !digest.told_failing);
+        assert!(
+            !digest.is_spent(906 * SECOND, QUIET),
+            "the quiet period still holds"
+        );
+        assert!(digest.is_spent(1_805 * SECOND, QUIET));
+    }
+
+    #[test]
+    fn a_success_while_not_failing_changes_nothing() {
+        let mut digest = Digest::default();
+        digest.succeeded(note("r1", SECOND, ""));
+        assert_eq!(digest, Digest::default());
+    }
+
+    #[test]
+    fn records_are_listed_up_to_a_cap_and_the_rest_counted() {
+        let mut failures = Failures::default();
+        for n in 0..30 {
+            failures.add(note(&format!("r{n}"), n, "x"));
+        }
+        failures.add(note("r0", 100, "x"));
+        failures.add(note("r29", 101, "x"));
+        assert_eq!(failures.n_failures, 32);
+        assert_eq!(failures.records.len(), RECORDS_LISTED);
+        assert_eq!(failures.records[0].n_failures, 2);
+        assert_eq!(failures.records[0].last_at, 100);
+        assert_eq!(failures.n_unlisted_failures, 11);
+        let merged = Failures::merge(failures.clone(), failures.clone());
+        assert_eq!(merged.n_failures, 64);
+        assert_eq!(merged.records.len(), RECORDS_LISTED);
+        assert_eq!(merged.records[0].n_failures, 4);
+        assert_eq!(merged.n_unlisted_failures, 22);
+    }
+
+    #[test]
+    fn the_first_email_has_every_required_line() {
+        let mut digest = Digest::default();
+        digest.failed(note(
+            "0001",
+            1_700_000_000 * SECOND,
+            "remote answered 503: upstream down",
+        ));
+        let email = compose("demo", "receiver", &digest.begin(), QUIET);
+        assert_eq!(
+            email.subject,
+            "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+        );
+        for expected in [
+            "    remote answered 503: upstream down",
+            "Project space: demo",
+            "Connection:    receiver",
+            "URL:           https://remote.example/in?app_id=a1",
+            "Form id:       form-0001",
+            "Record id:     0001",
+            "Repeater:      forms",
+            "When:          2023-11-14T22:13:20.000000Z",
+            "Status: still failing (the last failure at 2023-11-14T22:13:20.000000Z).",
+            "Why you get this: you are listed in notify of connection \"receiver\" of project space \"demo\".",
+            "How to stop: remove your address from the notify list of connection \"receiver\", with the admin API (PUT /api/v1/domains/demo/connections/receiver) or in its [[connections]] entry of the repeatd config file.",
+            "You get at most one e-mail about this connection every 15m; the next one summarises what happened in between.",
+        ] {
+            assert!(
+                email.body.lines().any(|line| line == expected),
+                "missing {expected:?} in:\n{}",
+                email.body
+            );
+        }
+        assert!(
+            !email.body.contains("Records that failed"),
+            "{}",
+            email.body
+        );
+    }
+
+    #[test]
+    fn a_summary_counts_the_failures_and_says_how_it_ended() {
+        let mut digest = Digest::default();
+        digest.failed(note("a", SECOND, "timeout"));
+        let first = digest.begin();
+        digest.sent(&first, 2 * SECOND);
+        digest.failed(note("a", 3 * SECOND, "timeout"));
+        digest.failed(note("b", 4 * SECOND, "remote answered 502"));
+        let still = compose("demo", "receiver", &digest.clone().begin(), QUIET);
+        assert_eq!(
+            still.subject,
+            "[repeatd] project space \"demo\": connection \"receiver\" is still failing (2 failed attempts since the last e-mail)"
+        );
+        assert!(
+            still
+                .body
+                .contains("2 failed attempts since the last e-mail (1970-01-01T00:00:02.000000Z)"),
+            "{}",
+            still.body
+        );
+        assert!(
+            still
+                .body
+                .contains("  - record a (form form-a, repeater \"forms\"): 1 failed attempt"),
+            "{}",
+            still.body
+        );
+        assert!(
+            still
+                .body
+                .contains("  - record b (form form-b, repeater \"forms\"): 1 failed attempt"),
+            "{}",
+            still.body
+        );
+        assert!(
+            still.body.contains("    remote answered 502"),
+            "the latest error is shown: {}",
+            still.body
+        );
+
+        digest.succeeded(note("c", 5 * SECOND, ""));
+        let recovered = compose("demo", "receiver", &digest.begin(), QUIET);
+        assert_eq!(
+            recovered.subject,
+            "[repeatd] project space \"demo\": connection \"receiver\" failed 2 times, then recovered"
+        );
+        assert!(
+            recovered
+                .body
+                .contains("Status: recovered. A send succeeded at 1970-01-01T00:00:05.000000Z:"),
+            "{}",
+            recovered.body
+        );
+    }
+
+    #[test]
+    fn a_recovery_alone_gets_a_short_email() {
+        let mut digest = Digest::default();
+        digest.failed(note("a", SECOND, "timeout"));
+        let first = digest.begin();
+        digest.sent(&first, 2 * SECOND);
+        digest.succeeded(note("b", 3 * SECOND, ""));
+        let email = compose("demo", "receiver", &digest.begin(), QUIET);
+        assert_eq!(
+            email.subject,
+            "[repeatd] project space \"demo\": connection \"receiver\" has recovered"
+        );
+        assert!(email.body.starts_with(
+            "Forwarding from project space \"demo\" to connection \"receiver\" works again.\n"
+        ));
+        assert!(!email.body.contains("Error"), "{}", email.body);
+    }
+
+    #[test]
+    fn only_server_auth_timeout_and_network_failures_are_reported() {
+        let retryable = Outcome::Retryable {
+            status: None,
+            retry_after: None,
+            error: "connection refused".into(),
+        };
+        assert!(is_reported_failure(&retryable));
+        for status in [401, 403] {
+            assert!(is_reported_failure(&Outcome::Rejected {
+                status: Some(status),
+                error: String::new()
+            }));
+        }
+        for status in [Some(400), Some(404), Some(422), None] {
+            assert!(!is_reported_failure(&Outcome::Rejected {
+                status,
+                error: String::new()
+            }));
+        }
+        assert!(!is_reported_failure(&Outcome::Success { status: 200 }));
+        assert!(!is_reported_failure(&Outcome::Empty));
+    }
+}
