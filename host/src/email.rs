@@ -18,7 +18,11 @@
 //! of their own: an SMTP server that is down or slow is logged and tried
 //! again with growing waits, never holding up delivery. Recipients are read
 //! from the catalog when an e-mail goes out, so an address removed from the
-//! connection gets nothing more. Only this module speaks SMTP.
+//! connection gets nothing more. Each address gets a message of its own; one
+//! the server refuses for good (a 5xx answer) is logged and skipped, the
+//! others are tried again. (A crash between an attempt's commit and the next
+//! save of the digests, a few milliseconds, loses that attempt's mention.)
+//! Only this module speaks SMTP.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -623,12 +627,21 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// The connection's current `notify` list.
+/// The connection's current `notify` list, each address once.
 fn recipients(snapshot: &Snapshot, key: &ConnectionKey) -> Vec<String> {
+    let mut seen = HashSet::new();
     snapshot
         .domain(&key.0)
         .and_then(|domain| domain.connections.get(&key.1))
-        .map(|connection| connection.spec.notify.clone())
+        .map(|connection| {
+            connection
+                .spec
+                .notify
+                .iter()
+                .filter(|address| seen.insert(address.to_ascii_lowercase()))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 

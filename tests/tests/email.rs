@@ -1,0 +1,879 @@
+//! Error e-mails (SPEC section 7) through a real SMTP server on loopback
+//! (aiosmtpd, run by `tests/smtp_sink.py`): who gets them, what they say, how
+//! often, and that they are neither lost while the SMTP server is down nor
+//! across a restart.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use repeatd_tests::*;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+const WAIT: Duration = Duration::from_secs(20);
+const FROM: &str = "repeatd <repeatd@localhost>";
+
+// ---- the SMTP server ----------------------------------------------------------
+
+/// Installs aiosmtpd when it is missing (as `.ci/setup-test-deps` does), and
+/// fails loudly when it still cannot be imported.
+fn ensure_aiosmtpd() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let importable = || {
+            Command::new("python3")
+                .args(["-c", "import aiosmtpd"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        if !importable() {
+            let install = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "aiosmtpd",
+                ])
+                .status();
+            assert!(
+                importable(),
+                "the e-mail tests need Python's aiosmtpd and it cannot be imported even after \
+                 `python3 -m pip install aiosmtpd` ({install:?}); run .ci/setup-test-deps"
+            );
+        }
+    });
+}
+
+/// A loopback port nobody listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("finding a free port")
+        .port()
+}
+
+/// One e-mail as the SMTP server received it, parsed by Python's `email`.
+#[derive(Debug, Clone)]
+struct Mail {
+    received_at: f64,
+    mail_from: String,
+    rcpt_tos: Vec<String>,
+    headers: Vec<(String, String)>,
+    subject: String,
+    content_type: String,
+    body: String,
+}
+
+impl Mail {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(found, _)| found.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn lines(&self) -> Vec<&str> {
+        self.body
+            .lines()
+            .map(|line| line.trim_end_matches('\r'))
+            .collect()
+    }
+
+    fn assert_line(&self, expected: &str) {
+        assert!(
+            self.lines().contains(&expected),
+            "the e-mail has no line {expected:?}:\n{}",
+            self.body
+        );
+    }
+}
+
+/// aiosmtpd on 127.0.0.1, writing each message it accepts to a directory.
+struct SmtpSink {
+    port: u16,
+    dir: TempDir,
+    _child: tokio::process::Child,
+}
+
+impl SmtpSink {
+    async fn start() -> SmtpSink {
+        SmtpSink::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> SmtpSink {
+        ensure_aiosmtpd();
+        let dir = TempDir::new("smtp");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
+        let errors =
+            std::fs::File::create(dir.path().join("stderr")).expect("creating the sink's log");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(dir.path().join("mail"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(errors)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting python3 smtp_sink.py");
+        let stdout = child.stdout.take().expect("the sink's stdout");
+        let mut first_line = String::new();
+        let ready = tokio::time::timeout(
+            WAIT,
+            tokio::io::BufReader::new(stdout).read_line(&mut first_line),
+        )
+        .await;
+        if !matches!(ready, Ok(Ok(_))) || first_line.trim() != "ready" {
+            let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+            panic!(
+                "the SMTP server did not start on port {port} ({ready:?}, {first_line:?}):\n{log}"
+            );
+        }
+        SmtpSink {
+            port,
+            dir,
+            _child: child,
+        }
+    }
+
+    fn mails(&self) -> Vec<Mail> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail")) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).expect("reading a received e-mail");
+                let json: Value = serde_json::from_str(&text).expect("the sink writes JSON");
+                Mail {
+                    received_at: json["received_at"].as_f64().unwrap(),
+                    mail_from: json["mail_from"].as_str().unwrap().to_owned(),
+                    rcpt_tos: json["rcpt_tos"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|to| to.as_str().unwrap().to_owned())
+                        .collect(),
+                    headers: json["headers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|pair| {
+                            (
+                                pair[0].as_str().unwrap().to_owned(),
+                                pair[1].as_str().unwrap().to_owned(),
+                            )
+                        })
+                        .collect(),
+                    subject: json["subject"].as_str().unwrap().to_owned(),
+                    content_type: json["content_type"].as_str().unwrap().to_owned(),
+                    body: json["body"].as_str().unwrap_or_default().to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` e-mails arrived (or `timeout` passes).
+    async fn wait_mails(&self, n: usize, timeout: Duration) -> Vec<Mail> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mails = self.mails();
+            if mails.len() >= n || Instant::now() >= deadline {
+                return mails;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---- configs ------------------------------------------------------------------------
+
+fn smtp_section(port: u16, quiet_period: &str) -> String {
+    format!(
+        "\n[smtp]\nurl = \"smtp://127.0.0.1:{port}\"\nfrom = \"{FROM}\"\nquiet_period = \"{quiet_period}\"\n"
+    )
+}
+
+fn connection(name: &str, url: &str, notify: &[&str]) -> String {
+    let notify: Vec<String> = notify
+        .iter()
+        .map(|address| format!("\"{address}\""))
+        .collect();
+    format!(
+        "\n[[connections]]\ndomain = \"demo\"\nname = \"{name}\"\nurl = \"{url}\"\nnotify = [{}]\nauth = {{ type = \"none\" }}\n",
+        notify.join(", ")
+    )
+}
+
+/// `[smtp]`, domain "demo" with submitter danny:pw, the connections and the
+/// repeaters.
+fn config(smtp: &str, connections: &[String], repeaters: &str) -> String {
+    format!(
+        "{smtp}\n[[domains]]\nname = \"demo\"\n\n[[submitters]]\ndomain = \"demo\"\nusername = \"danny\"\npassword = \"pw\"\n{}\n{repeaters}",
+        connections.concat()
+    )
+}
+
+/// Retries fast; `max_attempts` attempts in all.
+fn fast_retry(max_attempts: u32) -> String {
+    format!(
+        "retry = {{ max_attempts = {max_attempts}, min_wait = \"10ms\", factor = 1.0, max_wait = \"10ms\" }}"
+    )
+}
+
+fn why_line(connection: &str) -> String {
+    format!(
+        "Why you get this: you are listed in notify of connection \"{connection}\" of project space \"demo\"."
+    )
+}
+
+fn stop_line(connection: &str) -> String {
+    format!(
+        "How to stop: remove your address from the notify list of connection \"{connection}\", with the admin API (PUT /api/v1/domains/demo/connections/{connection}) or in its [[connections]] entry of the repeatd config file."
+    )
+}
+
+/// How many failed attempts an e-mail reports, from its subject.
+fn failures_in(mail: &Mail) -> u64 {
+    if mail.subject.ends_with(" is failing") {
+        return 1;
+    }
+    let count = mail
+        .subject
+        .rsplit_once('(')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok());
+    count.unwrap_or_else(|| panic!("no failure count in subject {:?}", mail.subject))
+}
+
+async fn record_with_attempts(gateway: &Gateway, id: &str) -> Value {
+    let (status, record) = gateway
+        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{record}");
+    record
+}
+
+// ---- the tests ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_emails_each_contact_with_every_required_line() {
+    let smtp = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let unreachable = format!("http://127.0.0.1:{}/cases", free_port());
+    let repeaters = format!(
+        "{}{}",
+        repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
+        repeater("cases", "case", "case-remote", "case-json", &fast_retry(1)),
+    );
+    let gateway = Gateway::start(&config(
+        &smtp_section(smtp.port, "15m"),
+        &[
+            connection(
+                "receiver",
+                &receiver.url("/in"),
+                &["ops@example.org", "dev@example.org"],
+            ),
+            connection("case-remote", &unreachable, &["cases@example.org"]),
+        ],
+        &repeaters,
+    ))
+    .await;
+    let (status, body) = gateway.submit("demo", SEED_FORM, Some(SEED_APP_ID)).await;
+    assert_eq!(status, 201, "{body}");
+
+    let mails = smtp.wait_mails(3, WAIT).await;
+    assert_eq!(mails.len(), 3, "one e-mail per address: {mails:#?}");
+    let to = |address: &str| {
+        mails
+            .iter()
+            .find(|mail| mail.rcpt_tos == [address])
+            .unwrap_or_else(|| panic!("no e-mail to {address}: {mails:#?}"))
+    };
+
+    // The form's remote answered 503.
+    let forms = gateway
+        .wait_records("demo", "repeater=forms", 1, "cancelled", WAIT)
+        .await;
+    let form_record_id = forms[0]["id"].as_str().unwrap().to_owned();
+    let attempt = &record_with_attempts(&gateway, &form_record_id).await["attempts"][0];
+    for address in ["ops@example.org", "dev@example.org"] {
+        let mail = to(address);
+        assert_eq!(mail.mail_from, "repeatd@localhost");
+        assert_eq!(mail.header("From"), Some(FROM));
+        assert_eq!(
+            mail.header("To"),
+            Some(address),
+            "each contact gets an e-mail of their own"
+        );
+        assert_eq!(mail.header("Auto-Submitted"), Some("auto-generated"));
+        assert!(
+            mail.header("Message-ID").is_some() && mail.header("Date").is_some(),
+            "{:?}",
+            mail.headers
+        );
+        assert_eq!(mail.content_type, "text/plain");
+        assert_eq!(
+            mail.subject,
+            "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+        );
+        assert_eq!(
+            mail.lines()[0],
+            "repeatd could not forward data from project space \"demo\" to connection \"receiver\"."
+        );
+        mail.assert_line("Error (as the remote gave it):");
+        mail.assert_line("    remote answered 503: remote says no: error 503");
+        mail.assert_line("Project space: demo");
+        mail.assert_line("Connection:    receiver");
+        mail.assert_line(&format!(
+            "URL:           {}?app_id={SEED_APP_ID}",
+            receiver.url("/in")
+        ));
+        mail.assert_line(&format!("Form id:       {SEED_FORM_ID}"));
+        mail.assert_line(&format!("Record id:     {form_record_id}"));
+        mail.assert_line("Repeater:      forms");
+        mail.assert_line(&format!(
+            "When:          {}",
+            attempt["at"].as_str().unwrap()
+        ));
+        mail.assert_line(&why_line("receiver"));
+        mail.assert_line(&stop_line("receiver"));
+        mail.assert_line(
+            "You get at most one e-mail about this connection every 15m; the next one summarises what happened in between.",
+        );
+    }
+
+    // The case's remote refused the connection: the network error, the case id.
+    let cases = gateway
+        .wait_records("demo", "repeater=cases", 1, "cancelled", WAIT)
+        .await;
+    let case_record_id = cases[0]["id"].as_str().unwrap();
+    let case_attempt = &record_with_attempts(&gateway, case_record_id).await["attempts"][0];
+    let mail = to("cases@example.org");
+    assert_eq!(
+        mail.subject,
+        "[repeatd] project space \"demo\": connection \"case-remote\" is failing"
+    );
+    let error = mail.lines()[mail
+        .lines()
+        .iter()
+        .position(|l| *l == "Error (as the remote gave it):")
+        .unwrap()
+        + 1]
+    .trim();
+    assert_eq!(
+        error,
+        case_attempt["error"].as_str().unwrap(),
+        "the network error as the attempt recorded it"
+    );
+    assert!(!error.is_empty());
+    mail.assert_line(&format!("URL:           {unreachable}"));
+    mail.assert_line(&format!("Case id:       {SEED_CASE_ID}"));
+    mail.assert_line(&format!("Record id:     {case_record_id}"));
+    mail.assert_line("Repeater:      cases");
+    mail.assert_line(&why_line("case-remote"));
+    mail.assert_line(&stop_line("case-remote"));
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_50_failures_yields_one_email_then_one_summary() {
+    const FORMS: usize = 10;
+    const ATTEMPTS: u64 = 5;
+    const QUIET: f64 = 4.0;
+    let smtp = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(500)]);
+    let gateway = Gateway::start(&config(
+        &smtp_section(smtp.port, "4s"),
+        &[connection(
+            "receiver",
+            &receiver.url("/in"),
+            &["ops@example.org"],
+        )],
+        &repeater(
+            "forms",
+            "form",
+            "receiver",
+            "form-xml",
+            &fast_retry(ATTEMPTS as u32),
+        ),
+    ))
+    .await;
+    let started = Instant::now();
+    for n in 0..FORMS {
+        let xml = generated_form(&format!("outage-{n}"), &format!("case-{n}"), "visit");
+        assert_eq!(gateway.submit("demo", &xml, None).await.0, 201);
+    }
+    let records = gateway
+        .wait_records("demo", "", FORMS, "cancelled", WAIT)
+        .await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "cancelled" && r["n_attempts"] == ATTEMPTS),
+        "{records:#?}"
+    );
+    assert_eq!(receiver.requests("/in").len(), FORMS * ATTEMPTS as usize);
+    let outage = started.elapsed();
+    assert!(
+        outage.as_secs_f64() < QUIET - 0.5,
+        "the 50 failures must fall within one quiet period for this test to mean anything ({outage:?})"
+    );
+
+    let mails = smtp.wait_mails(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    let (first, summary) = (&mails[0], &mails[1]);
+    assert!(
+        first
+            .subject
+            .starts_with("[repeatd] project space \"demo\": connection \"receiver\" is failing"),
+        "{}",
+        first.subject
+    );
+    assert!(
+        summary.received_at - first.received_at >= QUIET - 0.05,
+        "the summary waited for the quiet period: {} s apart",
+        summary.received_at - first.received_at
+    );
+    let n_first = failures_in(first);
+    let n_summary = failures_in(summary);
+    assert_eq!(
+        n_first + n_summary,
+        FORMS as u64 * ATTEMPTS,
+        "every failure is told once"
+    );
+    assert_eq!(
+        summary.subject,
+        format!(
+            "[repeatd] project space \"demo\": connection \"receiver\" is still failing ({n_summary} failed attempts since the last e-mail)"
+        )
+    );
+    assert!(
+        summary.lines()[0].contains(&format!(
+            "{n_summary} failed attempts since the last e-mail"
+        )),
+        "{}",
+        summary.body
+    );
+    // Which records: each cancelled record that failed after the first e-mail.
+    let listed: Vec<&str> = summary
+        .lines()
+        .into_iter()
+        .filter_map(|line| line.strip_prefix("  - record "))
+        .collect();
+    assert!(
+        listed.len() >= FORMS - 1 && listed.len() <= FORMS,
+        "{}",
+        summary.body
+    );
+    for line in &listed {
+        let id = line.split_whitespace().next().unwrap();
+        let record = records
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("unknown record {id}"));
+        assert!(
+            line.contains(&format!(
+                "(form {}, repeater \"forms\")",
+                record["payload_id"].as_str().unwrap()
+            )),
+            "{line}"
+        );
+    }
+    let attempts_listed: u64 = listed
+        .iter()
+        .map(|line| {
+            let count = line
+                .split("): ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            count.parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(attempts_listed, n_summary, "{}", summary.body);
+    summary.assert_line("    remote answered 500: remote says no: error 500");
+    assert!(
+        summary
+            .lines()
+            .iter()
+            .any(|line| line.starts_with("Status: still failing")),
+        "{}",
+        summary.body
+    );
+    summary.assert_line(&why_line("receiver"));
+    summary.assert_line(&stop_line("receiver"));
+
+    // Nothing more happened, so nothing more is sent.
+    tokio::time::sleep(Duration::from_secs_f64(QUIET + 1.5)).await;
+    assert_eq!(smtp.mails().len(), 2, "{:#?}", smtp.mails());
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_addresses_sends_nothing_and_rejected_payloads_are_not_emailed() {
+    let smtp = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    for path in ["/quiet", "/loud"] {
+        receiver.plan(path, vec![Answer::Status(503)]);
+    }
+    receiver.plan("/picky", vec![Answer::Status(400)]);
+    receiver.plan("/locked", vec![Answer::Status(401)]);
+    let repeaters = format!(
+        "{}{}{}{}",
+        repeater("silent", "form", "nobody", "form-xml", &fast_retry(1)),
+        repeater("picky", "form", "picky", "form-xml", &fast_retry(1)),
+        repeater("locked", "form", "locked", "form-xml", &fast_retry(1)),
+        repeater("loud", "form-stub", "loud", "form-stub", &fast_retry(1)),
+    );
+    let gateway = Gateway::start(&config(
+        &smtp_section(smtp.port, "15m"),
+        &[
+            connection("nobody", &receiver.url("/quiet"), &[]),
+            connection("picky", &receiver.url("/picky"), &["picky@example.org"]),
+            connection("locked", &receiver.url("/locked"), &["locked@example.org"]),
+            connection("loud", &receiver.url("/loud"), &["ops@example.org"]),
+        ],
+        &repeaters,
+    ))
+    .await;
+    assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
+    let states: Vec<(String, String)> = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let records = gateway.records("demo", "").await;
+            let states: Vec<(String, String)> = records
+                .iter()
+                .map(|r| {
+                    (
+                        r["repeater"].as_str().unwrap().to_owned(),
+                        r["state"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            if states.len() == 4
+                && states
+                    .iter()
+                    .all(|(_, state)| state != "pending" && state != "failed")
+                || Instant::now() > deadline
+            {
+                break states;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let state_of = |name: &str| {
+        states
+            .iter()
+            .find(|(repeater, _)| repeater == name)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(
+        state_of("silent"),
+        Some("cancelled"),
+        "the remote without contacts failed: {states:?}"
+    );
+    assert_eq!(state_of("picky"), Some("rejected"), "{states:?}");
+    assert_eq!(state_of("locked"), Some("rejected"), "{states:?}");
+    assert_eq!(state_of("loud"), Some("cancelled"), "{states:?}");
+
+    let mails = smtp.wait_mails(2, WAIT).await;
+    // Every failure is known by now; what else was coming would come at once.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mails_after = smtp.mails();
+    assert_eq!(mails_after.len(), 2, "{mails_after:#?}");
+    let mut recipients: Vec<&str> = mails.iter().map(|mail| mail.rcpt_tos[0].as_str()).collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["locked@example.org", "ops@example.org"],
+        "no e-mail for a 400 nor for a connection without addresses"
+    );
+    let locked = mails
+        .iter()
+        .find(|mail| mail.rcpt_tos == ["locked@example.org"])
+        .unwrap();
+    assert_eq!(
+        locked.subject,
+        "[repeatd] project space \"demo\": connection \"locked\" is failing"
+    );
+    locked.assert_line("    remote answered 401: remote says no: error 401");
+    let loud = mails
+        .iter()
+        .find(|mail| mail.rcpt_tos == ["ops@example.org"])
+        .unwrap();
+    loud.assert_line(&format!("Form id:       {SEED_FORM_ID}"));
+    loud.assert_line("Repeater:      loud");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_succeeds_again_gets_a_short_recovered_email() {
+    let smtp = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(502), Answer::Status(200)]);
+    let gateway = Gateway::start(&config(
+        &smtp_section(smtp.port, "2s"),
+        &[connection("receiver", &receiver.url("/in"), &["ops@example.org"])],
+        &repeater(
+            "forms",
+            "form",
+            "receiver",
+            "form-xml",
+            "retry = { max_attempts = 3, min_wait = \"300ms\", factor = 1.0, max_wait = \"300ms\" }",
+        ),
+    ))
+    .await;
+    assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
+    let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
+    assert_eq!(records[0]["state"], "succeeded");
+    assert_eq!(records[0]["n_attempts"], 2);
+    let record_id = records[0]["id"].as_str().unwrap();
+    let succeeded_at = record_with_attempts(&gateway, record_id).await["attempts"][1]["at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mails = smtp.wait_mails(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+    );
+    mails[0].assert_line("    remote answered 502: remote says no: error 502");
+    let recovered = &mails[1];
+    assert!(
+        recovered.received_at - mails[0].received_at >= 2.0 - 0.05,
+        "no e-mail within the quiet period"
+    );
+    assert_eq!(recovered.rcpt_tos, ["ops@example.org"]);
+    assert_eq!(
+        recovered.subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" has recovered"
+    );
+    recovered.assert_line(
+        "Forwarding from project space \"demo\" to connection \"receiver\" works again.",
+    );
+    assert!(
+        recovered.lines()[1].starts_with("There were no further failures since the last e-mail ("),
+        "{}",
+        recovered.body
+    );
+    recovered.assert_line(&format!(
+        "Status: recovered. A send succeeded at {succeeded_at}:"
+    ));
+    recovered.assert_line(&format!(
+        "record {record_id} (form {SEED_FORM_ID}, repeater \"forms\") to {}.",
+        receiver.url("/in")
+    ));
+    recovered.assert_line(&why_line("receiver"));
+    recovered.assert_line(&stop_line("receiver"));
+    assert!(
+        !recovered.body.contains("Error (as the remote gave it)"),
+        "{}",
+        recovered.body
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_at_first_up_later_the_email_still_arrives() {
+    let smtp_port = free_port();
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let gateway = Gateway::start(&config(
+        &smtp_section(smtp_port, "15m"),
+        &[connection(
+            "receiver",
+            &receiver.url("/in"),
+            &["ops@example.org"],
+        )],
+        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
+    ))
+    .await;
+    assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
+    // Delivery does not wait for e-mail: the record is done while SMTP is down.
+    let records = gateway.wait_records("demo", "", 1, "cancelled", WAIT).await;
+    assert_eq!(records[0]["state"], "cancelled");
+    // Let the notifier fail against the closed port a time or two.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let smtp = SmtpSink::start_on(smtp_port).await;
+    let mails = smtp.wait_mails(1, WAIT).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+    );
+    mails[0].assert_line(&format!(
+        "Record id:     {}",
+        records[0]["id"].as_str().unwrap()
+    ));
+    mails[0].assert_line(&format!("Form id:       {SEED_FORM_ID}"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(smtp.mails().len(), 1, "sent once");
+
+    // The gateway kept delivering meanwhile, and still does.
+    receiver.plan("/in", vec![Answer::Status(200)]);
+    let xml = generated_form("after-smtp", "case-after", "visit");
+    assert_eq!(gateway.submit("demo", &xml, None).await.0, 201);
+    assert_eq!(receiver.wait("/in", 2, WAIT).await.len(), 2);
+    gateway.stop().await;
+}
+
+/// The built `repeatd serve` in its own process, its log collected.
+struct Daemon {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(dir: &TempDir, config_body: &str) -> Daemon {
+        let path = dir.path().join("repeatd.toml");
+        std::fs::File::create(&path)
+            .and_then(|mut file| {
+                file.write_all(format!("{}{config_body}", config_head(dir.path())).as_bytes())
+            })
+            .expect("writing the config");
+        let mut child = Command::new(repeatd_binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting repeatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = std::sync::mpsc::channel();
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = found.send(addr.parse::<std::net::SocketAddr>().ok());
+                }
+                writer.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let addr = match listening.recv_timeout(WAIT) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                panic!("repeatd did not start listening:\n{}", log.lock().unwrap());
+            }
+        };
+        Daemon { child, addr, log }
+    }
+
+    async fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
+    let smtp_port = free_port();
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let dir = Arc::new(TempDir::new("email-restart"));
+    let body = config(
+        &smtp_section(smtp_port, "15m"),
+        &[connection(
+            "receiver",
+            &receiver.url("/in"),
+            &["ops@example.org"],
+        )],
+        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
+    );
+    let daemon = Daemon::start(&dir, &body);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/a/demo/receiver", daemon.addr))
+        .basic_auth("danny", Some("pw"))
+        .header("content-type", "text/xml")
+        .body(SEED_FORM.to_vec())
+        .send()
+        .await
+        .expect("submitting to repeatd");
+    assert_eq!(response.status().as_u16(), 201);
+    assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
+    // The SMTP server is down: the e-mail is owed, and kept in the store.
+    daemon
+        .wait_log("could not send an error e-mail", WAIT)
+        .await;
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&format!("127.0.0.1:{smtp_port}")),
+        "the log names the SMTP server:\n{log}"
+    );
+    drop(daemon); // SIGKILL: no shutdown, nothing saved at exit
+
+    let smtp = SmtpSink::start_on(smtp_port).await;
+    let gateway = Gateway::start_in(dir.clone(), &body).await;
+    let records = gateway.records("demo", "").await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0]["state"], "cancelled",
+        "nothing is sent again after the restart"
+    );
+    let mails = smtp.wait_mails(1, WAIT).await;
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+    );
+    mails[0].assert_line("    remote answered 503: remote says no: error 503");
+    mails[0].assert_line(&format!(
+        "Record id:     {}",
+        records[0]["id"].as_str().unwrap()
+    ));
+    mails[0].assert_line(&format!("Form id:       {SEED_FORM_ID}"));
+    assert_eq!(
+        receiver.requests("/in").len(),
+        1,
+        "the e-mail came from the stored digest, not a new failure"
+    );
+
+    // Sent means done: a graceful restart sends it no second time.
+    gateway.stop().await;
+    let gateway = Gateway::start_in(dir.clone(), &body).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(smtp.mails().len(), 1, "{:#?}", smtp.mails());
+    gateway.stop().await;
+}
