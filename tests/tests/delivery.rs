@@ -1,0 +1,1637 @@
+//! The repeat-record queue under faults (SPEC section 6): retries and their
+//! waits, timeouts, dropped connections, `Retry-After`, rejections and the
+//! repeater's retry codes, isolation of a slow remote, back-off and recovery,
+//! ordering and pausing, the records API and metrics, PUT and the
+//! `Idempotency-Key`, and what survives a SIGTERM or a SIGKILL of the binary.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use repeatd_tests::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---- helpers ------------------------------------------------------------------------
+
+/// One domain "demo" with submitter danny:pw and connections given as
+/// (name, url, extra TOML lines), then `repeaters`.
+fn config(connections: &[(&str, String, &str)], repeaters: &str) -> String {
+    let mut text = String::from(
+        "[[domains]]\nname = \"demo\"\n\n[[submitters]]\ndomain = \"demo\"\nusername = \"danny\"\npassword = \"pw\"\n",
+    );
+    for (name, url, extra) in connections {
+        text.push_str(&format!(
+            "\n[[connections]]\ndomain = \"demo\"\nname = \"{name}\"\nurl = \"{url}\"\nauth = {{ type = \"none\" }}\n{extra}\n"
+        ));
+    }
+    text.push('\n');
+    text.push_str(repeaters);
+    text
+}
+
+/// A form repeater named like its connection.
+fn form_repeater(name: &str, extra: &str) -> String {
+    repeater(name, "form", name, "form-xml", extra)
+}
+
+fn form_id(tag: &str, n: usize) -> String {
+    format!("{tag}-form-{n:04}")
+}
+
+fn form_xml(tag: &str, n: usize) -> Vec<u8> {
+    generated_form(&form_id(tag, n), &format!("{tag}-case-{n:04}"), "visit")
+}
+
+/// Submits forms `range` of `tag` one after the other; each must get 201.
+async fn submit_forms(gateway: &Gateway, tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in range {
+        let (status, body) = gateway.submit("demo", &form_xml(tag, n), None).await;
+        assert_eq!(status, 201, "form {n}: {body}");
+        ids.push(form_id(tag, n));
+    }
+    ids
+}
+
+/// The form id a forwarded `form-xml` body carries.
+fn instance_id(received: &Received) -> String {
+    let text = received.text();
+    let start = text
+        .find("instanceID>")
+        .map(|i| i + "instanceID>".len())
+        .expect("instanceID in the body");
+    let end = start + text[start..].find('<').expect("end of instanceID");
+    text[start..end].to_owned()
+}
+
+fn idempotency_key(received: &Received) -> String {
+    received
+        .header("idempotency-key")
+        .expect("every request carries Idempotency-Key")
+        .to_owned()
+}
+
+async fn record(gateway: &Gateway, id: &str) -> Value {
+    let (status, body) = gateway
+        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "record {id}: {body}");
+    body
+}
+
+async fn only_record(gateway: &Gateway, query: &str) -> Value {
+    let records = gateway.records("demo", query).await;
+    assert_eq!(records.len(), 1, "one record for {query:?}: {records:?}");
+    record(gateway, records[0]["id"].as_str().unwrap()).await
+}
+
+async fn record_action(gateway: &Gateway, id: &str, action: &str) -> Value {
+    let (status, body) = gateway
+        .api(
+            "POST",
+            &format!("/api/v1/domains/demo/records/{id}/{action}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{action} {id}: {body}");
+    body
+}
+
+async fn bulk(gateway: &Gateway, action: &str, filter: Value) -> u64 {
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/records/bulk",
+            Some(json!({ "action": action, "filter": filter })),
+        )
+        .await;
+    assert_eq!(status, 200, "bulk {action}: {body}");
+    body["changed"].as_u64().expect("changed count")
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns the last answer.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn gaps(arrivals: &[Received]) -> Vec<Duration> {
+    arrivals
+        .windows(2)
+        .map(|pair| pair[1].at.duration_since(pair[0].at))
+        .collect()
+}
+
+async fn metrics_text(gateway: &Gateway) -> String {
+    let (status, body) = gateway.api("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    body.as_str().expect("metrics are text").to_owned()
+}
+
+/// The value of one metrics line, by its exact name and labels.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|value| value.trim().parse().expect("a metric value"))
+}
+
+// ---- retries and their waits ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(500), Answer::Status(200)]);
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater(
+            "forms",
+            "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 3 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "r", 0..1).await;
+
+    // After the 500 the record is `failed`, due again, with the reason.
+    let first = receiver.wait("/in", 1, WAIT).await;
+    assert_eq!(first.len(), 1);
+    let deadline = Instant::now() + WAIT;
+    let seen_failed = loop {
+        let records = gateway.records("demo", "").await;
+        if records.len() == 1 && records[0]["state"] == "failed" {
+            break records[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record never showed as failed: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(seen_failed["n_attempts"], 1);
+    assert!(seen_failed["next_attempt_at"].is_string(), "{seen_failed}");
+    assert!(
+        seen_failed["last_error"].as_str().unwrap().contains("500"),
+        "{seen_failed}"
+    );
+
+    let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
+    assert_eq!(records[0]["state"], "succeeded", "{records:?}");
+    let arrivals = receiver.requests("/in");
+    assert_eq!(arrivals.len(), 2);
+    assert!(
+        gaps(&arrivals)[0] >= Duration::from_millis(790),
+        "min_wait 1s (-20%) between the attempts: {:?}",
+        gaps(&arrivals)
+    );
+
+    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    assert_eq!(detail["n_attempts"], 2);
+    assert_eq!(detail["next_attempt_at"], Value::Null);
+    let attempts = detail["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{detail}");
+    let url = receiver.url("/in");
+    for (index, (status, response)) in [(500, "remote says no: error 500"), (200, "ok")]
+        .into_iter()
+        .enumerate()
+    {
+        let attempt = &attempts[index];
+        assert_eq!(attempt["number"], index + 1, "{attempt}");
+        assert_eq!(attempt["url"], url.as_str(), "{attempt}");
+        assert_eq!(attempt["status"], status, "{attempt}");
+        assert_eq!(attempt["response"], response, "{attempt}");
+        assert!(
+            attempt["duration_ms"].as_u64().is_some_and(|ms| ms < 5_000),
+            "{attempt}"
+        );
+        assert!(
+            attempt["at"]
+                .as_str()
+                .is_some_and(|at| at.len() == 27 && at.ends_with('Z')),
+            "{attempt}"
+        );
+    }
+    assert_eq!(
+        attempts[0]["error"],
+        "remote answered 500: remote says no: error 500"
+    );
+    assert_eq!(attempts[1]["error"], Value::Null);
+    assert!(attempts[0]["at"].as_str() < attempts[1]["at"].as_str());
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancelled() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater(
+            "forms",
+            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 4, max_wait = \"10s\" }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "f", 0..1).await;
+
+    let records = gateway.wait_records("demo", "", 1, "cancelled", WAIT).await;
+    assert_eq!(records[0]["state"], "cancelled", "{records:?}");
+    assert_eq!(records[0]["n_attempts"], 4);
+    assert_eq!(records[0]["next_attempt_at"], Value::Null);
+    // Nothing more is sent once it is cancelled.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let arrivals = receiver.requests("/in");
+    assert_eq!(arrivals.len(), 4, "max_attempts = 4");
+    let waits = gaps(&arrivals);
+    for (wait, expected_ms) in waits.iter().zip([200.0, 400.0, 800.0]) {
+        let low = Duration::from_secs_f64(expected_ms * 0.8 / 1_000.0 * 0.97);
+        let high = Duration::from_secs_f64(expected_ms * 1.2 / 1_000.0 + 0.7);
+        assert!(
+            *wait >= low && *wait <= high,
+            "wait {wait:?} is not {expected_ms} ms ±20%: {waits:?}"
+        );
+    }
+    assert!(
+        waits[0] < waits[1] && waits[1] < waits[2],
+        "the waits grow: {waits:?}"
+    );
+
+    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(attempts.iter().all(|a| a["status"] == 503), "{detail}");
+    assert_eq!(
+        detail["last_error"],
+        "remote answered 503: remote says no: error 503"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::Slow(Duration::from_secs(5), 200),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "timeout = \"300ms\"")],
+        &form_repeater(
+            "forms",
+            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "t", 0..1).await;
+
+    let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
+    assert_eq!(records[0]["state"], "succeeded", "{records:?}");
+    let arrivals = receiver.requests("/in");
+    assert_eq!(arrivals.len(), 2);
+    assert!(
+        gaps(&arrivals)[0] < Duration::from_secs(3),
+        "the gateway gave up after 300 ms, not when the remote answered: {:?}",
+        gaps(&arrivals)
+    );
+    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{detail}");
+    assert_eq!(attempts[0]["status"], Value::Null);
+    assert_eq!(attempts[0]["response"], Value::Null);
+    assert_eq!(attempts[0]["error"], "timed out after 300 ms");
+    let took = attempts[0]["duration_ms"].as_u64().unwrap();
+    assert!(
+        (290..3_000).contains(&took),
+        "the timed-out attempt took {took} ms"
+    );
+    assert_eq!(attempts[1]["status"], 200);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_retried_and_its_error_recorded() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Drop, Answer::Status(200)]);
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater(
+            "forms",
+            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "d", 0..1).await;
+
+    let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
+    assert_eq!(records[0]["state"], "succeeded", "{records:?}");
+    assert_eq!(receiver.requests("/in").len(), 2);
+    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{detail}");
+    assert_eq!(attempts[0]["status"], Value::Null);
+    let error = attempts[0]["error"]
+        .as_str()
+        .expect("the network error is kept");
+    assert!(error.starts_with("request failed: "), "{error}");
+    assert!(
+        error.contains("connection closed before message completed"),
+        "{error}"
+    );
+    assert_eq!(attempts[1]["status"], 200);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_the_whole_repeater_back() {
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::WithHeaders(429, vec![("Retry-After".into(), "1".into())]),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater(
+            "forms",
+            "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "ra", 0..1).await;
+    let throttled = receiver.wait("/in", 1, WAIT).await;
+    assert_eq!(throttled.len(), 1);
+    assert!(
+        eventually(WAIT, || async {
+            let (_, repeater) = gateway
+                .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
+                .await;
+            repeater["status"]["backing_off_until"].is_string()
+        })
+        .await,
+        "a 429 with Retry-After holds the repeater back"
+    );
+    // A second form registered during the Retry-After waits for it too.
+    submit_forms(&gateway, "ra", 1..2).await;
+
+    let records = gateway.wait_records("demo", "", 2, "succeeded", WAIT).await;
+    assert!(
+        records.iter().all(|r| r["state"] == "succeeded"),
+        "{records:?}"
+    );
+    let arrivals = receiver.requests("/in");
+    assert_eq!(arrivals.len(), 3, "one 429, then each form once");
+    for later in &arrivals[1..] {
+        let after = later.at.duration_since(arrivals[0].at);
+        assert!(
+            after >= Duration::from_millis(980),
+            "a request {after:?} after Retry-After: 1"
+        );
+    }
+    let first = only_record(&gateway, &format!("payload_id={}", form_id("ra", 0))).await;
+    assert_eq!(first["n_attempts"], 2);
+    assert_eq!(first["attempts"][0]["status"], 429);
+    let second = only_record(&gateway, &format!("payload_id={}", form_id("ra", 1))).await;
+    assert_eq!(second["n_attempts"], 1);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_final_and_a_repeater_can_move_codes() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/bad", vec![Answer::Status(400)]);
+    receiver.plan("/gone", vec![Answer::Status(404), Answer::Status(200)]);
+    receiver.plan("/conflict", vec![Answer::Status(409)]);
+    receiver.plan("/busy", vec![Answer::Status(409), Answer::Status(200)]);
+    let retry = "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 3 }";
+    let gateway = Gateway::start(&config(
+        &[
+            ("bad", receiver.url("/bad"), ""),
+            ("gone", receiver.url("/gone"), ""),
+            ("conflict", receiver.url("/conflict"), ""),
+            ("busy", receiver.url("/busy"), ""),
+        ],
+        &[
+            form_repeater("bad", retry),
+            form_repeater("gone", &format!("{retry}\nretry_codes_add = [404]")),
+            form_repeater("conflict", &format!("{retry}\nretry_codes_remove = [409]")),
+            form_repeater("busy", retry),
+        ]
+        .concat(),
+    ))
+    .await;
+    submit_forms(&gateway, "x", 0..1).await;
+
+    let bad = gateway
+        .wait_records("demo", "repeater=bad", 1, "rejected", WAIT)
+        .await;
+    assert_eq!(bad[0]["state"], "rejected", "{bad:?}");
+    assert_eq!(bad[0]["n_attempts"], 1);
+    assert_eq!(bad[0]["next_attempt_at"], Value::Null);
+    assert_eq!(
+        bad[0]["last_error"],
+        "remote answered 400: remote says no: error 400"
+    );
+    let conflict = gateway
+        .wait_records("demo", "repeater=conflict", 1, "rejected", WAIT)
+        .await;
+    assert_eq!(
+        conflict[0]["state"], "rejected",
+        "retry_codes_remove = [409]: {conflict:?}"
+    );
+    let gone = gateway
+        .wait_records("demo", "repeater=gone", 1, "succeeded", WAIT)
+        .await;
+    assert_eq!(
+        gone[0]["state"], "succeeded",
+        "retry_codes_add = [404]: {gone:?}"
+    );
+    assert_eq!(gone[0]["n_attempts"], 2);
+    let busy = gateway
+        .wait_records("demo", "repeater=busy", 1, "succeeded", WAIT)
+        .await;
+    assert_eq!(
+        busy[0]["state"], "succeeded",
+        "409 is retried by default: {busy:?}"
+    );
+    assert_eq!(busy[0]["n_attempts"], 2);
+    // Rejections are not retried: well past three retry waits, still one request each.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(receiver.requests("/bad").len(), 1);
+    assert_eq!(receiver.requests("/conflict").len(), 1);
+    assert_eq!(
+        gateway.records("demo", "repeater=bad").await[0]["state"],
+        "rejected"
+    );
+    gateway.stop().await;
+}
+
+// ---- lanes: isolation, back-off, order, pause --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_does_not_hold_up_a_healthy_one() {
+    slow_next_to_healthy("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_does_not_take_every_global_send_slot() {
+    // Fewer slots over all repeaters than the slow one's workers.
+    slow_next_to_healthy("[delivery]\nmax_in_flight = 4\n").await;
+}
+
+async fn slow_next_to_healthy(head: &str) {
+    let receiver = Receiver::start().await;
+    receiver.plan("/slow", vec![Answer::Slow(Duration::from_secs(2), 200)]);
+    let body = config(
+        &[
+            ("slow", receiver.url("/slow"), ""),
+            ("fast", receiver.url("/fast"), ""),
+        ],
+        &[
+            form_repeater("slow", "max_workers = 8"),
+            form_repeater("fast", ""),
+        ]
+        .concat(),
+    );
+    let gateway = Gateway::start(&format!("{head}{body}")).await;
+    let mut submitted = HashMap::new();
+    for n in 0..50 {
+        let (status, body) = gateway.submit("demo", &form_xml("s", n), None).await;
+        assert_eq!(status, 201, "{body}");
+        submitted.insert(form_id("s", n), Instant::now());
+    }
+    let fast = receiver.wait("/fast", 50, WAIT).await;
+    assert_eq!(fast.len(), 50, "every form reached the healthy remote");
+    let slow_so_far = receiver.requests("/slow").len();
+    let slow_done = gateway
+        .records("demo", "repeater=slow&state=succeeded")
+        .await
+        .len();
+    assert!(
+        slow_done < 50,
+        "the healthy remote was served long before the slow one ({slow_done} slow ones done)"
+    );
+    assert!(slow_so_far < 50, "{slow_so_far}");
+    let mut latest = Duration::ZERO;
+    for arrival in &fast {
+        let waited = arrival.at.duration_since(submitted[&instance_id(arrival)]);
+        latest = latest.max(waited);
+    }
+    assert!(
+        latest < Duration::from_millis(1_500),
+        "a healthy send waited {latest:?} (the slow remote takes 2 s)"
+    );
+    // Not stopped: stopping would wait for the slow sends.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_remote_backs_off_probes_one_at_a_time_then_recovers_at_full_speed() {
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/flaky",
+        vec![Answer::Slow(Duration::from_millis(100), 503)],
+    );
+    let gateway = Gateway::start(&config(
+        &[("flaky", receiver.url("/flaky"), "")],
+        &form_repeater(
+            "flaky",
+            "max_workers = 4\nretry = { min_wait = \"300ms\", factor = 2.0, max_wait = \"1s\", max_attempts = 100 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "b", 0..20).await;
+
+    // The repeater notices and backs off.
+    assert!(
+        eventually(WAIT, || async {
+            let (_, repeater) = gateway
+                .api("GET", "/api/v1/domains/demo/repeaters/flaky", None)
+                .await;
+            repeater["status"]["backing_off_until"].is_string()
+        })
+        .await,
+        "the repeater never backed off"
+    );
+    // Let the sends of the first wave finish, then watch for 2.5 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = receiver.requests("/flaky").len();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let during: Vec<Received> = receiver.requests("/flaky")[before..].to_vec();
+    assert!(
+        during.len() <= 6,
+        "{} requests in 2.5 s of back-off (20 records, each due every second at most)",
+        during.len()
+    );
+    for wait in gaps(&during) {
+        assert!(
+            wait >= Duration::from_millis(95),
+            "two probes overlapped ({wait:?} apart; each takes 100 ms)"
+        );
+    }
+    let queued = gateway.records("demo", "").await;
+    assert!(
+        queued
+            .iter()
+            .all(|r| r["state"] == "failed" || r["state"] == "pending"),
+        "{queued:?}"
+    );
+
+    // The remote comes back (slowly): the first success restores full speed.
+    receiver.plan(
+        "/flaky",
+        vec![Answer::Slow(Duration::from_millis(300), 200)],
+    );
+    let records = gateway
+        .wait_records("demo", "", 20, "succeeded", WAIT)
+        .await;
+    assert!(
+        records.iter().all(|r| r["state"] == "succeeded"),
+        "{records:?}"
+    );
+    let all = receiver.requests("/flaky");
+    let successes: Vec<&Received> = all.iter().skip(before + during.len()).collect();
+    let overlapping = successes
+        .windows(2)
+        .filter(|pair| pair[1].at.duration_since(pair[0].at) < Duration::from_millis(250))
+        .count();
+    assert!(
+        overlapping >= 3,
+        "after recovery sends run in parallel again ({overlapping} overlapping pairs)"
+    );
+    let keys: HashSet<String> = all.iter().map(idempotency_key).collect();
+    assert_eq!(keys.len(), 20, "every record was sent");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_of_parallel_sends_back_off_once_not_once_each() {
+    // Eight sends fail together: one back-off of min_wait follows, not one
+    // per failure from the third on (which would be 1 s x 10^5, a day).
+    let receiver = Receiver::start().await;
+    let failures = vec![Answer::Slow(Duration::from_millis(200), 503); 8];
+    receiver.plan("/in", [failures, vec![Answer::Status(200)]].concat());
+    let gateway = Gateway::start(&config(
+        &[("burst", receiver.url("/in"), "")],
+        &form_repeater(
+            "burst",
+            "max_workers = 8\npaused = true\nretry = { min_wait = \"1s\", factor = 10.0, max_wait = \"2d\", max_attempts = 10 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "burst", 0..8).await;
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/burst/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let first_wave = receiver.wait("/in", 8, WAIT).await;
+    assert_eq!(first_wave.len(), 8);
+    assert!(
+        first_wave
+            .last()
+            .unwrap()
+            .at
+            .duration_since(first_wave[0].at)
+            < Duration::from_millis(200),
+        "the eight sends ran in parallel"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let (_, repeater) = gateway
+                .api("GET", "/api/v1/domains/demo/repeaters/burst", None)
+                .await;
+            repeater["status"]["backing_off_until"].is_string()
+        })
+        .await,
+        "the repeater backs off"
+    );
+    let records = gateway
+        .wait_records("demo", "", 8, "succeeded", Duration::from_secs(10))
+        .await;
+    let (_, repeater) = gateway
+        .api("GET", "/api/v1/domains/demo/repeaters/burst", None)
+        .await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "succeeded" && r["n_attempts"] == 2),
+        "status {}: {records:?}",
+        repeater["status"]
+    );
+    let arrivals = receiver.requests("/in");
+    let probe_after = arrivals[8].at.duration_since(first_wave[7].at);
+    assert!(
+        probe_after >= Duration::from_millis(900),
+        "the probe waited for the back-off ({probe_after:?})"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeaters_and_connections_changed_at_run_time_take_effect_at_once() {
+    let receiver = Receiver::start().await;
+    let gateway = Gateway::start(&config(
+        &[("first", receiver.url("/first"), "")],
+        &form_repeater("first", ""),
+    ))
+    .await;
+    // A connection and a repeater added through the API.
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/connections",
+            Some(json!({"name": "late", "url": receiver.url("/late"), "auth": {"type": "none"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/repeaters",
+            Some(
+                json!({"name": "late", "kind": "form", "connection": "late", "format": "form-xml"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    submit_forms(&gateway, "rt", 0..1).await;
+    assert_eq!(
+        receiver.wait("/late", 1, WAIT).await.len(),
+        1,
+        "the new repeater sends"
+    );
+    assert_eq!(receiver.wait("/first", 1, WAIT).await.len(), 1);
+    let late = gateway
+        .wait_records("demo", "repeater=late", 1, "succeeded", WAIT)
+        .await;
+    assert_eq!(late[0]["state"], "succeeded", "{late:?}");
+
+    // The first connection moves: the next send goes to the new URL.
+    let (status, body) = gateway
+        .api(
+            "PUT",
+            "/api/v1/domains/demo/connections/first",
+            Some(json!({"name": "first", "url": receiver.url("/moved"), "auth": {"type": "none"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    submit_forms(&gateway, "rt", 1..2).await;
+    let moved = receiver.wait("/moved", 1, WAIT).await;
+    assert_eq!(moved.len(), 1, "sent to the connection's new URL");
+    assert_eq!(instance_id(&moved[0]), form_id("rt", 1));
+    assert_eq!(receiver.requests("/first").len(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_delivers_in_registration_order() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Slow(Duration::from_millis(20), 200)]);
+    let gateway = Gateway::start(&config(
+        &[("ordered", receiver.url("/in"), "")],
+        &form_repeater("ordered", "max_workers = 1\npaused = true"),
+    ))
+    .await;
+    // Paused: registered, kept pending, nothing sent.
+    let mut expected = submit_forms(&gateway, "o", 0..20).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        receiver.requests("/in").is_empty(),
+        "a paused repeater sends nothing"
+    );
+    let records = gateway.records("demo", "").await;
+    assert_eq!(records.len(), 20);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "pending" && r["n_attempts"] == 0),
+        "{records:?}"
+    );
+
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/repeaters/ordered/resume",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // More forms while the backlog drains.
+    expected.extend(submit_forms(&gateway, "o", 20..30).await);
+    let arrivals = receiver.wait("/in", 30, WAIT).await;
+    let order: Vec<String> = arrivals.iter().map(instance_id).collect();
+    assert_eq!(order, expected, "max_workers = 1 keeps registration order");
+    for wait in gaps(&arrivals) {
+        assert!(
+            wait >= Duration::from_millis(19),
+            "one send at a time ({wait:?} apart; each takes 20 ms)"
+        );
+    }
+    let records = gateway
+        .wait_records("demo", "", 30, "succeeded", WAIT)
+        .await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "succeeded" && r["n_attempts"] == 1),
+        "{records:?}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_repeater_holds_its_records_until_it_is_resumed() {
+    let receiver = Receiver::start().await;
+    let gateway = Gateway::start(&config(
+        &[
+            ("held", receiver.url("/held"), ""),
+            ("other", receiver.url("/other"), ""),
+        ],
+        &[form_repeater("held", ""), form_repeater("other", "")].concat(),
+    ))
+    .await;
+    submit_forms(&gateway, "p", 0..1).await;
+    assert_eq!(receiver.wait("/held", 1, WAIT).await.len(), 1);
+
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/held/pause", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = gateway
+        .api("GET", "/api/v1/domains/demo/repeaters/held", None)
+        .await;
+    assert_eq!(shown["paused"], true, "{shown}");
+    submit_forms(&gateway, "p", 1..4).await;
+    // The other repeater is not paused: its copies arrive while these wait.
+    assert_eq!(receiver.wait("/other", 4, WAIT).await.len(), 4);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        receiver.requests("/held").len(),
+        1,
+        "nothing is sent while paused"
+    );
+    let held = gateway.records("demo", "repeater=held&state=pending").await;
+    assert_eq!(held.len(), 3, "{held:?}");
+
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/held/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(receiver.wait("/held", 4, WAIT).await.len(), 4);
+    let records = gateway
+        .wait_records("demo", "repeater=held", 4, "succeeded", WAIT)
+        .await;
+    assert!(
+        records.iter().all(|r| r["state"] == "succeeded"),
+        "{records:?}"
+    );
+    let (status, _) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/held/hurry", None)
+        .await;
+    assert_eq!(status, 404, "unknown repeater actions are refused");
+    gateway.stop().await;
+}
+
+// ---- the records API and metrics ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_api_filters_pages_and_operator_actions() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/bad", vec![Answer::Status(503)]);
+    let gateway = Gateway::start(&config(
+        &[
+            ("good", receiver.url("/good"), ""),
+            ("bad", receiver.url("/bad"), ""),
+        ],
+        &[
+            form_repeater("good", ""),
+            // One retry an hour: a failed record stays failed for the test.
+            form_repeater(
+                "bad",
+                "retry = { min_wait = \"1h\", factor = 2.0, max_attempts = 2 }",
+            ),
+        ]
+        .concat(),
+    ))
+    .await;
+    let forms = submit_forms(&gateway, "api", 0..6).await;
+    let good = gateway
+        .wait_records("demo", "repeater=good", 6, "succeeded", WAIT)
+        .await;
+    assert!(good.iter().all(|r| r["state"] == "succeeded"), "{good:?}");
+    // The failing remote: the first records fail, then the repeater backs off
+    // (for an hour) and the rest stay pending behind it.
+    let deadline = Instant::now() + WAIT;
+    let bad = loop {
+        let (_, repeater) = gateway
+            .api("GET", "/api/v1/domains/demo/repeaters/bad", None)
+            .await;
+        let bad = gateway.records("demo", "repeater=bad").await;
+        let settled = repeater["status"]["backing_off_until"].is_string()
+            && bad.len() == 6
+            && bad
+                .iter()
+                .all(|r| r["state"] == "pending" || r["state"] == "failed")
+            && bad.iter().filter(|r| r["state"] == "failed").count() >= 3;
+        if settled {
+            break bad;
+        }
+        assert!(Instant::now() < deadline, "{bad:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let failed: Vec<String> = bad
+        .iter()
+        .filter(|r| r["state"] == "failed")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let n_failed = failed.len();
+    assert!(
+        bad.iter()
+            .all(|r| r["n_attempts"] == if r["state"] == "failed" { 1 } else { 0 }),
+        "{bad:?}"
+    );
+
+    // Every record has the documented fields.
+    let all = gateway.records("demo", "").await;
+    assert_eq!(all.len(), 12);
+    for r in &all {
+        for field in [
+            "id",
+            "repeater",
+            "payload_id",
+            "state",
+            "n_attempts",
+            "registered_at",
+            "next_attempt_at",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+    }
+    // Filters.
+    let succeeded = gateway.records("demo", "state=succeeded").await;
+    assert_eq!(succeeded.len(), 6);
+    assert!(succeeded.iter().all(|r| r["repeater"] == "good"));
+    assert_eq!(gateway.records("demo", "repeater=bad").await.len(), 6);
+    assert_eq!(
+        gateway
+            .records("demo", "state=failed&repeater=good")
+            .await
+            .len(),
+        0
+    );
+    let of_form = gateway
+        .records("demo", &format!("payload_id={}", forms[2]))
+        .await;
+    let mut repeaters: Vec<&str> = of_form
+        .iter()
+        .map(|r| r["repeater"].as_str().unwrap())
+        .collect();
+    repeaters.sort();
+    assert_eq!(repeaters, ["bad", "good"]);
+    assert!(of_form.iter().all(|r| r["payload_id"] == forms[2].as_str()));
+    let (status, body) = gateway
+        .api("GET", "/api/v1/domains/demo/records?state=done", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("\"done\""),
+        "{body}"
+    );
+
+    // Paging covers every record exactly once.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let query = match &cursor {
+            Some(cursor) => format!("limit=5&cursor={cursor}"),
+            None => "limit=5".to_owned(),
+        };
+        let (status, page) = gateway
+            .api(
+                "GET",
+                &format!("/api/v1/domains/demo/records?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let records = page["records"].as_array().unwrap();
+        assert!(records.len() <= 5);
+        paged.extend(records.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let unique: HashSet<&String> = paged.iter().collect();
+    assert_eq!(paged.len(), 12, "{paged:?}");
+    assert_eq!(unique.len(), 12);
+    let listed: HashSet<String> = all
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), listed);
+    // The same with a filter.
+    let (_, page) = gateway
+        .api(
+            "GET",
+            "/api/v1/domains/demo/records?repeater=bad&limit=4",
+            None,
+        )
+        .await;
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let (_, rest) = gateway
+        .api(
+            "GET",
+            &format!("/api/v1/domains/demo/records?repeater=bad&limit=4&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        page["records"].as_array().unwrap().len() + rest["records"].as_array().unwrap().len(),
+        6
+    );
+
+    let text = metrics_text(&gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}"
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}"
+        ),
+        Some(n_failed as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"pending\"}"
+        )
+        .unwrap_or(0.0),
+        (6 - n_failed) as f64,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "repeatd_queue_depth"), Some(6.0), "{text}");
+
+    // Resend a succeeded record: it goes out again now.
+    let resent_id = succeeded[0]["id"].as_str().unwrap().to_owned();
+    let after = record_action(&gateway, &resent_id, "resend").await;
+    assert_eq!(after["state"], "pending");
+    assert!(
+        eventually(WAIT, || async {
+            receiver
+                .requests("/good")
+                .iter()
+                .filter(|r| idempotency_key(r) == resent_id)
+                .count()
+                == 2
+        })
+        .await,
+        "the resent record arrived again"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let detail = record(&gateway, &resent_id).await;
+            detail["state"] == "succeeded" && detail["n_attempts"] == 2
+        })
+        .await
+    );
+
+    // Cancel a failed record; then requeue it: a fresh budget of two attempts.
+    let bad_ids = &failed;
+    let cancelled = record_action(&gateway, &bad_ids[0], "cancel").await;
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["n_attempts"], 1);
+    let again = record_action(&gateway, &bad_ids[0], "cancel").await;
+    assert_eq!(
+        again["state"], "cancelled",
+        "cancelling twice changes nothing"
+    );
+    let requeued = record_action(&gateway, &bad_ids[0], "requeue").await;
+    assert_eq!(requeued["state"], "pending");
+    // Sent at once, although the repeater is backing off for an hour.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let detail = record(&gateway, &bad_ids[0]).await;
+            detail["n_attempts"] == 2
+        })
+        .await,
+        "a requeued record is sent at once"
+    );
+    let detail = record(&gateway, &bad_ids[0]).await;
+    assert_eq!(
+        detail["state"], "failed",
+        "requeue gives a fresh attempt budget: {detail}"
+    );
+    assert_eq!(detail["attempts"].as_array().unwrap().len(), 2);
+    // Resend keeps the budget: its second failure uses the last attempt.
+    record_action(&gateway, &bad_ids[1], "resend").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let detail = record(&gateway, &bad_ids[1]).await;
+            detail["state"] == "cancelled" && detail["n_attempts"] == 2
+        })
+        .await,
+        "{}",
+        record(&gateway, &bad_ids[1]).await
+    );
+    let (status, _) = gateway
+        .api(
+            "POST",
+            &format!("/api/v1/domains/demo/records/{}/forget", bad_ids[1]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = gateway
+        .api("GET", "/api/v1/domains/demo/records/0123", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // Bulk: cancel the failed ones, then (remote fixed) requeue every cancelled one.
+    assert_eq!(
+        bulk(
+            &gateway,
+            "cancel",
+            json!({"state": "failed", "repeater": "bad"})
+        )
+        .await,
+        n_failed as u64 - 1
+    );
+    assert_eq!(
+        gateway
+            .records("demo", "repeater=bad&state=cancelled")
+            .await
+            .len(),
+        n_failed
+    );
+    assert_eq!(
+        gateway
+            .records("demo", "repeater=bad&state=pending")
+            .await
+            .len(),
+        6 - n_failed
+    );
+    assert_eq!(
+        gateway
+            .records("demo", "repeater=good&state=succeeded")
+            .await
+            .len(),
+        6,
+        "the filter is respected"
+    );
+    receiver.plan("/bad", vec![Answer::Status(200)]);
+    assert_eq!(
+        bulk(&gateway, "requeue", json!({"state": "cancelled"})).await,
+        n_failed as u64
+    );
+    let bad = gateway
+        .wait_records("demo", "repeater=bad", 6, "succeeded", WAIT)
+        .await;
+    assert!(bad.iter().all(|r| r["state"] == "succeeded"), "{bad:?}");
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/records/bulk",
+            Some(json!({"action": "explode"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Metrics: records by state and repeater, attempts by outcome, latency, queue depth.
+    let bad_requests = receiver.requests("/bad").len() as f64;
+    let good_requests = receiver.requests("/good").len() as f64;
+    let text = metrics_text(&gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"succeeded\"}"
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}"
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "repeatd_queue_depth"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_attempts_total{domain=\"demo\",repeater=\"good\",outcome=\"success\"}"
+        ),
+        Some(good_requests),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"success\"}"
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"retryable\"}"
+        ),
+        Some(bad_requests - 6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "repeatd_send_duration_seconds_count"),
+        Some(good_requests + bad_requests),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(good_requests + bad_requests),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE repeatd_send_duration_seconds histogram"),
+        "{text}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_during_a_send_sends_again_after_it() {
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::Slow(Duration::from_millis(800), 200),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater("forms", ""),
+    ))
+    .await;
+    submit_forms(&gateway, "again", 0..1).await;
+    assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
+    let id = gateway.records("demo", "").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The operator resends while the first send waits for its answer.
+    let resent = record_action(&gateway, &id, "resend").await;
+    assert_eq!(resent["state"], "pending");
+    let arrivals = receiver.wait("/in", 2, WAIT).await;
+    assert_eq!(
+        arrivals.len(),
+        2,
+        "the resend is not swallowed by the send under way"
+    );
+    assert!(
+        arrivals[1].at.duration_since(arrivals[0].at) >= Duration::from_millis(780),
+        "sent after the first one finished"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let detail = record(&gateway, &id).await;
+            detail["state"] == "succeeded"
+                && detail["n_attempts"] == 2
+                && detail["attempts"].as_array().unwrap().len() == 2
+        })
+        .await,
+        "{}",
+        record(&gateway, &id).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests("/in").len(), 2, "and only once more");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_repeaters_send_put_with_the_same_idempotency_key_on_every_attempt() {
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::Status(500),
+            Answer::Status(503),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), "")],
+        &form_repeater(
+            "forms",
+            "method = \"PUT\"\nretry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+        ),
+    ))
+    .await;
+    submit_forms(&gateway, "put", 0..1).await;
+    let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
+    assert_eq!(records[0]["state"], "succeeded", "{records:?}");
+    assert_eq!(records[0]["n_attempts"], 3);
+    let arrivals = receiver.requests("/in");
+    assert_eq!(arrivals.len(), 3);
+    for arrival in &arrivals {
+        assert_eq!(arrival.method, "PUT");
+        assert_eq!(idempotency_key(arrival), records[0]["id"].as_str().unwrap());
+        assert_eq!(arrival.body, form_xml("put", 0));
+    }
+    gateway.stop().await;
+}
+
+// ---- the binary: shutdown, crashes, idling --------------------------------------------
+
+/// The built `repeatd serve` in its own process.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(dir: &TempDir, config_body: &str) -> Daemon {
+        let path = dir.path().join("repeatd.toml");
+        let mut file = std::fs::File::create(&path).expect("writing the config");
+        file.write_all(format!("{}{config_body}", config_head(dir.path())).as_bytes())
+            .expect("writing the config");
+        let mut child = Command::new(repeatd_binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting repeatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = std::sync::mpsc::channel();
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = found.send(addr.parse::<SocketAddr>().ok());
+                }
+                writer.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let addr = match listening.recv_timeout(WAIT) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                panic!("repeatd did not start listening:\n{}", log.lock().unwrap());
+            }
+        };
+        Daemon { child, addr, log }
+    }
+
+    async fn submit(&self, xml: &[u8]) -> u16 {
+        reqwest::Client::new()
+            .post(format!("http://{}/a/demo/receiver", self.addr))
+            .basic_auth("danny", Some("pw"))
+            .header("content-type", "text/xml")
+            .body(xml.to_vec())
+            .send()
+            .await
+            .expect("submitting to repeatd")
+            .status()
+            .as_u16()
+    }
+
+    async fn api(&self, path: &str) -> Value {
+        self.call("GET", path).await
+    }
+
+    async fn call(&self, method: &str, path: &str) -> Value {
+        reqwest::Client::new()
+            .request(
+                method.parse().expect("method"),
+                format!("http://{}{path}", self.addr),
+            )
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("calling repeatd")
+            .text()
+            .await
+            .map(|text| serde_json::from_str(&text).expect("a JSON answer"))
+            .expect("an answer")
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for repeatd") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "repeatd did not exit:\n{}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// User plus system CPU time the process has used.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("reading /proc/PID/stat");
+        // Fields after the parenthesised command name: state is field 3; utime and stime are 14 and 15.
+        let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let output = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf CLK_TCK");
+        let per_second: u64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100);
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_send_under_way_finish_and_commits_it() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/slow", vec![Answer::Slow(Duration::from_secs(2), 200)]);
+    let dir = Arc::new(TempDir::new("sigterm"));
+    let body = config(
+        &[("slow", receiver.url("/slow"), "")],
+        &form_repeater("slow", ""),
+    );
+    let mut daemon = Daemon::start(&dir, &body);
+    assert_eq!(daemon.submit(&form_xml("term", 0)).await, 201);
+    let arrived = receiver.wait("/slow", 1, WAIT).await;
+    assert_eq!(arrived.len(), 1);
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(WAIT).await;
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        arrived[0].at.elapsed() >= Duration::from_millis(1_900),
+        "repeatd waited for the answer before exiting\n{log}"
+    );
+    assert!(log.contains("shutting down"), "{log}");
+    drop(daemon);
+
+    let gateway = Gateway::start_in(dir.clone(), &body).await;
+    let records = gateway.records("demo", "").await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0]["state"], "succeeded",
+        "the answer was committed before exit: {records:?}"
+    );
+    assert_eq!(records[0]["n_attempts"], 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        receiver.requests("/slow").len(),
+        1,
+        "not sent again after the restart"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_sending_loses_nothing_and_duplicates_only_sends_under_way() {
+    const FORMS: usize = 30;
+    const WORKERS: usize = 4;
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Slow(Duration::from_millis(300), 200)]);
+    let dir = Arc::new(TempDir::new("sigkill"));
+    let connections = [("forms", receiver.url("/in"), "")];
+    let body = config(
+        &connections,
+        &form_repeater("forms", &format!("max_workers = {WORKERS}")),
+    );
+    // Queue everything first (paused), then let it send and kill it mid-way.
+    let paused = config(
+        &connections,
+        &form_repeater("forms", &format!("max_workers = {WORKERS}\npaused = true")),
+    );
+    let mut daemon = Daemon::start(&dir, &paused);
+    for n in 0..FORMS {
+        assert_eq!(daemon.submit(&form_xml("kill", n)).await, 201, "form {n}");
+    }
+    let resumed = daemon
+        .call("POST", "/api/v1/domains/demo/repeaters/forms/resume")
+        .await;
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    assert!(receiver.wait("/in", 8, WAIT).await.len() >= 8);
+    daemon.signal("KILL");
+    daemon.wait_exit(WAIT).await;
+    drop(daemon);
+    let before_restart = receiver.requests("/in").len();
+    assert!(
+        before_restart < FORMS,
+        "killed while sending ({before_restart} sent)"
+    );
+
+    receiver.plan("/in", vec![Answer::Status(200)]);
+    let gateway = Gateway::start_in(dir.clone(), &body).await;
+    let records = gateway
+        .wait_records("demo", "", FORMS, "succeeded", WAIT)
+        .await;
+    assert_eq!(
+        records.len(),
+        FORMS,
+        "every form answered 201 has its record"
+    );
+    assert!(
+        records.iter().all(|r| r["state"] == "succeeded"),
+        "{records:?}"
+    );
+    let payloads: HashSet<&str> = records
+        .iter()
+        .map(|r| r["payload_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads.len(), FORMS);
+
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for arrival in receiver.requests("/in") {
+        *per_key.entry(idempotency_key(&arrival)).or_default() += 1;
+    }
+    for r in &records {
+        assert!(
+            per_key.contains_key(r["id"].as_str().unwrap()),
+            "record {} never arrived",
+            r["id"]
+        );
+    }
+    let duplicated: Vec<(&String, &usize)> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.len() <= WORKERS && duplicated.iter().all(|(_, n)| **n == 2),
+        "only the sends under way at the kill may arrive twice: {duplicated:?}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
+    let receiver = Receiver::start().await;
+    receiver.plan("/failing", vec![Answer::Status(503)]);
+    let dead_url = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/in", listener.local_addr().unwrap())
+    };
+    let retry =
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_wait = \"2s\", max_attempts = 1000 }";
+    let dir = TempDir::new("idle");
+    let daemon = Daemon::start(
+        &dir,
+        &config(
+            &[
+                ("dead", dead_url, ""),
+                ("failing", receiver.url("/failing"), ""),
+                ("held", receiver.url("/held"), ""),
+            ],
+            &[
+                form_repeater("dead", retry),
+                form_repeater("failing", retry),
+                form_repeater("held", "paused = true"),
+            ]
+            .concat(),
+        ),
+    );
+    for n in 0..20 {
+        assert_eq!(daemon.submit(&form_xml("idle", n)).await, 201);
+    }
+    // Both failing repeaters back off.
+    let mut backing_off = false;
+    for _ in 0..200 {
+        let repeaters = daemon.api("/api/v1/domains/demo/repeaters").await;
+        backing_off = repeaters["repeaters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] != "held")
+            .all(|r| r["status"]["backing_off_until"].is_string());
+        if backing_off {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(backing_off, "{}", daemon.log.lock().unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = daemon.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = daemon.cpu_time() - before;
+    eprintln!("repeatd used {used:?} of CPU in 2 s with only dead, failing and paused remotes");
+    assert!(
+        used < Duration::from_millis(300),
+        "repeatd used {used:?} of CPU in 2 s with nothing sendable"
+    );
+    let records = daemon.api("/api/v1/domains/demo/records?limit=1000").await;
+    let records = records["records"].as_array().unwrap();
+    assert_eq!(records.len(), 60);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "failed" || r["state"] == "pending"),
+        "still queued: {records:?}"
+    );
+    assert!(receiver.requests("/held").is_empty());
+}
