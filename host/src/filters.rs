@@ -9,7 +9,7 @@ pub fn wants_form(repeater: &RepeaterSpec, form: &StoredForm) -> bool {
     if !matches!(repeater.kind, PayloadKind::Form | PayloadKind::FormStub) || form.is_device_report {
         return false;
     }
-    if !repeater.xmlns.is_empty() && !repeater.xmlns.iter().any(|allowed| *allowed == form.xmlns) {
+    if !repeater.xmlns.is_empty() && !repeater.xmlns.contains(&form.xmlns) {
         return false;
     }
     !is_blocked(repeater, form.user_id.as_deref())
@@ -21,7 +21,7 @@ pub fn wants_case(repeater: &RepeaterSpec, case: &Case, created: bool, form: &St
     if repeater.kind != PayloadKind::Case || form.is_device_report {
         return false;
     }
-    if !repeater.case_types.is_empty() && !repeater.case_types.iter().any(|allowed| *allowed == case.case_type) {
+    if !repeater.case_types.is_empty() && !repeater.case_types.contains(&case.case_type) {
         return false;
     }
     let event_wanted = match repeater.case_events {

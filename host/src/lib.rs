@@ -182,7 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     let store_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir)).await??;
     let key = Arc::new(secrets::SecretKey::load_or_create(&config.data_dir)?);
-    let limits = config.plugins.clone();
+    let limits = config.plugins;
     let plugins = tokio::task::spawn_blocking(move || PluginHost::new(limits)).await??;
     {
         let plugins = plugins.clone();
@@ -223,7 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
         plugins.clone(),
         metrics.clone(),
         notifier.clone(),
-        config.retry.clone(),
+        config.retry,
         config.delivery.max_in_flight,
     );
     let state = Arc::new(AppState {

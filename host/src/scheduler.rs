@@ -480,7 +480,7 @@ impl SendTask {
         let policy = spec
             .retry
             .as_ref()
-            .map_or_else(|| shared.retry_defaults.clone(), |over| over.resolve(&shared.retry_defaults));
+            .map_or_else(|| shared.retry_defaults, |over| over.resolve(&shared.retry_defaults));
         let loaded = shared.store.load_for_send(self.seq);
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
@@ -526,7 +526,7 @@ impl SendTask {
                 seq: self.seq,
                 outcome: outcome.clone(),
                 attempt,
-                policy: policy.clone(),
+                policy,
                 jitter_unit: fastrand::f64() * 2.0 - 1.0,
             })
             .await;
