@@ -34,6 +34,9 @@ enum Command {
         /// Where to listen, e.g. 127.0.0.1:9000.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// The status to answer (e.g. 503, to watch records fail and retry).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
     },
 }
 
@@ -83,7 +86,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
-        Command::Sink { listen } => runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen))),
+        Command::Sink { listen, status } => runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen, status))),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),

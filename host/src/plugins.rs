@@ -273,7 +273,7 @@ fn describe_trap(error: &wasmtime::Error, limits: &PluginLimits) -> String {
 /// `67108864` → `64 MiB`; sizes that are not whole mebibytes stay in bytes.
 fn byte_size(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")
@@ -808,8 +808,8 @@ pub fn form_event(form: &crate::model::StoredForm, xml: Vec<u8>) -> Event {
         user_id: form.user_id.clone(),
         username: form.username.clone(),
         device_id: form.device_id.clone(),
-        time_start: form.time_start.clone(),
-        time_end: form.time_end.clone(),
+        time_start: form.time_start.as_deref().map(device_time),
+        time_end: form.time_end.as_deref().map(device_time),
         app_version: form.app_version.clone(),
         case_ids: form.case_ids.clone(),
         attachments: form
@@ -823,6 +823,20 @@ pub fn form_event(form: &crate::model::StoredForm, xml: Vec<u8>) -> Event {
             .collect(),
         xml,
     })
+}
+
+/// A device time as the WIT promises it to plugins: converted to UTC when it
+/// carries an offset (`Z`, `+05:30`, `-04`), passed as sent otherwise.
+fn device_time(raw: &str) -> String {
+    let has_offset = raw
+        .trim()
+        .split_once('T')
+        .is_some_and(|(_, time_of_day)| time_of_day.ends_with('Z') || time_of_day.contains(['+', '-']));
+    if has_offset {
+        crate::time::normalize_device_time(raw)
+    } else {
+        raw.to_owned()
+    }
 }
 
 /// The event for a case payload: the case as it stands.
@@ -982,5 +996,28 @@ fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, 
             // A file that never loaded: its error goes with it.
             host.clear_error(&name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_times_with_an_offset_reach_plugins_in_utc() {
+        assert_eq!(device_time("2015-04-17T16:04:42.383-04"), "2015-04-17T20:04:42.383000Z");
+        assert_eq!(device_time("2011-09-19T22:29:48.097Z"), "2011-09-19T22:29:48.097000Z");
+        assert_eq!(device_time("2024-01-01T10:00:00+05:30"), "2024-01-01T04:30:00.000000Z");
+        // Without an offset, or not a time at all: as sent.
+        assert_eq!(device_time("2015-04-17T16:04:42.383"), "2015-04-17T16:04:42.383");
+        assert_eq!(device_time("2015-04-17"), "2015-04-17");
+        assert_eq!(device_time("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn memory_sizes_read_as_mebibytes_when_whole() {
+        assert_eq!(byte_size(64 << 20), "64 MiB");
+        assert_eq!(byte_size((64 << 20) + (64 << 10)), "67174400 bytes");
+        assert_eq!(byte_size(65536), "65536 bytes");
     }
 }

@@ -1,7 +1,8 @@
 //! `repeatd sink`: a tiny receiver for trying things out. It prints every
 //! request it gets (method, path, query, headers, body) and answers 200, or
-//! the status named by `?status=` / the `X-Sink-Status` header, so that a
-//! newcomer can watch a record fail and then succeed.
+//! the status given by `--status`, by `?status=` in the URL or by an
+//! `X-Sink-Status` header, so that a newcomer can watch a record fail and
+//! then succeed.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,7 +31,13 @@ pub fn describe(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
     out
 }
 
-async fn receive(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn receive(
+    axum::extract::State(default_status): axum::extract::State<StatusCode>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     let text = describe(&method, &uri, &headers, &body);
     {
         let mut stdout = std::io::stdout().lock();
@@ -43,17 +50,19 @@ async fn receive(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> i
         .or_else(|| headers.get("x-sink-status").and_then(|v| v.to_str().ok()))
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|code| StatusCode::from_u16(code).ok());
-    let status = asked.unwrap_or(StatusCode::OK);
+    let status = asked.unwrap_or(default_status);
     (status, if status.is_success() { "ok\n".to_owned() } else { format!("sink answers {status}\n") })
 }
 
-/// Serves until the process is stopped.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Serves until the process is stopped, answering `status` unless a request
+/// asks for another.
+pub async fn run(listen: SocketAddr, status: u16) -> anyhow::Result<()> {
+    let status = StatusCode::from_u16(status).map_err(|_| anyhow::anyhow!("--status {status} is not an HTTP status"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| anyhow::anyhow!("sink cannot listen on {listen}: {error}"))?;
     eprintln!("repeatd sink listening on http://{}", listener.local_addr()?);
-    let app = Router::new().fallback(receive);
+    let app = Router::new().fallback(receive).with_state(status);
     axum::serve(listener, app).await?;
     Ok(())
 }
