@@ -9,6 +9,10 @@ cd "$(dirname "$0")"
 
 cargo test --manifest-path plugins/Cargo.toml
 
+# The crash and CLI tests run the real binary; `cargo test` builds only the
+# test targets, so build it first (it shares every artifact with the tests).
+cargo build -p repeatd --bin repeatd
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
 else

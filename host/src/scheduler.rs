@@ -429,8 +429,18 @@ impl Scheduler {
                     seq,
                     guard: self.shared.sends.enter(),
                 };
+                let scheduler = self.clone();
+                let repeater_id = lane.repeater.id;
                 tokio::spawn(async move {
-                    task.run().await;
+                    use futures_util::FutureExt as _;
+                    // A bug in a send must not hold the lane's slot forever:
+                    // the record is released and tried again a second later.
+                    if std::panic::AssertUnwindSafe(task.run()).catch_unwind().await.is_err() {
+                        tracing::error!(repeater_id, seq, "a send panicked; its record will be tried again");
+                        let retry_at = crate::time::now_micros() + 1_000_000;
+                        let policy = scheduler.shared.retry_defaults;
+                        scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
+                    }
                     drop(permit);
                 });
             }
