@@ -64,9 +64,10 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(Access, Option<S
             Json(json!({ "error": "this endpoint needs Authorization: Bearer <token> with a valid admin or domain token" })),
         )
             .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer realm=\"repeatd\"".parse().expect("static header"));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer realm=\"repeatd\"".parse().expect("static header"),
+        );
         response
     };
     let token = bearer(headers).ok_or_else(unauthorized)?;
@@ -83,8 +84,12 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(Access, Option<S
 fn catalog_error(error: CatalogError) -> Response {
     match &error {
         CatalogError::NoDomain(_) | CatalogError::NotFound { .. } => not_found(&error.to_string()),
-        CatalogError::Exists { .. } | CatalogError::Conflict(_) => error_json(StatusCode::CONFLICT, &error),
-        CatalogError::Invalid { field, problem } => crate::api::error(StatusCode::UNPROCESSABLE_ENTITY, field, problem),
+        CatalogError::Exists { .. } | CatalogError::Conflict(_) => {
+            error_json(StatusCode::CONFLICT, &error)
+        }
+        CatalogError::Invalid { field, problem } => {
+            crate::api::error(StatusCode::UNPROCESSABLE_ENTITY, field, problem)
+        }
         _ => {
             tracing::error!(%error, "admin API change failed");
             error_json(StatusCode::INTERNAL_SERVER_ERROR, &error)
@@ -104,11 +109,23 @@ fn store_error(error: crate::store::StoreError) -> Response {
 /// A connection or repeater body, read by the config reader so that errors
 /// name their field (`retry.min_wait`, `auth.type`); an error about the body
 /// as a whole names `body`.
-fn parse_spec<T>(body: &Bytes, read: fn(Value) -> Result<T, crate::config::FieldError>) -> Result<T, Response> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "body", &format!("not valid JSON: {e}")))?;
+fn parse_spec<T>(
+    body: &Bytes,
+    read: fn(Value) -> Result<T, crate::config::FieldError>,
+) -> Result<T, Response> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "body",
+            &format!("not valid JSON: {e}"),
+        )
+    })?;
     read(value).map_err(|problem| {
-        let field = if problem.field.is_empty() { "body" } else { problem.field.as_str() };
+        let field = if problem.field.is_empty() {
+            "body"
+        } else {
+            problem.field.as_str()
+        };
         error(StatusCode::UNPROCESSABLE_ENTITY, field, &problem.problem)
     })
 }
@@ -146,9 +163,10 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             rows.push((domain.clone(), name.clone(), state.as_str(), count));
         }
     }
-    let oldest = app.store.oldest_due().ok().flatten().map(|at| {
-        std::time::Duration::from_micros((crate::time::now_micros() - at).max(0) as u64)
-    });
+    let oldest =
+        app.store.oldest_due().ok().flatten().map(|at| {
+            std::time::Duration::from_micros((crate::time::now_micros() - at).max(0) as u64)
+        });
     let text = app.metrics.render(&rows, queued, oldest);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -163,14 +181,23 @@ fn connection_json(spec: &ConnectionSpec, origin: Origin) -> Value {
     value
 }
 
-pub async fn list_connections(State(app): State<Arc<AppState>>, Path(domain): Path<String>, headers: HeaderMap) -> Response {
+pub async fn list_connections(
+    State(app): State<Arc<AppState>>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(response) = authorize(&app, &headers, &domain) {
         return response;
     }
     let snapshot = app.catalog.snapshot();
     let list: Vec<Value> = snapshot
         .domain(&domain)
-        .map(|d| d.connections.values().map(|c| connection_json(&c.spec, c.origin)).collect())
+        .map(|d| {
+            d.connections
+                .values()
+                .map(|c| connection_json(&c.spec, c.origin))
+                .collect()
+        })
         .unwrap_or_default();
     Json(json!({ "connections": list })).into_response()
 }
@@ -184,13 +211,24 @@ pub async fn get_connection(
         return response;
     }
     let snapshot = app.catalog.snapshot();
-    match snapshot.domain(&domain).and_then(|d| d.connections.get(&name)) {
-        Some(connection) => Json(connection_json(&connection.spec, connection.origin)).into_response(),
+    match snapshot
+        .domain(&domain)
+        .and_then(|d| d.connections.get(&name))
+    {
+        Some(connection) => {
+            Json(connection_json(&connection.spec, connection.origin)).into_response()
+        }
         None => not_found(&format!("no connection \"{name}\" in domain \"{domain}\"")),
     }
 }
 
-async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Bytes, name: Option<&str>) -> Response {
+async fn put_connection(
+    app: &AppState,
+    domain: &str,
+    access: Access,
+    body: &Bytes,
+    name: Option<&str>,
+) -> Response {
     let mut spec: ConnectionSpec = match parse_spec(body, ConnectionSpec::from_json) {
         Ok(spec) => spec,
         Err(response) => return response,
@@ -199,11 +237,19 @@ async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Byt
         if spec.name.is_empty() {
             spec.name = name.to_owned();
         } else if spec.name != name {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, "name", &format!("is \"{}\" but the URL names \"{name}\"", spec.name));
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "name",
+                &format!("is \"{}\" but the URL names \"{name}\"", spec.name),
+            );
         }
     }
     if let Err(problem) = spec.validate() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, &problem.field, &problem.problem);
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &problem.field,
+            &problem.problem,
+        );
     }
     if let Err(response) = check_connection_reach(app, access, &spec) {
         return response;
@@ -212,17 +258,29 @@ async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Byt
         Access::Admin => Origin::Admin,
         Access::Domain => Origin::Domain,
     };
-    match app.catalog.put_connection(domain, spec.clone(), origin, name.is_some()).await {
+    match app
+        .catalog
+        .put_connection(domain, spec.clone(), origin, name.is_some())
+        .await
+    {
         Ok(()) => {
             tracing::info!(domain, connection = %spec.name, ?origin, url = %spec.url, auth = ?spec.auth, "connection saved");
-            let status = if name.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+            let status = if name.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
             let stored = app
                 .catalog
                 .snapshot()
                 .domain(domain)
                 .and_then(|d| d.connections.get(&spec.name).cloned());
             match stored {
-                Some(connection) => (status, Json(connection_json(&connection.spec, connection.origin))).into_response(),
+                Some(connection) => (
+                    status,
+                    Json(connection_json(&connection.spec, connection.origin)),
+                )
+                    .into_response(),
                 None => status.into_response(),
             }
         }
@@ -233,7 +291,11 @@ async fn put_connection(app: &AppState, domain: &str, access: Access, body: &Byt
 /// What can be refused before anything is stored: an auth plugin that is not
 /// loaded, and for a domain token an IP-literal URL the egress policy refuses
 /// (names are checked when they are resolved, at send time).
-fn check_connection_reach(app: &AppState, access: Access, spec: &ConnectionSpec) -> Result<(), Response> {
+fn check_connection_reach(
+    app: &AppState,
+    access: Access,
+    spec: &ConnectionSpec,
+) -> Result<(), Response> {
     use crate::config::AuthSpec;
     if let AuthSpec::Plugin { plugin, .. } = &spec.auth {
         match app.plugins.get(plugin) {
@@ -242,7 +304,10 @@ fn check_connection_reach(app: &AppState, access: Access, spec: &ConnectionSpec)
                 return Err(error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "auth.plugin",
-                    &format!("plugin \"{plugin}\" is a {}, not an auth plugin", loaded.kind.label()),
+                    &format!(
+                        "plugin \"{plugin}\" is a {}, not an auth plugin",
+                        loaded.kind.label()
+                    ),
                 ));
             }
             None => {
@@ -256,13 +321,23 @@ fn check_connection_reach(app: &AppState, access: Access, spec: &ConnectionSpec)
     }
     if access == Access::Domain {
         let policy = app.delivery.egress();
-        policy
-            .check_url_text(&spec.url)
-            .map_err(|refused| error(StatusCode::UNPROCESSABLE_ENTITY, "url", &refused.to_string()))?;
-        if let AuthSpec::Oauth2ClientCredentials { token_url, .. } | AuthSpec::Oauth2Password { token_url, .. } = &spec.auth {
-            policy
-                .check_url_text(token_url)
-                .map_err(|refused| error(StatusCode::UNPROCESSABLE_ENTITY, "auth.token_url", &refused.to_string()))?;
+        policy.check_url_text(&spec.url).map_err(|refused| {
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "url",
+                &refused.to_string(),
+            )
+        })?;
+        if let AuthSpec::Oauth2ClientCredentials { token_url, .. }
+        | AuthSpec::Oauth2Password { token_url, .. } = &spec.auth
+        {
+            policy.check_url_text(token_url).map_err(|refused| {
+                error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "auth.token_url",
+                    &refused.to_string(),
+                )
+            })?;
         }
     }
     Ok(())
@@ -321,14 +396,23 @@ fn repeater_json(app: &AppState, id: u64, spec: &RepeaterSpec) -> Value {
     value
 }
 
-pub async fn list_repeaters(State(app): State<Arc<AppState>>, Path(domain): Path<String>, headers: HeaderMap) -> Response {
+pub async fn list_repeaters(
+    State(app): State<Arc<AppState>>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(response) = authorize(&app, &headers, &domain) {
         return response;
     }
     let snapshot = app.catalog.snapshot();
     let list: Vec<Value> = snapshot
         .domain(&domain)
-        .map(|d| d.repeaters.values().map(|r| repeater_json(&app, r.id, &r.spec)).collect())
+        .map(|d| {
+            d.repeaters
+                .values()
+                .map(|r| repeater_json(&app, r.id, &r.spec))
+                .collect()
+        })
         .unwrap_or_default();
     Json(json!({ "repeaters": list })).into_response()
 }
@@ -342,7 +426,10 @@ pub async fn get_repeater(
         return response;
     }
     let snapshot = app.catalog.snapshot();
-    match snapshot.domain(&domain).and_then(|d| d.repeaters.get(&name)) {
+    match snapshot
+        .domain(&domain)
+        .and_then(|d| d.repeaters.get(&name))
+    {
         Some(repeater) => Json(repeater_json(&app, repeater.id, &repeater.spec)).into_response(),
         None => not_found(&format!("no repeater \"{name}\" in domain \"{domain}\"")),
     }
@@ -357,30 +444,63 @@ async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&
         if spec.name.is_empty() {
             spec.name = name.to_owned();
         } else if spec.name != name {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, "name", &format!("is \"{}\" but the URL names \"{name}\"", spec.name));
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "name",
+                &format!("is \"{}\" but the URL names \"{name}\"", spec.name),
+            );
         }
     }
     if let Err(problem) = spec.validate() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, &problem.field, &problem.problem);
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &problem.field,
+            &problem.problem,
+        );
     }
-    let format_problem = match app.plugins.get(&spec.format).map(|loaded| loaded.kind.clone()) {
-        None => Some(format!("no payload format plugin \"{}\" is loaded", spec.format)),
-        Some(crate::plugins::PluginKind::Format { kinds, .. }) if !kinds.contains(&spec.kind) => Some(format!(
-            "plugin \"{}\" does not build {} payloads (it builds {})",
-            spec.format,
-            spec.kind,
-            kinds.iter().map(|kind| kind.as_str()).collect::<Vec<_>>().join(", ")
+    let format_problem = match app
+        .plugins
+        .get(&spec.format)
+        .map(|loaded| loaded.kind.clone())
+    {
+        None => Some(format!(
+            "no payload format plugin \"{}\" is loaded",
+            spec.format
         )),
+        Some(crate::plugins::PluginKind::Format { kinds, .. }) if !kinds.contains(&spec.kind) => {
+            Some(format!(
+                "plugin \"{}\" does not build {} payloads (it builds {})",
+                spec.format,
+                spec.kind,
+                kinds
+                    .iter()
+                    .map(|kind| kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
         Some(crate::plugins::PluginKind::Format { .. }) => None,
-        Some(other) => Some(format!("plugin \"{}\" is an {} plugin, not a payload format", spec.format, other.label())),
+        Some(other) => Some(format!(
+            "plugin \"{}\" is an {} plugin, not a payload format",
+            spec.format,
+            other.label()
+        )),
     };
     if let Some(problem) = format_problem {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "format", &problem);
     }
-    match app.catalog.put_repeater(domain, spec.clone(), name.is_some()).await {
+    match app
+        .catalog
+        .put_repeater(domain, spec.clone(), name.is_some())
+        .await
+    {
         Ok(id) => {
             app.scheduler.refresh(Some(id));
-            let status = if name.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+            let status = if name.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
             (status, Json(repeater_json(app, id, &spec))).into_response()
         }
         Err(error) => catalog_error(error),
@@ -421,7 +541,11 @@ pub async fn delete_repeater(
     }
     match app.catalog.delete_repeater(&domain, &name).await {
         Ok(id) => match app.store.cancel_repeater_records(id).await {
-            Ok(cancelled) => (StatusCode::OK, Json(json!({ "deleted": name, "records_cancelled": cancelled }))).into_response(),
+            Ok(cancelled) => (
+                StatusCode::OK,
+                Json(json!({ "deleted": name, "records_cancelled": cancelled })),
+            )
+                .into_response(),
             Err(error) => store_error(error),
         },
         Err(error) => catalog_error(error),
@@ -477,7 +601,11 @@ pub struct RecordQuery {
     cursor: Option<String>,
 }
 
-fn parse_filter(state: Option<&str>, repeater: Option<String>, payload_id: Option<String>) -> Result<RecordFilter, Response> {
+fn parse_filter(
+    state: Option<&str>,
+    repeater: Option<String>,
+    payload_id: Option<String>,
+) -> Result<RecordFilter, Response> {
     let state = match state.filter(|s| !s.is_empty()) {
         Some(text) => Some(
             text.parse::<RecordState>()
@@ -508,13 +636,25 @@ pub async fn list_records(
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 100,
         Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit", "must be a whole number from 1 to 10000"),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit",
+                "must be a whole number from 1 to 10000",
+            );
+        }
     };
     let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(text) => match text.parse::<u64>() {
             Ok(cursor) => Some(cursor),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "cursor", "is not a cursor this API handed out"),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "cursor",
+                    "is not a cursor this API handed out",
+                );
+            }
         },
     };
     match app.store.list_records(&domain, &filter, limit, cursor) {
@@ -590,7 +730,8 @@ pub async fn record_action(
     match app.store.operator_action(record.seq, action).await {
         Ok(record) => {
             if let Some(at) = record.next_attempt_at {
-                app.scheduler.operator_released(&[(record.repeater_id, record.seq, at)]);
+                app.scheduler
+                    .operator_released(&[(record.repeater_id, record.seq, at)]);
             }
             Json(record_json(&app, &record)).into_response()
         }
@@ -631,7 +772,11 @@ pub async fn bulk_action(
         Ok(action) => action,
         Err(problem) => return error(StatusCode::BAD_REQUEST, "action", &problem),
     };
-    let filter = match parse_filter(body.filter.state.as_deref(), body.filter.repeater, body.filter.payload_id) {
+    let filter = match parse_filter(
+        body.filter.state.as_deref(),
+        body.filter.repeater,
+        body.filter.payload_id,
+    ) {
         Ok(filter) => filter,
         Err(response) => return response,
     };

@@ -50,7 +50,12 @@ fn cache_key(spec: &AuthSpec) -> Option<String> {
             client_id,
             client_secret,
             scope,
-        } => vec![token_url, client_id, client_secret.expose(), scope.as_deref().unwrap_or_default()],
+        } => vec![
+            token_url,
+            client_id,
+            client_secret.expose(),
+            scope.as_deref().unwrap_or_default(),
+        ],
         AuthSpec::Oauth2Password {
             token_url,
             client_id,
@@ -73,7 +78,13 @@ fn cache_key(spec: &AuthSpec) -> Option<String> {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
-    Some(hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect(),
+    )
 }
 
 impl TokenCache {
@@ -89,7 +100,11 @@ impl TokenCache {
     }
 
     /// A valid access token, from the cache or freshly fetched.
-    pub async fn token(&self, client: &reqwest::Client, spec: &AuthSpec) -> Result<String, AuthError> {
+    pub async fn token(
+        &self,
+        client: &reqwest::Client,
+        spec: &AuthSpec,
+    ) -> Result<String, AuthError> {
         let Some(key) = cache_key(spec) else {
             return Err(AuthError::Token {
                 url: String::new(),
@@ -157,12 +172,19 @@ impl TokenCache {
             .await
             .map_err(|e| token_error(describe_send_error(&e)))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| token_error(e.without_url().to_string()))?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| token_error(e.without_url().to_string()))?;
         if !status.is_success() {
-            return Err(token_error(format!("answered {}: {}", status.as_u16(), excerpt(&text))));
+            return Err(token_error(format!(
+                "answered {}: {}",
+                status.as_u16(),
+                excerpt(&text)
+            )));
         }
-        let parsed: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| token_error(format!("answer is not JSON: {e}")))?;
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| token_error(format!("answer is not JSON: {e}")))?;
         let access_token = parsed
             .get("access_token")
             .and_then(|v| v.as_str())
@@ -170,10 +192,14 @@ impl TokenCache {
             .to_owned();
         let lifetime = parsed
             .get("expires_in")
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         let expires_at = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN.min(lifetime / 2));
-        self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tokens.lock().expect("token cache").insert(
             key,
             CachedToken {
@@ -193,7 +219,12 @@ fn describe_send_error(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_owned();
     }
-    let mut text = if error.is_connect() { "connection failed" } else { "request failed" }.to_owned();
+    let mut text = if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+    .to_owned();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
@@ -213,7 +244,8 @@ fn excerpt(text: &str) -> String {
 
 /// The `Authorization` value for HTTP Basic.
 pub fn basic_header(username: &str, password: &str) -> String {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     format!("Basic {encoded}")
 }
 
@@ -236,7 +268,9 @@ pub fn parse_digest_challenge(header: &str) -> Result<DigestChallenge, AuthError
         .filter(|scheme| scheme.eq_ignore_ascii_case("digest"))
         .map(|_| &trimmed[6..])
     else {
-        return Err(AuthError::Challenge(format!("not a Digest challenge: {header}")));
+        return Err(AuthError::Challenge(format!(
+            "not a Digest challenge: {header}"
+        )));
     };
     let mut params: HashMap<String, String> = HashMap::new();
     let mut chars = rest.chars().peekable();
@@ -244,7 +278,8 @@ pub fn parse_digest_challenge(header: &str) -> Result<DigestChallenge, AuthError
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        let name: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
         if name.trim().is_empty() {
             break;
         }
@@ -263,7 +298,10 @@ pub fn parse_digest_challenge(header: &str) -> Result<DigestChallenge, AuthError
             }
             value
         } else {
-            std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect::<String>().trim().to_owned()
+            std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_owned()
         };
         params.insert(name.trim().to_ascii_lowercase(), value);
     }
@@ -273,9 +311,14 @@ pub fn parse_digest_challenge(header: &str) -> Result<DigestChallenge, AuthError
             .cloned()
             .ok_or_else(|| AuthError::Challenge(format!("no {name} in {header}")))
     };
-    let algorithm = params.get("algorithm").cloned().unwrap_or_else(|| "MD5".into());
+    let algorithm = params
+        .get("algorithm")
+        .cloned()
+        .unwrap_or_else(|| "MD5".into());
     if !matches!(algorithm.to_ascii_uppercase().as_str(), "MD5" | "SHA-256") {
-        return Err(AuthError::Challenge(format!("unsupported algorithm {algorithm}")));
+        return Err(AuthError::Challenge(format!(
+            "unsupported algorithm {algorithm}"
+        )));
     }
     Ok(DigestChallenge {
         realm: required("realm")?,
@@ -307,11 +350,17 @@ pub fn digest_header(
     cnonce: &str,
 ) -> String {
     let algorithm = &challenge.algorithm;
-    let ha1 = digest_hex(algorithm, &format!("{username}:{}:{password}", challenge.realm));
+    let ha1 = digest_hex(
+        algorithm,
+        &format!("{username}:{}:{password}", challenge.realm),
+    );
     let ha2 = digest_hex(algorithm, &format!("{method}:{uri}"));
     let nc = "00000001";
     let response = if challenge.qop_auth {
-        digest_hex(algorithm, &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", challenge.nonce))
+        digest_hex(
+            algorithm,
+            &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", challenge.nonce),
+        )
     } else {
         digest_hex(algorithm, &format!("{ha1}:{}:{ha2}", challenge.nonce))
     };
@@ -345,8 +394,18 @@ mod tests {
         )
         .unwrap();
         assert!(challenge.qop_auth);
-        let header = digest_header(&challenge, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", "0a4f113b");
-        assert!(header.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{header}");
+        let header = digest_header(
+            &challenge,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            "0a4f113b",
+        );
+        assert!(
+            header.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{header}"
+        );
         assert!(header.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#));
     }
 
@@ -359,14 +418,23 @@ mod tests {
             scope: None,
         };
         assert_eq!(cache_key(&spec("a")), cache_key(&spec("a")));
-        assert_ne!(cache_key(&spec("a")), cache_key(&spec("b")), "another domain's guess must not reuse a token");
-        assert!(!cache_key(&spec("s3cret-value")).unwrap().contains("s3cret"), "the key holds a digest only");
+        assert_ne!(
+            cache_key(&spec("a")),
+            cache_key(&spec("b")),
+            "another domain's guess must not reuse a token"
+        );
+        assert!(
+            !cache_key(&spec("s3cret-value")).unwrap().contains("s3cret"),
+            "the key holds a digest only"
+        );
     }
 
     #[test]
     fn digest_challenges_that_cannot_be_answered_are_errors() {
         assert!(parse_digest_challenge("Basic realm=\"x\"").is_err());
         assert!(parse_digest_challenge("Digest realm=\"x\"").is_err());
-        assert!(parse_digest_challenge("Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512").is_err());
+        assert!(
+            parse_digest_challenge("Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512").is_err()
+        );
     }
 }

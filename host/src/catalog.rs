@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConnectionSpec, RepeaterSpec};
@@ -77,7 +77,9 @@ impl Snapshot {
 
     /// Every repeater of every domain.
     pub fn repeaters(&self) -> impl Iterator<Item = &RepeaterRef> {
-        self.domains.values().flat_map(|domain| domain.repeaters.values())
+        self.domains
+            .values()
+            .flat_map(|domain| domain.repeaters.values())
     }
 
     /// The domain a token reaches, if it is a domain token.
@@ -164,8 +166,11 @@ fn hash_password(password: &str) -> String {
 }
 
 fn password_matches(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 impl Catalog {
@@ -202,29 +207,42 @@ impl Catalog {
             domain: &str,
             what: &str,
         ) -> Result<&'a mut DomainObjects, CatalogError> {
-            domains
-                .get_mut(domain)
-                .ok_or_else(|| corrupt(what.to_owned(), format!("its domain \"{domain}\" is not stored")))
+            domains.get_mut(domain).ok_or_else(|| {
+                corrupt(
+                    what.to_owned(),
+                    format!("its domain \"{domain}\" is not stored"),
+                )
+            })
         }
         for (domain, username, bytes) in store.objects(SUBMITTER)? {
             let what = format!("submitter {domain}/{username}");
-            let stored: StoredSubmitter = serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
-            domain_of(&mut domains, &domain, &what)?.submitters.insert(username, stored.password_hash);
+            let stored: StoredSubmitter =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
+            domain_of(&mut domains, &domain, &what)?
+                .submitters
+                .insert(username, stored.password_hash);
         }
         for (domain, digest_hex, _) in store.objects(TOKEN)? {
             let what = format!("token of {domain}");
-            let digest = decode_hex32(&digest_hex).ok_or_else(|| corrupt(what.clone(), "bad digest"))?;
-            domain_of(&mut domains, &domain, &what)?.token_digests.push(digest);
+            let digest =
+                decode_hex32(&digest_hex).ok_or_else(|| corrupt(what.clone(), "bad digest"))?;
+            domain_of(&mut domains, &domain, &what)?
+                .token_digests
+                .push(digest);
         }
         for (domain, name, bytes) in store.objects(CONNECTION)? {
             let what = format!("connection {domain}/{name}");
             let plain = key.open(&bytes)?;
-            let stored: StoredConnection = serde_json::from_slice(&plain).map_err(|e| corrupt(what.clone(), e))?;
-            domain_of(&mut domains, &domain, &what)?.connections.insert(name, Arc::new(stored));
+            let stored: StoredConnection =
+                serde_json::from_slice(&plain).map_err(|e| corrupt(what.clone(), e))?;
+            domain_of(&mut domains, &domain, &what)?
+                .connections
+                .insert(name, Arc::new(stored));
         }
         for (domain, name, bytes) in store.objects(REPEATER)? {
             let what = format!("repeater {domain}/{name}");
-            let stored: StoredRepeater = serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
+            let stored: StoredRepeater =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
             domain_of(&mut domains, &domain, &what)?.repeaters.insert(
                 name,
                 RepeaterRef {
@@ -312,7 +330,10 @@ impl Catalog {
                 kind: CONNECTION,
                 domain: declared.domain.clone(),
                 name: declared.spec.name.clone(),
-                value: Some(self.key.seal(&serde_json::to_vec(&stored).expect("serializes"))),
+                value: Some(
+                    self.key
+                        .seal(&serde_json::to_vec(&stored).expect("serializes")),
+                ),
             });
         }
         for declared in &config.repeaters {
@@ -353,30 +374,47 @@ impl Catalog {
     /// Whether these credentials were verified before (no argon2 work).
     pub fn submitter_known_good(&self, domain: &str, username: &str, password: &str) -> bool {
         let cache_key = self.verification_key(domain, username, password);
-        self.verified.lock().expect("verified lock").contains(&cache_key)
+        self.verified
+            .lock()
+            .expect("verified lock")
+            .contains(&cache_key)
     }
 
     /// Checks a submitter's password (HTTP Basic on the receiver). Slow on
     /// first sight of a password (argon2): call it off the async runtime.
     pub fn verify_submitter(&self, domain: &str, username: &str, password: &str) -> bool {
         let snapshot = self.snapshot();
-        let Some(hash) = snapshot.domain(domain).and_then(|d| d.submitters.get(username)) else {
+        let Some(hash) = snapshot
+            .domain(domain)
+            .and_then(|d| d.submitters.get(username))
+        else {
             return false;
         };
         let cache_key = self.verification_key(domain, username, password);
-        if self.verified.lock().expect("verified lock").contains(&cache_key) {
+        if self
+            .verified
+            .lock()
+            .expect("verified lock")
+            .contains(&cache_key)
+        {
             return true;
         }
         let matches = password_matches(password, hash);
         if matches {
-            self.verified.lock().expect("verified lock").insert(cache_key);
+            self.verified
+                .lock()
+                .expect("verified lock")
+                .insert(cache_key);
         }
         matches
     }
 
     // ---- changes through the API --------------------------------------------
 
-    fn require_domain<'a>(snapshot: &'a Snapshot, domain: &str) -> Result<&'a Arc<DomainObjects>, CatalogError> {
+    fn require_domain<'a>(
+        snapshot: &'a Snapshot,
+        domain: &str,
+    ) -> Result<&'a Arc<DomainObjects>, CatalogError> {
         snapshot
             .domain(domain)
             .ok_or_else(|| CatalogError::NoDomain(domain.to_owned()))
@@ -424,7 +462,10 @@ impl Catalog {
             kind: CONNECTION,
             domain: domain.to_owned(),
             name: stored.spec.name.clone(),
-            value: Some(self.key.seal(&serde_json::to_vec(&stored).expect("serializes"))),
+            value: Some(
+                self.key
+                    .seal(&serde_json::to_vec(&stored).expect("serializes")),
+            ),
         };
         self.store.put_objects(vec![change]).await?;
         self.reload()
@@ -451,7 +492,11 @@ impl Catalog {
             return Err(CatalogError::Conflict(format!(
                 "connection \"{name}\" is used by repeater{} {}",
                 if users.len() == 1 { "" } else { "s" },
-                users.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
+                users
+                    .iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         self.store
@@ -466,14 +511,22 @@ impl Catalog {
     }
 
     /// Creates or replaces a repeater; returns its id.
-    pub async fn put_repeater(&self, domain: &str, spec: RepeaterSpec, replace: bool) -> Result<u64, CatalogError> {
+    pub async fn put_repeater(
+        &self,
+        domain: &str,
+        spec: RepeaterSpec,
+        replace: bool,
+    ) -> Result<u64, CatalogError> {
         let _guard = self.change_lock.lock().await;
         let snapshot = self.snapshot();
         let objects = Self::require_domain(&snapshot, domain)?;
         if !objects.connections.contains_key(&spec.connection) {
             return Err(CatalogError::Invalid {
                 field: "connection".into(),
-                problem: format!("no connection \"{}\" in domain \"{domain}\"", spec.connection),
+                problem: format!(
+                    "no connection \"{}\" in domain \"{domain}\"",
+                    spec.connection
+                ),
             });
         }
         let id = match (objects.repeaters.get(&spec.name), replace) {
@@ -533,15 +586,23 @@ impl Catalog {
     }
 
     /// Pauses or resumes a repeater.
-    pub async fn set_paused(&self, domain: &str, name: &str, paused: bool) -> Result<(), CatalogError> {
+    pub async fn set_paused(
+        &self,
+        domain: &str,
+        name: &str,
+        paused: bool,
+    ) -> Result<(), CatalogError> {
         let spec = {
             let snapshot = self.snapshot();
             let objects = Self::require_domain(&snapshot, domain)?;
-            let repeater = objects.repeaters.get(name).ok_or_else(|| CatalogError::NotFound {
-                kind: "repeater",
-                domain: domain.to_owned(),
-                name: name.to_owned(),
-            })?;
+            let repeater = objects
+                .repeaters
+                .get(name)
+                .ok_or_else(|| CatalogError::NotFound {
+                    kind: "repeater",
+                    domain: domain.to_owned(),
+                    name: name.to_owned(),
+                })?;
             let mut spec = (*repeater.spec).clone();
             spec.paused = paused;
             spec

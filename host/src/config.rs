@@ -409,7 +409,10 @@ impl AuthSpec {
     }
 
     fn secrets_mut(&mut self) -> Vec<&mut Secret> {
-        self.named_secrets_mut().into_iter().map(|(_, secret)| secret).collect()
+        self.named_secrets_mut()
+            .into_iter()
+            .map(|(_, secret)| secret)
+            .collect()
     }
 
     /// Every secret with its key name (relative to the `auth` table).
@@ -428,7 +431,10 @@ impl AuthSpec {
                 client_secret,
                 password,
                 ..
-            } => vec![("client_secret".into(), client_secret), ("password".into(), password)],
+            } => vec![
+                ("client_secret".into(), client_secret),
+                ("password".into(), password),
+            ],
             AuthSpec::Plugin { settings, .. } => settings
                 .iter_mut()
                 .map(|(name, secret)| (name.clone(), secret))

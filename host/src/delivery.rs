@@ -19,7 +19,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{self, TokenCache};
 use crate::catalog::Origin;
-use crate::config::{AuthSpec, ConnectionSpec, DeliveryConfig, HttpMethod, PayloadKind, RepeaterSpec};
+use crate::config::{
+    AuthSpec, ConnectionSpec, DeliveryConfig, HttpMethod, PayloadKind, RepeaterSpec,
+};
 use crate::egress::{self, EgressPolicy, GuardedResolver};
 use crate::plugins::{self, Payload, PluginError, PluginHost};
 use crate::record::{self, Attempt, Outcome, PayloadRef, RepeatRecord};
@@ -59,7 +61,10 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-fn build_client(skip_cert_verify: bool, guard: Option<&Arc<EgressPolicy>>) -> reqwest::Result<reqwest::Client> {
+fn build_client(
+    skip_cert_verify: bool,
+    guard: Option<&Arc<EgressPolicy>>,
+) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder();
     if let Some(policy) = guard {
         builder = builder
@@ -117,7 +122,9 @@ impl Delivery {
         };
         let event = match (&record.payload, source) {
             (_, SendSource::Missing(reason)) => return rejected(reason),
-            (PayloadRef::Form { .. }, SendSource::Form { form, xml }) => plugins::form_event(&form, xml),
+            (PayloadRef::Form { .. }, SendSource::Form { form, xml }) => {
+                plugins::form_event(&form, xml)
+            }
             (PayloadRef::Case { .. }, SendSource::Case(case)) => plugins::case_event(&case),
             (
                 PayloadRef::App {
@@ -127,13 +134,25 @@ impl Delivery {
                 },
                 SendSource::App,
             ) => plugins::app_event(&record.domain, app_id, *change, build_id.as_deref()),
-            (payload, _) => return rejected(format!("record payload {payload:?} does not match what the store holds")),
+            (payload, _) => {
+                return rejected(format!(
+                    "record payload {payload:?} does not match what the store holds"
+                ));
+            }
         };
-        let mut settings: Vec<(&str, &str)> = repeater.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut settings: Vec<(&str, &str)> = repeater
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         if repeater.kind == PayloadKind::Form {
             settings.push((
                 "include_app_id_param",
-                if repeater.include_app_id_param { "true" } else { "false" },
+                if repeater.include_app_id_param {
+                    "true"
+                } else {
+                    "false"
+                },
             ));
         }
         let settings = plugins::pairs(settings);
@@ -144,7 +163,11 @@ impl Delivery {
             .await
         {
             Ok(payload) => payload,
-            Err(error @ (PluginError::Failed { .. } | PluginError::Trapped { .. } | PluginError::WrongKind { .. })) => {
+            Err(
+                error @ (PluginError::Failed { .. }
+                | PluginError::Trapped { .. }
+                | PluginError::WrongKind { .. }),
+            ) => {
                 return rejected(error.to_string());
             }
             Err(PluginError::Missing(name)) => return SendResult::PluginMissing(name),
@@ -212,7 +235,9 @@ impl Delivery {
         };
         let started_at = crate::time::now_micros();
         let clock = Instant::now();
-        let result = self.exchange_with_auth(&exchange, &connection.auth, record_id).await;
+        let result = self
+            .exchange_with_auth(&exchange, &connection.auth, record_id)
+            .await;
         let duration_ms = clock.elapsed().as_millis() as u64;
         let mut attempt = Attempt {
             number: 0,
@@ -235,7 +260,8 @@ impl Delivery {
                     &repeater.retry_codes_remove,
                 );
                 attempt.response = Some(excerpt);
-                if let Outcome::Retryable { error, .. } | Outcome::Rejected { error, .. } = &outcome {
+                if let Outcome::Retryable { error, .. } | Outcome::Rejected { error, .. } = &outcome
+                {
                     attempt.error = Some(error.clone());
                 }
                 outcome
@@ -266,20 +292,35 @@ impl Delivery {
 
     /// Sends the request with the connection's authentication. Digest answers
     /// the remote's challenge; OAuth2 fetches a new token once after a 401.
-    async fn exchange_with_auth(&self, exchange: &Exchange<'_>, auth_spec: &AuthSpec, record_id: &str) -> Result<Answer, String> {
+    async fn exchange_with_auth(
+        &self,
+        exchange: &Exchange<'_>,
+        auth_spec: &AuthSpec,
+        record_id: &str,
+    ) -> Result<Answer, String> {
         match auth_spec {
             AuthSpec::None => exchange.run(None).await,
             AuthSpec::Basic { username, password } => {
                 exchange
-                    .run(Some(("authorization".into(), auth::basic_header(username, password.expose()))))
+                    .run(Some((
+                        "authorization".into(),
+                        auth::basic_header(username, password.expose()),
+                    )))
                     .await
             }
             AuthSpec::Bearer { token } => {
                 exchange
-                    .run(Some(("authorization".into(), format!("Bearer {}", token.expose()))))
+                    .run(Some((
+                        "authorization".into(),
+                        format!("Bearer {}", token.expose()),
+                    )))
                     .await
             }
-            AuthSpec::ApiKey { header, key } => exchange.run(Some((header.clone(), key.expose().to_owned()))).await,
+            AuthSpec::ApiKey { header, key } => {
+                exchange
+                    .run(Some((header.clone(), key.expose().to_owned())))
+                    .await
+            }
             AuthSpec::Digest { username, password } => {
                 let first = exchange.run(None).await?;
                 if first.status != 401 {
@@ -288,7 +329,8 @@ impl Delivery {
                 let Some(challenge) = first.digest_challenge.as_deref() else {
                     return Ok(first);
                 };
-                let challenge = auth::parse_digest_challenge(challenge).map_err(|e| e.to_string())?;
+                let challenge =
+                    auth::parse_digest_challenge(challenge).map_err(|e| e.to_string())?;
                 let uri = match exchange.url.query() {
                     Some(query) => format!("{}?{query}", exchange.url.path()),
                     None => exchange.url.path().to_owned(),
@@ -328,7 +370,12 @@ impl Delivery {
                     headers: exchange
                         .headers
                         .iter()
-                        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                        .map(|(name, value)| {
+                            (
+                                name.as_str().to_owned(),
+                                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                            )
+                        })
                         .collect(),
                     body: exchange.body.clone(),
                     record_id: record_id.to_owned(),
@@ -357,15 +404,20 @@ impl Delivery {
 impl Delivery {
     /// An OAuth2 access token, fetched over the connection's own client (so
     /// the token URL is held to the same egress policy and certificate setting).
-    async fn oauth2_token(&self, exchange: &Exchange<'_>, auth_spec: &AuthSpec) -> Result<String, String> {
+    async fn oauth2_token(
+        &self,
+        exchange: &Exchange<'_>,
+        auth_spec: &AuthSpec,
+    ) -> Result<String, String> {
         if let (
             Some(policy),
-            AuthSpec::Oauth2ClientCredentials { token_url, .. } | AuthSpec::Oauth2Password { token_url, .. },
+            AuthSpec::Oauth2ClientCredentials { token_url, .. }
+            | AuthSpec::Oauth2Password { token_url, .. },
         ) = (exchange.guard, auth_spec)
         {
-            policy
-                .check_url_text(token_url)
-                .map_err(|refused| format!("oauth2 token request to {token_url} failed: {refused}"))?;
+            policy.check_url_text(token_url).map_err(|refused| {
+                format!("oauth2 token request to {token_url} failed: {refused}")
+            })?;
         }
         self.tokens
             .token(exchange.client, auth_spec)
@@ -376,7 +428,10 @@ impl Delivery {
 
 fn rejected(error: String) -> SendResult {
     SendResult::Done {
-        outcome: Outcome::Rejected { status: None, error },
+        outcome: Outcome::Rejected {
+            status: None,
+            error,
+        },
         attempt: None,
     }
 }
@@ -409,12 +464,16 @@ impl Exchange<'_> {
 
     async fn run_with(&self, extra_headers: &[(String, String)]) -> Result<Answer, String> {
         if let Some(policy) = self.guard {
-            policy.check_url(&self.url).map_err(|refused| refused.to_string())?;
+            policy
+                .check_url(&self.url)
+                .map_err(|refused| refused.to_string())?;
         }
         let mut headers = self.headers.clone();
         for (name, value) in extra_headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("auth header name {name:?} is not valid"))?;
-            let value = HeaderValue::from_str(value).map_err(|_| format!("auth header {name} has an invalid value"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("auth header name {name:?} is not valid"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("auth header {name} has an invalid value"))?;
             headers.insert(name, value);
         }
         let send = self
@@ -424,7 +483,9 @@ impl Exchange<'_> {
             .body(self.body.clone())
             .timeout(self.timeout)
             .send();
-        let mut response = send.await.map_err(|error| describe_error(&error, self.timeout))?;
+        let mut response = send
+            .await
+            .map_err(|error| describe_error(&error, self.timeout))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()

@@ -6,7 +6,8 @@ use crate::model::{Case, StoredForm};
 
 /// Whether a form or form-stub repeater forwards this form.
 pub fn wants_form(repeater: &RepeaterSpec, form: &StoredForm) -> bool {
-    if !matches!(repeater.kind, PayloadKind::Form | PayloadKind::FormStub) || form.is_device_report {
+    if !matches!(repeater.kind, PayloadKind::Form | PayloadKind::FormStub) || form.is_device_report
+    {
         return false;
     }
     if !repeater.xmlns.is_empty() && !repeater.xmlns.contains(&form.xmlns) {
@@ -33,5 +34,10 @@ pub fn wants_case(repeater: &RepeaterSpec, case: &Case, created: bool, form: &St
 }
 
 fn is_blocked(repeater: &RepeaterSpec, user_id: Option<&str>) -> bool {
-    user_id.is_some_and(|user| repeater.user_blocklist.iter().any(|blocked| blocked == user))
+    user_id.is_some_and(|user| {
+        repeater
+            .user_blocklist
+            .iter()
+            .any(|blocked| blocked == user)
+    })
 }

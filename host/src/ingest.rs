@@ -37,8 +37,14 @@ fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
     );
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
-    headers.insert("x-openrosa-version", HeaderValue::from_static(OPENROSA_VERSION));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
+    headers.insert(
+        "x-openrosa-version",
+        HeaderValue::from_static(OPENROSA_VERSION),
+    );
     response
 }
 
@@ -67,7 +73,9 @@ fn unauthorized(app: &AppState, domain: &str, message: &str) -> Response {
     let mut response = refuse(app, StatusCode::UNAUTHORIZED, message);
     let challenge = format!("Basic realm=\"repeatd {domain}\", charset=\"UTF-8\"");
     if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
     }
     response
 }
@@ -79,7 +87,9 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (username, password) = text.split_once(':')?;
     Some((username.to_owned(), password.to_owned()))
@@ -89,7 +99,10 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 pub async fn receiver_head(State(app): State<Arc<AppState>>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
-    headers.insert("x-openrosa-version", HeaderValue::from_static(OPENROSA_VERSION));
+    headers.insert(
+        "x-openrosa-version",
+        HeaderValue::from_static(OPENROSA_VERSION),
+    );
     headers.insert(
         "x-openrosa-accept-content-length",
         HeaderValue::from(app.config.ingest.max_body_bytes),
@@ -97,7 +110,12 @@ pub async fn receiver_head(State(app): State<Arc<AppState>>) -> Response {
     response
 }
 
-pub async fn receive(State(app): State<Arc<AppState>>, Path(domain): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(
+    State(app): State<Arc<AppState>>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     receive_form(app, domain, None, headers, body).await
 }
 
@@ -116,15 +134,32 @@ struct Received {
     attachments: Vec<Attachment>,
 }
 
-async fn receive_form(app: Arc<AppState>, domain: String, app_id: Option<String>, headers: HeaderMap, body: Body) -> Response {
+async fn receive_form(
+    app: Arc<AppState>,
+    domain: String,
+    app_id: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let snapshot = app.catalog.snapshot();
     if snapshot.domain(&domain).is_none() {
-        return refuse(&app, StatusCode::NOT_FOUND, &format!("no project space \"{domain}\""));
+        return refuse(
+            &app,
+            StatusCode::NOT_FOUND,
+            &format!("no project space \"{domain}\""),
+        );
     }
     let Some((username, password)) = basic_credentials(&headers) else {
-        return unauthorized(&app, &domain, "this receiver needs HTTP Basic credentials of a submitter of the project space");
+        return unauthorized(
+            &app,
+            &domain,
+            "this receiver needs HTTP Basic credentials of a submitter of the project space",
+        );
     };
-    let verified = if app.catalog.submitter_known_good(&domain, &username, &password) {
+    let verified = if app
+        .catalog
+        .submitter_known_good(&domain, &username, &password)
+    {
         true
     } else {
         // Once through the gate, `verify_submitter` looks in the cache again:
@@ -137,7 +172,11 @@ async fn receive_form(app: Arc<AppState>, domain: String, app_id: Option<String>
             .unwrap_or(false)
     };
     if !verified {
-        return unauthorized(&app, &domain, "wrong username or password for this project space");
+        return unauthorized(
+            &app,
+            &domain,
+            "wrong username or password for this project space",
+        );
     }
 
     let limit = app.config.ingest.max_body_bytes as usize;
@@ -162,10 +201,19 @@ async fn receive_form(app: Arc<AppState>, domain: String, app_id: Option<String>
     };
     let parsed = match xform::parse_form(&received.xml) {
         Ok(parsed) => parsed,
-        Err(error) => return refuse(&app, StatusCode::BAD_REQUEST, &format!("the form is not accepted: {error}")),
+        Err(error) => {
+            return refuse(
+                &app,
+                StatusCode::BAD_REQUEST,
+                &format!("the form is not accepted: {error}"),
+            );
+        }
     };
     let is_device_report = parsed.is_device_report();
-    let form_id = parsed.form_id().map(str::to_owned).unwrap_or_else(generate_form_id);
+    let form_id = parsed
+        .form_id()
+        .map(str::to_owned)
+        .unwrap_or_else(generate_form_id);
     let received_on = crate::time::format_utc(crate::time::now_micros());
     let meta = parsed.meta;
     let form = StoredForm {
@@ -240,12 +288,17 @@ async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, (Status
         "multipart/form-data" => read_multipart(content_type, bytes).await,
         other => Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type {other} is not accepted; send the form as text/xml, application/xml or multipart/form-data"),
+            format!(
+                "Content-Type {other} is not accepted; send the form as text/xml, application/xml or multipart/form-data"
+            ),
         )),
     }
 }
 
-async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, (StatusCode, String)> {
+async fn read_multipart(
+    content_type: &str,
+    bytes: Bytes,
+) -> Result<Received, (StatusCode, String)> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let boundary = multer::parse_boundary(content_type)
         .map_err(|error| bad(format!("multipart body without a usable boundary: {error}")))?;
@@ -261,14 +314,19 @@ async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, (S
         };
         let name = field.name().unwrap_or_default().to_owned();
         let file_name = field.file_name().map(str::to_owned);
-        let part_type = field.content_type().map(|m| m.to_string()).unwrap_or_default();
+        let part_type = field
+            .content_type()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
         let content = field
             .bytes()
             .await
             .map_err(|error| bad(format!("multipart part \"{name}\" is malformed: {error}")))?;
         if name == "xml_submission_file" {
             if xml.is_some() {
-                return Err(bad("multipart body has more than one xml_submission_file part".into()));
+                return Err(bad(
+                    "multipart body has more than one xml_submission_file part".into(),
+                ));
             }
             xml = Some(content.to_vec());
         } else {
@@ -279,7 +337,8 @@ async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, (S
             });
         }
     }
-    let xml = xml.ok_or_else(|| bad("multipart body has no part named xml_submission_file".into()))?;
+    let xml =
+        xml.ok_or_else(|| bad("multipart body has no part named xml_submission_file".into()))?;
     Ok(Received { xml, attachments })
 }
 
@@ -309,15 +368,33 @@ pub async fn app_event(
     }
     let parsed: AppEventBody = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
-        Err(error) => return crate::api::error(StatusCode::BAD_REQUEST, "body", &format!("not a JSON app event: {error}")),
+        Err(error) => {
+            return crate::api::error(
+                StatusCode::BAD_REQUEST,
+                "body",
+                &format!("not a JSON app event: {error}"),
+            );
+        }
     };
     let (change, build_id) = match (parsed.event.as_str(), parsed.build_id) {
         ("saved", None) => (crate::record::AppChange::Saved, None),
         ("saved", Some(_)) => {
-            return crate::api::error(StatusCode::BAD_REQUEST, "build_id", "only a \"built\" event has a build_id");
+            return crate::api::error(
+                StatusCode::BAD_REQUEST,
+                "build_id",
+                "only a \"built\" event has a build_id",
+            );
         }
-        ("built", Some(build_id)) if !build_id.trim().is_empty() => (crate::record::AppChange::Built, Some(build_id)),
-        ("built", _) => return crate::api::error(StatusCode::BAD_REQUEST, "build_id", "a \"built\" event needs a build_id"),
+        ("built", Some(build_id)) if !build_id.trim().is_empty() => {
+            (crate::record::AppChange::Built, Some(build_id))
+        }
+        ("built", _) => {
+            return crate::api::error(
+                StatusCode::BAD_REQUEST,
+                "build_id",
+                "a \"built\" event needs a build_id",
+            );
+        }
         (other, _) => {
             return crate::api::error(
                 StatusCode::BAD_REQUEST,
@@ -332,7 +409,11 @@ pub async fn app_event(
         .domain(&domain)
         .map(|d| d.repeater_list.clone())
         .unwrap_or_default();
-    match app.store.register_app_change(repeaters, app_id, change, build_id).await {
+    match app
+        .store
+        .register_app_change(repeaters, app_id, change, build_id)
+        .await
+    {
         Ok(registered) => {
             app.scheduler.registered(&registered);
             (
@@ -343,7 +424,11 @@ pub async fn app_event(
         }
         Err(error) => {
             tracing::error!(%error, domain, "could not store an app event");
-            crate::api::error(StatusCode::SERVICE_UNAVAILABLE, "store", "the gateway could not store the event; send it again later")
+            crate::api::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store",
+                "the gateway could not store the event; send it again later",
+            )
         }
     }
 }

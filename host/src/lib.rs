@@ -33,17 +33,17 @@ pub mod cases;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
-pub mod email;
 pub mod egress;
+pub mod email;
 pub mod filters;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod record;
+pub mod sample;
 pub mod scheduler;
 pub mod secrets;
-pub mod sample;
 pub mod sink;
 pub mod store;
 pub mod time;
@@ -109,7 +109,9 @@ pub fn admin_token(config: &Config) -> anyhow::Result<(String, AdminTokenSource)
     }
     let path = config.data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok((text.trim().to_owned(), AdminTokenSource::File(path))),
+        Ok(text) if !text.trim().is_empty() => {
+            Ok((text.trim().to_owned(), AdminTokenSource::File(path)))
+        }
         _ => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
@@ -138,22 +140,41 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/a/{domain}/receiver/{app_id}",
             post(ingest::receive_for_app).head(ingest::receiver_head),
         )
-        .route(&format!("{domain}/apps/{{app_id}}/events"), post(ingest::app_event))
-        .route(&format!("{domain}/connections"), get(list_connections).post(create_connection))
+        .route(
+            &format!("{domain}/apps/{{app_id}}/events"),
+            post(ingest::app_event),
+        )
+        .route(
+            &format!("{domain}/connections"),
+            get(list_connections).post(create_connection),
+        )
         .route(
             &format!("{domain}/connections/{{name}}"),
-            get(get_connection).put(replace_connection).delete(delete_connection),
+            get(get_connection)
+                .put(replace_connection)
+                .delete(delete_connection),
         )
-        .route(&format!("{domain}/repeaters"), get(list_repeaters).post(create_repeater))
+        .route(
+            &format!("{domain}/repeaters"),
+            get(list_repeaters).post(create_repeater),
+        )
         .route(
             &format!("{domain}/repeaters/{{name}}"),
-            get(get_repeater).put(replace_repeater).delete(delete_repeater),
+            get(get_repeater)
+                .put(replace_repeater)
+                .delete(delete_repeater),
         )
-        .route(&format!("{domain}/repeaters/{{name}}/{{action}}"), post(repeater_action))
+        .route(
+            &format!("{domain}/repeaters/{{name}}/{{action}}"),
+            post(repeater_action),
+        )
         .route(&format!("{domain}/records"), get(list_records))
         .route(&format!("{domain}/records/bulk"), post(bulk_action))
         .route(&format!("{domain}/records/{{id}}"), get(get_record))
-        .route(&format!("{domain}/records/{{id}}/{{action}}"), post(record_action))
+        .route(
+            &format!("{domain}/records/{{id}}/{{action}}"),
+            post(record_action),
+        )
         .route(&format!("{domain}/forms/{{form_id}}"), get(get_form))
         .route(&format!("{domain}/cases/{{case_id}}"), get(get_case))
         .route("/api/v1/plugins", get(list_plugins))
@@ -187,7 +208,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     {
         let plugins = plugins.clone();
         let plugin_dir = config.plugin_dir.clone();
-        tokio::task::spawn_blocking(move || plugins::watch(plugins, plugin_dir, PLUGIN_SETTLE)).await??;
+        tokio::task::spawn_blocking(move || plugins::watch(plugins, plugin_dir, PLUGIN_SETTLE))
+            .await??;
     }
     for declared in &config.repeaters {
         if !plugins.is_loaded(&declared.spec.format) {
@@ -215,7 +237,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     let catalog = Arc::new(catalog);
     let metrics = Arc::new(Metrics::default());
     let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery)?);
-    let notifier = email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone()).await?;
+    let notifier =
+        email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone()).await?;
     let scheduler = Scheduler::start(
         store.clone(),
         catalog.clone(),

@@ -10,7 +10,11 @@ use repeatd::config::{self, PayloadKind};
 use repeatd::plugins::{self, Payload, PluginHost, PluginKind, PluginSource};
 
 #[derive(Debug, Parser)]
-#[command(name = "repeatd", version, about = "A data-forwarding gateway for CommCare-style XForm submissions")]
+#[command(
+    name = "repeatd",
+    version,
+    about = "A data-forwarding gateway for CommCare-style XForm submissions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
-        Command::Sink { listen, status } => runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen, status))),
+        Command::Sink { listen, status } => {
+            runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen, status)))
+        }
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
@@ -101,7 +107,15 @@ fn main() -> ExitCode {
                     app_id,
                     settings,
                 },
-        } => plugin_run(&file, &event, kind.as_deref(), &domain, &url, app_id.as_deref(), &settings),
+        } => plugin_run(
+            &file,
+            &event,
+            kind.as_deref(),
+            &domain,
+            &url,
+            app_id.as_deref(),
+            &settings,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +127,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
@@ -128,9 +144,13 @@ fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         let (state, token_source) = repeatd::start(config).await?;
         match &token_source {
             repeatd::AdminTokenSource::Configured => {
-                eprintln!("repeatd: admin token from the config (admin_token or REPEATD_ADMIN_TOKEN)")
+                eprintln!(
+                    "repeatd: admin token from the config (admin_token or REPEATD_ADMIN_TOKEN)"
+                )
             }
-            repeatd::AdminTokenSource::File(path) => eprintln!("repeatd: admin token is in {}", path.display()),
+            repeatd::AdminTokenSource::File(path) => {
+                eprintln!("repeatd: admin token is in {}", path.display())
+            }
         }
         eprintln!(
             "repeatd: listening on http://{} (data in {})",
@@ -145,8 +165,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -159,13 +180,17 @@ async fn shutdown_signal() {
 
 /// Loads a component file; a name of a built-in that is not a file (e.g.
 /// `case-json`) loads the embedded built-in.
-fn load_plugin_file(file: &Path) -> anyhow::Result<(std::sync::Arc<PluginHost>, plugins::LoadedPlugin)> {
+fn load_plugin_file(
+    file: &Path,
+) -> anyhow::Result<(std::sync::Arc<PluginHost>, plugins::LoadedPlugin)> {
     let builtin = (!file.exists())
         .then(|| file.to_str().and_then(plugins::builtin_component))
         .flatten();
     let bytes = match builtin {
         Some(bytes) => bytes.to_vec(),
-        None => std::fs::read(file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
+        None => {
+            std::fs::read(file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?
+        }
     };
     let name = file
         .file_stem()
@@ -184,10 +209,19 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     match &loaded.kind {
         PluginKind::Format { description, kinds } => {
             let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
-            println!("{}: payload format \"{}\" ({description}); serves {}", file.display(), loaded.name, kinds.join(", "));
+            println!(
+                "{}: payload format \"{}\" ({description}); serves {}",
+                file.display(),
+                loaded.name,
+                kinds.join(", ")
+            );
         }
         PluginKind::Auth { description } => {
-            println!("{}: auth plugin \"{}\" ({description})", file.display(), loaded.name);
+            println!(
+                "{}: auth plugin \"{}\" ({description})",
+                file.display(),
+                loaded.name
+            );
         }
     }
     Ok(())
@@ -204,17 +238,21 @@ fn plugin_run(
 ) -> anyhow::Result<()> {
     let (host, loaded) = load_plugin_file(file)?;
     let PluginKind::Format { kinds, .. } = &loaded.kind else {
-        anyhow::bail!("{}: is an auth plugin; `plugin run` runs payload formats", file.display());
+        anyhow::bail!(
+            "{}: is an auth plugin; `plugin run` runs payload formats",
+            file.display()
+        );
     };
     let kind: PayloadKind = match kind {
         Some(text) => text
             .parse()
             .map_err(|problem| anyhow::anyhow!("--kind: {problem}"))?,
-        None => *kinds
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("{}: the plugin serves no kind; pass --kind", file.display()))?,
+        None => *kinds.first().ok_or_else(|| {
+            anyhow::anyhow!("{}: the plugin serves no kind; pass --kind", file.display())
+        })?,
     };
-    let bytes = std::fs::read(event_file).map_err(|error| anyhow::anyhow!("{}: {error}", event_file.display()))?;
+    let bytes = std::fs::read(event_file)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", event_file.display()))?;
     let mut events = repeatd::sample::events(&bytes, kind, domain)
         .map_err(|problem| anyhow::anyhow!("{}: {problem}", event_file.display()))?;
     if let Some(app_id) = app_id {
@@ -242,7 +280,8 @@ fn plugin_run(
         match payload {
             Payload::Nothing => println!("(nothing to send: the record would be `empty`)"),
             Payload::Send(request) => {
-                let mut full_url = reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("--url: {error}"))?;
+                let mut full_url =
+                    reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("--url: {error}"))?;
                 if !request.query.is_empty() {
                     let mut query = full_url.query_pairs_mut();
                     for pair in &request.query {

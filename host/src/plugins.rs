@@ -40,11 +40,12 @@ pub mod bindings {
     }
 }
 
-pub use bindings::format::repeatd::plugin::types::{
-    AppChange as WitAppChange, AppEvent, Attachment as WitAttachment, Case as WitCase, CaseIndex as WitCaseIndex,
-    Event, Form as WitForm, Pair, Payload, PayloadKind as WitPayloadKind, Request as WitRequest,
-};
 use bindings::auth::repeatd::plugin::types::{Outgoing, Pair as AuthPair};
+pub use bindings::format::repeatd::plugin::types::{
+    AppChange as WitAppChange, AppEvent, Attachment as WitAttachment, Case as WitCase,
+    CaseIndex as WitCaseIndex, Event, Form as WitForm, Pair, Payload,
+    PayloadKind as WitPayloadKind, Request as WitRequest,
+};
 
 /// How often the CPU-deadline clock ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -124,7 +125,12 @@ struct MemoryLimitExceeded {
 }
 
 impl ResourceLimiter for CallLimits {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if self.limits.memory_growing(current, desired, maximum)? {
             return Ok(true);
         }
@@ -138,7 +144,12 @@ impl ResourceLimiter for CallLimits {
         Ok(false)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.limits.table_growing(current, desired, maximum)
     }
 
@@ -227,7 +238,9 @@ pub struct PluginHost {
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginHost").field("limits", &self.limits).finish()
+        f.debug_struct("PluginHost")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -256,7 +269,9 @@ fn describe_trap(error: &wasmtime::Error, limits: &PluginLimits) -> String {
                 "ran longer than its {} ms limit",
                 limits.timeout.as_millis()
             ),
-            wasmtime::Trap::UnreachableCodeReached => "trapped: unreachable code reached (a panic or abort in the plugin)".into(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "trapped: unreachable code reached (a panic or abort in the plugin)".into()
+            }
             other => format!("trapped: {other}"),
         };
     }
@@ -295,7 +310,11 @@ impl PluginHost {
         let engine = Engine::new(&engine_config(&limits))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let ticks = limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
+        let ticks = limits
+            .timeout
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros())
+            .max(1) as u64;
         let mut host = PluginHost {
             engine,
             linker,
@@ -312,14 +331,22 @@ impl PluginHost {
             let handles: Vec<_> = builtin::BUILTIN_PLUGINS
                 .iter()
                 .filter(|_| with_builtins)
-                .map(|(name, bytes)| scope.spawn(move || host.load(name, bytes, PluginSource::Builtin)))
+                .map(|(name, bytes)| {
+                    scope.spawn(move || host.load(name, bytes, PluginSource::Builtin))
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("plugin compile thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("plugin compile thread"))
+                .collect()
         });
         for loaded in compiled {
             let loaded = Arc::new(loaded?);
             host.builtins.insert(loaded.name.clone(), loaded.clone());
-            host.registry.get_mut().expect("registry lock").insert(loaded.name.clone(), loaded);
+            host.registry
+                .get_mut()
+                .expect("registry lock")
+                .insert(loaded.name.clone(), loaded);
         }
         let engine = host.engine.clone();
         std::thread::Builder::new()
@@ -338,9 +365,17 @@ impl PluginHost {
     }
 
     /// Compiles and validates a component as a plugin named `name`.
-    pub fn load(&self, name: &str, bytes: &[u8], source: PluginSource) -> anyhow::Result<LoadedPlugin> {
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: PluginSource,
+    ) -> anyhow::Result<LoadedPlugin> {
         let component = Component::new(&self.engine, bytes).map_err(|error| {
-            anyhow::anyhow!("not a WebAssembly component: {}", first_line(&format!("{error:#}")))
+            anyhow::anyhow!(
+                "not a WebAssembly component: {}",
+                first_line(&format!("{error:#}"))
+            )
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             anyhow::anyhow!(
@@ -352,14 +387,19 @@ impl PluginHost {
         let loaded_at = crate::time::now_micros();
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
             let mut store = self.new_store();
-            let instance = pre
-                .instantiate(&mut store)
-                .map_err(|error| anyhow::anyhow!("instantiating it failed: {}", describe_trap(&error, &self.limits)))?;
+            let instance = pre.instantiate(&mut store).map_err(|error| {
+                anyhow::anyhow!(
+                    "instantiating it failed: {}",
+                    describe_trap(&error, &self.limits)
+                )
+            })?;
             store.set_epoch_deadline(self.deadline_ticks);
             let info = instance
                 .repeatd_plugin_format()
                 .call_info(&mut store)
-                .map_err(|error| anyhow::anyhow!("info() failed: {}", describe_trap(&error, &self.limits)))?;
+                .map_err(|error| {
+                    anyhow::anyhow!("info() failed: {}", describe_trap(&error, &self.limits))
+                })?;
             let kinds = info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect();
             return Ok(LoadedPlugin {
                 name: name.to_owned(),
@@ -378,14 +418,19 @@ impl PluginHost {
         }
         if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
             let mut store = self.new_store();
-            let instance = pre
-                .instantiate(&mut store)
-                .map_err(|error| anyhow::anyhow!("instantiating it failed: {}", describe_trap(&error, &self.limits)))?;
+            let instance = pre.instantiate(&mut store).map_err(|error| {
+                anyhow::anyhow!(
+                    "instantiating it failed: {}",
+                    describe_trap(&error, &self.limits)
+                )
+            })?;
             store.set_epoch_deadline(self.deadline_ticks);
             let description = instance
                 .repeatd_plugin_auth()
                 .call_describe(&mut store)
-                .map_err(|error| anyhow::anyhow!("describe() failed: {}", describe_trap(&error, &self.limits)))?;
+                .map_err(|error| {
+                    anyhow::anyhow!("describe() failed: {}", describe_trap(&error, &self.limits))
+                })?;
             return Ok(LoadedPlugin {
                 name: name.to_owned(),
                 kind: PluginKind::Auth { description },
@@ -403,14 +448,21 @@ impl PluginHost {
             .exports(&self.engine)
             .map(|(export_name, _)| export_name.to_owned())
             .collect();
-        const WANTED: &str =
-            "repeatd:plugin/format@1.x (world payload-format) or repeatd:plugin/auth@1.x (world outbound-auth)";
-        match exports.iter().find(|export_name| export_name.starts_with("repeatd:plugin/")) {
+        const WANTED: &str = "repeatd:plugin/format@1.x (world payload-format) or repeatd:plugin/auth@1.x (world outbound-auth)";
+        match exports
+            .iter()
+            .find(|export_name| export_name.starts_with("repeatd:plugin/"))
+        {
             Some(export_name) => anyhow::bail!(
                 "exports {export_name}, which this repeatd cannot use: it loads {WANTED} (a newer major version of the plugin interfaces needs a newer repeatd)"
             ),
-            None if exports.is_empty() => anyhow::bail!("exports nothing; a plugin exports {WANTED}"),
-            None => anyhow::bail!("exports {}, not a repeatd plugin; a plugin exports {WANTED}", exports.join(", ")),
+            None if exports.is_empty() => {
+                anyhow::bail!("exports nothing; a plugin exports {WANTED}")
+            }
+            None => anyhow::bail!(
+                "exports {}, not a repeatd plugin; a plugin exports {WANTED}",
+                exports.join(", ")
+            ),
         }
     }
 
@@ -439,16 +491,26 @@ impl PluginHost {
 
     /// The current version of a plugin.
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
-        self.registry.read().expect("registry lock").get(name).cloned()
+        self.registry
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 
     pub fn is_loaded(&self, name: &str) -> bool {
-        self.registry.read().expect("registry lock").contains_key(name)
+        self.registry
+            .read()
+            .expect("registry lock")
+            .contains_key(name)
     }
 
     /// Registers a callback run after every change of the registry.
     pub fn on_change(&self, listener: Box<dyn Fn() + Send + Sync>) {
-        self.listeners.lock().expect("listeners lock").push(listener);
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .push(listener);
     }
 
     fn changed(&self) {
@@ -487,7 +549,10 @@ impl PluginHost {
 
     /// Records a failed load; the previous version keeps serving.
     pub fn record_error(&self, name: &str, error: String) {
-        self.errors.write().expect("errors lock").insert(name.to_owned(), error);
+        self.errors
+            .write()
+            .expect("errors lock")
+            .insert(name.to_owned(), error);
     }
 
     /// Forgets the last load failure of `name`.
@@ -536,10 +601,13 @@ impl PluginHost {
             .map(|name| {
                 let loaded = registry.get(name);
                 let (description, kinds) = match loaded.map(|p| &p.kind) {
-                    Some(PluginKind::Format { description, kinds }) => {
-                        (Some(description.clone()), kinds.iter().map(|k| k.to_string()).collect())
+                    Some(PluginKind::Format { description, kinds }) => (
+                        Some(description.clone()),
+                        kinds.iter().map(|k| k.to_string()).collect(),
+                    ),
+                    Some(PluginKind::Auth { description }) => {
+                        (Some(description.clone()), Vec::new())
                     }
-                    Some(PluginKind::Auth { description }) => (Some(description.clone()), Vec::new()),
                     None => (None, Vec::new()),
                 };
                 PluginStatus {
@@ -630,22 +698,31 @@ impl PluginHost {
                 wanted: "a payload format",
             });
         };
-        let taken = if use_pool { pool.lock().expect("plugin pool").pop() } else { None };
+        let taken = if use_pool {
+            pool.lock().expect("plugin pool").pop()
+        } else {
+            None
+        };
         let (mut store, instance) = match taken {
             Some(live) => live,
             None => {
                 let mut store = self.new_store();
-                let instance = pre.instantiate(&mut store).map_err(|error| PluginError::Trapped {
-                    name: plugin.name.clone(),
-                    reason: describe_trap(&error, &self.limits),
-                })?;
+                let instance =
+                    pre.instantiate(&mut store)
+                        .map_err(|error| PluginError::Trapped {
+                            name: plugin.name.clone(),
+                            reason: describe_trap(&error, &self.limits),
+                        })?;
                 (store, instance)
             }
         };
         store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance
-            .repeatd_plugin_format()
-            .call_build(&mut store, to_wit_kind(kind), event, settings);
+        let result = instance.repeatd_plugin_format().call_build(
+            &mut store,
+            to_wit_kind(kind),
+            event,
+            settings,
+        );
         match result {
             Ok(answer) => {
                 let mut pool = pool.lock().expect("plugin pool");
@@ -683,10 +760,12 @@ impl PluginHost {
             Some(live) => live,
             None => {
                 let mut store = self.new_store();
-                let instance = pre.instantiate(&mut store).map_err(|error| PluginError::Trapped {
-                    name: plugin.name.clone(),
-                    reason: describe_trap(&error, &self.limits),
-                })?;
+                let instance =
+                    pre.instantiate(&mut store)
+                        .map_err(|error| PluginError::Trapped {
+                            name: plugin.name.clone(),
+                            reason: describe_trap(&error, &self.limits),
+                        })?;
                 (store, instance)
             }
         };
@@ -713,7 +792,9 @@ impl PluginHost {
             })
             .collect();
         store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance.repeatd_plugin_auth().call_sign(&mut store, &outgoing, &settings);
+        let result = instance
+            .repeatd_plugin_auth()
+            .call_sign(&mut store, &outgoing, &settings);
         match result {
             Ok(answer) => {
                 let mut pool = pool.lock().expect("plugin pool");
@@ -721,7 +802,12 @@ impl PluginHost {
                     pool.push((store, instance));
                 }
                 answer
-                    .map(|headers| headers.into_iter().map(|pair| (pair.name, pair.value)).collect())
+                    .map(|headers| {
+                        headers
+                            .into_iter()
+                            .map(|pair| (pair.name, pair.value))
+                            .collect()
+                    })
                     .map_err(|message| PluginError::Failed {
                         name: plugin.name.clone(),
                         message,
@@ -828,10 +914,9 @@ pub fn form_event(form: &crate::model::StoredForm, xml: Vec<u8>) -> Event {
 /// A device time as the WIT promises it to plugins: converted to UTC when it
 /// carries an offset (`Z`, `+05:30`, `-04`), passed as sent otherwise.
 fn device_time(raw: &str) -> String {
-    let has_offset = raw
-        .trim()
-        .split_once('T')
-        .is_some_and(|(_, time_of_day)| time_of_day.ends_with('Z') || time_of_day.contains(['+', '-']));
+    let has_offset = raw.trim().split_once('T').is_some_and(|(_, time_of_day)| {
+        time_of_day.ends_with('Z') || time_of_day.contains(['+', '-'])
+    });
     if has_offset {
         crate::time::normalize_device_time(raw)
     } else {
@@ -879,7 +964,12 @@ pub fn case_event(case: &crate::model::Case) -> Event {
 }
 
 /// The event for an app change.
-pub fn app_event(domain: &str, app_id: &str, change: crate::record::AppChange, build_id: Option<&str>) -> Event {
+pub fn app_event(
+    domain: &str,
+    app_id: &str,
+    change: crate::record::AppChange,
+    build_id: Option<&str>,
+) -> Event {
     Event::App(AppEvent {
         domain: domain.to_owned(),
         app_id: app_id.to_owned(),
@@ -907,18 +997,20 @@ pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> an
     // plugin file that is already there.
     let mut known: HashMap<PathBuf, FileStamp> = HashMap::new();
     scan(&host, &plugin_dir, &mut known, Duration::ZERO);
-    std::thread::Builder::new().name("plugin-watch".into()).spawn(move || {
-        let _watcher = watcher;
-        loop {
-            // Wake on an event, or every second anyway (some file systems
-            // do not deliver events).
-            let _ = events.recv_timeout(Duration::from_secs(1));
-            // Let writers finish, then look.
-            std::thread::sleep(settle);
-            while events.try_recv().is_ok() {}
-            scan(&host, &plugin_dir, &mut known, settle);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("plugin-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            loop {
+                // Wake on an event, or every second anyway (some file systems
+                // do not deliver events).
+                let _ = events.recv_timeout(Duration::from_secs(1));
+                // Let writers finish, then look.
+                std::thread::sleep(settle);
+                while events.try_recv().is_ok() {}
+                scan(&host, &plugin_dir, &mut known, settle);
+            }
+        })?;
     Ok(())
 }
 
@@ -944,7 +1036,9 @@ fn plugin_name(path: &Path) -> Option<String> {
     }
     let name = path.file_stem()?.to_str()?;
     let valid = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     valid.then(|| name.to_owned())
 }
 
@@ -972,7 +1066,9 @@ fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, 
         // A file still being written changes between two looks.
         if !settle.is_zero() {
             std::thread::sleep(settle.min(Duration::from_millis(200)));
-            if stamp(&path).is_none_or(|again| again.len != now.len || again.modified != now.modified) {
+            if stamp(&path)
+                .is_none_or(|again| again.len != now.len || again.modified != now.modified)
+            {
                 known.insert(path, now);
                 continue;
             }
@@ -981,7 +1077,11 @@ fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, 
         now.loaded = true;
         known.insert(path, now);
     }
-    let removed: Vec<PathBuf> = known.keys().filter(|path| !present.contains(path)).cloned().collect();
+    let removed: Vec<PathBuf> = known
+        .keys()
+        .filter(|path| !present.contains(path))
+        .cloned()
+        .collect();
     for path in removed {
         known.remove(&path);
         let Some(name) = plugin_name(&path) else {
@@ -1005,11 +1105,23 @@ mod tests {
 
     #[test]
     fn device_times_with_an_offset_reach_plugins_in_utc() {
-        assert_eq!(device_time("2015-04-17T16:04:42.383-04"), "2015-04-17T20:04:42.383000Z");
-        assert_eq!(device_time("2011-09-19T22:29:48.097Z"), "2011-09-19T22:29:48.097000Z");
-        assert_eq!(device_time("2024-01-01T10:00:00+05:30"), "2024-01-01T04:30:00.000000Z");
+        assert_eq!(
+            device_time("2015-04-17T16:04:42.383-04"),
+            "2015-04-17T20:04:42.383000Z"
+        );
+        assert_eq!(
+            device_time("2011-09-19T22:29:48.097Z"),
+            "2011-09-19T22:29:48.097000Z"
+        );
+        assert_eq!(
+            device_time("2024-01-01T10:00:00+05:30"),
+            "2024-01-01T04:30:00.000000Z"
+        );
         // Without an offset, or not a time at all: as sent.
-        assert_eq!(device_time("2015-04-17T16:04:42.383"), "2015-04-17T16:04:42.383");
+        assert_eq!(
+            device_time("2015-04-17T16:04:42.383"),
+            "2015-04-17T16:04:42.383"
+        );
         assert_eq!(device_time("2015-04-17"), "2015-04-17");
         assert_eq!(device_time("yesterday"), "yesterday");
     }

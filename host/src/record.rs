@@ -418,7 +418,13 @@ mod tests {
     #[test]
     fn success_is_final() {
         let mut r = record();
-        let v = after_attempt(&mut r, &Outcome::Success { status: 201 }, &policy(), 2_000, 0.0);
+        let v = after_attempt(
+            &mut r,
+            &Outcome::Success { status: 201 },
+            &policy(),
+            2_000,
+            0.0,
+        );
         assert_eq!(v, Verdict::Final(RecordState::Succeeded));
         assert_eq!(r.state, RecordState::Succeeded);
         assert_eq!(r.n_attempts, 1);
@@ -568,7 +574,13 @@ mod tests {
         assert_eq!(r.next_attempt_at, None);
         assert!(!apply_operator(&mut r, OperatorAction::Cancel, 2));
         let mut done = record();
-        after_attempt(&mut done, &Outcome::Success { status: 200 }, &policy(), 0, 0.0);
+        after_attempt(
+            &mut done,
+            &Outcome::Success { status: 200 },
+            &policy(),
+            0,
+            0.0,
+        );
         assert!(!apply_operator(&mut done, OperatorAction::Cancel, 1));
         assert_eq!(done.state, RecordState::Succeeded);
     }

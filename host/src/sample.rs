@@ -23,7 +23,10 @@ pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event
 }
 
 /// The form as the gateway would store it, received now.
-pub fn stored_form(bytes: &[u8], domain: &str) -> Result<(StoredForm, Vec<crate::xform::CaseBlock>), String> {
+pub fn stored_form(
+    bytes: &[u8],
+    domain: &str,
+) -> Result<(StoredForm, Vec<crate::xform::CaseBlock>), String> {
     let parsed = crate::xform::parse_form(bytes).map_err(|e| e.to_string())?;
     let form_id = parsed.form_id().unwrap_or("sample-form").to_owned();
     let mut case_ids: Vec<String> = Vec::new();
@@ -84,23 +87,35 @@ fn form_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Even
 }
 
 fn json_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     if value.get("event").is_some() {
         let app_id = text("app_id").ok_or("an app event needs \"app_id\"")?;
         let change = match text("event").as_deref() {
             Some("saved") => AppChange::Saved,
             Some("built") => AppChange::Built,
-            other => return Err(format!("\"event\" is {other:?}; want \"saved\" or \"built\"")),
+            other => {
+                return Err(format!(
+                    "\"event\" is {other:?}; want \"saved\" or \"built\""
+                ));
+            }
         };
         let build_id = text("build_id");
         if change == AppChange::Built && build_id.is_none() {
             return Err("a \"built\" event needs \"build_id\"".into());
         }
         if kind != PayloadKind::AppSchema {
-            return Err(format!("an app event goes to app-schema repeaters, not {kind}"));
+            return Err(format!(
+                "an app event goes to app-schema repeaters, not {kind}"
+            ));
         }
-        return Ok(vec![plugins::app_event(domain, &app_id, change, build_id.as_deref())]);
+        return Ok(vec![plugins::app_event(
+            domain,
+            &app_id,
+            change,
+            build_id.as_deref(),
+        )]);
     }
     if value.get("case_id").is_some() {
         if kind != PayloadKind::Case {
@@ -114,10 +129,20 @@ fn json_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Even
 /// A case from the case-json shape (SPEC section 5).
 fn case_from_json(value: &serde_json::Value, domain: &str) -> Result<Case, String> {
     let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
-    let properties = value.get("properties").and_then(|p| p.as_object()).cloned().unwrap_or_default();
+    let properties = value
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .cloned()
+        .unwrap_or_default();
     let property = |key: &str| text(properties.get(key));
     let now = crate::time::format_utc(crate::time::now_micros());
-    let standard = ["case_name", "case_type", "date_opened", "owner_id", "external_id"];
+    let standard = [
+        "case_name",
+        "case_type",
+        "date_opened",
+        "owner_id",
+        "external_id",
+    ];
     let indices = value
         .get("indices")
         .and_then(|i| i.as_object())
@@ -145,20 +170,33 @@ fn case_from_json(value: &serde_json::Value, domain: &str) -> Result<Case, Strin
         date_opened: property("date_opened").unwrap_or_else(|| now.clone()),
         date_modified: text(value.get("date_modified")).unwrap_or_else(|| now.clone()),
         server_date_opened: text(value.get("server_date_opened")).unwrap_or_else(|| now.clone()),
-        server_date_modified: text(value.get("server_date_modified")).unwrap_or_else(|| now.clone()),
-        closed: value.get("closed").and_then(|c| c.as_bool()).unwrap_or(false),
+        server_date_modified: text(value.get("server_date_modified"))
+            .unwrap_or_else(|| now.clone()),
+        closed: value
+            .get("closed")
+            .and_then(|c| c.as_bool())
+            .unwrap_or(false),
         date_closed: text(value.get("date_closed")),
         closed_by: text(value.get("closed_by")),
         properties: properties
             .iter()
             .filter(|(key, _)| !standard.contains(&key.as_str()))
-            .map(|(key, v)| (key.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(key, v)| {
+                (
+                    key.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            })
             .collect(),
         indices,
         xform_ids: value
             .get("xform_ids")
             .and_then(|x| x.as_array())
-            .map(|ids| ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         attachments: Vec::new(),
     })

@@ -47,7 +47,13 @@ pub struct Health {
 
 impl Health {
     /// Applies one outcome; returns true when it changes the lane's pace.
-    pub fn observe(&mut self, outcome: &Outcome, policy: &RetryPolicy, now: i64, jitter_unit: f64) -> bool {
+    pub fn observe(
+        &mut self,
+        outcome: &Outcome,
+        policy: &RetryPolicy,
+        now: i64,
+        jitter_unit: f64,
+    ) -> bool {
         match outcome {
             Outcome::Success { .. } => {
                 let was_backing_off = self.backoff_until.is_some();
@@ -73,7 +79,8 @@ impl Health {
                 if retry_after.is_some() || self.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
                     self.backoff_level += 1;
                     let computed = record::retry_wait(policy, self.backoff_level, jitter_unit);
-                    let wait = retry_after.map_or(computed, |asked| asked.max(Duration::from_millis(1)));
+                    let wait =
+                        retry_after.map_or(computed, |asked| asked.max(Duration::from_millis(1)));
                     self.backoff_until = Some(now + wait.as_micros() as i64);
                     true
                 } else {
@@ -240,7 +247,10 @@ impl Scheduler {
                 }
             }
         }
-        let due: Vec<(u64, i64)> = items.iter().map(|(repeater_id, _, at)| (*repeater_id, *at)).collect();
+        let due: Vec<(u64, i64)> = items
+            .iter()
+            .map(|(repeater_id, _, at)| (*repeater_id, *at))
+            .collect();
         self.registered(&due);
     }
 
@@ -270,9 +280,14 @@ impl Scheduler {
     /// Stops sending new records and waits (up to `grace`) for the sends
     /// under way to finish and be committed.
     pub async fn shutdown(&self, grace: Duration) {
-        self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake();
-        if tokio::time::timeout(grace, self.shared.sends.wait_idle()).await.is_err() {
+        if tokio::time::timeout(grace, self.shared.sends.wait_idle())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = self.shared.sends.count(),
                 "sends still under way at shutdown; their records will be sent again after restart"
@@ -313,7 +328,11 @@ impl Scheduler {
         let mut catalog_changed = true;
         let mut catalog_open = true;
         loop {
-            if self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            if self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return;
             }
             if catalog_changed || catalog_changes.has_changed().unwrap_or(false) {
@@ -359,7 +378,10 @@ impl Scheduler {
         // slow remote cannot hold every one while a healthy one waits.
         let sending_lanes = lanes
             .values()
-            .filter(|lane| !lane.repeater.spec.paused && self.shared.plugins.is_loaded(&lane.repeater.spec.format))
+            .filter(|lane| {
+                !lane.repeater.spec.paused
+                    && self.shared.plugins.is_loaded(&lane.repeater.spec.format)
+            })
             .count();
         let fair_share = (self.shared.max_in_flight / sending_lanes.max(1)).max(1);
         for lane in lanes.values_mut() {
@@ -393,10 +415,10 @@ impl Scheduler {
                     }
                     let mut skip = lane.in_flight.clone();
                     skip.extend(lane.buffer.iter().copied());
-                    let due = self
-                        .shared
-                        .store
-                        .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
+                    let due =
+                        self.shared
+                            .store
+                            .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
                     let fetched_all = due.len() < FETCH_BATCH;
                     lane.buffer.extend(due);
                     if fetched_all {
@@ -419,7 +441,9 @@ impl Scheduler {
                     // Every global slot is busy; a finishing send wakes us.
                     break;
                 };
-                let Some(seq) = lane.buffer.pop_front() else { break };
+                let Some(seq) = lane.buffer.pop_front() else {
+                    break;
+                };
                 lane.in_flight.insert(seq);
                 let task = SendTask {
                     scheduler: self.clone(),
@@ -435,8 +459,16 @@ impl Scheduler {
                     use futures_util::FutureExt as _;
                     // A bug in a send must not hold the lane's slot forever:
                     // the record is released and tried again a second later.
-                    if std::panic::AssertUnwindSafe(task.run()).catch_unwind().await.is_err() {
-                        tracing::error!(repeater_id, seq, "a send panicked; its record will be tried again");
+                    if std::panic::AssertUnwindSafe(task.run())
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(
+                            repeater_id,
+                            seq,
+                            "a send panicked; its record will be tried again"
+                        );
                         let retry_at = crate::time::now_micros() + 1_000_000;
                         let policy = scheduler.shared.retry_defaults;
                         scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
@@ -448,13 +480,24 @@ impl Scheduler {
         Ok(next_wake)
     }
 
-    fn finished(&self, repeater_id: u64, seq: u64, outcome: Option<&Outcome>, retry_at: Option<i64>, policy: &RetryPolicy) {
+    fn finished(
+        &self,
+        repeater_id: u64,
+        seq: u64,
+        outcome: Option<&Outcome>,
+        retry_at: Option<i64>,
+        policy: &RetryPolicy,
+    ) {
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         if let Some(lane) = lanes.get_mut(&repeater_id) {
             lane.in_flight.remove(&seq);
             if let Some(outcome) = outcome {
                 let now = crate::time::now_micros();
-                if lane.health.observe(outcome, policy, now, fastrand::f64() * 2.0 - 1.0) && lane.health.is_backing_off() {
+                if lane
+                    .health
+                    .observe(outcome, policy, now, fastrand::f64() * 2.0 - 1.0)
+                    && lane.health.is_backing_off()
+                {
                     tracing::warn!(
                         domain = %lane.repeater.domain,
                         repeater = %lane.repeater.spec.name,
@@ -487,47 +530,79 @@ impl SendTask {
     async fn run(self) {
         let shared = &self.scheduler.shared;
         let spec = &self.repeater.spec;
-        let policy = spec
-            .retry
-            .as_ref()
-            .map_or_else(|| shared.retry_defaults, |over| over.resolve(&shared.retry_defaults));
+        let policy = spec.retry.as_ref().map_or_else(
+            || shared.retry_defaults,
+            |over| over.resolve(&shared.retry_defaults),
+        );
         let loaded = shared.store.load_for_send(self.seq);
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
             Ok(None) => {
-                self.scheduler.finished(self.repeater.id, self.seq, None, None, &policy);
+                self.scheduler
+                    .finished(self.repeater.id, self.seq, None, None, &policy);
                 return;
             }
             Err(error) => {
                 tracing::error!(%error, seq = self.seq, "cannot read a record to send");
-                self.scheduler
-                    .finished(self.repeater.id, self.seq, None, Some(crate::time::now_micros() + 1_000_000), &policy);
+                self.scheduler.finished(
+                    self.repeater.id,
+                    self.seq,
+                    None,
+                    Some(crate::time::now_micros() + 1_000_000),
+                    &policy,
+                );
                 return;
             }
         };
         // Stale entries (an operator acted since it was fetched) are skipped.
-        if !record.state.is_queued() || record.next_attempt_at.is_none_or(|at| at > crate::time::now_micros()) {
-            self.scheduler.finished(self.repeater.id, self.seq, None, record.next_attempt_at, &policy);
+        if !record.state.is_queued()
+            || record
+                .next_attempt_at
+                .is_none_or(|at| at > crate::time::now_micros())
+        {
+            self.scheduler.finished(
+                self.repeater.id,
+                self.seq,
+                None,
+                record.next_attempt_at,
+                &policy,
+            );
             return;
         }
         let record_id = shared.store.record_id(self.seq);
         let started = std::time::Instant::now();
         let result = shared
             .delivery
-            .send(&record_id, &record, source, spec, &self.connection, self.connection_origin)
+            .send(
+                &record_id,
+                &record,
+                source,
+                spec,
+                &self.connection,
+                self.connection_origin,
+            )
             .await;
         let (outcome, attempt) = match result {
             SendResult::Done { outcome, attempt } => (outcome, attempt),
             SendResult::PluginMissing(name) => {
                 tracing::warn!(plugin = %name, repeater = %spec.name, "format plugin not loaded; records wait for it");
-                self.scheduler.finished(self.repeater.id, self.seq, None, Some(crate::time::now_micros()), &policy);
+                self.scheduler.finished(
+                    self.repeater.id,
+                    self.seq,
+                    None,
+                    Some(crate::time::now_micros()),
+                    &policy,
+                );
                 return;
             }
         };
         if attempt.is_some() {
-            shared
-                .metrics
-                .observe_send(&self.repeater.domain, &spec.name, outcome.label(), started.elapsed());
+            shared.metrics.observe_send(
+                &self.repeater.domain,
+                &spec.name,
+                outcome.label(),
+                started.elapsed(),
+            );
         }
         let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
         let committed = shared
@@ -558,11 +633,18 @@ impl SendTask {
                 Some(crate::time::now_micros() + 1_000_000)
             }
         };
-        self.scheduler
-            .finished(self.repeater.id, self.seq, Some(&outcome), retry_at, &policy);
+        self.scheduler.finished(
+            self.repeater.id,
+            self.seq,
+            Some(&outcome),
+            retry_at,
+            &policy,
+        );
         // The scheduler handle goes before the guard, so that a finished
         // shutdown holds nothing of the store.
-        let SendTask { scheduler, guard, .. } = self;
+        let SendTask {
+            scheduler, guard, ..
+        } = self;
         drop(scheduler);
         drop(guard);
     }
@@ -650,7 +732,11 @@ mod tests {
         assert_eq!(health.backoff_until, Some(10_000_000));
         // The probe after the back-off fails too.
         health.observe(&failure(), &policy(), 10_000_000, 0.0);
-        assert_eq!(health.backoff_until, Some(30_000_000), "back-off grows like a record's wait");
+        assert_eq!(
+            health.backoff_until,
+            Some(30_000_000),
+            "back-off grows like a record's wait"
+        );
         assert!(health.observe(&Outcome::Success { status: 200 }, &policy(), 0, 0.0));
         assert_eq!(health, Health::default());
     }
@@ -666,7 +752,11 @@ mod tests {
         for at in 1..=5 {
             assert!(!health.observe(&failure(), &policy(), at, 0.0));
         }
-        assert_eq!(health.backoff_until, Some(10_000_000), "not grown by sends started before it");
+        assert_eq!(
+            health.backoff_until,
+            Some(10_000_000),
+            "not grown by sends started before it"
+        );
         assert_eq!(health.backoff_level, 1);
         // One of them asks for longer: granted, without growing the level.
         let throttled = Outcome::Retryable {

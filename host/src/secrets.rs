@@ -21,7 +21,9 @@ pub enum SecretError {
     KeyFile { path: String, problem: String },
     #[error("{KEY_ENV} must be 64 hex digits (32 bytes)")]
     KeyEnv,
-    #[error("a sealed secret does not open with this key (was the data directory's secret.key replaced?)")]
+    #[error(
+        "a sealed secret does not open with this key (was the data directory's secret.key replaced?)"
+    )]
     Open,
 }
 
@@ -72,7 +74,8 @@ impl SecretKey {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(data_dir).map_err(|e| key_file_error(e.to_string()))?;
                 let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| key_file_error(format!("no randomness: {e}")))?;
+                getrandom::fill(&mut key)
+                    .map_err(|e| key_file_error(format!("no randomness: {e}")))?;
                 write_private_file(&path, &key).map_err(|e| key_file_error(e.to_string()))?;
                 Ok(SecretKey::from_bytes(&key))
             }
@@ -161,7 +164,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::remove_dir_all(&dir).unwrap();

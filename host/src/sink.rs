@@ -20,7 +20,10 @@ pub fn describe(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
         out.push_str(&format!("query: {query}\n"));
     }
     for (name, value) in headers {
-        out.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        out.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     out.push('\n');
     out.push_str(&String::from_utf8_lossy(body));
@@ -51,17 +54,28 @@ async fn receive(
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|code| StatusCode::from_u16(code).ok());
     let status = asked.unwrap_or(default_status);
-    (status, if status.is_success() { "ok\n".to_owned() } else { format!("sink answers {status}\n") })
+    (
+        status,
+        if status.is_success() {
+            "ok\n".to_owned()
+        } else {
+            format!("sink answers {status}\n")
+        },
+    )
 }
 
 /// Serves until the process is stopped, answering `status` unless a request
 /// asks for another.
 pub async fn run(listen: SocketAddr, status: u16) -> anyhow::Result<()> {
-    let status = StatusCode::from_u16(status).map_err(|_| anyhow::anyhow!("--status {status} is not an HTTP status"))?;
+    let status = StatusCode::from_u16(status)
+        .map_err(|_| anyhow::anyhow!("--status {status} is not an HTTP status"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| anyhow::anyhow!("sink cannot listen on {listen}: {error}"))?;
-    eprintln!("repeatd sink listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "repeatd sink listening on http://{}",
+        listener.local_addr()?
+    );
     let app = Router::new().fallback(receive).with_state(status);
     axum::serve(listener, app).await?;
     Ok(())
@@ -77,6 +91,9 @@ mod tests {
         headers.insert("content-type", "text/xml".parse().unwrap());
         let uri: Uri = "/in?app_id=1".parse().unwrap();
         let text = describe(&Method::POST, &uri, &headers, b"<x/>");
-        assert_eq!(text, "POST /in\nquery: app_id=1\ncontent-type: text/xml\n\n<x/>\n----\n");
+        assert_eq!(
+            text,
+            "POST /in\nquery: app_id=1\ncontent-type: text/xml\n\n<x/>\n----\n"
+        );
     }
 }

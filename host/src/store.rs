@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,7 +29,8 @@ use crate::config::{PayloadKind, RepeaterSpec, RetryPolicy};
 use crate::filters;
 use crate::model::{Case, StoredForm};
 use crate::record::{
-    self, AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord, Verdict,
+    self, AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord,
+    Verdict,
 };
 use crate::xform::CaseBlock;
 
@@ -55,7 +55,8 @@ const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attem
 /// (domain, seq): a domain's records, for listings.
 const DOMAIN_RECORDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("domain_records");
 /// (domain, payload id, seq): records by form, case or app id.
-const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("payload_records");
+const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("payload_records");
 /// (repeater id, state) → how many records are in that state.
 const STATE_COUNTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("state_counts");
 /// (kind, domain, name) → an object declared in the config or through the API.
@@ -149,7 +150,10 @@ pub struct RecordFilter {
 impl RecordFilter {
     fn matches(&self, record: &RepeatRecord) -> bool {
         self.state.is_none_or(|state| record.state == state)
-            && self.repeater.as_deref().is_none_or(|name| record.repeater == name)
+            && self
+                .repeater
+                .as_deref()
+                .is_none_or(|name| record.repeater == name)
             && self
                 .payload_id
                 .as_deref()
@@ -197,12 +201,17 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&ENCODING_VERSION, json)) => serde_json::from_slice(json).map_err(|error| StoreError::Corrupt {
-            what: what(),
-            problem: error.to_string(),
-        }),
+        Some((&ENCODING_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|error| StoreError::Corrupt {
+                what: what(),
+                problem: error.to_string(),
+            })
+        }
         Some((version, _)) => Err(StoreError::Corrupt {
             what: what(),
             problem: format!("unknown encoding version {version}"),
@@ -217,8 +226,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> R
 impl Store {
     /// Opens (or creates) `data_dir/repeatd.redb` and starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|error| StoreError::Storage(format!("creating {}: {error}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            StoreError::Storage(format!("creating {}: {error}", data_dir.display()))
+        })?;
         let path = data_dir.join("repeatd.redb");
         let db = Database::create(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
@@ -244,7 +254,8 @@ impl Store {
                 Some(nonce) => nonce,
                 None => {
                     let mut bytes = [0u8; 8];
-                    getrandom::fill(&mut bytes).map_err(|e| StoreError::Storage(format!("no randomness: {e}")))?;
+                    getrandom::fill(&mut bytes)
+                        .map_err(|e| StoreError::Storage(format!("no randomness: {e}")))?;
                     let nonce = u64::from_le_bytes(bytes) >> 1;
                     meta.insert("nonce", nonce)?;
                     nonce
@@ -334,7 +345,11 @@ impl Store {
         answer.recv().map_err(|_| StoreError::WriterGone)?
     }
 
-    fn enqueue<R, F>(&self, job: F, reply: impl FnOnce(Result<R, StoreError>) + Send + 'static) -> Result<(), StoreError>
+    fn enqueue<R, F>(
+        &self,
+        job: F,
+        reply: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
@@ -343,12 +358,17 @@ impl Store {
             let result = job(txn);
             // Logical refusals (no such record) are returned before any write;
             // a storage or decoding error may strike after some.
-            let poisoned = matches!(result, Err(StoreError::Storage(_) | StoreError::Corrupt { .. }));
+            let poisoned = matches!(
+                result,
+                Err(StoreError::Storage(_) | StoreError::Corrupt { .. })
+            );
             let completion: Completion = Box::new(move |commit: Result<(), Arc<String>>| {
                 let result = match (result, commit) {
                     (Ok(value), Ok(())) => Ok(value),
                     (Err(error), _) => Err(error),
-                    (Ok(_), Err(commit_error)) => Err(StoreError::Storage(commit_error.to_string())),
+                    (Ok(_), Err(commit_error)) => {
+                        Err(StoreError::Storage(commit_error.to_string()))
+                    }
                 };
                 reply(result);
             });
@@ -361,12 +381,20 @@ impl Store {
 
     /// Stores a form, applies its case blocks and registers the repeat records
     /// of every repeater that wants it, in one transaction.
-    pub async fn commit_submission(&self, submission: Submission) -> Result<IngestResult, StoreError> {
+    pub async fn commit_submission(
+        &self,
+        submission: Submission,
+    ) -> Result<IngestResult, StoreError> {
         let store = self.clone();
-        self.write(move |txn| store.ingest_in(txn, submission)).await
+        self.write(move |txn| store.ingest_in(txn, submission))
+            .await
     }
 
-    fn ingest_in(&self, txn: &WriteTransaction, submission: Submission) -> Result<IngestResult, StoreError> {
+    fn ingest_in(
+        &self,
+        txn: &WriteTransaction,
+        submission: Submission,
+    ) -> Result<IngestResult, StoreError> {
         let Submission {
             mut form,
             xml,
@@ -383,11 +411,15 @@ impl Store {
             let mut stored: StoredForm = decode(&existing, || format!("form {form_id}"))?;
             stored.n_duplicates += 1;
             stored.last_duplicate_on = Some(form.received_on.clone());
-            forms.insert((domain.as_str(), form_id.as_str()), encode(&stored).as_slice())?;
+            forms.insert(
+                (domain.as_str(), form_id.as_str()),
+                encode(&stored).as_slice(),
+            )?;
             return Ok(IngestResult::Duplicate);
         }
 
-        let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or_else(crate::time::now_micros);
+        let received_micros =
+            crate::time::parse_timestamp(&form.received_on).unwrap_or_else(crate::time::now_micros);
         // Apply the case blocks in document order; remember, per case, whether
         // this form created it.
         let mut touched: Vec<(String, bool)> = Vec::new();
@@ -404,7 +436,9 @@ impl Store {
             let current = match latest.remove(&block.case_id) {
                 Some(case) => Some(case),
                 None => match cases_table.get((domain.as_str(), block.case_id.as_str()))? {
-                    Some(bytes) => Some(decode::<Case>(bytes.value(), || format!("case {}", block.case_id))?),
+                    Some(bytes) => Some(decode::<Case>(bytes.value(), || {
+                        format!("case {}", block.case_id)
+                    })?),
                     None => None,
                 },
             };
@@ -420,7 +454,10 @@ impl Store {
             cases_table.insert((domain.as_str(), case_id.as_str()), encode(case).as_slice())?;
         }
         form.case_ids = touched.iter().map(|(id, _)| id.clone()).collect();
-        forms.insert((domain.as_str(), form_id.as_str()), encode(&form).as_slice())?;
+        forms.insert(
+            (domain.as_str(), form_id.as_str()),
+            encode(&form).as_slice(),
+        )?;
         txn.open_table(FORM_XML)?
             .insert((domain.as_str(), form_id.as_str()), xml.as_slice())?;
 
@@ -467,7 +504,10 @@ impl Store {
         self.write(move |txn| {
             let now = crate::time::now_micros();
             let mut registered = Vec::new();
-            for repeater in repeaters.iter().filter(|r| r.spec.kind == PayloadKind::AppSchema) {
+            for repeater in repeaters
+                .iter()
+                .filter(|r| r.spec.kind == PayloadKind::AppSchema)
+            {
                 let payload = PayloadRef::App {
                     app_id: app_id.clone(),
                     change,
@@ -498,9 +538,12 @@ impl Store {
             payload,
             now,
         );
-        txn.open_table(DOMAIN_RECORDS)?.insert((record.domain.as_str(), seq), ())?;
-        txn.open_table(PAYLOAD_RECORDS)?
-            .insert((record.domain.as_str(), record.payload.payload_id(), seq), ())?;
+        txn.open_table(DOMAIN_RECORDS)?
+            .insert((record.domain.as_str(), seq), ())?;
+        txn.open_table(PAYLOAD_RECORDS)?.insert(
+            (record.domain.as_str(), record.payload.payload_id(), seq),
+            (),
+        )?;
         write_record(txn, None, &record)?;
         Ok(())
     }
@@ -509,7 +552,13 @@ impl Store {
 
     /// Up to `limit` records of one repeater due at `now` or earlier, oldest
     /// due first, skipping `skip` (those already being sent).
-    pub fn due_records(&self, repeater_id: u64, now: i64, limit: usize, skip: &HashSet<u64>) -> Result<Vec<u64>, StoreError> {
+    pub fn due_records(
+        &self,
+        repeater_id: u64,
+        now: i64,
+        limit: usize,
+        skip: &HashSet<u64>,
+    ) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin_read()?;
         let due = txn.open_table(DUE)?;
         let mut found = Vec::new();
@@ -527,7 +576,11 @@ impl Store {
     }
 
     /// When the earliest queued record of a repeater that is not in `skip` is due.
-    pub fn earliest_due(&self, repeater_id: u64, skip: &HashSet<u64>) -> Result<Option<i64>, StoreError> {
+    pub fn earliest_due(
+        &self,
+        repeater_id: u64,
+        skip: &HashSet<u64>,
+    ) -> Result<Option<i64>, StoreError> {
         let txn = self.db.begin_read()?;
         let due = txn.open_table(DUE)?;
         for entry in due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
@@ -588,15 +641,21 @@ impl Store {
 
     /// Commits one attempt's outcome: the record's new state, the attempt and
     /// the due index, in one transaction. Returns the record as committed.
-    pub async fn commit_attempt(&self, result: AttemptResult) -> Result<(RepeatRecord, Verdict), StoreError> {
+    pub async fn commit_attempt(
+        &self,
+        result: AttemptResult,
+    ) -> Result<(RepeatRecord, Verdict), StoreError> {
         self.write(move |txn| {
             let before = read_record(txn, result.seq)?;
             let mut record = before.clone();
-            let now = result.attempt.as_ref().map_or_else(crate::time::now_micros, |a| a.at);
+            let now = result
+                .attempt
+                .as_ref()
+                .map_or_else(crate::time::now_micros, |a| a.at);
             // Due after the attempt began: an operator resent or requeued it
             // while it was being sent.
-            let resent_meanwhile =
-                record.state == RecordState::Pending && record.next_attempt_at.is_some_and(|at| at > now);
+            let resent_meanwhile = record.state == RecordState::Pending
+                && record.next_attempt_at.is_some_and(|at| at > now);
             let verdict = if resent_meanwhile {
                 // Keep the attempt, and send again as the operator asked.
                 record.last_attempt_at = Some(now);
@@ -612,7 +671,13 @@ impl Store {
                 }
                 Verdict::RetryAt(record.next_attempt_at.unwrap_or(now))
             } else if record.state.is_queued() {
-                record::after_attempt(&mut record, &result.outcome, &result.policy, now, result.jitter_unit)
+                record::after_attempt(
+                    &mut record,
+                    &result.outcome,
+                    &result.policy,
+                    now,
+                    result.jitter_unit,
+                )
             } else {
                 // An operator changed the record while it was being sent: keep
                 // their decision, but a success is still a success.
@@ -638,7 +703,11 @@ impl Store {
     }
 
     /// Applies an operator's action to one record. Returns the record after it.
-    pub async fn operator_action(&self, seq: u64, action: OperatorAction) -> Result<RepeatRecord, StoreError> {
+    pub async fn operator_action(
+        &self,
+        seq: u64,
+        action: OperatorAction,
+    ) -> Result<RepeatRecord, StoreError> {
         self.write(move |txn| {
             let before = read_record(txn, seq)?;
             let mut record = before.clone();
@@ -713,7 +782,9 @@ impl Store {
                     let seqs: Vec<u64> = {
                         let due = txn.open_table(DUE)?;
                         let mut seqs = Vec::new();
-                        for entry in due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
+                        for entry in
+                            due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))?
+                        {
                             seqs.push(entry?.0.value().2);
                             if seqs.len() >= 1_000 {
                                 break;
@@ -724,7 +795,11 @@ impl Store {
                     for seq in &seqs {
                         let before = read_record(txn, *seq)?;
                         let mut record = before.clone();
-                        record::apply_operator(&mut record, OperatorAction::Cancel, crate::time::now_micros());
+                        record::apply_operator(
+                            &mut record,
+                            OperatorAction::Cancel,
+                            crate::time::now_micros(),
+                        );
                         write_record(txn, Some(&before), &record)?;
                     }
                     Ok(seqs.len() as u64)
@@ -754,7 +829,9 @@ impl Store {
         let mut attempts = Vec::new();
         for entry in table.range((seq, 0)..=(seq, u32::MAX))? {
             let (_, value) = entry?;
-            attempts.push(decode(value.value(), || format!("attempt of record {seq}"))?);
+            attempts.push(decode(value.value(), || {
+                format!("attempt of record {seq}")
+            })?);
         }
         Ok(attempts)
     }
@@ -771,7 +848,9 @@ impl Store {
     pub fn form_xml(&self, domain: &str, form_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FORM_XML)?;
-        Ok(table.get((domain, form_id))?.map(|bytes| bytes.value().to_vec()))
+        Ok(table
+            .get((domain, form_id))?
+            .map(|bytes| bytes.value().to_vec()))
     }
 
     pub fn case(&self, domain: &str, case_id: &str) -> Result<Option<Case>, StoreError> {
@@ -785,7 +864,10 @@ impl Store {
 
     /// Everything a send needs in one read transaction: the record and what
     /// its payload refers to.
-    pub fn load_for_send(&self, seq: u64) -> Result<Option<(RepeatRecord, SendSource)>, StoreError> {
+    pub fn load_for_send(
+        &self,
+        seq: u64,
+    ) -> Result<Option<(RepeatRecord, SendSource)>, StoreError> {
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let Some(bytes) = records.get(seq)? else {
@@ -797,7 +879,10 @@ impl Store {
             PayloadRef::Form { form_id } => {
                 let forms = txn.open_table(FORMS)?;
                 let xml = txn.open_table(FORM_XML)?;
-                match (forms.get((domain, form_id.as_str()))?, xml.get((domain, form_id.as_str()))?) {
+                match (
+                    forms.get((domain, form_id.as_str()))?,
+                    xml.get((domain, form_id.as_str()))?,
+                ) {
                     (Some(form), Some(xml)) => SendSource::Form {
                         form: decode(form.value(), || format!("form {form_id}"))?,
                         xml: xml.value().to_vec(),
@@ -808,7 +893,9 @@ impl Store {
             PayloadRef::Case { case_id } => {
                 let cases = txn.open_table(CASES)?;
                 match cases.get((domain, case_id.as_str()))? {
-                    Some(case) => SendSource::Case(decode(case.value(), || format!("case {case_id}"))?),
+                    Some(case) => {
+                        SendSource::Case(decode(case.value(), || format!("case {case_id}"))?)
+                    }
                     None => SendSource::Missing(format!("case {case_id} is not in the store")),
                 }
             }
@@ -870,7 +957,11 @@ impl Store {
         let exhausted = page.len() < limit && scanned < MAX_SCANNED;
         Ok(RecordPage {
             records: page,
-            next_cursor: if exhausted { None } else { last_seen.filter(|seq| *seq > 1) },
+            next_cursor: if exhausted {
+                None
+            } else {
+                last_seen.filter(|seq| *seq > 1)
+            },
         })
     }
 
@@ -894,7 +985,8 @@ impl Store {
 
     /// Writes several objects (and deletions, as `None`) in one transaction.
     pub async fn put_objects(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
-        self.write(move |txn| apply_object_changes(txn, &changes)).await
+        self.write(move |txn| apply_object_changes(txn, &changes))
+            .await
     }
 
     /// Like `put_objects`, for start-up.
@@ -905,14 +997,18 @@ impl Store {
     // ---- pending error e-mails ---------------------------------------------
 
     /// Every connection's pending notification state.
-    pub fn notifications<T: DeserializeOwned>(&self) -> Result<Vec<StoredNotification<T>>, StoreError> {
+    pub fn notifications<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<StoredNotification<T>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(NOTIFICATIONS)?;
         let mut found = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
             let (domain, connection) = key.value();
-            let decoded = decode(value.value(), || format!("notification state of connection {domain}/{connection}"));
+            let decoded = decode(value.value(), || {
+                format!("notification state of connection {domain}/{connection}")
+            });
             found.push((domain.to_owned(), connection.to_owned(), decoded));
         }
         Ok(found)
@@ -973,7 +1069,10 @@ pub struct ObjectChange {
     pub value: Option<Vec<u8>>,
 }
 
-fn apply_object_changes(txn: &WriteTransaction, changes: &[ObjectChange]) -> Result<(), StoreError> {
+fn apply_object_changes(
+    txn: &WriteTransaction,
+    changes: &[ObjectChange],
+) -> Result<(), StoreError> {
     let mut table = txn.open_table(OBJECTS)?;
     for change in changes {
         let key = (change.kind, change.domain.as_str(), change.name.as_str());
@@ -992,7 +1091,10 @@ fn apply_object_changes(txn: &WriteTransaction, changes: &[ObjectChange]) -> Res
 /// What a record's payload refers to, read at send time.
 #[derive(Debug)]
 pub enum SendSource {
-    Form { form: StoredForm, xml: Vec<u8> },
+    Form {
+        form: StoredForm,
+        xml: Vec<u8>,
+    },
     Case(Case),
     App,
     /// The form or case is gone (it never should be): the record is rejected.
@@ -1001,14 +1103,21 @@ pub enum SendSource {
 
 fn read_record(txn: &WriteTransaction, seq: u64) -> Result<RepeatRecord, StoreError> {
     let table = txn.open_table(RECORDS)?;
-    let bytes = table.get(seq)?.ok_or_else(|| StoreError::NoRecord(seq.to_string()))?;
+    let bytes = table
+        .get(seq)?
+        .ok_or_else(|| StoreError::NoRecord(seq.to_string()))?;
     decode(bytes.value(), || format!("record {seq}"))
 }
 
 /// Writes a record and keeps the due index and the state counts in step with
 /// it. `before` is the record as stored (`None` for a new one).
-fn write_record(txn: &WriteTransaction, before: Option<&RepeatRecord>, record: &RepeatRecord) -> Result<(), StoreError> {
-    txn.open_table(RECORDS)?.insert(record.seq, encode(record).as_slice())?;
+fn write_record(
+    txn: &WriteTransaction,
+    before: Option<&RepeatRecord>,
+    record: &RepeatRecord,
+) -> Result<(), StoreError> {
+    txn.open_table(RECORDS)?
+        .insert(record.seq, encode(record).as_slice())?;
     let mut due = txn.open_table(DUE)?;
     if let Some(old_at) = before.and_then(|b| b.next_attempt_at) {
         due.remove((record.repeater_id, old_at.max(0) as u64, record.seq))?;
@@ -1059,7 +1168,8 @@ fn run_writer(db: &std::sync::Weak<Database>, jobs: &mpsc::Receiver<Job>) {
                 // so a half-applied job never becomes durable.
                 txn.abort()?;
                 return Err(StoreError::Storage(
-                    "a job of this group commit failed part-way; the whole group was rolled back".into(),
+                    "a job of this group commit failed part-way; the whole group was rolled back"
+                        .into(),
                 ));
             }
             txn.commit()?;

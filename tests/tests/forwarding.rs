@@ -48,7 +48,10 @@ async fn seed_form_reaches_every_kind_of_repeater() {
 
     let (status, body) = gateway.submit("demo", SEED_FORM, Some(SEED_APP_ID)).await;
     assert_eq!(status, 201, "{body}");
-    assert!(body.contains("OpenRosaResponse") && body.contains("submit_success"), "{body}");
+    assert!(
+        body.contains("OpenRosaResponse") && body.contains("submit_success"),
+        "{body}"
+    );
 
     let forms = receiver.wait("/form", 1, WAIT).await;
     assert_eq!(forms.len(), 1);
@@ -56,9 +59,16 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     assert_eq!(form.method, "POST");
     assert_eq!(form.body, SEED_FORM, "the form is forwarded byte for byte");
     assert_eq!(form.header("content-type"), Some("text/xml"));
-    assert!(is_timestamp(form.header("received-on").unwrap()), "{:?}", form.header("received-on"));
+    assert!(
+        is_timestamp(form.header("received-on").unwrap()),
+        "{:?}",
+        form.header("received-on")
+    );
     assert_eq!(form.query, format!("app_id={SEED_APP_ID}"));
-    let key = form.header("idempotency-key").expect("Idempotency-Key").to_owned();
+    let key = form
+        .header("idempotency-key")
+        .expect("Idempotency-Key")
+        .to_owned();
 
     let cases = receiver.wait("/casex", 1, WAIT).await;
     assert_eq!(cases.len(), 1);
@@ -73,7 +83,10 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     let json_cases = receiver.wait("/casej", 1, WAIT).await;
     assert_eq!(json_cases.len(), 1);
     let case = json_cases[0].json();
-    assert_eq!(json_cases[0].header("content-type"), Some("application/json"));
+    assert_eq!(
+        json_cases[0].header("content-type"),
+        Some("application/json")
+    );
     assert_eq!(case["case_id"], SEED_CASE_ID);
     assert_eq!(case["closed"], false);
     assert_eq!(case["date_closed"], serde_json::Value::Null);
@@ -81,7 +94,10 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     assert_eq!(case["version"], "2.0");
     assert_eq!(case["properties"]["case_name"], "Trees");
     assert_eq!(case["properties"]["case_type"], "mscase");
-    assert_eq!(case["properties"]["owner_id"], "d0e472a6b36dfd3ee5059222e12b8c1b");
+    assert_eq!(
+        case["properties"]["owner_id"],
+        "d0e472a6b36dfd3ee5059222e12b8c1b"
+    );
     assert_eq!(case["xform_ids"], serde_json::json!([SEED_FORM_ID]));
 
     let stubs = receiver.wait("/stub", 1, WAIT).await;
@@ -92,7 +108,11 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     assert_eq!(stubs[0].header("received-on"), stub["received_on"].as_str());
 
     let (status, _) = gateway
-        .api("POST", &format!("/api/v1/domains/demo/apps/{SEED_APP_ID}/events"), Some(serde_json::json!({"event": "saved"})))
+        .api(
+            "POST",
+            &format!("/api/v1/domains/demo/apps/{SEED_APP_ID}/events"),
+            Some(serde_json::json!({"event": "saved"})),
+        )
         .await;
     assert_eq!(status, 202);
     let (status, _) = gateway
@@ -106,13 +126,28 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     let apps = receiver.wait("/app", 2, WAIT).await;
     let mut bodies: Vec<String> = apps.iter().map(|r| r.text()).collect();
     bodies.sort();
-    assert_eq!(bodies, vec!["193b28e58f335f165cb3e2bbe02b3ed8".to_owned(), SEED_APP_ID.to_owned()]);
+    assert_eq!(
+        bodies,
+        vec![
+            "193b28e58f335f165cb3e2bbe02b3ed8".to_owned(),
+            SEED_APP_ID.to_owned()
+        ]
+    );
 
     // Every record succeeded; the form record's id is the Idempotency-Key.
     let records = gateway.wait_records("demo", "", 6, "succeeded", WAIT).await;
     assert_eq!(records.len(), 6, "{records:?}");
-    assert!(records.iter().all(|r| r["state"] == "succeeded" && r["n_attempts"] == 1), "{records:?}");
-    assert!(records.iter().any(|r| r["id"] == key.as_str() && r["repeater"] == "forms"));
+    assert!(
+        records
+            .iter()
+            .all(|r| r["state"] == "succeeded" && r["n_attempts"] == 1),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["id"] == key.as_str() && r["repeater"] == "forms")
+    );
     gateway.stop().await;
 }
 
@@ -121,15 +156,25 @@ async fn submitters_must_authenticate_for_their_own_domain() {
     let receiver = Receiver::start().await;
     let config = format!(
         "{}\n[[domains]]\nname = \"other\"\n",
-        demo_config(&[("rx", &receiver.url("/rx"))], &repeater("forms", "form", "rx", "form-xml", ""))
+        demo_config(
+            &[("rx", &receiver.url("/rx"))],
+            &repeater("forms", "form", "rx", "form-xml", "")
+        )
     );
     let gateway = Gateway::start(&config).await;
-    let (status, _) = gateway.submit_as("demo", SEED_FORM, None, ("danny", "nope"), "text/xml").await;
+    let (status, _) = gateway
+        .submit_as("demo", SEED_FORM, None, ("danny", "nope"), "text/xml")
+        .await;
     assert_eq!(status, 401);
-    let (status, _) = gateway.submit_as("demo", SEED_FORM, None, ("nobody", "pw"), "text/xml").await;
+    let (status, _) = gateway
+        .submit_as("demo", SEED_FORM, None, ("nobody", "pw"), "text/xml")
+        .await;
     assert_eq!(status, 401);
     let (status, _) = gateway.submit("other", SEED_FORM, None).await;
     assert_eq!(status, 401, "a submitter of demo cannot post to other");
-    assert!(gateway.records("demo", "").await.is_empty(), "nothing refused is queued");
+    assert!(
+        gateway.records("demo", "").await.is_empty(),
+        "nothing refused is queued"
+    );
     gateway.stop().await;
 }
