@@ -234,6 +234,8 @@ pub struct PluginHost {
     errors: RwLock<HashMap<String, String>>,
     /// Called after the registry changes.
     listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// Where compiled components are kept between runs (see `compile`).
+    cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -298,15 +300,25 @@ fn byte_size(bytes: u64) -> String {
 impl PluginHost {
     /// Builds the engine and loads the built-in plugins.
     pub fn new(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
-        Self::build(limits, true)
+        Self::build(limits, true, None)
+    }
+
+    /// Like `new`, keeping compiled components in `cache_dir` so that a
+    /// restart loads them in milliseconds instead of compiling them again.
+    pub fn with_cache(limits: PluginLimits, cache_dir: PathBuf) -> anyhow::Result<Arc<PluginHost>> {
+        Self::build(limits, true, Some(cache_dir))
     }
 
     /// An engine with no plugin loaded (for `repeatd plugin check|run`).
     pub fn without_builtins(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
-        Self::build(limits, false)
+        Self::build(limits, false, None)
     }
 
-    fn build(limits: PluginLimits, with_builtins: bool) -> anyhow::Result<Arc<PluginHost>> {
+    fn build(
+        limits: PluginLimits,
+        with_builtins: bool,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Arc<PluginHost>> {
         let engine = Engine::new(&engine_config(&limits))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -324,6 +336,7 @@ impl PluginHost {
             builtins: HashMap::new(),
             errors: RwLock::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            cache_dir,
         };
         // Compile the built-ins side by side: each takes a while.
         let compiled: Vec<anyhow::Result<LoadedPlugin>> = std::thread::scope(|scope| {
@@ -360,6 +373,52 @@ impl PluginHost {
         Ok(Arc::new(host))
     }
 
+    /// Compiles a component, or reads what an earlier run compiled from the
+    /// same bytes with the same engine settings. The cache is keyed by the
+    /// component's SHA-256 and wasmtime's own compatibility hash, written
+    /// atomically, and only ever read from this gateway's data directory; an
+    /// entry that does not load is compiled again and replaced.
+    fn compile(&self, bytes: &[u8], hash: &str) -> wasmtime::Result<Component> {
+        let Some(cache_dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes);
+        };
+        let engine_key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut hasher);
+            hasher.finish()
+        };
+        let path = cache_dir.join(format!("{hash}-{engine_key:016x}.cwasm"));
+        if path.exists() {
+            // SAFETY: wasmtime requires that the file was produced by
+            // `Component::serialize` of a compatible engine and not altered
+            // since. This gateway is its only writer (below, by atomic
+            // rename), the name pins the engine's compatibility hash, and the
+            // data directory is as trusted as the secret key beside it.
+            #[allow(unsafe_code)]
+            let cached = unsafe { Component::deserialize_file(&self.engine, &path) };
+            match cached {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "compiled plugin cache entry unusable; compiling again")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let written = std::fs::create_dir_all(cache_dir).and_then(|()| {
+            let serialized = component.serialize().map_err(std::io::Error::other)?;
+            let partial = path.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::write(&partial, serialized)?;
+            std::fs::rename(&partial, &path)
+        });
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "could not cache a compiled plugin");
+        }
+        Ok(component)
+    }
+
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
     }
@@ -371,7 +430,8 @@ impl PluginHost {
         bytes: &[u8],
         source: PluginSource,
     ) -> anyhow::Result<LoadedPlugin> {
-        let component = Component::new(&self.engine, bytes).map_err(|error| {
+        let hash = hash_hex(bytes);
+        let component = self.compile(bytes, &hash).map_err(|error| {
             anyhow::anyhow!(
                 "not a WebAssembly component: {}",
                 first_line(&format!("{error:#}"))
@@ -383,7 +443,6 @@ impl PluginHost {
                 first_line(&format!("{error:#}"))
             )
         })?;
-        let hash = hash_hex(bytes);
         let loaded_at = crate::time::now_micros();
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
             let mut store = self.new_store();
