@@ -65,6 +65,11 @@ const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new
 /// e-mail about (see `email`).
 const NOTIFICATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("notifications");
 
+/// redb's page cache. Its default (1 GiB) would let a large queue grow the
+/// process far past what a gateway should hold; the working set (the due
+/// index's head, recent forms and cases) fits easily in this.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// How many jobs one group commit takes at most.
 const MAX_JOBS_PER_COMMIT: usize = 2_048;
 
@@ -230,10 +235,13 @@ impl Store {
             StoreError::Storage(format!("creating {}: {error}", data_dir.display()))
         })?;
         let path = data_dir.join("repeatd.redb");
-        let db = Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
         let txn = db.begin_write()?;
         let nonce;
         let last_seq;
