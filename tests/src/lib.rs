@@ -48,7 +48,8 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("repeatd-test-{label}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("repeatd-test-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("creating a temp dir");
         TempDir(path)
@@ -93,11 +94,18 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -123,7 +131,9 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the receiver");
         let addr = listener.local_addr().expect("receiver address");
         let receiver = Receiver {
             addr,
@@ -133,7 +143,9 @@ impl Receiver {
         let serving = receiver.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let receiver = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
@@ -162,9 +174,16 @@ impl Receiver {
             .insert(path.to_owned(), answers.into_iter().collect());
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
         let path = parts.uri.path().to_owned();
         let received = Received {
             method: parts.method.to_string(),
@@ -173,7 +192,12 @@ impl Receiver {
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body,
             at: Instant::now(),
@@ -195,7 +219,9 @@ impl Receiver {
                 tokio::time::sleep(wait).await;
                 (status, Vec::new())
             }
-            Answer::Drop => return Err(std::io::Error::other("dropping the connection as planned")),
+            Answer::Drop => {
+                return Err(std::io::Error::other("dropping the connection as planned"));
+            }
         };
         let text = if (200..300).contains(&status) {
             "ok".to_owned()
@@ -229,7 +255,11 @@ impl Receiver {
             if got.len() >= n || Instant::now() >= deadline {
                 return got;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50).min(deadline - Instant::now()), notified).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(50).min(deadline - Instant::now()),
+                notified,
+            )
+            .await;
         }
     }
 }
@@ -265,10 +295,13 @@ impl Gateway {
     /// Starts on an existing directory (to restart over the same data).
     pub async fn start_in(dir: Arc<TempDir>, config_body: &str) -> Gateway {
         let text = format!("{}{config_body}", config_head(dir.path()));
-        let config = repeatd::config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+        let config = repeatd::config::parse(&text, "test.toml")
+            .unwrap_or_else(|e| panic!("test config: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (state, _) = repeatd::start(config).await.unwrap_or_else(|e| panic!("gateway start: {e:#}"));
+        let (state, _) = repeatd::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway start: {e:#}"));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -303,7 +336,8 @@ impl Gateway {
 
     /// Submits a form as `danny:pw` (raw XML).
     pub async fn submit(&self, domain: &str, xml: &[u8], app_id: Option<&str>) -> (u16, String) {
-        self.submit_as(domain, xml, app_id, ("danny", "pw"), "text/xml").await
+        self.submit_as(domain, xml, app_id, ("danny", "pw"), "text/xml")
+            .await
     }
 
     pub async fn submit_as(
@@ -336,7 +370,13 @@ impl Gateway {
         self.api_as(ADMIN_TOKEN, method, path, body).await
     }
 
-    pub async fn api_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method.parse().expect("method"), self.url(path))
@@ -349,13 +389,20 @@ impl Gateway {
         let response = request.send().await.expect("calling the API");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// The domain's records (all of them, up to 10,000).
     pub async fn records(&self, domain: &str, query: &str) -> Vec<Value> {
         let (status, body) = self
-            .api("GET", &format!("/api/v1/domains/{domain}/records?limit=10000&{query}"), None)
+            .api(
+                "GET",
+                &format!("/api/v1/domains/{domain}/records?limit=10000&{query}"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "listing records: {body}");
         body["records"].as_array().cloned().unwrap_or_default()
@@ -363,7 +410,14 @@ impl Gateway {
 
     /// Waits until every record of the domain matching `query` is in `state`
     /// and there are `n` of them; returns them.
-    pub async fn wait_records(&self, domain: &str, query: &str, n: usize, state: &str, timeout: Duration) -> Vec<Value> {
+    pub async fn wait_records(
+        &self,
+        domain: &str,
+        query: &str,
+        n: usize,
+        state: &str,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let records = self.records(domain, query).await;
@@ -402,9 +456,16 @@ pub fn repeater(name: &str, kind: &str, connection: &str, format: &str, extra: &
 /// The built `repeatd` binary (nextest and cargo test build it with the workspace).
 pub fn repeatd_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let binary = dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} is missing: build the workspace first (cargo build --workspace)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        binary.display()
+    );
     binary
 }
 

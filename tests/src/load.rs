@@ -1,0 +1,2460 @@
+//! The load and benchmark harness behind `repeatd-load` (issue 8) and its CI
+//! smoke test (`tests/load_smoke.rs`).
+//!
+//! It loads the gateway the way a user would: the built `repeatd` binary runs
+//! as its own process on loopback with a generated config; a fast receiver in
+//! this process (hyper, HTTP/1.1, answers 200) counts and timestamps what
+//! arrives and finds the form or case id in each payload; generated forms
+//! (meta with a unique `instanceID`, one to three case blocks with unique case
+//! ids) are submitted over keep-alive connections at a given concurrency. It
+//! reports accepted forms/s, delivered payloads/s, submission-to-arrival
+//! latency, the gateway's CPU per 1,000 forms (from `/proc/PID/stat`) and its
+//! peak RSS (`VmHWM`).
+//!
+//! Every run also measures two ceilings on the same machine, just before the
+//! gateway runs: the receiver's own rate (this process posting straight to its
+//! receiver, at the concurrency the gateway delivers with) and a minimal hyper
+//! server's rate for the submit path (answers 201, stores nothing, at the
+//! submission concurrency). Gateway rates are reported as ratios to them:
+//! these machines are noisy, ratios hold.
+//!
+//! A run fails (an entry in [`Report::failures`]) only on functional problems:
+//! a form refused, a payload missing or unrecognisable, a queue that does not
+//! hold what it should, a gateway that does not stop cleanly. Timing never
+//! fails a run.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use crate::{ADMIN_TOKEN, TempDir, config_head, demo_config, repeater};
+
+/// The submitter every generated config declares (`danny:pw`), as a header.
+const SUBMITTER_AUTHORIZATION: &str = "Basic ZGFubnk6cHc=";
+/// The app id submissions carry (`/a/demo/receiver/{app}`).
+const APP_ID: &str = "7a1e6b5c0ad0400080004c6f61640001";
+/// Default `max_workers` of a repeater (see `config.rs`).
+const DEFAULT_MAX_WORKERS: usize = 8;
+/// Default `[delivery] max_in_flight`.
+const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// A submission not answered in this long is a failure (the gateway hangs).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// No new payload for this long while some are missing: they are missing.
+const STALL: Duration = Duration::from_secs(60);
+
+// ---- scenarios and options ----------------------------------------------------------
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// One form-xml, one case-json and one form-stub repeater.
+    Steady,
+    /// Ten repeaters (form-xml, case-json and form-stub in turn).
+    Fanout,
+    /// The steady three plus a form-xml repeater whose remote refuses connections.
+    DeadRemote,
+    /// A queue filled by paused repeaters, SIGTERM, start again, resume.
+    Restart,
+    /// The built-in payload plugins, called in this process.
+    Plugin,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Steady,
+        Scenario::Fanout,
+        Scenario::DeadRemote,
+        Scenario::Restart,
+        Scenario::Plugin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Fanout => "fanout",
+            Scenario::DeadRemote => "dead-remote",
+            Scenario::Restart => "restart",
+            Scenario::Plugin => "plugin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|scenario| scenario.name() == text)
+            .ok_or_else(|| format!("unknown scenario \"{text}\" (steady, fanout, dead-remote, restart, plugin, all)"))
+    }
+}
+
+/// How a load run is set up. [`Options::smoke`] and [`Options::full`] give the
+/// two presets; the command line overrides single fields.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The gateway binary to start.
+    pub gateway: PathBuf,
+    pub scenarios: Vec<Scenario>,
+    pub smoke: bool,
+    /// Forms per phase (steady, fanout, dead-remote).
+    pub forms: u64,
+    /// Forms of the unsaturated latency phase, and their rate.
+    pub latency_forms: u64,
+    pub latency_rate: f64,
+    /// Requests per ceiling measurement.
+    pub ceiling_requests: u64,
+    /// Submissions under way at once.
+    pub concurrency: usize,
+    /// Records queued before the restart (spread over the paused repeaters).
+    pub queued: u64,
+    pub paused_repeaters: u64,
+    /// How long to watch delivery after the restart; `None` waits for all of it.
+    pub drain_window: Option<Duration>,
+    /// How long the dead-remote gateway is watched while idle.
+    pub idle: Duration,
+    /// Plugin calls per format.
+    pub plugin_calls: u64,
+    /// `max_workers` for every repeater (the gateway's default when `None`).
+    pub max_workers: Option<usize>,
+    /// Each scenario this many times; figures are medians.
+    pub runs: usize,
+    /// Keep the temp dirs (configs, data, gateway logs).
+    pub keep: bool,
+    /// `--forms` was given: every scenario uses `forms`.
+    pub explicit_forms: bool,
+}
+
+impl Options {
+    /// The full-size runs of BENCHMARKS.md.
+    pub fn full(gateway: PathBuf) -> Options {
+        Options {
+            gateway,
+            scenarios: vec![Scenario::Steady],
+            smoke: false,
+            forms: 20_000,
+            latency_forms: 2_000,
+            latency_rate: 200.0,
+            ceiling_requests: 20_000,
+            concurrency: 128,
+            queued: 1_000_000,
+            paused_repeaters: 4,
+            drain_window: Some(Duration::from_secs(10)),
+            idle: Duration::from_secs(10),
+            plugin_calls: 20_000,
+            max_workers: None,
+            runs: 1,
+            keep: false,
+            explicit_forms: false,
+        }
+    }
+
+    /// A few hundred forms through every scenario; for CI, where only the
+    /// functional checks count.
+    pub fn smoke(gateway: PathBuf) -> Options {
+        Options {
+            scenarios: Scenario::ALL.to_vec(),
+            smoke: true,
+            forms: 150,
+            latency_forms: 50,
+            latency_rate: 200.0,
+            ceiling_requests: 200,
+            concurrency: 16,
+            queued: 400,
+            drain_window: None,
+            idle: Duration::from_secs(1),
+            plugin_calls: 100,
+            ..Options::full(gateway)
+        }
+    }
+
+    /// Fan-out and dead-remote default to other sizes than steady.
+    fn forms_for(&self, scenario: Scenario) -> u64 {
+        if self.explicit_forms || self.smoke {
+            return self.forms;
+        }
+        match scenario {
+            Scenario::Fanout => 10_000,
+            Scenario::DeadRemote => 100_000,
+            _ => self.forms,
+        }
+    }
+
+    pub const USAGE: &'static str = "\
+usage: repeatd-load [--scenario steady|fanout|dead-remote|restart|plugin|all]... [--smoke]
+                    [--gateway PATH] [--runs N] [--forms N] [--concurrency N]
+                    [--latency-forms N] [--rate FORMS_PER_S] [--ceiling-requests N]
+                    [--queued N] [--paused-repeaters N] [--drain-window SECONDS|all]
+                    [--idle SECONDS] [--plugin-calls N] [--max-workers N] [--keep]
+
+Starts the gateway binary (default: `repeatd` next to this program) on loopback,
+loads it and prints one markdown table row per figure. Exits 1 on a functional
+failure (a form refused, a payload missing), never because of timing.";
+
+    /// Parses the command line (without the program name).
+    pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<(Options, bool), String> {
+        let args: Vec<String> = args.into_iter().collect();
+        let smoke = args.iter().any(|a| a == "--smoke");
+        let default_gateway = std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                exe.parent()
+                    .map(|dir| dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX)))
+            })
+            .unwrap_or_else(|| PathBuf::from("repeatd"));
+        let mut options = if smoke {
+            Options::smoke(default_gateway)
+        } else {
+            Options::full(default_gateway)
+        };
+        let mut scenarios = Vec::new();
+        let mut explicit_forms = false;
+        let mut iter = args.into_iter();
+        fn value(iter: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+            iter.next().ok_or_else(|| format!("{flag} needs a value"))
+        }
+        fn number<T: std::str::FromStr>(text: String, flag: &str) -> Result<T, String> {
+            text.replace('_', "")
+                .parse()
+                .map_err(|_| format!("{flag}: \"{text}\" is not a number"))
+        }
+        while let Some(arg) = iter.next() {
+            match arg.as_str() {
+                "--smoke" => {}
+                "--keep" => options.keep = true,
+                "-h" | "--help" => return Ok((options, true)),
+                "--scenario" => {
+                    let text = value(&mut iter, &arg)?;
+                    if text == "all" {
+                        scenarios.extend(Scenario::ALL);
+                    } else {
+                        scenarios.push(Scenario::parse(&text)?);
+                    }
+                }
+                "--gateway" => options.gateway = PathBuf::from(value(&mut iter, &arg)?),
+                "--runs" => options.runs = number::<usize>(value(&mut iter, &arg)?, &arg)?.max(1),
+                "--forms" => {
+                    options.forms = number(value(&mut iter, &arg)?, &arg)?;
+                    explicit_forms = true;
+                }
+                "--concurrency" => {
+                    options.concurrency = number::<usize>(value(&mut iter, &arg)?, &arg)?.max(1)
+                }
+                "--latency-forms" => options.latency_forms = number(value(&mut iter, &arg)?, &arg)?,
+                "--rate" => options.latency_rate = number(value(&mut iter, &arg)?, &arg)?,
+                "--ceiling-requests" => {
+                    options.ceiling_requests = number::<u64>(value(&mut iter, &arg)?, &arg)?.max(1)
+                }
+                "--queued" => options.queued = number(value(&mut iter, &arg)?, &arg)?,
+                "--paused-repeaters" => {
+                    options.paused_repeaters =
+                        number::<u64>(value(&mut iter, &arg)?, &arg)?.clamp(1, 64)
+                }
+                "--drain-window" => {
+                    let text = value(&mut iter, &arg)?;
+                    options.drain_window = if text == "all" {
+                        None
+                    } else {
+                        Some(Duration::from_secs_f64(number(text, &arg)?))
+                    };
+                }
+                "--idle" => {
+                    options.idle = Duration::from_secs_f64(number(value(&mut iter, &arg)?, &arg)?)
+                }
+                "--plugin-calls" => {
+                    options.plugin_calls = number::<u64>(value(&mut iter, &arg)?, &arg)?.max(1)
+                }
+                "--max-workers" => {
+                    options.max_workers = Some(number(value(&mut iter, &arg)?, &arg)?)
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument \"{other}\"\n\n{}",
+                        Options::USAGE
+                    ));
+                }
+            }
+        }
+        if !scenarios.is_empty() {
+            scenarios.dedup();
+            options.scenarios = scenarios;
+        }
+        if explicit_forms {
+            options.explicit_forms = true;
+        }
+        Ok((options, false))
+    }
+}
+
+// ---- figures and reports -------------------------------------------------------------
+
+/// One measured figure of one run.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub scenario: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// The same-run ceiling this figure is compared with.
+    pub ceiling: Option<f64>,
+    pub target: Option<&'static str>,
+}
+
+impl Figure {
+    fn new(scenario: Scenario, name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+        Figure {
+            scenario: scenario.name(),
+            name: name.into(),
+            value,
+            unit,
+            ceiling: None,
+            target: None,
+        }
+    }
+
+    fn ceiling(mut self, ceiling: f64) -> Figure {
+        self.ceiling = Some(ceiling);
+        self
+    }
+
+    fn target(mut self, target: &'static str) -> Figure {
+        self.target = Some(target);
+        self
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        self.ceiling.filter(|c| *c > 0.0).map(|c| self.value / c)
+    }
+}
+
+/// A figure over several runs.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub scenario: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub median_ceiling: Option<f64>,
+    /// The median of the per-run ratios.
+    pub median_ratio: Option<f64>,
+    pub target: Option<&'static str>,
+    pub runs: usize,
+}
+
+/// What a load run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every run's figures, in order.
+    pub figures: Vec<Figure>,
+    /// Functional failures; empty when everything was accepted and delivered.
+    pub failures: Vec<String>,
+    /// Forms submitted to a gateway, and how many it answered 201.
+    pub forms_submitted: u64,
+    pub forms_accepted: u64,
+    /// Payloads the receiver should have got, and the distinct ones it got.
+    pub payloads_expected: u64,
+    pub payloads_delivered: u64,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+impl Report {
+    /// Medians per (scenario, figure), in the order figures first appeared.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let mut keys: Vec<(&'static str, String)> = Vec::new();
+        for figure in &self.figures {
+            let key = (figure.scenario, figure.name.clone());
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys.into_iter()
+            .map(|(scenario, name)| {
+                let same: Vec<&Figure> = self
+                    .figures
+                    .iter()
+                    .filter(|f| f.scenario == scenario && f.name == name)
+                    .collect();
+                let mut values: Vec<f64> = same.iter().map(|f| f.value).collect();
+                let mut ceilings: Vec<f64> = same.iter().filter_map(|f| f.ceiling).collect();
+                let mut ratios: Vec<f64> = same.iter().filter_map(|f| f.ratio()).collect();
+                let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                Summary {
+                    scenario,
+                    unit: same[0].unit,
+                    target: same[0].target,
+                    runs: same.len(),
+                    median: median(&mut values),
+                    min,
+                    max,
+                    median_ceiling: (!ceilings.is_empty()).then(|| median(&mut ceilings)),
+                    median_ratio: (!ratios.is_empty()).then(|| median(&mut ratios)),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// The figures as a markdown table: one row per figure.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| scenario | figure | median | min – max | ceiling (same run) | ratio | target | runs |\n|---|---|--:|--:|--:|--:|---|--:|\n",
+        );
+        for summary in self.summaries() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                summary.scenario,
+                summary.name,
+                format_value(summary.median, summary.unit),
+                if summary.runs > 1 {
+                    format!(
+                        "{} – {}",
+                        format_number(summary.min),
+                        format_number(summary.max)
+                    )
+                } else {
+                    "".to_owned()
+                },
+                summary
+                    .median_ceiling
+                    .map_or(String::new(), |c| format_value(c, summary.unit)),
+                summary
+                    .median_ratio
+                    .map_or(String::new(), |r| format!("{r:.2}")),
+                summary.target.unwrap_or(""),
+                summary.runs
+            );
+        }
+        out
+    }
+}
+
+/// `12,345` for big numbers, three significant digits for small ones.
+pub fn format_number(value: f64) -> String {
+    if !value.is_finite() {
+        return "n/a".into();
+    }
+    let magnitude = value.abs();
+    if magnitude >= 1000.0 {
+        let rounded = value.round() as i64;
+        let digits = rounded.unsigned_abs().to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        if rounded < 0 {
+            grouped.insert(0, '-');
+        }
+        grouped
+    } else if magnitude >= 100.0 {
+        format!("{value:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{value:.1}")
+    } else if magnitude >= 1.0 {
+        format!("{value:.2}")
+    } else if magnitude == 0.0 {
+        "0".into()
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn format_value(value: f64, unit: &str) -> String {
+    if unit.is_empty() {
+        format_number(value)
+    } else {
+        format!("{} {unit}", format_number(value))
+    }
+}
+
+// ---- generated forms -------------------------------------------------------------------
+
+/// A 64-bit mix, so that the shape of form `index` looks random but is fixed.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+const FORM_ID_PREFIX: &[u8] = b"f0ad0000-0000-4000-8000-";
+const CASE_ID_PREFIX: &[u8] = b"ca5e000";
+const CASE_ID_MIDDLE: &[u8] = b"-0000-4000-8000-";
+
+/// The `instanceID` of form `index`: a UUID whose last group is the index.
+pub fn load_form_id(index: u64) -> String {
+    format!("f0ad0000-0000-4000-8000-{index:012x}")
+}
+
+/// The id of case `k` (0, 1 or 2) of form `index`.
+pub fn load_case_id(index: u64, k: u64) -> String {
+    format!("ca5e000{k}-0000-4000-8000-{index:012x}")
+}
+
+/// How many case blocks form `index` has: one to three.
+pub fn cases_in(index: u64) -> u64 {
+    1 + mix(index) % 3
+}
+
+/// Form `index`: a household visit as a CommCare app would submit it, with a
+/// `meta` block and one household case plus zero to two member cases indexed
+/// to it: 1.6 to 3 KB.
+pub fn load_form(index: u64) -> Vec<u8> {
+    let shape = mix(index);
+    let user = shape % 50;
+    let user_id = format!("{:032x}", mix(user + 1_000_000) as u128 * 0x1_0000_0001);
+    let form_id = load_form_id(index);
+    let n_cases = cases_in(index);
+    let household = load_case_id(index, 0);
+    let day = 1 + (index / 86_400) % 28;
+    let seconds = index % 86_400;
+    let (hour, minute, second) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let time_start = format!("2024-03-{day:02}T{hour:02}:{minute:02}:{second:02}.000000Z");
+    let time_end = format!(
+        "2024-03-{day:02}T{hour:02}:{minute:02}:{:02}.500000Z",
+        second.max(1) - 1
+    );
+    let mut xml = String::with_capacity(3_000);
+    let _ = write!(
+        xml,
+        r#"<?xml version='1.0' ?>
+<data xmlns:jrm="http://dev.commcarehq.org/jr/xforms" xmlns="http://openrosa.org/formdesigner/7A1E6B5C-10AD-4000-8000-H0USEH0LDV1S" uiVersion="1" version="42" name="Household visit">
+  <household>
+    <head_name>Head of household {index}</head_name>
+    <village>Village {village}</village>
+    <visit_date>2024-03-{day:02}</visit_date>
+    <members>{n_cases}</members>
+    <water_source>{water}</water_source>
+    <notes>Routine visit; everyone present. Follow up on the water filter next month.</notes>
+  </household>
+  <n0:case case_id="{household}" date_modified="{time_end}" user_id="{user_id}" xmlns:n0="http://commcarehq.org/case/transaction/v2">
+    <n0:create><n0:case_name>Household {index}</n0:case_name><n0:owner_id>{user_id}</n0:owner_id><n0:case_type>household</n0:case_type></n0:create>
+    <n0:update><n0:village>Village {village}</n0:village><n0:members>{n_cases}</n0:members><n0:water_source>{water}</n0:water_source><n0:last_visit>2024-03-{day:02}</n0:last_visit></n0:update>
+  </n0:case>
+"#,
+        village = shape % 97,
+        water = ["borehole", "river", "piped", "rain"][(shape >> 8) as usize % 4],
+    );
+    for k in 1..n_cases {
+        let _ = write!(
+            xml,
+            r#"  <member>
+    <name>Member {k} of household {index}</name>
+    <age>{age}</age>
+    <n0:case case_id="{member}" date_modified="{time_end}" user_id="{user_id}" xmlns:n0="http://commcarehq.org/case/transaction/v2">
+      <n0:create><n0:case_name>Member {k} of household {index}</n0:case_name><n0:owner_id>{user_id}</n0:owner_id><n0:case_type>member</n0:case_type></n0:create>
+      <n0:update><n0:age>{age}</n0:age><n0:sex>{sex}</n0:sex><n0:vaccinated>yes</n0:vaccinated></n0:update>
+      <n0:index><n0:parent case_type="household">{household}</n0:parent></n0:index>
+    </n0:case>
+  </member>
+"#,
+            member = load_case_id(index, k),
+            age = (shape >> (16 + 8 * k)) % 90,
+            sex = if (shape >> (20 + k)) & 1 == 0 {
+                "f"
+            } else {
+                "m"
+            },
+        );
+    }
+    let _ = write!(
+        xml,
+        r#"  <n1:meta xmlns:n1="http://openrosa.org/jr/xforms">
+    <n1:deviceID>358240051111{device:03}</n1:deviceID>
+    <n1:timeStart>{time_start}</n1:timeStart>
+    <n1:timeEnd>{time_end}</n1:timeEnd>
+    <n1:username>worker{user}</n1:username>
+    <n1:userID>{user_id}</n1:userID>
+    <n1:instanceID>{form_id}</n1:instanceID>
+    <n2:appVersion xmlns:n2="http://commcarehq.org/xforms">CommCare Android, version "2.53.1"(463451). App v42. CommCare Version 2.53.1. Build 463451</n2:appVersion>
+  </n1:meta>
+</data>
+"#,
+        device = user,
+    );
+    xml.into_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.len() != 12 {
+        return None;
+    }
+    let mut value = 0u64;
+    for &digit in digits {
+        let nibble = (digit as char).to_digit(16)?;
+        value = value << 4 | nibble as u64;
+    }
+    Some(value)
+}
+
+/// The index of the generated form a form or form-stub payload carries (its
+/// first `instanceID`-shaped id).
+pub fn form_index_in(body: &[u8]) -> Option<u64> {
+    let at = find(body, FORM_ID_PREFIX)? + FORM_ID_PREFIX.len();
+    parse_hex(body.get(at..at + 12)?)
+}
+
+/// (form index, case number) of the case a case payload carries: the first
+/// generated case id in it (the payload's own id comes before its indices in
+/// both case-xml and case-json).
+pub fn case_key_in(body: &[u8]) -> Option<(u64, u64)> {
+    let at = find(body, CASE_ID_PREFIX)? + CASE_ID_PREFIX.len();
+    let k = (*body.get(at)? as char).to_digit(10)? as u64;
+    let middle = body.get(at + 1..at + 1 + CASE_ID_MIDDLE.len())?;
+    if middle != CASE_ID_MIDDLE || k > 2 {
+        return None;
+    }
+    let digits = at + 1 + CASE_ID_MIDDLE.len();
+    Some((parse_hex(body.get(digits..digits + 12)?)?, k))
+}
+
+// ---- the receiver's tally ----------------------------------------------------------------
+
+/// What identifies a payload on one receiver path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    /// One payload per form (form-xml, form-stub): keyed by the form id.
+    Form,
+    /// One payload per case: keyed by the case id.
+    Case,
+}
+
+impl IdKind {
+    fn of(kind: &str) -> IdKind {
+        if kind == "case" {
+            IdKind::Case
+        } else {
+            IdKind::Form
+        }
+    }
+
+    fn expected(self, forms: Range<u64>) -> u64 {
+        match self {
+            IdKind::Form => forms.end - forms.start,
+            IdKind::Case => forms.map(cases_in).sum(),
+        }
+    }
+}
+
+struct LaneTally {
+    id_kind: IdKind,
+    /// One bit per key seen (form index, or form index x 3 + case number).
+    seen: Vec<AtomicU64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    form_index: u64,
+    at_nanos: u64,
+}
+
+/// Counts and timestamps what arrives; knows when each form was submitted.
+struct Tally {
+    epoch: Instant,
+    submitted_at: Vec<AtomicU64>,
+    lanes: Vec<LaneTally>,
+    arrivals: Mutex<Vec<Arrival>>,
+    unique: AtomicU64,
+    duplicates: AtomicU64,
+    unrecognised: AtomicU64,
+    ceiling_hits: AtomicU64,
+}
+
+impl Tally {
+    fn new(capacity: u64, lanes: &[IdKind]) -> Tally {
+        let words = (capacity as usize * 3).div_ceil(64);
+        Tally {
+            epoch: Instant::now(),
+            submitted_at: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            lanes: lanes
+                .iter()
+                .map(|&id_kind| LaneTally {
+                    id_kind,
+                    seen: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                })
+                .collect(),
+            arrivals: Mutex::new(Vec::new()),
+            unique: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            unrecognised: AtomicU64::new(0),
+            ceiling_hits: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn submitted(&self, index: u64) {
+        if let Some(slot) = self.submitted_at.get(index as usize) {
+            slot.store(self.nanos(Instant::now()).max(1), Ordering::Relaxed);
+        }
+    }
+
+    fn arrived(&self, lane: usize, body: &[u8]) {
+        let at_nanos = self.nanos(Instant::now());
+        let Some(tally) = self.lanes.get(lane) else {
+            self.unrecognised.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let key = match tally.id_kind {
+            IdKind::Form => form_index_in(body).map(|index| (index, index)),
+            IdKind::Case => case_key_in(body).map(|(index, k)| (index, index * 3 + k)),
+        };
+        let Some((form_index, key)) =
+            key.filter(|(_, key)| (*key as usize) < tally.seen.len() * 64)
+        else {
+            self.unrecognised.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let bit = 1u64 << (key % 64);
+        if tally.seen[key as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.arrivals.lock().expect("arrivals lock").push(Arrival {
+            form_index,
+            at_nanos,
+        });
+        self.unique.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unique(&self) -> u64 {
+        self.unique.load(Ordering::Relaxed)
+    }
+
+    /// Payloads every lane should get for `forms`.
+    fn expected(&self, forms: Range<u64>) -> u64 {
+        self.lanes
+            .iter()
+            .map(|lane| lane.id_kind.expected(forms.clone()))
+            .sum()
+    }
+
+    /// What arrived for `forms`: count, first and last arrival, latencies.
+    fn stats(&self, forms: Range<u64>) -> ArrivalStats {
+        let arrivals = self.arrivals.lock().expect("arrivals lock");
+        let mut stats = ArrivalStats::default();
+        for arrival in arrivals.iter().filter(|a| forms.contains(&a.form_index)) {
+            stats.count += 1;
+            stats.first = Some(
+                stats
+                    .first
+                    .map_or(arrival.at_nanos, |f: u64| f.min(arrival.at_nanos)),
+            );
+            stats.last = Some(
+                stats
+                    .last
+                    .map_or(arrival.at_nanos, |l: u64| l.max(arrival.at_nanos)),
+            );
+            let submitted = self.submitted_at[arrival.form_index as usize].load(Ordering::Relaxed);
+            if submitted > 0 {
+                stats
+                    .latencies
+                    .push(arrival.at_nanos.saturating_sub(submitted));
+            }
+        }
+        stats.latencies.sort_unstable();
+        stats
+    }
+
+    /// Arrivals up to `until`.
+    fn count_until(&self, until: u64) -> u64 {
+        let arrivals = self.arrivals.lock().expect("arrivals lock");
+        arrivals.iter().filter(|a| a.at_nanos <= until).count() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct ArrivalStats {
+    count: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    latencies: Vec<u64>,
+}
+
+impl ArrivalStats {
+    /// The `p`-th percentile latency in milliseconds (nearest rank).
+    fn percentile_ms(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p) as f64 / 1e6
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---- servers in this process -----------------------------------------------------------
+
+type Answer = Result<Response<Full<Bytes>>, Infallible>;
+
+fn respond(status: u16, body: &'static [u8]) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
+    Ok(response)
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle` until the runtime stops.
+fn serve<H, F>(listener: tokio::net::TcpListener, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Answer> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    });
+}
+
+/// The fast receiver: `POST /p/{lane}` is a payload for lane `lane`;
+/// `POST /ceiling` is the load tool measuring the receiver's own rate.
+async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the receiver")?;
+    let addr = listener.local_addr()?;
+    serve(listener, move |request: Request<Incoming>| {
+        let tally = tally.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            let Ok(body) = request.into_body().collect().await.map(|b| b.to_bytes()) else {
+                return respond(400, b"unreadable body");
+            };
+            if path == "/ceiling" {
+                // The same work as for a payload: find the id.
+                std::hint::black_box(form_index_in(&body));
+                tally.ceiling_hits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let lane = path
+                    .strip_prefix("/p/")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX);
+                tally.arrived(lane, &body);
+            }
+            respond(200, b"ok")
+        }
+    });
+    Ok(addr)
+}
+
+const OPENROSA_SUCCESS: &[u8] = b"<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_success\">   \xe2\x88\x9a   </message></OpenRosaResponse>";
+
+/// The submit-path ceiling: reads the body, answers 201, stores nothing.
+async fn start_minimal_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the minimal server")?;
+    let addr = listener.local_addr()?;
+    serve(listener, |request: Request<Incoming>| async move {
+        match request.into_body().collect().await {
+            Ok(body) => {
+                std::hint::black_box(body.to_bytes());
+                respond(201, OPENROSA_SUCCESS)
+            }
+            Err(_) => respond(400, b"unreadable body"),
+        }
+    });
+    Ok(addr)
+}
+
+/// A port on loopback that refuses connections.
+fn refusing_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+// ---- submitting ---------------------------------------------------------------------------
+
+/// Posts generated forms `indices` to `path` over `concurrency` keep-alive
+/// connections, optionally paced to `rate` per second.
+struct Drive {
+    addr: SocketAddr,
+    path: String,
+    authorization: Option<&'static str>,
+    indices: Range<u64>,
+    concurrency: usize,
+    rate: Option<f64>,
+    expect: u16,
+}
+
+#[derive(Debug)]
+struct Driven {
+    ok: u64,
+    refused: u64,
+    /// The first few refusals, described.
+    problems: Vec<String>,
+    elapsed: Duration,
+    /// Request-to-response times, in nanoseconds, sorted.
+    round_trips: Vec<u64>,
+}
+
+impl Driven {
+    fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
+    let drive = Arc::new(drive);
+    let next = Arc::new(AtomicU64::new(drive.indices.start));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..drive.concurrency {
+        let (drive, next, tally) = (drive.clone(), next.clone(), tally.clone());
+        workers.push(tokio::spawn(async move {
+            let mut sender: Option<Sender> = None;
+            let mut driven = Driven {
+                ok: 0,
+                refused: 0,
+                problems: Vec::new(),
+                elapsed: Duration::ZERO,
+                round_trips: Vec::new(),
+            };
+            let mut last_answer = started;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= drive.indices.end {
+                    break;
+                }
+                if let Some(rate) = drive.rate {
+                    let due = started
+                        + Duration::from_secs_f64((index - drive.indices.start) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let body = load_form(index);
+                let mut problem = None;
+                for _attempt in 0..2 {
+                    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                        match connect(drive.addr).await {
+                            Ok(connected) => sender = Some(connected),
+                            Err(error) => {
+                                problem =
+                                    Some(format!("cannot connect to {}: {error}", drive.addr));
+                                continue;
+                            }
+                        }
+                    }
+                    let live = sender.as_mut().expect("connected");
+                    let mut request = Request::post(drive.path.as_str())
+                        .header(hyper::header::HOST, drive.addr.to_string())
+                        .header(hyper::header::CONTENT_TYPE, "text/xml");
+                    if let Some(authorization) = drive.authorization {
+                        request = request.header(hyper::header::AUTHORIZATION, authorization);
+                    }
+                    let request = request
+                        .body(Full::new(Bytes::from(body.clone())))
+                        .expect("a well-formed request");
+                    if live.ready().await.is_err() {
+                        sender = None;
+                        problem = Some("the connection closed".into());
+                        continue;
+                    }
+                    if let Some(tally) = &tally {
+                        tally.submitted(index);
+                    }
+                    let sent = Instant::now();
+                    let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                        let response = live.send_request(request).await?;
+                        let status = response.status().as_u16();
+                        let text = response.into_body().collect().await.map(|b| b.to_bytes());
+                        Ok::<_, hyper::Error>((status, text.unwrap_or_default()))
+                    })
+                    .await;
+                    let Ok(answered) = answered else {
+                        // The connection may hold a late answer: do not reuse it.
+                        sender = None;
+                        problem = Some(format!(
+                            "form {index}: no answer within {} s",
+                            ANSWER_TIMEOUT.as_secs()
+                        ));
+                        break;
+                    };
+                    match answered {
+                        Ok((status, text)) => {
+                            last_answer = Instant::now();
+                            if status == drive.expect {
+                                driven
+                                    .round_trips
+                                    .push((last_answer - sent).as_nanos() as u64);
+                                problem = None;
+                            } else {
+                                problem = Some(format!(
+                                    "form {index} was answered {status}: {}",
+                                    String::from_utf8_lossy(&text[..text.len().min(300)])
+                                ));
+                            }
+                            break;
+                        }
+                        Err(error) => {
+                            // A keep-alive connection closed under us: one more try.
+                            sender = None;
+                            problem = Some(format!("form {index}: {error}"));
+                        }
+                    }
+                }
+                match problem {
+                    None => driven.ok += 1,
+                    Some(problem) => {
+                        driven.refused += 1;
+                        if driven.problems.len() < 3 {
+                            driven.problems.push(problem);
+                        }
+                    }
+                }
+            }
+            driven.elapsed = last_answer - started;
+            driven
+        }));
+    }
+    let mut total = Driven {
+        ok: 0,
+        refused: 0,
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+        round_trips: Vec::new(),
+    };
+    for worker in workers {
+        let Ok(driven) = worker.await else {
+            total.refused += 1;
+            total.problems.push("a submitting task panicked".into());
+            continue;
+        };
+        total.ok += driven.ok;
+        total.refused += driven.refused;
+        total.problems.extend(driven.problems);
+        total.elapsed = total.elapsed.max(driven.elapsed);
+        total.round_trips.extend(driven.round_trips);
+    }
+    total.problems.truncate(5);
+    total.round_trips.sort_unstable();
+    total
+}
+
+// ---- the gateway process -------------------------------------------------------------------
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User plus system CPU seconds of a process (all its threads), from
+/// `/proc/PID/stat`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks_per_second())
+}
+
+/// A `/proc/PID/status` memory line (`VmHWM`, `VmRSS`) in MiB.
+fn status_mib(pid: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: f64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// CPU seconds of the threads of a process named `name` (those still running).
+fn thread_cpu_seconds(pid: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let seconds = cpu_seconds(&format!("{pid}/task/{tid}"))?;
+            total = Some(total.unwrap_or(0.0) + seconds);
+        }
+    }
+    total
+}
+
+/// Where the store's writer thread stood at some moment.
+#[derive(Debug, Clone, Copy)]
+struct WriterMark {
+    at: Instant,
+    cpu_seconds: Option<f64>,
+}
+
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// The gateway binary running as a child process.
+struct GatewayProcess {
+    child: std::process::Child,
+    pid: String,
+    addr: SocketAddr,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl GatewayProcess {
+    /// Starts `binary serve --config config`, its stderr copied to `log`,
+    /// and waits until it says where it listens.
+    async fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the gateway {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let (listening, listened) = tokio::sync::oneshot::channel::<SocketAddr>();
+        std::thread::spawn(move || {
+            let mut listening = Some(listening);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log_file, "{line}");
+                if let Some(rest) = line
+                    .split_once("listening on http://")
+                    .map(|(_, rest)| rest)
+                {
+                    let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    if let (Some(addr), Some(sender)) = (addr, listening.take()) {
+                        let _ = sender.send(addr);
+                    }
+                }
+            }
+        });
+        let pid = child.id().to_string();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("building the control client")?;
+        let addr = match tokio::time::timeout(Duration::from_secs(120), listened).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "the gateway did not start listening; its log ({}):\n{}",
+                    log.display(),
+                    log_tail(log)
+                );
+            }
+        };
+        Ok(GatewayProcess {
+            child,
+            pid,
+            addr,
+            log: log.to_owned(),
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn wait_healthy(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(response) = self.http.get(self.url("/healthz")).send().await
+                && response.status() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "/healthz did not answer 200 within 120 s; log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.pid).unwrap_or(f64::NAN)
+    }
+
+    /// The store's single writer thread (`store-writer`), to tell whether it
+    /// is the bottleneck: its busy share of wall time since a mark.
+    fn writer_mark(&self) -> WriterMark {
+        WriterMark {
+            at: Instant::now(),
+            cpu_seconds: thread_cpu_seconds(&self.pid, "store-writer"),
+        }
+    }
+
+    fn writer_busy_percent(&self, since: WriterMark) -> Option<f64> {
+        let now = thread_cpu_seconds(&self.pid, "store-writer")?;
+        Some((now - since.cpu_seconds?) / since.at.elapsed().as_secs_f64().max(1e-9) * 100.0)
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        status_mib(&self.pid, "VmHWM:").unwrap_or(f64::NAN)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        status_mib(&self.pid, "VmRSS:").unwrap_or(f64::NAN)
+    }
+
+    /// A sample of `/metrics` (the first line starting with `name`).
+    async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .context("GET /metrics")?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("/metrics has no sample {name}"))
+    }
+
+    /// `POST /api/v1/domains/demo/repeaters/{name}/{action}`.
+    async fn repeater_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(self.url(&format!("/api/v1/domains/demo/repeaters/{name}/{action}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .with_context(|| format!("{action} repeater {name}"))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status == 200,
+            "{action} repeater {name}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long it took and
+    /// whether the process exited successfully.
+    async fn terminate(mut self) -> anyhow::Result<(Duration, bool)> {
+        let started = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid])
+            .status()
+            .context("running kill -TERM")?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((started.elapsed(), status.success()));
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the gateway did not exit within 60 s of SIGTERM; log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn dir_size_mib(dir: &Path) -> f64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
+}
+
+// ---- the generated config ---------------------------------------------------------------------
+
+/// One repeater of a scenario.
+#[derive(Debug, Clone)]
+struct Plan {
+    name: String,
+    kind: &'static str,
+    format: &'static str,
+    /// The receiver lane it delivers to; `None`: a remote that refuses connections.
+    lane: Option<usize>,
+    paused: bool,
+}
+
+const FORMATS: [(&str, &str); 3] = [
+    ("form", "form-xml"),
+    ("case", "case-json"),
+    ("form-stub", "form-stub"),
+];
+
+fn healthy_plans(count: usize) -> Vec<Plan> {
+    (0..count)
+        .map(|i| {
+            let (kind, format) = FORMATS[i % FORMATS.len()];
+            Plan {
+                name: format!("{format}-{i}"),
+                kind,
+                format,
+                lane: Some(i),
+                paused: false,
+            }
+        })
+        .collect()
+}
+
+fn config_text(
+    dir: &Path,
+    receiver: SocketAddr,
+    dead_port: u16,
+    plans: &[Plan],
+    max_workers: Option<usize>,
+) -> String {
+    let urls: Vec<(String, String)> = plans
+        .iter()
+        .map(|plan| {
+            let url = match plan.lane {
+                Some(lane) => format!("http://{receiver}/p/{lane}"),
+                None => format!("http://127.0.0.1:{dead_port}/dead"),
+            };
+            (format!("to-{}", plan.name), url)
+        })
+        .collect();
+    let connections: Vec<(&str, &str)> =
+        urls.iter().map(|(n, u)| (n.as_str(), u.as_str())).collect();
+    let mut repeaters = String::new();
+    for plan in plans {
+        let mut extra = String::new();
+        if plan.paused {
+            extra.push_str("paused = true\n");
+        }
+        if let Some(workers) = max_workers {
+            let _ = writeln!(extra, "max_workers = {workers}");
+        }
+        repeaters.push_str(&repeater(
+            &plan.name,
+            plan.kind,
+            &format!("to-{}", plan.name),
+            plan.format,
+            &extra,
+        ));
+    }
+    format!(
+        "{}\n[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n\n{}",
+        config_head(dir),
+        demo_config(&connections, &repeaters)
+    )
+}
+
+// ---- one scenario run ---------------------------------------------------------------------------
+
+/// Everything one run of one scenario needs.
+struct Bench<'a> {
+    options: &'a Options,
+    scenario: Scenario,
+    /// The scenario's directory: config, data, gateway logs.
+    path: PathBuf,
+    /// Removes `path` when dropped, unless `--keep`.
+    _dir: Option<TempDir>,
+    tally: Arc<Tally>,
+    receiver: SocketAddr,
+    figures: Vec<Figure>,
+    failures: Vec<String>,
+    forms_submitted: u64,
+    forms_accepted: u64,
+    payloads_expected: u64,
+    payloads_delivered: u64,
+    n_starts: usize,
+}
+
+impl<'a> Bench<'a> {
+    async fn new(
+        options: &'a Options,
+        scenario: Scenario,
+        plans: &[Plan],
+        capacity: u64,
+    ) -> anyhow::Result<Bench<'a>> {
+        let lanes: Vec<IdKind> = plans
+            .iter()
+            .filter(|p| p.lane.is_some())
+            .map(|p| IdKind::of(p.kind))
+            .collect();
+        let tally = Arc::new(Tally::new(capacity, &lanes));
+        let receiver = start_receiver(tally.clone()).await?;
+        let dir = TempDir::new(&format!("load-{}", scenario.name()));
+        let path = dir.path().to_owned();
+        let dir = if options.keep {
+            eprintln!("repeatd-load: keeping {}", path.display());
+            std::mem::forget(dir);
+            None
+        } else {
+            Some(dir)
+        };
+        Ok(Bench {
+            options,
+            scenario,
+            path,
+            _dir: dir,
+            tally,
+            receiver,
+            figures: Vec::new(),
+            failures: Vec::new(),
+            forms_submitted: 0,
+            forms_accepted: 0,
+            payloads_expected: 0,
+            payloads_delivered: 0,
+            n_starts: 0,
+        })
+    }
+
+    fn figure(&mut self, figure: Figure) {
+        self.figures.push(figure);
+    }
+
+    fn fail(&mut self, problem: String) {
+        self.failures
+            .push(format!("{}: {problem}", self.scenario.name()));
+    }
+
+    fn write_config(&self, plans: &[Plan], dead_port: u16) -> anyhow::Result<PathBuf> {
+        let path = self.path.join("repeatd.toml");
+        std::fs::write(
+            &path,
+            config_text(
+                &self.path,
+                self.receiver,
+                dead_port,
+                plans,
+                self.options.max_workers,
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    async fn start_gateway(&mut self, config: &Path) -> anyhow::Result<GatewayProcess> {
+        self.n_starts += 1;
+        let log = self.path.join(format!("gateway-{}.log", self.n_starts));
+        GatewayProcess::start(&self.options.gateway, config, &log).await
+    }
+
+    /// The submit path's ceiling: the same forms, the same concurrency, a
+    /// server that answers 201 and stores nothing.
+    async fn submit_ceiling(&mut self) -> anyhow::Result<f64> {
+        let addr = start_minimal_server().await?;
+        let driven = drive(
+            Drive {
+                addr,
+                path: format!("/a/demo/receiver/{APP_ID}"),
+                authorization: Some(SUBMITTER_AUTHORIZATION),
+                indices: 0..self.options.ceiling_requests,
+                concurrency: self.options.concurrency,
+                rate: None,
+                expect: 201,
+            },
+            None,
+        )
+        .await;
+        if driven.refused > 0 {
+            self.fail(format!(
+                "the minimal submit server refused {}: {:?}",
+                driven.refused, driven.problems
+            ));
+        }
+        Ok(driven.per_second())
+    }
+
+    /// The receiver's own rate, posting to it at the gateway's delivery concurrency.
+    async fn receiver_ceiling(&mut self, concurrency: usize) -> anyhow::Result<f64> {
+        let driven = drive(
+            Drive {
+                addr: self.receiver,
+                path: "/ceiling".into(),
+                authorization: None,
+                indices: 0..self.options.ceiling_requests,
+                concurrency,
+                rate: None,
+                expect: 200,
+            },
+            None,
+        )
+        .await;
+        if driven.refused > 0 {
+            self.fail(format!(
+                "the receiver refused {} ceiling requests: {:?}",
+                driven.refused, driven.problems
+            ));
+        }
+        Ok(driven.per_second())
+    }
+
+    /// Submits `forms` to the gateway; refusals are failures.
+    async fn submit(
+        &mut self,
+        gateway: &GatewayProcess,
+        forms: Range<u64>,
+        concurrency: usize,
+        rate: Option<f64>,
+    ) -> Driven {
+        let driven = drive(
+            Drive {
+                addr: gateway.addr,
+                path: format!("/a/demo/receiver/{APP_ID}"),
+                authorization: Some(SUBMITTER_AUTHORIZATION),
+                indices: forms.clone(),
+                concurrency,
+                rate,
+                expect: 201,
+            },
+            Some(self.tally.clone()),
+        )
+        .await;
+        self.forms_submitted += forms.end - forms.start;
+        self.forms_accepted += driven.ok;
+        if driven.refused > 0 {
+            self.fail(format!(
+                "{} of {} forms were not accepted: {}",
+                driven.refused,
+                forms.end - forms.start,
+                driven.problems.join("; ")
+            ));
+        }
+        driven
+    }
+
+    /// Waits until every payload of `forms` arrived (all earlier ones have);
+    /// a stall of [`STALL`] is a failure. Returns whether all arrived.
+    async fn wait_delivered(&mut self, gateway: &GatewayProcess, forms: Range<u64>) -> bool {
+        let expected_total = self.tally.expected(0..forms.end);
+        let expected_here = self.tally.expected(forms.clone());
+        let mut last_count = self.tally.unique();
+        let mut last_progress = Instant::now();
+        loop {
+            let count = self.tally.unique();
+            if count >= expected_total {
+                break;
+            }
+            if count > last_count {
+                last_count = count;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > STALL {
+                let got = self.tally.stats(forms.clone()).count;
+                self.payloads_expected += expected_here;
+                self.payloads_delivered += got;
+                self.fail(format!(
+                    "payloads missing: {got} of {expected_here} arrived for forms {forms:?}, none for {} s; gateway log:\n{}",
+                    STALL.as_secs(),
+                    log_tail(&gateway.log)
+                ));
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.payloads_expected += expected_here;
+        self.payloads_delivered += self.tally.stats(forms).count;
+        true
+    }
+
+    fn check_receiver(&mut self) {
+        let unrecognised = self.tally.unrecognised.load(Ordering::Relaxed);
+        if unrecognised > 0 {
+            self.fail(format!(
+                "{unrecognised} payloads carried no generated form or case id"
+            ));
+        }
+        let duplicates = self.tally.duplicates.load(Ordering::Relaxed);
+        self.figure(Figure::new(
+            self.scenario,
+            "payloads delivered twice",
+            duplicates as f64,
+            "",
+        ));
+    }
+
+    async fn stop(&mut self, gateway: GatewayProcess) -> Option<Duration> {
+        match gateway.terminate().await {
+            Ok((took, true)) => Some(took),
+            Ok((took, false)) => {
+                self.fail(format!(
+                    "the gateway exited unsuccessfully after SIGTERM ({took:?})"
+                ));
+                Some(took)
+            }
+            Err(error) => {
+                self.fail(format!("{error:#}"));
+                None
+            }
+        }
+    }
+
+    fn finish(self, report: &mut Report) {
+        report.figures.extend(self.figures);
+        report.failures.extend(self.failures);
+        report.forms_submitted += self.forms_submitted;
+        report.forms_accepted += self.forms_accepted;
+        report.payloads_expected += self.payloads_expected;
+        report.payloads_delivered += self.payloads_delivered;
+    }
+}
+
+fn delivery_concurrency(plans: &[Plan], max_workers: Option<usize>) -> usize {
+    let live = plans.iter().filter(|p| p.lane.is_some()).count();
+    (live * max_workers.unwrap_or(DEFAULT_MAX_WORKERS)).clamp(1, DEFAULT_MAX_IN_FLIGHT)
+}
+
+/// steady and fanout: live delivery, a backlog drain, unsaturated latency.
+async fn flow(
+    options: &Options,
+    scenario: Scenario,
+    repeaters: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let forms = options.forms_for(scenario);
+    let plans = healthy_plans(repeaters);
+    let capacity = 2 * forms + options.latency_forms;
+    let mut bench = Bench::new(options, scenario, &plans, capacity).await?;
+    let submit_ceiling = bench.submit_ceiling().await?;
+    let receiver_ceiling = bench
+        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
+        .await?;
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: minimal server, submit path",
+        submit_ceiling,
+        "forms/s",
+    ));
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: receiver alone",
+        receiver_ceiling,
+        "payloads/s",
+    ));
+
+    let config = bench.write_config(&plans, 0)?;
+    let gateway = bench.start_gateway(&config).await?;
+    gateway.wait_healthy().await?;
+
+    // Phase 1: submissions and deliveries at once, as in production.
+    let live = 0..forms;
+    let (cpu_before, own_before) = (gateway.cpu_seconds(), own_cpu_seconds());
+    let driven = bench
+        .submit(&gateway, live.clone(), options.concurrency, None)
+        .await;
+    let delivered = bench.wait_delivered(&gateway, live.clone()).await;
+    let (cpu_after, own_after) = (gateway.cpu_seconds(), own_cpu_seconds());
+    let stats = bench.tally.stats(live.clone());
+    let per_form = stats.count as f64 / forms as f64;
+    bench.figure(
+        Figure::new(
+            scenario,
+            "accepted forms/s, delivering at once",
+            driven.per_second(),
+            "forms/s",
+        )
+        .ceiling(submit_ceiling)
+        .target("≥ 10,000"),
+    );
+    if delivered && let Some(last) = stats.last {
+        let first_submit = bench.tally.submitted_at[live.start as usize].load(Ordering::Relaxed);
+        let seconds = (last.saturating_sub(first_submit)) as f64 / 1e9;
+        bench.figure(
+            Figure::new(
+                scenario,
+                "delivered payloads/s, submitting at once",
+                stats.count as f64 / seconds,
+                "payloads/s",
+            )
+            .ceiling(receiver_ceiling)
+            .target("≥ 10,000 and ≥ 0.5 of ceiling"),
+        );
+        bench.figure(Figure::new(
+            scenario,
+            "submission-to-arrival p50, saturated",
+            stats.percentile_ms(50.0),
+            "ms",
+        ));
+        bench.figure(Figure::new(
+            scenario,
+            "submission-to-arrival p99, saturated",
+            stats.percentile_ms(99.0),
+            "ms",
+        ));
+    }
+    bench.figure(Figure::new(scenario, "payloads per form", per_form, ""));
+    bench.figure(Figure::new(
+        scenario,
+        "gateway CPU per 1,000 forms (ingest + delivery)",
+        (cpu_after - cpu_before) / forms as f64 * 1000.0,
+        "CPU s",
+    ));
+    bench.figure(Figure::new(
+        scenario,
+        "load tool CPU per 1,000 forms (submit + receive)",
+        (own_after - own_before) / forms as f64 * 1000.0,
+        "CPU s",
+    ));
+
+    // Phase 2: a backlog. Ingest alone with every repeater paused, then
+    // delivery alone once they resume.
+    let backlog = forms..2 * forms;
+    for plan in &plans {
+        gateway.repeater_action(&plan.name, "pause").await?;
+    }
+    let cpu_before = gateway.cpu_seconds();
+    let writer = gateway.writer_mark();
+    let driven = bench
+        .submit(&gateway, backlog.clone(), options.concurrency, None)
+        .await;
+    let cpu_ingest = gateway.cpu_seconds() - cpu_before;
+    if let Some(busy) = gateway.writer_busy_percent(writer) {
+        bench.figure(Figure::new(
+            scenario,
+            "store-writer thread busy, ingest only",
+            busy,
+            "% of wall time",
+        ));
+    }
+    bench.figure(
+        Figure::new(
+            scenario,
+            "accepted forms/s, delivery paused",
+            driven.per_second(),
+            "forms/s",
+        )
+        .ceiling(submit_ceiling)
+        .target("≥ 10,000"),
+    );
+    bench.figure(Figure::new(
+        scenario,
+        "gateway CPU per 1,000 forms, ingest only",
+        cpu_ingest / forms as f64 * 1000.0,
+        "CPU s",
+    ));
+    let resumed = Instant::now();
+    let cpu_before = gateway.cpu_seconds();
+    let writer = gateway.writer_mark();
+    for plan in &plans {
+        gateway.repeater_action(&plan.name, "resume").await?;
+    }
+    let delivered = bench.wait_delivered(&gateway, backlog.clone()).await;
+    let cpu_delivery = gateway.cpu_seconds() - cpu_before;
+    if let Some(busy) = gateway.writer_busy_percent(writer) {
+        bench.figure(Figure::new(
+            scenario,
+            "store-writer thread busy, delivery only",
+            busy,
+            "% of wall time",
+        ));
+    }
+    let stats = bench.tally.stats(backlog.clone());
+    if delivered && let Some(last) = stats.last {
+        let seconds = bench
+            .tally
+            .instant(last)
+            .saturating_duration_since(resumed)
+            .as_secs_f64();
+        bench.figure(
+            Figure::new(
+                scenario,
+                "delivered payloads/s, draining a backlog",
+                stats.count as f64 / seconds,
+                "payloads/s",
+            )
+            .ceiling(receiver_ceiling)
+            .target("≥ 10,000 and ≥ 0.5 of ceiling"),
+        );
+        bench.figure(Figure::new(
+            scenario,
+            "gateway CPU per 1,000 payloads, delivery only",
+            cpu_delivery / stats.count.max(1) as f64 * 1000.0,
+            "CPU s",
+        ));
+    }
+
+    // Phase 3: latency when not saturated.
+    let paced = 2 * forms..2 * forms + options.latency_forms;
+    let driven = bench
+        .submit(&gateway, paced.clone(), 8, Some(options.latency_rate))
+        .await;
+    if bench.wait_delivered(&gateway, paced.clone()).await {
+        let stats = bench.tally.stats(paced);
+        let rate = format_number(options.latency_rate);
+        bench.figure(
+            Figure::new(
+                scenario,
+                format!("submission-to-arrival p50 at {rate} forms/s"),
+                stats.percentile_ms(50.0),
+                "ms",
+            )
+            .target("< 5 ms"),
+        );
+        bench.figure(Figure::new(
+            scenario,
+            format!("submission-to-arrival p99 at {rate} forms/s"),
+            stats.percentile_ms(99.0),
+            "ms",
+        ));
+        bench.figure(Figure::new(
+            scenario,
+            format!("submission round trip (201) p50 at {rate} forms/s"),
+            percentile(&driven.round_trips, 50.0) as f64 / 1e6,
+            "ms",
+        ));
+    }
+    bench.figure(
+        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
+            .target("< 256 MiB"),
+    );
+    bench.check_receiver();
+    bench.stop(gateway).await;
+    bench.finish(report);
+    Ok(())
+}
+
+/// The steady three plus a repeater whose remote refuses connections.
+async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = Scenario::DeadRemote;
+    let forms = options.forms_for(scenario);
+    let mut plans = healthy_plans(3);
+    plans.push(Plan {
+        name: "form-xml-dead".into(),
+        kind: "form",
+        format: "form-xml",
+        lane: None,
+        paused: false,
+    });
+    let mut bench = Bench::new(options, scenario, &plans, forms).await?;
+    let submit_ceiling = bench.submit_ceiling().await?;
+    let receiver_ceiling = bench
+        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
+        .await?;
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: minimal server, submit path",
+        submit_ceiling,
+        "forms/s",
+    ));
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: receiver alone",
+        receiver_ceiling,
+        "payloads/s",
+    ));
+    let config = bench.write_config(&plans, refusing_port()?)?;
+    let gateway = bench.start_gateway(&config).await?;
+    gateway.wait_healthy().await?;
+
+    let all = 0..forms;
+    let cpu_before = gateway.cpu_seconds();
+    let driven = bench
+        .submit(&gateway, all.clone(), options.concurrency, None)
+        .await;
+    let delivered = bench.wait_delivered(&gateway, all.clone()).await;
+    let cpu_after = gateway.cpu_seconds();
+    bench.figure(
+        Figure::new(scenario, "accepted forms/s", driven.per_second(), "forms/s")
+            .ceiling(submit_ceiling)
+            .target("≥ 10,000"),
+    );
+    let stats = bench.tally.stats(all.clone());
+    if delivered && let Some(last) = stats.last {
+        let first_submit = bench.tally.submitted_at[0].load(Ordering::Relaxed);
+        let seconds = last.saturating_sub(first_submit) as f64 / 1e9;
+        bench.figure(
+            Figure::new(
+                scenario,
+                "healthy repeaters: delivered payloads/s",
+                stats.count as f64 / seconds,
+                "payloads/s",
+            )
+            .ceiling(receiver_ceiling),
+        );
+        bench.figure(Figure::new(
+            scenario,
+            "healthy repeaters: submission-to-arrival p50, saturated",
+            stats.percentile_ms(50.0),
+            "ms",
+        ));
+        bench.figure(Figure::new(
+            scenario,
+            "healthy repeaters: submission-to-arrival p99, saturated",
+            stats.percentile_ms(99.0),
+            "ms",
+        ));
+    }
+    bench.figure(Figure::new(
+        scenario,
+        "gateway CPU per 1,000 forms",
+        (cpu_after - cpu_before) / forms as f64 * 1000.0,
+        "CPU s",
+    ));
+    // A payload arrives before its success is committed: give the last
+    // commits a moment before the queue must hold only the dead remote's.
+    let settle = Instant::now();
+    let depth = loop {
+        match gateway.metric("repeatd_queue_depth").await {
+            Ok(depth)
+                if depth as u64 == forms
+                    || !delivered
+                    || settle.elapsed() > Duration::from_secs(30) =>
+            {
+                break Ok(depth);
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(error) => break Err(error),
+        }
+    };
+    match depth {
+        Ok(depth) => {
+            bench.figure(Figure::new(
+                scenario,
+                "records queued for the dead remote",
+                depth,
+                "records",
+            ));
+            if delivered && depth as u64 != forms {
+                bench.fail(format!("{depth} records queued after the healthy ones drained; expected {forms} (the dead remote's)"));
+            }
+        }
+        Err(error) => bench.fail(format!("{error:#}")),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_from = gateway.cpu_seconds();
+    tokio::time::sleep(options.idle).await;
+    let idle_cpu = (gateway.cpu_seconds() - idle_from) / options.idle.as_secs_f64();
+    bench.figure(Figure::new(
+        scenario,
+        format!(
+            "gateway CPU while idle with {} dead records queued",
+            format_number(forms as f64)
+        ),
+        idle_cpu * 100.0,
+        "% of a core",
+    ));
+    bench.figure(
+        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
+            .target("< 256 MiB"),
+    );
+    bench.check_receiver();
+    bench.stop(gateway).await;
+    bench.finish(report);
+    Ok(())
+}
+
+/// A queue filled by paused repeaters; SIGTERM; start again; resume.
+async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = Scenario::Restart;
+    let paused = options.paused_repeaters.max(1);
+    let forms = options.queued.div_ceil(paused).max(1);
+    let queued = forms * paused;
+    let plans: Vec<Plan> = (0..paused as usize)
+        .map(|i| {
+            let format = if i % 2 == 0 { "form-xml" } else { "form-stub" };
+            Plan {
+                name: format!("{format}-{i}"),
+                kind: if i % 2 == 0 { "form" } else { "form-stub" },
+                format,
+                lane: Some(i),
+                paused: true,
+            }
+        })
+        .collect();
+    let mut bench = Bench::new(options, scenario, &plans, forms).await?;
+    let submit_ceiling = bench.submit_ceiling().await?;
+    let receiver_ceiling = bench
+        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
+        .await?;
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: minimal server, submit path",
+        submit_ceiling,
+        "forms/s",
+    ));
+    bench.figure(Figure::new(
+        scenario,
+        "ceiling: receiver alone",
+        receiver_ceiling,
+        "payloads/s",
+    ));
+    let config = bench.write_config(&plans, 0)?;
+    let gateway = bench.start_gateway(&config).await?;
+    gateway.wait_healthy().await?;
+
+    let all = 0..forms;
+    let cpu_before = gateway.cpu_seconds();
+    let writer = gateway.writer_mark();
+    let driven = bench
+        .submit(&gateway, all.clone(), options.concurrency, None)
+        .await;
+    let cpu_fill = gateway.cpu_seconds() - cpu_before;
+    if let Some(busy) = gateway.writer_busy_percent(writer) {
+        bench.figure(Figure::new(
+            scenario,
+            "filling: store-writer thread busy",
+            busy,
+            "% of wall time",
+        ));
+    }
+    let label = format_number(queued as f64);
+    bench.figure(
+        Figure::new(
+            scenario,
+            format!("filling: accepted forms/s ({paused} records each)"),
+            driven.per_second(),
+            "forms/s",
+        )
+        .ceiling(submit_ceiling)
+        .target("≥ 10,000"),
+    );
+    bench.figure(Figure::new(
+        scenario,
+        "filling: gateway CPU per 1,000 forms",
+        cpu_fill / forms as f64 * 1000.0,
+        "CPU s",
+    ));
+    match gateway.metric("repeatd_queue_depth").await {
+        Ok(depth) => {
+            if depth as u64 != queued && driven.refused == 0 {
+                bench.fail(format!("{depth} records queued; expected {queued}"));
+            }
+        }
+        Err(error) => bench.fail(format!("{error:#}")),
+    }
+    bench.figure(
+        Figure::new(
+            scenario,
+            format!("peak RSS while filling to {label} queued"),
+            gateway.peak_rss_mib(),
+            "MiB",
+        )
+        .target("< 256 MiB"),
+    );
+    let Some(shutdown) = bench.stop(gateway).await else {
+        bench.finish(report);
+        return Ok(());
+    };
+    bench.figure(Figure::new(
+        scenario,
+        "SIGTERM to exit",
+        shutdown.as_secs_f64(),
+        "s",
+    ));
+    bench.figure(Figure::new(
+        scenario,
+        format!("data dir with {label} queued"),
+        dir_size_mib(&bench.path.join("data")),
+        "MiB",
+    ));
+
+    // The cold start over the full queue.
+    let started = Instant::now();
+    let gateway = bench.start_gateway(&config).await?;
+    gateway.wait_healthy().await?;
+    let serving = started.elapsed();
+    bench.figure(
+        Figure::new(
+            scenario,
+            format!("start to /healthz 200 with {label} queued"),
+            serving.as_secs_f64(),
+            "s",
+        )
+        .target("< 2 s"),
+    );
+    bench.figure(
+        Figure::new(scenario, "RSS once serving", gateway.rss_mib(), "MiB").target("< 256 MiB"),
+    );
+    match gateway.metric("repeatd_queue_depth").await {
+        Ok(depth) if depth as u64 != queued && driven.refused == 0 => {
+            bench.fail(format!(
+                "after the restart {depth} records are queued; expected {queued}"
+            ));
+        }
+        Ok(_) => {}
+        Err(error) => bench.fail(format!("{error:#}")),
+    }
+    let resumed = Instant::now();
+    let cpu_at_resume = gateway.cpu_seconds();
+    let writer = gateway.writer_mark();
+    for plan in &plans {
+        gateway.repeater_action(&plan.name, "resume").await?;
+    }
+    let first = loop {
+        if let Some(first) = bench.tally.stats(all.clone()).first {
+            break Some(first);
+        }
+        if resumed.elapsed() > STALL {
+            bench.fail(format!(
+                "nothing delivered within {} s of resuming",
+                STALL.as_secs()
+            ));
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    if let Some(first) = first {
+        let first_at = bench.tally.instant(first);
+        bench.figure(Figure::new(
+            scenario,
+            "resume to first delivery",
+            first_at.saturating_duration_since(resumed).as_secs_f64() * 1000.0,
+            "ms",
+        ));
+        match options.drain_window {
+            Some(window) => {
+                tokio::time::sleep_until((first_at + window).into()).await;
+                let cpu = gateway.cpu_seconds() - cpu_at_resume;
+                if let Some(busy) = gateway.writer_busy_percent(writer) {
+                    bench.figure(Figure::new(
+                        scenario,
+                        "draining: store-writer thread busy",
+                        busy,
+                        "% of wall time",
+                    ));
+                }
+                let count = bench
+                    .tally
+                    .count_until(bench.tally.nanos(first_at + window));
+                bench.figure(Figure::new(
+                    scenario,
+                    "gateway CPU per 1,000 payloads, draining after restart",
+                    cpu / count.max(1) as f64 * 1000.0,
+                    "CPU s",
+                ));
+                bench.figure(
+                    Figure::new(
+                        scenario,
+                        format!(
+                            "delivered payloads/s, first {} s after restart",
+                            window.as_secs_f64()
+                        ),
+                        count as f64 / window.as_secs_f64(),
+                        "payloads/s",
+                    )
+                    .ceiling(receiver_ceiling)
+                    .target("≥ 10,000 and ≥ 0.5 of ceiling"),
+                );
+            }
+            None => {
+                if bench.wait_delivered(&gateway, all.clone()).await
+                    && let Some(last) = bench.tally.stats(all.clone()).last
+                {
+                    let seconds = bench
+                        .tally
+                        .instant(last)
+                        .saturating_duration_since(resumed)
+                        .as_secs_f64();
+                    bench.figure(
+                        Figure::new(
+                            scenario,
+                            "delivered payloads/s after restart",
+                            queued as f64 / seconds,
+                            "payloads/s",
+                        )
+                        .ceiling(receiver_ceiling),
+                    );
+                }
+            }
+        }
+    }
+    bench.figure(
+        Figure::new(
+            scenario,
+            "peak RSS after restart",
+            gateway.peak_rss_mib(),
+            "MiB",
+        )
+        .target("< 256 MiB"),
+    );
+    bench.check_receiver();
+    bench.stop(gateway).await;
+    bench.finish(report);
+    Ok(())
+}
+
+/// The built-in payload formats, called in this process through the same
+/// plugin host the gateway uses.
+fn plugin_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    use repeatd::config::{PayloadKind, PluginLimits};
+    use repeatd::plugins::{Payload, PluginHost};
+    let scenario = Scenario::Plugin;
+    let compile_started = Instant::now();
+    let host = PluginHost::new(PluginLimits::default())?;
+    report.figures.push(Figure::new(
+        scenario,
+        "compiling the five built-in plugins (start-up)",
+        compile_started.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+    ));
+    let app_event = br#"{"app_id": "7a1e6b5c0ad0400080004c6f61640001", "event": "saved"}"#;
+    for (format, kind) in [
+        ("form-xml", PayloadKind::Form),
+        ("case-xml", PayloadKind::Case),
+        ("case-json", PayloadKind::Case),
+        ("form-stub", PayloadKind::FormStub),
+        ("app-schema", PayloadKind::AppSchema),
+    ] {
+        let plugin = host
+            .get(format)
+            .ok_or_else(|| anyhow::anyhow!("the built-in plugin {format} is not loaded"))?;
+        let mut events = Vec::new();
+        for index in 0..16 {
+            let source = if kind == PayloadKind::AppSchema {
+                app_event.to_vec()
+            } else {
+                load_form(index)
+            };
+            events.extend(
+                repeatd::sample::events(&source, kind, "demo")
+                    .map_err(|e| anyhow::anyhow!("{format}: {e}"))?,
+            );
+        }
+        let settings = if kind == PayloadKind::Form {
+            repeatd::plugins::pairs([("include_app_id_param", "true")])
+        } else {
+            Vec::new()
+        };
+        let call = |i: usize| -> anyhow::Result<usize> {
+            match host.build_payload(&plugin, kind, &events[i % events.len()], &settings) {
+                Ok(Payload::Send(request)) if !request.body.is_empty() => Ok(request.body.len()),
+                Ok(Payload::Send(_)) => anyhow::bail!("{format} built an empty body"),
+                Ok(Payload::Nothing) => {
+                    anyhow::bail!("{format} had nothing to send for a generated event")
+                }
+                Err(error) => anyhow::bail!("{format}: {error}"),
+            }
+        };
+        let mut failed = None;
+        for i in 0..(options.plugin_calls / 10).max(10) as usize {
+            if let Err(error) = call(i) {
+                failed = Some(error);
+                break;
+            }
+        }
+        if let Some(error) = failed {
+            report.failures.push(format!("plugin: {error:#}"));
+            continue;
+        }
+        let started = Instant::now();
+        let mut bytes = 0;
+        for i in 0..options.plugin_calls as usize {
+            match call(i) {
+                Ok(n) => bytes += n,
+                Err(error) => {
+                    report.failures.push(format!("plugin: {error:#}"));
+                    break;
+                }
+            }
+        }
+        let micros = started.elapsed().as_secs_f64() * 1e6 / options.plugin_calls as f64;
+        std::hint::black_box(bytes);
+        report.figures.push(
+            Figure::new(
+                scenario,
+                format!("{format}: time per payload"),
+                micros,
+                "µs",
+            )
+            .target("< 20 µs"),
+        );
+    }
+    Ok(())
+}
+
+/// Runs every scenario of `options` `options.runs` times.
+pub fn run(options: &Options) -> anyhow::Result<Report> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the load tool's runtime")?;
+    anyhow::ensure!(
+        options.gateway.exists() || options.scenarios == [Scenario::Plugin],
+        "the gateway binary {} does not exist (build it: cargo build --release -p repeatd)",
+        options.gateway.display()
+    );
+    let mut report = Report::default();
+    for run in 1..=options.runs {
+        for &scenario in &options.scenarios {
+            eprintln!(
+                "repeatd-load: {} run {run} of {}",
+                scenario.name(),
+                options.runs
+            );
+            let before = report.figures.len();
+            let result = match scenario {
+                Scenario::Steady => runtime.block_on(flow(options, scenario, 3, &mut report)),
+                Scenario::Fanout => runtime.block_on(flow(options, scenario, 10, &mut report)),
+                Scenario::DeadRemote => runtime.block_on(dead_remote(options, &mut report)),
+                Scenario::Restart => runtime.block_on(restart(options, &mut report)),
+                Scenario::Plugin => plugin_cost(options, &mut report),
+            };
+            if let Err(error) = result {
+                report
+                    .failures
+                    .push(format!("{}: {error:#}", scenario.name()));
+            }
+            for figure in &report.figures[before..] {
+                eprintln!(
+                    "  {:<58} {:>16}{}",
+                    figure.name,
+                    format_value(figure.value, figure.unit),
+                    figure
+                        .ratio()
+                        .map_or(String::new(), |r| format!("  (ratio {r:.2})"))
+                );
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_found_again_in_payload_bodies() {
+        let form = load_form(0x1234_5678);
+        assert_eq!(form_index_in(&form), Some(0x1234_5678));
+        let json = format!(
+            "{{\"case_id\":\"{}\",\"indices\":{{\"parent\":{{\"case_id\":\"{}\"}}}}}}",
+            load_case_id(77, 2),
+            load_case_id(77, 0)
+        );
+        assert_eq!(case_key_in(json.as_bytes()), Some((77, 2)));
+        assert_eq!(form_index_in(b"<x/>"), None);
+        assert_eq!(
+            case_key_in(b"ca5e0009-0000-4000-8000-000000000001"),
+            None,
+            "case numbers run 0 to 2"
+        );
+    }
+
+    #[test]
+    fn forms_carry_one_to_three_cases() {
+        for index in 0..300 {
+            let form = String::from_utf8(load_form(index)).unwrap();
+            let blocks = form.matches("<n0:case ").count() as u64;
+            assert_eq!(blocks, cases_in(index));
+            assert!((1..=3).contains(&blocks));
+        }
+        assert!((0..300).any(|i| cases_in(i) == 1) && (0..300).any(|i| cases_in(i) == 3));
+    }
+
+    #[test]
+    fn numbers_are_formatted_for_the_table() {
+        assert_eq!(format_number(12_345.6), "12,346");
+        assert_eq!(format_number(1_000_000.0), "1,000,000");
+        assert_eq!(format_number(4.56789), "4.57");
+        assert_eq!(format_number(0.01234), "0.012");
+        assert_eq!(percentile(&[1, 2, 3, 4], 50.0), 2);
+        assert_eq!(percentile(&[1, 2, 3, 4], 99.0), 4);
+    }
+}

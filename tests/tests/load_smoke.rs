@@ -1,0 +1,68 @@
+//! The load harness (`repeatd-load`, BENCHMARKS.md) in its smoke mode against
+//! the built gateway binary: a few hundred forms through every scenario, so
+//! that the harness cannot rot. Only what a user would call broken fails it:
+//! a form not accepted, a payload not delivered, a queue that does not hold
+//! what it should after a restart. Timing is measured but never asserted.
+
+use repeatd_tests::load::{self, Options, Scenario};
+use repeatd_tests::repeatd_binary;
+
+#[test]
+fn every_scenario_accepts_every_form_and_delivers_every_payload() {
+    let options = Options::smoke(repeatd_binary());
+    let report = load::run(&options).expect("the load harness runs");
+
+    assert!(
+        report.failures.is_empty(),
+        "functional failures:\n{}",
+        report.failures.join("\n")
+    );
+    assert!(
+        report.forms_submitted >= 500,
+        "a few hundred forms at least: {}",
+        report.forms_submitted
+    );
+    assert_eq!(
+        report.forms_accepted, report.forms_submitted,
+        "every form is answered 201"
+    );
+    assert!(
+        report.payloads_expected > report.forms_submitted,
+        "forms fan out to several payloads"
+    );
+    assert_eq!(
+        report.payloads_delivered, report.payloads_expected,
+        "every payload arrives"
+    );
+
+    // Every scenario reported its figures, and the table has a row for each.
+    let table = report.markdown();
+    for scenario in Scenario::ALL {
+        assert!(
+            report
+                .figures
+                .iter()
+                .any(|figure| figure.scenario == scenario.name()),
+            "no figures for {}:\n{table}",
+            scenario.name()
+        );
+    }
+    for expected in [
+        "| steady | accepted forms/s, delivering at once |",
+        "| steady | delivered payloads/s, draining a backlog |",
+        "| fanout | delivered payloads/s, submitting at once |",
+        "| dead-remote | records queued for the dead remote | 150 records |",
+        "| restart | start to /healthz 200 with 400 queued |",
+        "| restart | resume to first delivery |",
+        "| plugin | case-json: time per payload |",
+    ] {
+        assert!(table.contains(expected), "missing row {expected}:\n{table}");
+    }
+    let duplicates: f64 = report
+        .figures
+        .iter()
+        .filter(|figure| figure.name == "payloads delivered twice")
+        .map(|figure| figure.value)
+        .sum();
+    assert_eq!(duplicates, 0.0, "a healthy receiver gets each payload once");
+}
