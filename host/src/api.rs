@@ -233,23 +233,11 @@ async fn put_connection(
         Ok(spec) => spec,
         Err(response) => return response,
     };
-    if let Some(name) = name {
-        if spec.name.is_empty() {
-            spec.name = name.to_owned();
-        } else if spec.name != name {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "name",
-                &format!("is \"{}\" but the URL names \"{name}\"", spec.name),
-            );
-        }
+    if let Err(response) = take_name_from_url(&mut spec.name, name) {
+        return response;
     }
     if let Err(problem) = spec.validate() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &problem.field,
-            &problem.problem,
-        );
+        return invalid(&problem);
     }
     if let Err(response) = check_connection_reach(app, access, &spec) {
         return response;
@@ -435,28 +423,44 @@ pub async fn get_repeater(
     }
 }
 
+/// A body may leave out `name` on PUT (the URL names the object); if it
+/// gives one, it must be the URL's.
+fn take_name_from_url(spec_name: &mut String, url_name: Option<&str>) -> Result<(), Response> {
+    let Some(url_name) = url_name else {
+        return Ok(());
+    };
+    if spec_name.is_empty() {
+        *spec_name = url_name.to_owned();
+        Ok(())
+    } else if spec_name != url_name {
+        Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+            &format!("is \"{spec_name}\" but the URL names \"{url_name}\""),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(problem: &crate::config::FieldError) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &problem.field,
+        &problem.problem,
+    )
+}
+
 async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&str>) -> Response {
     let mut spec: RepeaterSpec = match parse_spec(body, RepeaterSpec::from_json) {
         Ok(spec) => spec,
         Err(response) => return response,
     };
-    if let Some(name) = name {
-        if spec.name.is_empty() {
-            spec.name = name.to_owned();
-        } else if spec.name != name {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "name",
-                &format!("is \"{}\" but the URL names \"{name}\"", spec.name),
-            );
-        }
+    if let Err(response) = take_name_from_url(&mut spec.name, name) {
+        return response;
     }
     if let Err(problem) = spec.validate() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &problem.field,
-            &problem.problem,
-        );
+        return invalid(&problem);
     }
     let format_problem = match app
         .plugins
