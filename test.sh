@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the built-in plugins' unit tests, then the
-# gateway's unit, integration and end-to-end tests (real HTTP receivers, a real
-# SMTP server, real redb files and real .wasm components, all on loopback).
+# Runs every test of the project: the built-in and example plugins' unit
+# tests, then the gateway's unit, integration and end-to-end tests (real HTTP
+# receivers, a real SMTP server, real redb files and real .wasm components,
+# all on loopback).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 .ci/setup-test-deps
 
 cargo test --manifest-path plugins/Cargo.toml
+cargo test --manifest-path examples/payload-plugin/Cargo.toml
+cargo test --manifest-path examples/auth-plugin/Cargo.toml
 
 # The crash and CLI tests run the real binary; `cargo test` builds only the
 # test targets, so build it first (it shares every artifact with the tests).
