@@ -601,16 +601,6 @@ impl Store {
         Ok(None)
     }
 
-    /// How many records of a repeater are queued (pending or failed).
-    pub fn count_queued(&self, repeater_id: u64) -> Result<u64, StoreError> {
-        let counts = self.state_counts()?;
-        Ok(counts
-            .iter()
-            .filter(|((id, state), _)| *id == repeater_id && state.is_queued())
-            .map(|(_, n)| n)
-            .sum())
-    }
-
     /// Record counts by (repeater id, state).
     pub fn state_counts(&self) -> Result<BTreeMap<(u64, RecordState), u64>, StoreError> {
         let txn = self.db.begin_read()?;
