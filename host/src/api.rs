@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::catalog::{CatalogError, Origin};
-use crate::config::{ConnectionSpec, RepeaterSpec};
+use crate::connection::ConnectionSpec;
 use crate::record::{OperatorAction, RecordState, RepeatRecord};
+use crate::repeater::RepeaterSpec;
 use crate::store::RecordFilter;
 
 /// Who is calling.
@@ -111,7 +112,7 @@ fn store_error(error: crate::store::StoreError) -> Response {
 /// as a whole names `body`.
 fn parse_spec<T>(
     body: &Bytes,
-    read: fn(Value) -> Result<T, crate::config::FieldError>,
+    read: fn(Value) -> Result<T, crate::field::FieldError>,
 ) -> Result<T, Response> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         error(
@@ -284,7 +285,7 @@ fn check_connection_reach(
     access: Access,
     spec: &ConnectionSpec,
 ) -> Result<(), Response> {
-    use crate::config::AuthSpec;
+    use crate::connection::AuthSpec;
     if let AuthSpec::Plugin { plugin, .. } = &spec.auth {
         match app.plugins.get(plugin) {
             Some(loaded) if matches!(loaded.kind, crate::plugins::PluginKind::Auth { .. }) => {}
@@ -443,7 +444,7 @@ fn take_name_from_url(spec_name: &mut String, url_name: Option<&str>) -> Result<
     }
 }
 
-fn invalid(problem: &crate::config::FieldError) -> Response {
+fn invalid(problem: &crate::field::FieldError) -> Response {
     error(
         StatusCode::UNPROCESSABLE_ENTITY,
         &problem.field,

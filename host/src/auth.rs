@@ -12,7 +12,7 @@ use base64::Engine as _;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::config::AuthSpec;
+use crate::connection::AuthSpec;
 
 /// Tokens are refreshed this long before the expiry the server gave.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
@@ -414,7 +414,7 @@ mod tests {
         let spec = |secret: &str| AuthSpec::Oauth2ClientCredentials {
             token_url: "https://idp.example/token".into(),
             client_id: "gateway".into(),
-            client_secret: crate::config::Secret::new(secret),
+            client_secret: crate::secrets::Secret::new(secret),
             scope: None,
         };
         assert_eq!(cache_key(&spec("a")), cache_key(&spec("a")));

@@ -14,7 +14,9 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConnectionSpec, RepeaterSpec};
+use crate::config::Config;
+use crate::connection::ConnectionSpec;
+use crate::repeater::RepeaterSpec;
 use crate::secrets::{self, SecretKey};
 use crate::store::{ObjectChange, RepeaterRef, Store, StoreError};
 

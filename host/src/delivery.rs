@@ -19,13 +19,15 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{self, TokenCache};
 use crate::catalog::Origin;
-use crate::config::{
-    AuthSpec, ConnectionSpec, DeliveryConfig, HttpMethod, PayloadKind, RepeaterSpec,
-};
+use crate::connection::{AuthSpec, ConnectionSpec};
 use crate::egress::{self, EgressPolicy, GuardedResolver};
 use crate::plugins::{self, Payload, PluginError, PluginHost};
 use crate::record::{self, Attempt, Outcome, PayloadRef, RepeatRecord};
+use crate::repeater::{HttpMethod, PayloadKind, RepeaterSpec};
 use crate::store::SendSource;
+
+mod settings;
+pub use settings::DeliveryConfig;
 
 /// How much of a response body an attempt keeps.
 pub const RESPONSE_EXCERPT_BYTES: usize = 64 * 1024;

@@ -11,7 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
-use crate::config::IpNet;
+mod network;
+pub use network::IpNet;
 
 /// Why an address may not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -38,10 +38,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Snapshot};
-use crate::config::{ConnectionSpec, SmtpConfig, SmtpTls, format_duration};
+use crate::connection::ConnectionSpec;
 use crate::record::{Outcome, PayloadRef, RepeatRecord};
 use crate::store::Store;
 use crate::time::{format_utc, now_micros};
+use crate::units::format_duration;
+
+mod smtp_config;
+pub use smtp_config::{SmtpConfig, SmtpTls};
 
 /// Records listed one by one in an e-mail; failures of others are counted.
 pub const RECORDS_LISTED: usize = 20;

@@ -1,8 +1,8 @@
 //! Which repeaters want which payloads: the repeater filters of SPEC section 5
 //! as plain predicates over a form or a case.
 
-use crate::config::{CaseEvents, PayloadKind, RepeaterSpec};
 use crate::model::{Case, StoredForm};
+use crate::repeater::{CaseEvents, PayloadKind, RepeaterSpec};
 
 /// Whether a form or form-stub repeater forwards this form.
 pub fn wants_form(repeater: &RepeaterSpec, form: &StoredForm) -> bool {

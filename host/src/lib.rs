@@ -6,9 +6,11 @@
 //! remote accepts. Payload formats and custom auth are WebAssembly plugins.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated once.
+//! - [`config`]: reads and validates the TOML file, once.
 //! - [`model`], [`record`]: the domain types and the repeat-record state
-//!   machine (pure).
+//!   machine (pure); [`connection`], [`repeater`]: the connection and
+//!   repeater specs the file, the API and the store share; [`field`],
+//!   [`units`]: their key-path errors, shared checks and `"90s"` durations.
 //! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
 //!   applying case blocks, timestamps, repeater filters (pure).
 //! - [`store`]: the redb file; the only module that knows redb.
@@ -34,21 +36,25 @@ pub mod auth;
 pub mod cases;
 pub mod catalog;
 pub mod config;
+pub mod connection;
 pub mod delivery;
 pub mod egress;
 pub mod email;
+pub mod field;
 pub mod filters;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod record;
+pub mod repeater;
 pub mod sample;
 pub mod scheduler;
 pub mod secrets;
 pub mod sink;
 pub mod store;
 pub mod time;
+pub mod units;
 pub mod xform;
 
 use std::future::Future;

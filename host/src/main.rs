@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use repeatd::config::{self, PayloadKind};
+use repeatd::config;
 use repeatd::plugins::{self, Payload, PluginHost, PluginKind, PluginSource};
+use repeatd::repeater::PayloadKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -197,7 +198,7 @@ fn load_plugin_file(
         .and_then(|s| s.to_str())
         .unwrap_or("plugin")
         .to_owned();
-    let host = PluginHost::without_builtins(config::PluginLimits::default())?;
+    let host = PluginHost::without_builtins(plugins::PluginLimits::default())?;
     let loaded = host
         .load(&name, &bytes, PluginSource::File(file.to_owned()))
         .map_err(|error| anyhow::anyhow!("{}: {error:#}", file.display()))?;

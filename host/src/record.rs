@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PayloadKind, RetryPolicy};
+use crate::repeater::PayloadKind;
+
+mod retry_policy;
+pub use retry_policy::{RetryOverride, RetryPolicy};
 
 /// Where a record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -4,10 +4,10 @@
 //! cases.
 
 use crate::cases::{self, FormContext};
-use crate::config::PayloadKind;
 use crate::model::{Case, CaseIndex, StoredForm};
 use crate::plugins::{self, Event};
 use crate::record::AppChange;
+use crate::repeater::PayloadKind;
 
 /// The events `bytes` stands for, for a repeater of `kind` in `domain`.
 pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {

@@ -22,11 +22,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::catalog::Catalog;
-use crate::config::RetryPolicy;
 use crate::delivery::{Delivery, SendResult};
 use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
+use crate::record::RetryPolicy;
 use crate::record::{self, Outcome, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
@@ -519,7 +519,7 @@ impl Scheduler {
 struct SendTask {
     scheduler: Scheduler,
     repeater: RepeaterRef,
-    connection: crate::config::ConnectionSpec,
+    connection: crate::connection::ConnectionSpec,
     /// Who made the connection (the egress policy depends on it).
     connection_origin: crate::catalog::Origin,
     seq: u64,

@@ -3,6 +3,7 @@
 //! `data_dir/secret.key` (created with mode 0600 on first start) or, when set,
 //! the hex in `REPEATD_SECRET_KEY`. Tokens and passwords that are only ever
 //! checked (API tokens, submitter passwords) are stored as hashes instead.
+//! In memory a secret is a [`Secret`], which never prints its value.
 
 use std::io::Write;
 use std::path::Path;
@@ -136,6 +137,53 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
+}
+
+// ---------------------------------------------------------------------------
+// Secret values in memory
+// ---------------------------------------------------------------------------
+
+/// A password, token or key. `Debug` and `Display` print
+/// [`Secret::PLACEHOLDER`]; `Serialize` writes the real value, because the store
+/// encrypts whole records; only [`Secret::expose`] reads it in code.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// What is shown in place of a secret.
+    pub const PLACEHOLDER: &'static str = "********";
+
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(Self::PLACEHOLDER)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(Self::PLACEHOLDER)
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
 }
 
 #[cfg(test)]

@@ -25,13 +25,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cases::{self, FormContext};
-use crate::config::{PayloadKind, RepeaterSpec, RetryPolicy};
 use crate::filters;
 use crate::model::{Case, StoredForm};
+use crate::record::RetryPolicy;
 use crate::record::{
     self, AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord,
     Verdict,
 };
+use crate::repeater::{PayloadKind, RepeaterSpec};
 use crate::xform::CaseBlock;
 
 /// Bumped when an encoding below changes incompatibly.

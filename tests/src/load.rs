@@ -2281,8 +2281,9 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
 /// The built-in payload formats, called in this process through the same
 /// plugin host the gateway uses.
 fn plugin_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
-    use repeatd::config::{PayloadKind, PluginLimits};
+    use repeatd::plugins::PluginLimits;
     use repeatd::plugins::{Payload, PluginHost};
+    use repeatd::repeater::PayloadKind;
     let scenario = Scenario::Plugin;
     let compile_started = Instant::now();
     let host = PluginHost::new(PluginLimits::default())?;

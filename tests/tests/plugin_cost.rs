@@ -12,8 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use repeatd::config::{PayloadKind, PluginLimits};
+use repeatd::plugins::PluginLimits;
 use repeatd::plugins::{self, Event, Payload, PluginHost};
+use repeatd::repeater::PayloadKind;
 use repeatd_tests::{SEED_APP_ID, SEED_FORM};
 
 /// Calls per timed batch, and batches per figure (the median is reported).
