@@ -1813,3 +1813,112 @@ fn form_stub_repeaters_take_the_form_filters() {
         "repeatd.toml:16:14: repeaters[0].case_types: only applies to case repeaters, not to kind \"form-stub\""
     );
 }
+
+// --- positions, near misses, causes ---
+
+#[test]
+fn errors_carry_the_line_and_column_of_the_key_or_value() {
+    let text = format!(
+        "{BASE}[[repeaters]]\ndomain = \"demo\"\nname = \"a\"\nkind = \"form\"\nconnection = \"receiver\"\nformat = \"form-xml\"\n[[repeaters]]\ndomain = \"demo\"\nname = \"b\"\nkind = \"form\"\nconnection = \"receiver\"\nformat = \"form-xml\"\nretry = {{ max_atempts = 3 }}\n"
+    );
+    let error = parse_with_env(&text, SOURCE, &no_env).unwrap_err();
+    let ConfigError::Invalid {
+        location: Some(location),
+        error: field_error,
+        ..
+    } = &error
+    else {
+        panic!("expected a located error, found {error:?}")
+    };
+    assert_eq!(field_error.field, "repeaters[2].retry");
+    // Line 28 is the `retry` line; column 11 is the unknown key in it.
+    assert_eq!(
+        text.lines().nth(location.line - 1).unwrap(),
+        "retry = { max_atempts = 3 }"
+    );
+    assert_eq!((location.line, location.column), (28, 11));
+    assert_eq!(
+        error.to_string(),
+        "repeatd.toml:28:11: repeaters[2].retry: unknown key \"max_atempts\"; did you mean \"max_attempts\"?"
+    );
+}
+
+#[test]
+fn a_rule_broken_after_reading_points_at_the_value() {
+    let error = error_of(&BASE.replace("connection = \"receiver\"", "connection = \"rx\""));
+    assert_eq!(
+        error,
+        "repeatd.toml:14:14: repeaters[0].connection: no connection \"rx\" in domain \"demo\""
+    );
+}
+
+#[test]
+fn unknown_keys_get_a_near_miss_or_the_keys_there_are() {
+    assert_eq!(
+        repeater_error("max_worker = 3"),
+        "repeatd.toml:16:1: repeaters[0]: unknown key \"max_worker\"; did you mean \"max_workers\"?"
+    );
+    assert_eq!(
+        error_of("[smtp]\nurl = \"smtp://h\"\nfrom = \"a@b\"\ntls = true"),
+        "repeatd.toml:4:1: smtp: unknown key \"tls\"; expected one of url, from, quiet_period, username, password"
+    );
+    assert_eq!(
+        connection_error("auth = { type = \"basik\", username = \"u\", password = \"p\" }"),
+        "repeatd.toml:7:17: connections[0].auth.type: unknown auth type \"basik\"; expected none, basic, digest, bearer, api_key, oauth2_client_credentials, oauth2_password or plugin; did you mean \"basic\"?"
+    );
+    // Only secrets may come from the environment.
+    assert_eq!(
+        connection_error("url_env = \"URL\""),
+        "repeatd.toml:7:1: connections[0]: unknown key \"url_env\"; did you mean \"url\"?"
+    );
+    let error = RepeaterSpec::from_json(
+        json!({"name": "r", "kind": "case", "connection": "c", "format": "case-json", "max_workrs": 2}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        FieldError::new(
+            "",
+            "unknown key \"max_workrs\"; did you mean \"max_workers\"?"
+        )
+    );
+}
+
+#[test]
+fn a_missing_file_says_its_cause_once() {
+    let error = load_with_env(Some(Path::new("/nonexistent/repeatd.toml")), &no_env).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert_eq!(
+        chain.matches("No such file or directory").count(),
+        1,
+        "{chain}"
+    );
+    assert_eq!(
+        chain,
+        "/nonexistent/repeatd.toml: cannot read the config file: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn json_errors_are_in_the_same_words() {
+    let error = ConnectionSpec::from_json(json!({"url": "https://example.org/", "timeout": 5}))
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "timeout: expected a duration string like \"90s\", found integer `5`"
+    );
+    let error = ConnectionSpec::from_json(
+        json!({"url": "https://example.org/", "auth": {"type": "basic", "username": "u", "password": 7}}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "auth.password: expected a string, found integer `7`"
+    );
+    let error = ConnectionSpec::from_json(json!({"url": "https://example.org/", "headers": []}))
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "headers: expected an object, found an array"
+    );
+}
