@@ -63,13 +63,22 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     /// The admin API's token; `REPEATD_ADMIN_TOKEN` overrides it.
     pub admin_token: Option<Secret>,
+    /// Where error e-mails go; none are sent without it.
+    #[serde(deserialize_with = "field::optional_table")]
     pub smtp: Option<SmtpConfig>,
+    #[serde(deserialize_with = "field::table")]
     pub retry: RetryPolicy,
+    #[serde(deserialize_with = "field::table")]
     pub plugins: PluginLimits,
+    #[serde(deserialize_with = "field::table")]
     pub delivery: DeliveryConfig,
+    #[serde(deserialize_with = "field::table")]
     pub ingest: IngestConfig,
+    #[serde(deserialize_with = "field::tables")]
     pub domains: Vec<DomainConfig>,
+    #[serde(deserialize_with = "field::tables")]
     pub api_tokens: Vec<ApiTokenConfig>,
+    #[serde(deserialize_with = "field::tables")]
     pub submitters: Vec<SubmitterConfig>,
     pub connections: Vec<Declared<ConnectionSpec>>,
     pub repeaters: Vec<Declared<RepeaterSpec>>,
@@ -728,13 +737,11 @@ fn check_domain_slug(name: &str) -> Result<(), String> {
         && bytes
             .iter()
             .all(|&byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
+    valid.then_some(()).ok_or_else(|| {
+        format!(
             "invalid domain \"{name}\": use 1 to 63 lowercase letters, digits and '-', starting with a letter or digit"
-        ))
-    }
+        )
+    })
 }
 
 #[cfg(test)]

@@ -152,7 +152,8 @@ pub enum AuthSpec {
     },
 }
 
-const AUTH_TYPES: [&str; 8] = [
+/// The `type` tags, as [`AuthSpec::type_name`] gives them.
+pub const AUTH_TYPES: [&str; 8] = [
     "none",
     "basic",
     "digest",
@@ -377,14 +378,15 @@ impl AuthTable {
             return Err(FieldError::new("", field::unknown_key(unknown, &expected)));
         }
         Ok(match auth_type.as_str() {
-            "basic" => AuthSpec::Basic {
-                username: self.required("username")?,
-                password: self.required("password")?,
-            },
-            "digest" => AuthSpec::Digest {
-                username: self.required("username")?,
-                password: self.required("password")?,
-            },
+            "basic" | "digest" => {
+                let username = self.required("username")?;
+                let password = self.required("password")?;
+                if auth_type == "basic" {
+                    AuthSpec::Basic { username, password }
+                } else {
+                    AuthSpec::Digest { username, password }
+                }
+            }
             "bearer" => AuthSpec::Bearer {
                 token: self.required("token")?,
             },

@@ -308,6 +308,60 @@ fn found_words(found: &str, origin: Origin) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Tables only
+// ---------------------------------------------------------------------------
+
+/// `#[serde(deserialize_with = "field::table")]` on a struct-typed field:
+/// read it from a table only. A derived struct also reads an array, by
+/// position, so `retry = [3]` would quietly mean `max_attempts = 3`.
+pub fn table<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    deserializer.deserialize_map(TableOnly(std::marker::PhantomData))
+}
+
+/// [`table`] for an optional field (with `#[serde(default)]`).
+pub fn optional_table<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    table(deserializer).map(Some)
+}
+
+/// [`table`] for an array of tables (`[[domains]]`).
+pub fn tables<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Item<T>(T);
+    impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Item<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            table(deserializer).map(Item)
+        }
+    }
+    let items: Vec<Item<T>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(items.into_iter().map(|Item(item)| item).collect())
+}
+
+struct TableOnly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for TableOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a table")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Value checks
 // ---------------------------------------------------------------------------
 
@@ -324,13 +378,9 @@ pub fn check_object_name(name: &str) -> Result<(), String> {
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name \"{name}\": use 1 to 64 letters, digits, '_', '.' and '-'"
-        ))
-    }
+    valid.then_some(()).ok_or_else(|| {
+        format!("invalid name \"{name}\": use 1 to 64 letters, digits, '_', '.' and '-'")
+    })
 }
 
 /// Plugin names, which are also file names: `[a-z0-9][a-z0-9_-]*`.
@@ -341,13 +391,11 @@ pub fn check_plugin_name(name: &str) -> Result<(), String> {
         && bytes.iter().all(|&byte| {
             byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'-')
         });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
+    valid.then_some(()).ok_or_else(|| {
+        format!(
             "invalid plugin name \"{name}\": use lowercase letters, digits, '_' and '-', starting with a letter or digit"
-        ))
-    }
+        )
+    })
 }
 
 /// An absolute http(s) URL with a host and no credentials.

@@ -84,17 +84,37 @@ pub struct UnknownName {
     pub expected: &'static str,
 }
 
+impl UnknownName {
+    /// The one of `names` whose `as_str` is `text`.
+    fn find<T: Copy>(
+        text: &str,
+        names: &[T],
+        as_str: fn(T) -> &'static str,
+        what: &'static str,
+        expected: &'static str,
+    ) -> Result<T, UnknownName> {
+        names
+            .iter()
+            .copied()
+            .find(|name| as_str(*name) == text)
+            .ok_or_else(|| UnknownName {
+                what,
+                found: text.to_owned(),
+                expected,
+            })
+    }
+}
+
 impl FromStr for PayloadKind {
     type Err = UnknownName;
     fn from_str(text: &str) -> Result<Self, UnknownName> {
-        PayloadKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-            .ok_or_else(|| UnknownName {
-                what: "payload kind",
-                found: text.to_owned(),
-                expected: "form, case, form-stub or app-schema",
-            })
+        UnknownName::find(
+            text,
+            &PayloadKind::ALL,
+            PayloadKind::as_str,
+            "payload kind",
+            "form, case, form-stub or app-schema",
+        )
     }
 }
 
@@ -118,14 +138,13 @@ impl FromStr for HttpMethod {
 impl FromStr for CaseEvents {
     type Err = UnknownName;
     fn from_str(text: &str) -> Result<Self, UnknownName> {
-        [CaseEvents::Any, CaseEvents::Create, CaseEvents::Update]
-            .into_iter()
-            .find(|events| events.as_str() == text)
-            .ok_or_else(|| UnknownName {
-                what: "case event",
-                found: text.to_owned(),
-                expected: "any, create or update",
-            })
+        UnknownName::find(
+            text,
+            &[CaseEvents::Any, CaseEvents::Create, CaseEvents::Update],
+            CaseEvents::as_str,
+            "case event",
+            "any, create or update",
+        )
     }
 }
 
@@ -177,7 +196,11 @@ pub struct RepeaterSpec {
     /// Parallel sends; 1 delivers in registration order.
     #[serde(default = "default_max_workers")]
     pub max_workers: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "field::optional_table"
+    )]
     pub retry: Option<RetryOverride>,
     /// Status codes to retry on top of the standard ones.
     #[serde(default)]

@@ -251,16 +251,7 @@ fn the_example_file_parses_and_documents_every_key() {
             "the example does not show {key:?}"
         );
     }
-    for auth_type in [
-        "none",
-        "basic",
-        "digest",
-        "bearer",
-        "api_key",
-        "oauth2_client_credentials",
-        "oauth2_password",
-        "plugin",
-    ] {
+    for auth_type in crate::connection::AUTH_TYPES {
         assert!(
             text.contains(&format!("type = \"{auth_type}\"")),
             "the example does not show auth {auth_type}"
@@ -1920,5 +1911,63 @@ fn json_errors_are_in_the_same_words() {
     assert_eq!(
         error.to_string(),
         "headers: expected an object, found an array"
+    );
+}
+
+#[test]
+fn only_the_wiring_names_config() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![source.clone()];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|entry| entry.unwrap().path()),
+            );
+            continue;
+        }
+        let relative = path
+            .strip_prefix(&source)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let wiring = ["lib.rs", "main.rs", "catalog.rs", "config.rs"].contains(&relative.as_str())
+            || relative.starts_with("config/");
+        if wiring || path.extension().is_none_or(|extension| extension != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("crate::config"),
+            "{relative} names the config module; take the type from its owner"
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} files checked");
+}
+
+#[test]
+fn a_table_cannot_be_given_as_an_array() {
+    assert_eq!(
+        error_of("retry = [3]"),
+        "repeatd.toml:1:9: retry: expected a table, found an array"
+    );
+    assert_eq!(
+        error_of("domains = [[\"demo\"]]"),
+        "repeatd.toml:1:12: domains[0]: expected a table, found an array"
+    );
+    assert_eq!(
+        repeater_error("retry = [3]"),
+        "repeatd.toml:16:9: repeaters[0].retry: expected a table, found an array"
+    );
+    assert_eq!(
+        RepeaterSpec::from_json(
+            json!({"name": "r", "kind": "case", "connection": "c", "format": "case-json", "retry": [3]})
+        )
+        .unwrap_err()
+        .to_string(),
+        "retry: expected an object, found an array"
     );
 }
