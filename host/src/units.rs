@@ -248,3 +248,83 @@ impl<'de> Deserialize<'de> for SettingText {
         setting_text(deserializer).map(SettingText)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        for (text, expected) in [
+            ("250ms", Duration::from_millis(250)),
+            ("90s", Duration::from_secs(90)),
+            ("5m", Duration::from_secs(300)),
+            ("2h", Duration::from_secs(7200)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1s500ms", Duration::from_millis(1500)),
+            ("0s", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+            assert_eq!(
+                parse_duration(&format_duration(expected)),
+                Ok(expected),
+                "{text}"
+            );
+        }
+        for (duration, text) in [
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(7 * 86_400), "7d"),
+            (Duration::from_millis(100), "100ms"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(duration), text);
+        }
+    }
+
+    #[test]
+    fn bad_durations_name_the_text() {
+        for (text, problem) in [
+            ("", "expected a number and a unit, like \"90s\""),
+            ("90", "the number needs a unit; use ms, s, m, h or d"),
+            ("5x", "unknown unit \"x\"; use ms, s, m, h or d"),
+            (
+                "1.5h",
+                "use whole numbers with a smaller unit, like \"90m\"",
+            ),
+            ("-5s", "expected a number and a unit, like \"90s\""),
+            ("99999999999999999999d", "too long"),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Err(format!("invalid duration \"{text}\": {problem}"))
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        for (text, bytes) in [
+            ("64MiB", 64 << 20),
+            ("512KiB", 512 << 10),
+            ("1GiB", 1 << 30),
+            ("10MB", 10_000_000),
+            ("2 kb", 2_000),
+            ("4096", 4096),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for (text, problem) in [
+            (
+                "64Mb!",
+                "unknown unit \"Mb!\"; use B, KB, MB, GB, KiB, MiB or GiB",
+            ),
+            ("MiB", "expected a number of bytes, like \"64MiB\""),
+        ] {
+            assert_eq!(
+                parse_size(text),
+                Err(format!("invalid size \"{text}\": {problem}"))
+            );
+        }
+    }
+}
