@@ -293,9 +293,7 @@ impl Location {
             column: before[line_start..].chars().count() + 1,
         }
     }
-}
 
-impl Location {
     /// The line of `text` this is on, with a caret under the column.
     fn snippet(&self, text: &str) -> String {
         let line = text.lines().nth(self.line - 1).unwrap_or_default();
