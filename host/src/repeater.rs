@@ -77,11 +77,19 @@ impl CaseEvents {
 
 /// A word that is not one of an enum's names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} \"{found}\"; expected {expected}")]
+#[error("unknown {what} \"{found}\"; expected {expected}{}", suggestion(near))]
 pub struct UnknownName {
     pub what: &'static str,
     pub found: String,
     pub expected: &'static str,
+    /// The name `found` is a near miss of, if any.
+    pub near: Option<String>,
+}
+
+fn suggestion(near: &Option<String>) -> String {
+    near.as_ref()
+        .map(|near| format!("; did you mean \"{near}\"?"))
+        .unwrap_or_default()
 }
 
 impl UnknownName {
@@ -97,10 +105,15 @@ impl UnknownName {
             .iter()
             .copied()
             .find(|name| as_str(*name) == text)
-            .ok_or_else(|| UnknownName {
-                what,
-                found: text.to_owned(),
-                expected,
+            .ok_or_else(|| {
+                let known: Vec<String> =
+                    names.iter().map(|name| as_str(*name).to_owned()).collect();
+                UnknownName {
+                    what,
+                    found: text.to_owned(),
+                    expected,
+                    near: field::did_you_mean(text, &known).map(str::to_owned),
+                }
             })
     }
 }
@@ -130,6 +143,7 @@ impl FromStr for HttpMethod {
                 what: "method",
                 found: text.to_owned(),
                 expected: "POST or PUT",
+                near: None,
             })
         }
     }

@@ -1378,7 +1378,7 @@ fn method_kind_format_and_events_are_known_words() {
     );
     assert_eq!(
         error_of(&BASE.replace("kind = \"case\"", "kind = \"cases\"")),
-        "repeatd.toml:13:8: repeaters[0].kind: unknown payload kind \"cases\"; expected form, case, form-stub or app-schema"
+        "repeatd.toml:13:8: repeaters[0].kind: unknown payload kind \"cases\"; expected form, case, form-stub or app-schema; did you mean \"case\"?"
     );
     assert_eq!(
         error_of(&BASE.replace("format = \"case-json\"", "format = \"Case JSON\"")),
