@@ -573,34 +573,40 @@ fn wrong_types_are_named() {
 
 #[test]
 fn missing_keys_are_named() {
-    assert_eq!(
-        error_of("[[domains]]"),
-        "repeatd.toml:1:1: domains[0]: missing key \"name\""
-    );
-    assert_eq!(
-        error_of("[[domains]]\nname = \"demo\"\n[[connections]]\ndomain = \"demo\"\nname = \"c\""),
-        "repeatd.toml:3:1: connections[0]: missing key \"url\""
-    );
-    assert_eq!(
-        error_of(&BASE.replace("format = \"case-json\"", "")),
-        "repeatd.toml:10:1: repeaters[0]: missing key \"format\""
-    );
-    assert_eq!(
-        error_of(&BASE.replace("kind = \"case\"", "")),
-        "repeatd.toml:10:1: repeaters[0]: missing key \"kind\""
-    );
-    assert_eq!(
-        connection_error("auth = { type = \"basic\", username = \"u\" }"),
-        "repeatd.toml:7:8: connections[0].auth: missing key \"password\" (or \"password_env\")"
-    );
-    assert_eq!(
-        connection_error("auth = { username = \"u\" }"),
-        "repeatd.toml:7:8: connections[0].auth: missing key \"type\""
-    );
-    assert_eq!(
-        error_of("[smtp]\nurl = \"smtp://h\""),
-        "repeatd.toml:1:1: smtp: missing key \"from\""
-    );
+    for (error, expected) in [
+        (
+            error_of("[[domains]]"),
+            "repeatd.toml:1:1: domains[0]: missing key \"name\"",
+        ),
+        (
+            error_of(
+                "[[domains]]\nname = \"demo\"\n[[connections]]\ndomain = \"demo\"\nname = \"c\"",
+            ),
+            "repeatd.toml:3:1: connections[0]: missing key \"url\"",
+        ),
+        (
+            error_of(&BASE.replace("format = \"case-json\"", "")),
+            "repeatd.toml:10:1: repeaters[0]: missing key \"format\"",
+        ),
+        (
+            error_of(&BASE.replace("kind = \"case\"", "")),
+            "repeatd.toml:10:1: repeaters[0]: missing key \"kind\"",
+        ),
+        (
+            connection_error("auth = { type = \"basic\", username = \"u\" }"),
+            "repeatd.toml:7:8: connections[0].auth: missing key \"password\" (or \"password_env\")",
+        ),
+        (
+            connection_error("auth = { username = \"u\" }"),
+            "repeatd.toml:7:8: connections[0].auth: missing key \"type\"",
+        ),
+        (
+            error_of("[smtp]\nurl = \"smtp://h\""),
+            "repeatd.toml:1:1: smtp: missing key \"from\"",
+        ),
+    ] {
+        assert_eq!(error, expected);
+    }
 }
 
 // --- secrets ---
