@@ -147,22 +147,8 @@ impl Client {
         state: &str,
         timeout: Duration,
     ) -> Vec<Value> {
-        self.wait_records_as(ADMIN_TOKEN, domain, query, n, state, timeout)
-            .await
-    }
-
-    /// [`Client::wait_records`] as `token` sees them.
-    pub async fn wait_records_as(
-        &self,
-        token: &str,
-        domain: &str,
-        query: &str,
-        n: usize,
-        state: &str,
-        timeout: Duration,
-    ) -> Vec<Value> {
         let settled = wait_for(timeout, || async {
-            let records = self.records_as(token, domain, query).await;
+            let records = self.records(domain, query).await;
             if records.len() == n && records.iter().all(|r| r["state"] == state) {
                 Ok(records)
             } else {

@@ -1,7 +1,8 @@
 //! The HTTP servers of the kit (the scriptable [`crate::Receiver`], the
 //! closure-driven [`crate::remote::Remote`] and the load tool's receivers)
-//! share how they accept connections and how a request is kept for a test
-//! to look at: [`serve`] and [`Received::read`].
+//! share how they accept connections, how a request is kept for a test to
+//! look at and how a test waits for requests: [`serve`], [`Received::read`]
+//! and [`wait_requests`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,6 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use crate::Received;
+use crate::wait::wait_for;
 
 /// Serves HTTP/1.1 on `listener` with `handle` until the runtime stops. A
 /// handler's error closes the connection without an answer.
@@ -72,4 +74,19 @@ impl Received {
             at: Instant::now(),
         }
     }
+}
+
+/// Waits until `requests` lists at least `n`; returns them (those that came
+/// when `timeout` passes first).
+pub async fn wait_requests(
+    n: usize,
+    timeout: Duration,
+    requests: impl Fn() -> Vec<Received>,
+) -> Vec<Received> {
+    let arrived = wait_for(timeout, || async {
+        let got = requests();
+        if got.len() >= n { Ok(got) } else { Err(got) }
+    })
+    .await;
+    arrived.unwrap_or_else(|so_far| so_far)
 }

@@ -222,12 +222,7 @@ impl Receiver {
     /// Waits until `path` got at least `n` requests; returns them (those
     /// that came when `timeout` passes first).
     pub async fn wait(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        let arrived = wait_for(timeout, || async {
-            let got = self.requests(path);
-            if got.len() >= n { Ok(got) } else { Err(got) }
-        })
-        .await;
-        arrived.unwrap_or_else(|so_far| so_far)
+        http::wait_requests(n, timeout, || self.requests(path)).await
     }
 }
 

@@ -11,8 +11,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 
-use crate::Received;
-use crate::wait::wait_for;
+use crate::{Received, http};
 
 /// What the remote answers to one request.
 #[derive(Debug, Clone)]
@@ -135,12 +134,7 @@ impl Remote {
     /// Waits until `path` got at least `n` requests; returns them (those
     /// that came when `timeout` passes first).
     pub async fn wait(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        let arrived = wait_for(timeout, || async {
-            let got = self.requests(path);
-            if got.len() >= n { Ok(got) } else { Err(got) }
-        })
-        .await;
-        arrived.unwrap_or_else(|so_far| so_far)
+        http::wait_requests(n, timeout, || self.requests(path)).await
     }
 }
 

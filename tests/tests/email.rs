@@ -228,6 +228,21 @@ fn config(smtp: &str, connections: &[String], repeaters: &str) -> String {
     )
 }
 
+/// Forms to `receiver/in` (connection "receiver", which notifies
+/// ops@example.org) with one attempt each; SMTP on `smtp_port`, 15 minutes
+/// quiet.
+fn one_attempt_to(receiver: &Receiver, smtp_port: u16) -> String {
+    config(
+        &smtp_section(smtp_port, "15m"),
+        &[connection(
+            "receiver",
+            &receiver.url("/in"),
+            &["ops@example.org"],
+        )],
+        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
+    )
+}
+
 /// Retries fast; `max_attempts` attempts in all.
 fn fast_retry(max_attempts: u32) -> String {
     format!(
@@ -697,19 +712,7 @@ async fn smtp_down_at_first_up_later_the_email_still_arrives() {
     receiver.plan("/in", vec![Answer::Status(503)]);
     // The binary, so that its log shows when the notifier has failed.
     let dir = TempDir::new("smtp-down");
-    let gateway = Daemon::start_in(
-        &dir,
-        &config(
-            &smtp_section(smtp_port, "15m"),
-            &[connection(
-                "receiver",
-                &receiver.url("/in"),
-                &["ops@example.org"],
-            )],
-            &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
-        ),
-    )
-    .await;
+    let gateway = Daemon::start_in(&dir, &one_attempt_to(&receiver, smtp_port)).await;
     assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
     // Delivery does not wait for e-mail: the record is done while SMTP is down.
     let records = gateway.wait_records("demo", "", 1, "cancelled", WAIT).await;
@@ -750,15 +753,7 @@ async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
     let receiver = Receiver::start().await;
     receiver.plan("/in", vec![Answer::Status(503)]);
     let dir = Arc::new(TempDir::new("email-restart"));
-    let body = config(
-        &smtp_section(smtp_port, "15m"),
-        &[connection(
-            "receiver",
-            &receiver.url("/in"),
-            &["ops@example.org"],
-        )],
-        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
-    );
+    let body = one_attempt_to(&receiver, smtp_port);
     let daemon = Daemon::start_in(&dir, &body).await;
     assert_eq!(daemon.submit("demo", SEED_FORM, None).await.0, 201);
     assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
