@@ -29,6 +29,14 @@ async fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
         .expect("starting repeatd")
 }
 
+/// Submits `xml` as danny with `password`; the status.
+async fn submit(daemon: &Daemon, xml: &[u8], password: &str) -> u16 {
+    daemon
+        .submit_as("demo", xml, None, ("danny", password), "text/xml")
+        .await
+        .0
+}
+
 /// `GET path` with `token`, which must answer 200 with JSON.
 async fn json(daemon: &Daemon, token: &str, path: &str) -> Value {
     let (status, text) = daemon.api_text_as(token, "GET", path, None).await;
@@ -252,29 +260,16 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
     let daemon = start(&config_path, &env).await;
 
     assert_eq!(
-        daemon
-            .submit_as(
-                "demo",
-                &generated_form("secret-1", "c-1", "t"),
-                None,
-                ("danny", "wrong"),
-                "text/xml"
-            )
-            .await
-            .0,
+        submit(&daemon, &generated_form("secret-1", "c-1", "t"), "wrong").await,
         401
     );
     assert_eq!(
-        daemon
-            .submit_as(
-                "demo",
-                &generated_form("secret-1", "c-1", "t"),
-                None,
-                ("danny", SUBMITTER_SECRET),
-                "text/xml"
-            )
-            .await
-            .0,
+        submit(
+            &daemon,
+            &generated_form("secret-1", "c-1", "t"),
+            SUBMITTER_SECRET
+        )
+        .await,
         201
     );
     for name in ["basic", "digest", "bearer", "apikey", "cc", "pw"] {
@@ -348,16 +343,12 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
-        daemon
-            .submit_as(
-                "demo",
-                &generated_form("secret-2", "c-2", "t"),
-                None,
-                ("danny", SUBMITTER_SECRET),
-                "text/xml"
-            )
-            .await
-            .0,
+        submit(
+            &daemon,
+            &generated_form("secret-2", "c-2", "t"),
+            SUBMITTER_SECRET
+        )
+        .await,
         201
     );
     let records = settled(&daemon, ADMIN_SECRET, "to-api-basic", 1, "succeeded").await;
@@ -526,16 +517,7 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
-        daemon
-            .submit_as(
-                "demo",
-                &generated_form("open-1", "c", "t"),
-                None,
-                ("danny", "pw"),
-                "text/xml"
-            )
-            .await
-            .0,
+        submit(&daemon, &generated_form("open-1", "c", "t"), "pw").await,
         201
     );
     settled(&daemon, DOMAIN_SECRET, "to-literal", 1, "succeeded").await;
@@ -552,16 +534,7 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
     )
     .await;
     assert_eq!(
-        daemon
-            .submit_as(
-                "demo",
-                &generated_form("closed-1", "c", "t"),
-                None,
-                ("danny", "pw"),
-                "text/xml"
-            )
-            .await
-            .0,
+        submit(&daemon, &generated_form("closed-1", "c", "t"), "pw").await,
         201
     );
     let record = eventually("the record to be cancelled", WAIT, || async {
