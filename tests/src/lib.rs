@@ -340,6 +340,24 @@ pub fn repeatd_binary() -> PathBuf {
     binary
 }
 
+/// Whether `text` is a timestamp as the gateway writes them:
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
+pub fn is_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    text.len() == 27
+        && text.ends_with('Z')
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && text[..4]
+            .bytes()
+            .chain(text[20..26].bytes())
+            .all(|c| c.is_ascii_digit())
+}
+
 /// A form with a fresh instance id and one case block, for load tests.
 pub fn generated_form(form_id: &str, case_id: &str, case_type: &str) -> Vec<u8> {
     format!(

@@ -228,6 +228,17 @@ fn config(smtp: &str, connections: &[String], repeaters: &str) -> String {
     )
 }
 
+/// Checks that exactly one e-mail came, to ops@example.org, saying that
+/// connection "receiver" is failing.
+fn assert_one_failing_mail(mails: &[Mail]) {
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+    );
+}
+
 /// Forms to `receiver/in` (connection "receiver", which notifies
 /// ops@example.org) with one attempt each; SMTP on `smtp_port`, 15 minutes
 /// quiet.
@@ -724,12 +735,7 @@ async fn smtp_down_at_first_up_later_the_email_still_arrives() {
 
     let smtp = SmtpSink::start_on(smtp_port).await;
     let mails = smtp.wait_mails(1, WAIT).await;
-    assert_eq!(mails.len(), 1, "{mails:#?}");
-    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
-    assert_eq!(
-        mails[0].subject,
-        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
-    );
+    assert_one_failing_mail(&mails);
     mails[0].assert_line(&format!(
         "Record id:     {}",
         records[0]["id"].as_str().unwrap()
@@ -777,12 +783,7 @@ async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
         "nothing is sent again after the restart"
     );
     let mails = smtp.wait_mails(1, WAIT).await;
-    assert_eq!(mails.len(), 1, "{mails:#?}");
-    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
-    assert_eq!(
-        mails[0].subject,
-        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
-    );
+    assert_one_failing_mail(&mails);
     mails[0].assert_line("    remote answered 503: remote says no: error 503");
     mails[0].assert_line(&format!(
         "Record id:     {}",

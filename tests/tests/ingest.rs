@@ -18,19 +18,6 @@ const OPENROSA_ERROR: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http
 
 // ---- helpers ----------------------------------------------------------------------
 
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[20..26].bytes().all(|c| c.is_ascii_digit())
-}
-
 /// What the receiver endpoint answered.
 #[derive(Debug)]
 struct Reply {
