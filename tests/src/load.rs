@@ -1405,6 +1405,28 @@ impl<'a> Bench<'a> {
         GatewayProcess::start(&self.options.gateway, config, &log).await
     }
 
+    /// Measures and records both ceilings the scenario's figures are read
+    /// against: the submit path's (forms/s) and the receiver's (payloads/s).
+    async fn ceilings(&mut self, plans: &[Plan]) -> anyhow::Result<(f64, f64)> {
+        let submit_ceiling = self.submit_ceiling().await?;
+        let receiver_ceiling = self
+            .receiver_ceiling(delivery_concurrency(plans, self.options.max_workers))
+            .await?;
+        self.figure(Figure::new(
+            self.scenario,
+            "ceiling: minimal server, submit path",
+            submit_ceiling,
+            "forms/s",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            "ceiling: receiver alone",
+            receiver_ceiling,
+            "payloads/s",
+        ));
+        Ok((submit_ceiling, receiver_ceiling))
+    }
+
     /// The submit path's ceiling: the same forms, the same concurrency, a
     /// server that answers 201 and stores nothing.
     async fn submit_ceiling(&mut self) -> anyhow::Result<f64> {
@@ -1580,22 +1602,7 @@ async fn flow(
     let plans = healthy_plans(repeaters);
     let capacity = 2 * forms + options.latency_forms;
     let mut bench = Bench::new(options, scenario, &plans, capacity).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
 
     let config = bench.write_config(&plans, 0)?;
     let gateway = bench.start_gateway(&config).await?;
@@ -1790,22 +1797,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         paused: false,
     });
     let mut bench = Bench::new(options, scenario, &plans, forms).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
     let config = bench.write_config(&plans, refusing_port()?)?;
     let gateway = bench.start_gateway(&config).await?;
 
@@ -1926,22 +1918,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         })
         .collect();
     let mut bench = Bench::new(options, scenario, &plans, forms).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
     let config = bench.write_config(&plans, 0)?;
     let gateway = bench.start_gateway(&config).await?;
 
