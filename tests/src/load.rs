@@ -1576,6 +1576,23 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// The end of every scenario: the gateway's peak memory, what the
+    /// receiver saw, a graceful stop, and the figures into `report`.
+    async fn conclude(mut self, gateway: GatewayProcess, report: &mut Report) {
+        self.figure(
+            Figure::new(
+                self.scenario,
+                "gateway peak RSS",
+                gateway.peak_rss_mib(),
+                "MiB",
+            )
+            .target("< 256 MiB"),
+        );
+        self.check_receiver();
+        self.stop(gateway).await;
+        self.finish(report);
+    }
+
     fn finish(self, report: &mut Report) {
         report.figures.extend(self.figures);
         report.failures.extend(self.failures);
@@ -1774,13 +1791,7 @@ async fn flow(
             "ms",
         ));
     }
-    bench.figure(
-        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
-            .target("< 256 MiB"),
-    );
-    bench.check_receiver();
-    bench.stop(gateway).await;
-    bench.finish(report);
+    bench.conclude(gateway, report).await;
     Ok(())
 }
 
@@ -1889,13 +1900,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         idle_cpu * 100.0,
         "% of a core",
     ));
-    bench.figure(
-        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
-            .target("< 256 MiB"),
-    );
-    bench.check_receiver();
-    bench.stop(gateway).await;
-    bench.finish(report);
+    bench.conclude(gateway, report).await;
     Ok(())
 }
 
