@@ -2,27 +2,38 @@
 //! built binary for crash tests), a real HTTP receiver whose answers a test
 //! can script, and helpers to submit forms and call the admin API. Only
 //! loopback addresses are used.
+//!
+//! # Layout
+//! - this file: the scriptable [`Receiver`], the in-process [`Gateway`] and
+//!   config snippets;
+//! - [`client`]: HTTP calls to a running gateway (submit, admin API, records);
+//! - [`daemon`]: the built binary in its own process ([`Daemon`], [`Launch`]);
+//! - [`wait`]: [`eventually`], waiting on a condition rather than a clock;
+//! - [`remote`]: a remote whose every answer a closure decides;
+//! - [`load`]: the load harness behind `repeatd-load`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes_shim::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod client;
+pub mod daemon;
+mod http;
 pub mod load;
 pub mod remote;
+pub mod wait;
 
-mod bytes_shim {
-    pub use hyper::body::Bytes;
-}
+pub use client::Client;
+pub use daemon::{Daemon, Launch, Stopped};
+pub use wait::{eventually, wait_for};
 
 pub const SEED_FORM: &[u8] = include_bytes!("../../../shared/acceptance/seed_form.xml");
 pub const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
@@ -126,7 +137,6 @@ struct ReceiverState {
 pub struct Receiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<ReceiverState>>,
-    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
@@ -138,25 +148,11 @@ impl Receiver {
         let receiver = Receiver {
             addr,
             state: Arc::new(Mutex::new(ReceiverState::default())),
-            arrived: Arc::new(tokio::sync::Notify::new()),
         };
         let serving = receiver.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let receiver = serving.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let receiver = receiver.clone();
-                        async move { receiver.handle(request).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        http::serve(listener, move |request| {
+            let receiver = serving.clone();
+            async move { receiver.handle(request).await }
         });
         receiver
     }
@@ -178,30 +174,8 @@ impl Receiver {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-        let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes().to_vec())
-            .unwrap_or_default();
-        let path = parts.uri.path().to_owned();
-        let received = Received {
-            method: parts.method.to_string(),
-            path: path.clone(),
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body,
-            at: Instant::now(),
-        };
+        let received = Received::read(request).await;
+        let path = received.path.clone();
         let answer = {
             let mut state = self.state.lock().unwrap();
             state.requests.push(received);
@@ -211,7 +185,6 @@ impl Receiver {
                 None => Answer::Status(200),
             }
         };
-        self.arrived.notify_waiters();
         let (status, headers) = match answer {
             Answer::Status(status) => (status, Vec::new()),
             Answer::WithHeaders(status, headers) => (status, headers),
@@ -246,21 +219,10 @@ impl Receiver {
             .collect()
     }
 
-    /// Waits until `path` got at least `n` requests (or `timeout` passes).
+    /// Waits until `path` got at least `n` requests; returns them (those
+    /// that came when `timeout` passes first).
     pub async fn wait(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.arrived.notified();
-            let got = self.requests(path);
-            if got.len() >= n || Instant::now() >= deadline {
-                return got;
-            }
-            let _ = tokio::time::timeout(
-                Duration::from_millis(50).min(deadline - Instant::now()),
-                notified,
-            )
-            .await;
-        }
+        http::wait_requests(n, timeout, || self.requests(path)).await
     }
 }
 
@@ -275,7 +237,7 @@ pub struct Gateway {
     pub dir: Arc<TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    client: reqwest::Client,
+    client: Client,
 }
 
 /// The config head every test gateway uses: its own data and plugin dirs.
@@ -316,12 +278,8 @@ impl Gateway {
             dir,
             shutdown: Some(shutdown),
             task: Some(task),
-            client: reqwest::Client::new(),
+            client: Client::new(addr),
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     /// Stops serving and lets sends under way finish.
@@ -333,100 +291,13 @@ impl Gateway {
             let _ = task.await;
         }
     }
+}
 
-    /// Submits a form as `danny:pw` (raw XML).
-    pub async fn submit(&self, domain: &str, xml: &[u8], app_id: Option<&str>) -> (u16, String) {
-        self.submit_as(domain, xml, app_id, ("danny", "pw"), "text/xml")
-            .await
-    }
+impl Deref for Gateway {
+    type Target = Client;
 
-    pub async fn submit_as(
-        &self,
-        domain: &str,
-        xml: &[u8],
-        app_id: Option<&str>,
-        user: (&str, &str),
-        content_type: &str,
-    ) -> (u16, String) {
-        let path = match app_id {
-            Some(app) => format!("/a/{domain}/receiver/{app}"),
-            None => format!("/a/{domain}/receiver"),
-        };
-        let response = self
-            .client
-            .post(self.url(&path))
-            .basic_auth(user.0, Some(user.1))
-            .header("content-type", content_type)
-            .body(xml.to_vec())
-            .send()
-            .await
-            .expect("submitting");
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
-    }
-
-    /// Calls the admin API with the admin token.
-    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.api_as(ADMIN_TOKEN, method, path, body).await
-    }
-
-    pub async fn api_as(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method.parse().expect("method"), self.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&body).expect("JSON body"));
-        }
-        let response = request.send().await.expect("calling the API");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// The domain's records (all of them, up to 10,000).
-    pub async fn records(&self, domain: &str, query: &str) -> Vec<Value> {
-        let (status, body) = self
-            .api(
-                "GET",
-                &format!("/api/v1/domains/{domain}/records?limit=10000&{query}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "listing records: {body}");
-        body["records"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Waits until every record of the domain matching `query` is in `state`
-    /// and there are `n` of them; returns them.
-    pub async fn wait_records(
-        &self,
-        domain: &str,
-        query: &str,
-        n: usize,
-        state: &str,
-        timeout: Duration,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let records = self.records(domain, query).await;
-            let done = records.len() == n && records.iter().all(|r| r["state"] == state);
-            if done || Instant::now() >= deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -467,6 +338,24 @@ pub fn repeatd_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// Whether `text` is a timestamp as the gateway writes them:
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
+pub fn is_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    text.len() == 27
+        && text.ends_with('Z')
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && text[..4]
+            .bytes()
+            .chain(text[20..26].bytes())
+            .all(|c| c.is_ascii_digit())
 }
 
 /// A form with a fresh instance id and one case block, for load tests.

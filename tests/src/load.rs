@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::{ADMIN_TOKEN, TempDir, config_head, demo_config, repeater};
+use crate::daemon::cpu_seconds;
+use crate::http;
+use crate::{ADMIN_TOKEN, Daemon, Launch, TempDir, config_head, demo_config, repeater, wait_for};
 
 /// The submitter every generated config declares (`danny:pw`), as a header.
 const SUBMITTER_AUTHORIZATION: &str = "Basic ZGFubnk6cHc=";
@@ -834,32 +835,6 @@ fn respond(status: u16, body: &'static [u8]) -> Answer {
     Ok(response)
 }
 
-/// Serves HTTP/1.1 on `listener` with `handle` until the runtime stops.
-fn serve<H, F>(listener: tokio::net::TcpListener, handle: H)
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Answer> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
-                    .await;
-            });
-        }
-    });
-}
-
 /// The fast receiver: `POST /p/{lane}` is a payload for lane `lane`;
 /// `POST /ceiling` is the load tool measuring the receiver's own rate.
 async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
@@ -867,7 +842,7 @@ async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
         .await
         .context("binding the receiver")?;
     let addr = listener.local_addr()?;
-    serve(listener, move |request: Request<Incoming>| {
+    http::serve(listener, move |request: Request<Incoming>| {
         let tally = tally.clone();
         async move {
             let path = request.uri().path().to_owned();
@@ -899,7 +874,7 @@ async fn start_minimal_server() -> anyhow::Result<SocketAddr> {
         .await
         .context("binding the minimal server")?;
     let addr = listener.local_addr()?;
-    serve(listener, |request: Request<Incoming>| async move {
+    http::serve(listener, |request: Request<Incoming>| async move {
         match request.into_body().collect().await {
             Ok(body) => {
                 std::hint::black_box(body.to_bytes());
@@ -1098,30 +1073,6 @@ async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
 
 // ---- the gateway process -------------------------------------------------------------------
 
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok())
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// User plus system CPU seconds of a process (all its threads), from
-/// `/proc/PID/stat`.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks_per_second())
-}
-
 /// A `/proc/PID/status` memory line (`VmHWM`, `VmRSS`) in MiB.
 fn status_mib(pid: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -1163,97 +1114,33 @@ fn own_cpu_seconds() -> f64 {
     cpu_seconds("self").unwrap_or(0.0)
 }
 
-/// The gateway binary running as a child process.
+/// The gateway binary running as a child process, and what the harness
+/// measures of it.
 struct GatewayProcess {
-    child: std::process::Child,
+    daemon: Daemon,
     pid: String,
-    addr: SocketAddr,
-    log: PathBuf,
-    http: reqwest::Client,
 }
 
 impl GatewayProcess {
-    /// Starts `binary serve --config config`, its stderr copied to `log`,
-    /// and waits until it says where it listens.
+    /// Starts `binary serve --config config`, its log copied to `log`, and
+    /// waits until `/healthz` answers 200.
     async fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
-        use std::io::{BufRead, Write};
-        let mut child = std::process::Command::new(binary)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting the gateway {}", binary.display()))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let (listening, listened) = tokio::sync::oneshot::channel::<SocketAddr>();
-        std::thread::spawn(move || {
-            let mut listening = Some(listening);
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log_file, "{line}");
-                if let Some(rest) = line
-                    .split_once("listening on http://")
-                    .map(|(_, rest)| rest)
-                {
-                    let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    if let (Some(addr), Some(sender)) = (addr, listening.take()) {
-                        let _ = sender.send(addr);
-                    }
-                }
-            }
-        });
-        let pid = child.id().to_string();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("building the control client")?;
-        let addr = match tokio::time::timeout(Duration::from_secs(120), listened).await {
-            Ok(Ok(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!(
-                    "the gateway did not start listening; its log ({}):\n{}",
-                    log.display(),
-                    log_tail(log)
-                );
-            }
-        };
+        let daemon = Launch::new(config)
+            .binary(binary)
+            .log_file(log)
+            .start()
+            .await?;
         Ok(GatewayProcess {
-            child,
-            pid,
-            addr,
-            log: log.to_owned(),
-            http,
+            pid: daemon.pid().to_string(),
+            daemon,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(response) = self.http.get(self.url("/healthz")).send().await
-                && response.status() == 200
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "/healthz did not answer 200 within 120 s; log:\n{}",
-                    log_tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// The last lines of its log.
+    fn log_tail(&self) -> String {
+        let log = self.daemon.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -1285,8 +1172,9 @@ impl GatewayProcess {
     /// A sample of `/metrics` (the first line starting with `name`).
     async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let text = self
-            .http
-            .get(self.url("/metrics"))
+            .daemon
+            .http()
+            .get(self.daemon.url("/metrics"))
             .send()
             .await
             .context("GET /metrics")?
@@ -1304,8 +1192,12 @@ impl GatewayProcess {
     /// `POST /api/v1/domains/demo/repeaters/{name}/{action}`.
     async fn repeater_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
         let response = self
-            .http
-            .post(self.url(&format!("/api/v1/domains/demo/repeaters/{name}/{action}")))
+            .daemon
+            .http()
+            .post(
+                self.daemon
+                    .url(&format!("/api/v1/domains/demo/repeaters/{name}/{action}")),
+            )
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -1321,42 +1213,10 @@ impl GatewayProcess {
 
     /// SIGTERM, then waits for the exit; returns how long it took and
     /// whether the process exited successfully.
-    async fn terminate(mut self) -> anyhow::Result<(Duration, bool)> {
-        let started = Instant::now();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid])
-            .status()
-            .context("running kill -TERM")?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
-        let deadline = started + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok((started.elapsed(), status.success()));
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "the gateway did not exit within 60 s of SIGTERM; log:\n{}",
-                    log_tail(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    async fn terminate(self) -> anyhow::Result<(Duration, bool)> {
+        let stopped = self.daemon.stop().await?;
+        Ok((stopped.took, stopped.status.success()))
     }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn dir_size_mib(dir: &Path) -> f64 {
@@ -1545,6 +1405,28 @@ impl<'a> Bench<'a> {
         GatewayProcess::start(&self.options.gateway, config, &log).await
     }
 
+    /// Measures and records both ceilings the scenario's figures are read
+    /// against: the submit path's (forms/s) and the receiver's (payloads/s).
+    async fn ceilings(&mut self, plans: &[Plan]) -> anyhow::Result<(f64, f64)> {
+        let submit_ceiling = self.submit_ceiling().await?;
+        let receiver_ceiling = self
+            .receiver_ceiling(delivery_concurrency(plans, self.options.max_workers))
+            .await?;
+        self.figure(Figure::new(
+            self.scenario,
+            "ceiling: minimal server, submit path",
+            submit_ceiling,
+            "forms/s",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            "ceiling: receiver alone",
+            receiver_ceiling,
+            "payloads/s",
+        ));
+        Ok((submit_ceiling, receiver_ceiling))
+    }
+
     /// The submit path's ceiling: the same forms, the same concurrency, a
     /// server that answers 201 and stores nothing.
     async fn submit_ceiling(&mut self) -> anyhow::Result<f64> {
@@ -1605,7 +1487,7 @@ impl<'a> Bench<'a> {
     ) -> Driven {
         let driven = drive(
             Drive {
-                addr: gateway.addr,
+                addr: gateway.daemon.addr(),
                 path: format!("/a/demo/receiver/{APP_ID}"),
                 authorization: Some(SUBMITTER_AUTHORIZATION),
                 indices: forms.clone(),
@@ -1651,7 +1533,7 @@ impl<'a> Bench<'a> {
                 self.fail(format!(
                     "payloads missing: {got} of {expected_here} arrived for forms {forms:?}, none for {} s; gateway log:\n{}",
                     STALL.as_secs(),
-                    log_tail(&gateway.log)
+                    gateway.log_tail()
                 ));
                 return false;
             }
@@ -1694,6 +1576,23 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// The end of every scenario: the gateway's peak memory, what the
+    /// receiver saw, a graceful stop, and the figures into `report`.
+    async fn conclude(mut self, gateway: GatewayProcess, report: &mut Report) {
+        self.figure(
+            Figure::new(
+                self.scenario,
+                "gateway peak RSS",
+                gateway.peak_rss_mib(),
+                "MiB",
+            )
+            .target("< 256 MiB"),
+        );
+        self.check_receiver();
+        self.stop(gateway).await;
+        self.finish(report);
+    }
+
     fn finish(self, report: &mut Report) {
         report.figures.extend(self.figures);
         report.failures.extend(self.failures);
@@ -1720,26 +1619,10 @@ async fn flow(
     let plans = healthy_plans(repeaters);
     let capacity = 2 * forms + options.latency_forms;
     let mut bench = Bench::new(options, scenario, &plans, capacity).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
 
     let config = bench.write_config(&plans, 0)?;
     let gateway = bench.start_gateway(&config).await?;
-    gateway.wait_healthy().await?;
 
     // Phase 1: submissions and deliveries at once, as in production.
     let live = 0..forms;
@@ -1908,13 +1791,7 @@ async fn flow(
             "ms",
         ));
     }
-    bench.figure(
-        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
-            .target("< 256 MiB"),
-    );
-    bench.check_receiver();
-    bench.stop(gateway).await;
-    bench.finish(report);
+    bench.conclude(gateway, report).await;
     Ok(())
 }
 
@@ -1931,25 +1808,9 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         paused: false,
     });
     let mut bench = Bench::new(options, scenario, &plans, forms).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
     let config = bench.write_config(&plans, refusing_port()?)?;
     let gateway = bench.start_gateway(&config).await?;
-    gateway.wait_healthy().await?;
 
     let all = 0..forms;
     let cpu_before = gateway.cpu_seconds();
@@ -1997,19 +1858,18 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
     ));
     // A payload arrives before its success is committed: give the last
     // commits a moment before the queue must hold only the dead remote's.
-    let settle = Instant::now();
-    let depth = loop {
-        match gateway.metric("repeatd_queue_depth").await {
-            Ok(depth)
-                if depth as u64 == forms
-                    || !delivered
-                    || settle.elapsed() > Duration::from_secs(30) =>
-            {
-                break Ok(depth);
+    let depth = if delivered {
+        wait_for(Duration::from_secs(30), || async {
+            match gateway.metric("repeatd_queue_depth").await {
+                Ok(depth) if depth as u64 == forms => Ok(Ok(depth)),
+                Ok(depth) => Err(Ok(depth)),
+                Err(error) => Ok(Err(error)),
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(error) => break Err(error),
-        }
+        })
+        .await
+        .unwrap_or_else(|last_seen| last_seen)
+    } else {
+        gateway.metric("repeatd_queue_depth").await
     };
     match depth {
         Ok(depth) => {
@@ -2025,6 +1885,8 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         }
         Err(error) => bench.fail(format!("{error:#}")),
     }
+    // The figure is CPU while idle: let the last commits and timers of the
+    // busy phase pass before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_from = gateway.cpu_seconds();
     tokio::time::sleep(options.idle).await;
@@ -2038,13 +1900,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         idle_cpu * 100.0,
         "% of a core",
     ));
-    bench.figure(
-        Figure::new(scenario, "gateway peak RSS", gateway.peak_rss_mib(), "MiB")
-            .target("< 256 MiB"),
-    );
-    bench.check_receiver();
-    bench.stop(gateway).await;
-    bench.finish(report);
+    bench.conclude(gateway, report).await;
     Ok(())
 }
 
@@ -2067,25 +1923,9 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         })
         .collect();
     let mut bench = Bench::new(options, scenario, &plans, forms).await?;
-    let submit_ceiling = bench.submit_ceiling().await?;
-    let receiver_ceiling = bench
-        .receiver_ceiling(delivery_concurrency(&plans, options.max_workers))
-        .await?;
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: minimal server, submit path",
-        submit_ceiling,
-        "forms/s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
-        "ceiling: receiver alone",
-        receiver_ceiling,
-        "payloads/s",
-    ));
+    let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
     let config = bench.write_config(&plans, 0)?;
     let gateway = bench.start_gateway(&config).await?;
-    gateway.wait_healthy().await?;
 
     let all = 0..forms;
     let cpu_before = gateway.cpu_seconds();
@@ -2156,7 +1996,6 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     // The cold start over the full queue.
     let started = Instant::now();
     let gateway = bench.start_gateway(&config).await?;
-    gateway.wait_healthy().await?;
     let serving = started.elapsed();
     bench.figure(
         Figure::new(
@@ -2185,19 +2024,17 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     for plan in &plans {
         gateway.repeater_action(&plan.name, "resume").await?;
     }
-    let first = loop {
-        if let Some(first) = bench.tally.stats(all.clone()).first {
-            break Some(first);
-        }
-        if resumed.elapsed() > STALL {
-            bench.fail(format!(
-                "nothing delivered within {} s of resuming",
-                STALL.as_secs()
-            ));
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let first = wait_for(STALL, || async {
+        bench.tally.stats(all.clone()).first.ok_or(())
+    })
+    .await
+    .ok();
+    if first.is_none() {
+        bench.fail(format!(
+            "nothing delivered within {} s of resuming",
+            STALL.as_secs()
+        ));
+    }
     if let Some(first) = first {
         let first_at = bench.tally.instant(first);
         bench.figure(Figure::new(

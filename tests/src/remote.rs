@@ -5,15 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
-use crate::Received;
+use crate::{Received, http};
 
 /// What the remote answers to one request.
 #[derive(Debug, Clone)]
@@ -68,7 +66,6 @@ type Handler = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
 pub struct Remote {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Received>>>,
-    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl Remote {
@@ -79,28 +76,13 @@ impl Remote {
         let remote = Remote {
             addr: listener.local_addr().expect("remote address"),
             seen: Arc::new(Mutex::new(Vec::new())),
-            arrived: Arc::new(tokio::sync::Notify::new()),
         };
         let handler: Handler = Arc::new(handler);
         let serving = remote.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let remote = serving.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let remote = remote.clone();
-                        let handler = handler.clone();
-                        async move { remote.handle(request, &handler).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        crate::http::serve(listener, move |request| {
+            let remote = serving.clone();
+            let handler = handler.clone();
+            async move { remote.handle(request, &handler).await }
         });
         remote
     }
@@ -120,32 +102,9 @@ impl Remote {
         request: Request<Incoming>,
         handler: &Handler,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-        let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes().to_vec())
-            .unwrap_or_default();
-        let received = Received {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body,
-            at: Instant::now(),
-        };
+        let received = Received::read(request).await;
         let reply = handler(&received);
         self.seen.lock().unwrap().push(received);
-        self.arrived.notify_waiters();
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
@@ -172,21 +131,10 @@ impl Remote {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Waits until `path` got at least `n` requests (or `timeout` passes).
+    /// Waits until `path` got at least `n` requests; returns them (those
+    /// that came when `timeout` passes first).
     pub async fn wait(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.arrived.notified();
-            let got = self.requests(path);
-            if got.len() >= n || Instant::now() >= deadline {
-                return got;
-            }
-            let _ = tokio::time::timeout(
-                Duration::from_millis(50).min(deadline - Instant::now()),
-                notified,
-            )
-            .await;
-        }
+        http::wait_requests(n, timeout, || self.requests(path)).await
     }
 }
 

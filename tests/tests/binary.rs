@@ -7,12 +7,8 @@
 //! Build the binary first: `cargo build -p repeatd` (`cargo test --workspace`
 //! builds it too).
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use repeatd_tests::remote::{Remote, Reply, digest_params, form_fields};
@@ -21,158 +17,55 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `repeatd serve` on a config file, with its stdout and stderr captured.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
+/// `repeatd serve` on a config file, logging at debug level, with `env` set.
+async fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
+    env.iter()
+        .fold(
+            Launch::new(config).log_level("debug"),
+            |launch, (name, value)| launch.env(name, value),
+        )
+        .start()
+        .await
+        .expect("starting repeatd")
 }
 
-impl Daemon {
-    fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(repeatd_binary());
-        command
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "debug")
-            .env_remove("REPEATD_ADMIN_TOKEN")
-            .env_remove("REPEATD_SECRET_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("starting repeatd");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, listening) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let writer = log.clone();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stdout).read_to_string(&mut text);
-            writer.lock().unwrap().push_str(&text);
-        });
-        let stderr = child.stderr.take().expect("stderr");
-        let writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = found.send(addr.parse::<SocketAddr>().ok());
-                }
-                writer.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let addr = match listening.recv_timeout(WAIT) {
-            Ok(Some(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                panic!("repeatd did not start listening:\n{}", log.lock().unwrap());
-            }
-        };
-        Daemon { child, addr, log }
-    }
+/// Submits `xml` as danny with `password`; the status.
+async fn submit(daemon: &Daemon, xml: &[u8], password: &str) -> u16 {
+    daemon
+        .submit_as("demo", xml, None, ("danny", password), "text/xml")
+        .await
+        .0
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
+/// `GET path` with `token`, which must answer 200 with JSON.
+async fn json(daemon: &Daemon, token: &str, path: &str) -> Value {
+    let (status, text) = daemon.api_text_as(token, "GET", path, None).await;
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).expect("a JSON answer")
+}
 
-    async fn submit(&self, xml: &[u8], password: &str) -> u16 {
-        reqwest::Client::new()
-            .post(self.url("/a/demo/receiver"))
-            .basic_auth("danny", Some(password))
-            .header("content-type", "text/xml")
-            .body(xml.to_vec())
-            .send()
-            .await
-            .expect("submitting to repeatd")
-            .status()
-            .as_u16()
-    }
-
-    async fn api(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, String) {
-        let mut request = reqwest::Client::new()
-            .request(method.parse().unwrap(), self.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let response = request.send().await.expect("calling repeatd");
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
-    }
-
-    async fn json(&self, token: &str, path: &str) -> Value {
-        let (status, text) = self.api(token, "GET", path, None).await;
-        assert_eq!(status, 200, "GET {path}: {text}");
-        serde_json::from_str(&text).expect("a JSON answer")
-    }
-
-    /// Waits until the repeater has `n` records in `state`.
-    async fn settled(&self, token: &str, repeater: &str, n: usize, state: &str) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let body = self
-                .json(
-                    token,
-                    &format!("/api/v1/domains/demo/records?repeater={repeater}&limit=1000"),
-                )
-                .await;
-            let records = body["records"].as_array().cloned().unwrap_or_default();
+/// Waits until the repeater has `n` records in `state`, as `token` sees them.
+async fn settled(
+    daemon: &Daemon,
+    token: &str,
+    repeater: &str,
+    n: usize,
+    state: &str,
+) -> Vec<Value> {
+    let query = format!("repeater={repeater}");
+    eventually(
+        &format!("{n} {state} records of repeater {repeater}"),
+        WAIT,
+        || async {
+            let records = daemon.records_as(token, "demo", &query).await;
             if records.len() == n && records.iter().all(|r| r["state"] == state) {
-                return records;
+                Ok(records)
+            } else {
+                Err(Value::from(records))
             }
-            assert!(
-                Instant::now() < deadline,
-                "repeater {repeater}: expected {n} {state}, found {records:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit.
-    async fn stop(mut self) -> (ExitStatus, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success());
-        let deadline = Instant::now() + WAIT;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().expect("waiting for repeatd") {
-                break exit;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "repeatd did not exit after SIGTERM:\n{}",
-                    self.log.lock().unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // Let the readers drain the pipes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let log = self.log.lock().unwrap().clone();
-        (exit, log)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        },
+    )
+    .await
 }
 
 /// The config head: loopback, the test's own data and plugin directories.
@@ -364,29 +257,26 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         ("T_PW_PASSWORD", PW_USER_SECRET),
         ("T_PLUGIN_SECRET", PLUGIN_ENV_SECRET),
     ];
-    let daemon = Daemon::start(&config_path, &env);
+    let daemon = start(&config_path, &env).await;
 
     assert_eq!(
-        daemon
-            .submit(&generated_form("secret-1", "c-1", "t"), "wrong")
-            .await,
+        submit(&daemon, &generated_form("secret-1", "c-1", "t"), "wrong").await,
         401
     );
     assert_eq!(
-        daemon
-            .submit(&generated_form("secret-1", "c-1", "t"), SUBMITTER_SECRET)
-            .await,
+        submit(
+            &daemon,
+            &generated_form("secret-1", "c-1", "t"),
+            SUBMITTER_SECRET
+        )
+        .await,
         201
     );
     for name in ["basic", "digest", "bearer", "apikey", "cc", "pw"] {
-        daemon
-            .settled(ADMIN_SECRET, &format!("to-{name}"), 1, "succeeded")
-            .await;
+        settled(&daemon, ADMIN_SECRET, &format!("to-{name}"), 1, "succeeded").await;
     }
     // The auth plugin is not loaded: a failed attempt that names it, not a leak.
-    let signed = daemon
-        .settled(ADMIN_SECRET, "to-signed", 1, "cancelled")
-        .await;
+    let signed = settled(&daemon, ADMIN_SECRET, "to-signed", 1, "cancelled").await;
     assert!(
         signed[0]["last_error"]
             .as_str()
@@ -398,7 +288,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
     // Secrets given through the API (admin and domain token).
     let connections = "/api/v1/domains/demo/connections";
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             DOMAIN_SECRET,
             "POST",
             connections,
@@ -407,7 +297,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             ADMIN_SECRET,
             "POST",
             connections,
@@ -422,7 +312,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
 
     // Sending the placeholder back keeps the secret; it is never a new secret.
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             ADMIN_SECRET,
             "PUT",
             &format!("{connections}/api-basic"),
@@ -431,7 +321,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             ADMIN_SECRET,
             "PUT",
             &format!("{connections}/api-basic"),
@@ -444,7 +334,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
     );
     assert!(body.contains("auth.token"), "{body}");
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             ADMIN_SECRET,
             "POST",
             "/api/v1/domains/demo/repeaters",
@@ -453,14 +343,15 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
-        daemon
-            .submit(&generated_form("secret-2", "c-2", "t"), SUBMITTER_SECRET)
-            .await,
+        submit(
+            &daemon,
+            &generated_form("secret-2", "c-2", "t"),
+            SUBMITTER_SECRET
+        )
+        .await,
         201
     );
-    let records = daemon
-        .settled(ADMIN_SECRET, "to-api-basic", 1, "succeeded")
-        .await;
+    let records = settled(&daemon, ADMIN_SECRET, "to-api-basic", 1, "succeeded").await;
     assert_eq!(
         records[0]["n_attempts"], 1,
         "the kept password still authenticates: {records:#?}"
@@ -469,7 +360,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
 
     // The API shows placeholders only, to the admin and to the domain.
     for token in [ADMIN_SECRET, DOMAIN_SECRET] {
-        let list = daemon.json(token, connections).await;
+        let list = json(&daemon, token, connections).await;
         let text = list.to_string();
         let shown = list["connections"].as_array().unwrap();
         assert_eq!(shown.len(), 9, "{list:#}");
@@ -482,8 +373,7 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
             }
         }
         for single in ["signed", "pw", "api-bearer"] {
-            let one = daemon
-                .json(token, &format!("{connections}/{single}"))
+            let one = json(&daemon, token, &format!("{connections}/{single}"))
                 .await
                 .to_string();
             assert!(one.contains("********"), "{one}");
@@ -496,7 +386,9 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         }
     }
 
-    let (exit, log) = daemon.stop().await;
+    let Stopped {
+        status: exit, log, ..
+    } = daemon.stop().await.expect("stopping repeatd");
     assert!(exit.success(), "{exit:?}\n{log}");
     // The log did see every connection, attempt and API change (with placeholders).
     for expected in [
@@ -601,12 +493,13 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
         "\n[[domains]]",
         "\n[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n\n[[domains]]",
     );
-    let daemon = Daemon::start(
+    let daemon = start(
         &write_config(dir.path(), &open),
         &[("REPEATD_ADMIN_TOKEN", ADMIN_SECRET)],
-    );
+    )
+    .await;
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             DOMAIN_SECRET,
             "POST",
             "/api/v1/domains/demo/connections",
@@ -615,7 +508,7 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = daemon
-        .api(
+        .api_text_as(
             DOMAIN_SECRET,
             "POST",
             "/api/v1/domains/demo/repeaters",
@@ -624,55 +517,48 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
-        daemon
-            .submit(&generated_form("open-1", "c", "t"), "pw")
-            .await,
+        submit(&daemon, &generated_form("open-1", "c", "t"), "pw").await,
         201
     );
-    daemon
-        .settled(DOMAIN_SECRET, "to-literal", 1, "succeeded")
-        .await;
-    let (exit, log) = daemon.stop().await;
+    settled(&daemon, DOMAIN_SECRET, "to-literal", 1, "succeeded").await;
+    let Stopped {
+        status: exit, log, ..
+    } = daemon.stop().await.expect("stopping repeatd");
     assert!(exit.success(), "{log}");
     assert_eq!(remote.requests("/in").len(), 1);
 
     // Restarted without allowed_networks: the same stored connection is refused.
-    let daemon = Daemon::start(
+    let daemon = start(
         &write_config(dir.path(), &base),
         &[("REPEATD_ADMIN_TOKEN", ADMIN_SECRET)],
-    );
+    )
+    .await;
     assert_eq!(
-        daemon
-            .submit(&generated_form("closed-1", "c", "t"), "pw")
-            .await,
+        submit(&daemon, &generated_form("closed-1", "c", "t"), "pw").await,
         201
     );
-    let deadline = Instant::now() + WAIT;
-    let record = loop {
-        let body = daemon
-            .json(
-                DOMAIN_SECRET,
-                "/api/v1/domains/demo/records?repeater=to-literal&state=cancelled",
-            )
-            .await;
-        if let Some(record) = body["records"].as_array().and_then(|r| r.first()).cloned() {
-            break record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the record was not cancelled: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let detail = daemon
-        .json(
+    let record = eventually("the record to be cancelled", WAIT, || async {
+        let body = json(
+            &daemon,
             DOMAIN_SECRET,
-            &format!(
-                "/api/v1/domains/demo/records/{}",
-                record["id"].as_str().unwrap()
-            ),
+            "/api/v1/domains/demo/records?repeater=to-literal&state=cancelled",
         )
         .await;
+        match body["records"].as_array().and_then(|r| r.first()).cloned() {
+            Some(record) => Ok(record),
+            None => Err(body),
+        }
+    })
+    .await;
+    let detail = json(
+        &daemon,
+        DOMAIN_SECRET,
+        &format!(
+            "/api/v1/domains/demo/records/{}",
+            record["id"].as_str().unwrap()
+        ),
+    )
+    .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{detail:#}");
     for attempt in attempts {
@@ -686,7 +572,9 @@ async fn a_narrower_policy_after_restart_refuses_stored_connections_at_send_time
         1,
         "nothing more reached the remote"
     );
-    let (exit, log) = daemon.stop().await;
+    let Stopped {
+        status: exit, log, ..
+    } = daemon.stop().await.expect("stopping repeatd");
     assert!(exit.success(), "{log}");
 }
 
@@ -734,34 +622,15 @@ async fn bad_configs_stop_start_up_with_a_message_naming_the_key() {
     ];
     for (body, expected) in cases {
         let path = write_config(dir.path(), &format!("{}{body}", head(dir.path())));
-        let mut child = Command::new(repeatd_binary())
-            .args(["serve", "--config"])
-            .arg(&path)
+        let mut daemon = Launch::new(&path)
             .env_remove("REPEATD_TEST_NEVER_SET")
             .env("REPEATD_ADMIN_TOKEN", ADMIN_SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("starting repeatd");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("repeatd kept running on a bad config:\n{body}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let status = daemon.wait_exit(WAIT).await.unwrap_or_else(|error| {
+            panic!("repeatd kept running on a bad config:\n{body}\n{error:#}")
+        });
+        let stderr = daemon.log();
         assert!(
             !status.success(),
             "exit status {status:?} for:\n{body}\n{stderr}"

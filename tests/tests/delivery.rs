@@ -5,11 +5,7 @@
 //! `Idempotency-Key`, and what survives a SIGTERM or a SIGKILL of the binary.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use repeatd_tests::*;
@@ -85,6 +81,25 @@ async fn record(gateway: &Gateway, id: &str) -> Value {
     body
 }
 
+/// Waits until record `id` satisfies `done` (`what` describes it); returns it.
+async fn record_where(
+    gateway: &Gateway,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(&format!("record {id}: {what}"), timeout, || async {
+        let detail = record(gateway, id).await;
+        if done(&detail) {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    })
+    .await
+}
+
 async fn only_record(gateway: &Gateway, query: &str) -> Value {
     let records = gateway.records("demo", query).await;
     assert_eq!(records.len(), 1, "one record for {query:?}: {records:?}");
@@ -115,22 +130,18 @@ async fn bulk(gateway: &Gateway, action: &str, filter: Value) -> u64 {
     body["changed"].as_u64().expect("changed count")
 }
 
-/// Polls `check` until it returns true or `timeout` passes; returns the last answer.
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
+/// Waits until `repeater` reports a back-off; `what` says why it should.
+async fn wait_backing_off(gateway: &Gateway, repeater: &str, what: &str) {
+    let path = format!("/api/v1/domains/demo/repeaters/{repeater}");
+    eventually(what, WAIT, || async {
+        let (_, view) = gateway.api("GET", &path, None).await;
+        if view["status"]["backing_off_until"].is_string() {
+            Ok(())
+        } else {
+            Err(view)
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
 }
 
 fn gaps(arrivals: &[Received]) -> Vec<Duration> {
@@ -175,18 +186,15 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
     // After the 500 the record is `failed`, due again, with the reason.
     let first = receiver.wait("/in", 1, WAIT).await;
     assert_eq!(first.len(), 1);
-    let deadline = Instant::now() + WAIT;
-    let seen_failed = loop {
+    let seen_failed = eventually("the record to show as failed", WAIT, || async {
         let records = gateway.records("demo", "").await;
         if records.len() == 1 && records[0]["state"] == "failed" {
-            break records[0].clone();
+            Ok(records[0].clone())
+        } else {
+            Err(Value::from(records))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the record never showed as failed: {records:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(seen_failed["n_attempts"], 1);
     assert!(seen_failed["next_attempt_at"].is_string(), "{seen_failed}");
     assert!(
@@ -384,16 +392,12 @@ async fn retry_after_holds_the_whole_repeater_back() {
     submit_forms(&gateway, "ra", 0..1).await;
     let throttled = receiver.wait("/in", 1, WAIT).await;
     assert_eq!(throttled.len(), 1);
-    assert!(
-        eventually(WAIT, || async {
-            let (_, repeater) = gateway
-                .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
-                .await;
-            repeater["status"]["backing_off_until"].is_string()
-        })
-        .await,
-        "a 429 with Retry-After holds the repeater back"
-    );
+    wait_backing_off(
+        &gateway,
+        "forms",
+        "a 429 with Retry-After holds the repeater back",
+    )
+    .await;
     // A second form registered during the Retry-After waits for it too.
     submit_forms(&gateway, "ra", 1..2).await;
 
@@ -478,7 +482,8 @@ async fn rejections_are_final_and_a_repeater_can_move_codes() {
         "409 is retried by default: {busy:?}"
     );
     assert_eq!(busy[0]["n_attempts"], 2);
-    // Rejections are not retried: well past three retry waits, still one request each.
+    // Rejections are not retried: well past three retry waits, still one
+    // request each. This sleep is the test: nothing may arrive during it.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(receiver.requests("/bad").len(), 1);
     assert_eq!(receiver.requests("/conflict").len(), 1);
@@ -565,16 +570,7 @@ async fn a_failing_remote_backs_off_probes_one_at_a_time_then_recovers_at_full_s
     submit_forms(&gateway, "b", 0..20).await;
 
     // The repeater notices and backs off.
-    assert!(
-        eventually(WAIT, || async {
-            let (_, repeater) = gateway
-                .api("GET", "/api/v1/domains/demo/repeaters/flaky", None)
-                .await;
-            repeater["status"]["backing_off_until"].is_string()
-        })
-        .await,
-        "the repeater never backed off"
-    );
+    wait_backing_off(&gateway, "flaky", "the repeater never backed off").await;
     // Let the sends of the first wave finish, then watch for 2.5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = receiver.requests("/flaky").len();
@@ -657,16 +653,7 @@ async fn failures_of_parallel_sends_back_off_once_not_once_each() {
             < Duration::from_millis(200),
         "the eight sends ran in parallel"
     );
-    assert!(
-        eventually(WAIT, || async {
-            let (_, repeater) = gateway
-                .api("GET", "/api/v1/domains/demo/repeaters/burst", None)
-                .await;
-            repeater["status"]["backing_off_until"].is_string()
-        })
-        .await,
-        "the repeater backs off"
-    );
+    wait_backing_off(&gateway, "burst", "the repeater backs off").await;
     let records = gateway
         .wait_records("demo", "", 8, "succeeded", Duration::from_secs(10))
         .await;
@@ -883,8 +870,7 @@ async fn records_api_filters_pages_and_operator_actions() {
     assert!(good.iter().all(|r| r["state"] == "succeeded"), "{good:?}");
     // The failing remote: the first records fail, then the repeater backs off
     // (for an hour) and the rest stay pending behind it.
-    let deadline = Instant::now() + WAIT;
-    let bad = loop {
+    let bad = eventually("the failing repeater to back off", WAIT, || async {
         let (_, repeater) = gateway
             .api("GET", "/api/v1/domains/demo/repeaters/bad", None)
             .await;
@@ -896,11 +882,12 @@ async fn records_api_filters_pages_and_operator_actions() {
                 .all(|r| r["state"] == "pending" || r["state"] == "failed")
             && bad.iter().filter(|r| r["state"] == "failed").count() >= 3;
         if settled {
-            break bad;
+            Ok(bad)
+        } else {
+            Err(Value::from(bad))
         }
-        assert!(Instant::now() < deadline, "{bad:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     let failed: Vec<String> = bad
         .iter()
         .filter(|r| r["state"] == "failed")
@@ -1048,25 +1035,27 @@ async fn records_api_filters_pages_and_operator_actions() {
     let resent_id = succeeded[0]["id"].as_str().unwrap().to_owned();
     let after = record_action(&gateway, &resent_id, "resend").await;
     assert_eq!(after["state"], "pending");
-    assert!(
-        eventually(WAIT, || async {
-            receiver
-                .requests("/good")
-                .iter()
-                .filter(|r| idempotency_key(r) == resent_id)
-                .count()
-                == 2
-        })
-        .await,
-        "the resent record arrived again"
-    );
-    assert!(
-        eventually(WAIT, || async {
-            let detail = record(&gateway, &resent_id).await;
-            detail["state"] == "succeeded" && detail["n_attempts"] == 2
-        })
-        .await
-    );
+    eventually("the resent record to arrive again", WAIT, || async {
+        let arrivals = receiver
+            .requests("/good")
+            .iter()
+            .filter(|r| idempotency_key(r) == resent_id)
+            .count();
+        if arrivals == 2 {
+            Ok(())
+        } else {
+            Err(format!("{arrivals} arrivals"))
+        }
+    })
+    .await;
+    record_where(
+        &gateway,
+        &resent_id,
+        WAIT,
+        "succeeded after 2 attempts",
+        |detail| detail["state"] == "succeeded" && detail["n_attempts"] == 2,
+    )
+    .await;
 
     // Cancel a failed record; then requeue it: a fresh budget of two attempts.
     let bad_ids = &failed;
@@ -1081,14 +1070,14 @@ async fn records_api_filters_pages_and_operator_actions() {
     let requeued = record_action(&gateway, &bad_ids[0], "requeue").await;
     assert_eq!(requeued["state"], "pending");
     // Sent at once, although the repeater is backing off for an hour.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            let detail = record(&gateway, &bad_ids[0]).await;
-            detail["n_attempts"] == 2
-        })
-        .await,
-        "a requeued record is sent at once"
-    );
+    record_where(
+        &gateway,
+        &bad_ids[0],
+        Duration::from_secs(5),
+        "a requeued record is sent at once",
+        |detail| detail["n_attempts"] == 2,
+    )
+    .await;
     let detail = record(&gateway, &bad_ids[0]).await;
     assert_eq!(
         detail["state"], "failed",
@@ -1097,15 +1086,14 @@ async fn records_api_filters_pages_and_operator_actions() {
     assert_eq!(detail["attempts"].as_array().unwrap().len(), 2);
     // Resend keeps the budget: its second failure uses the last attempt.
     record_action(&gateway, &bad_ids[1], "resend").await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            let detail = record(&gateway, &bad_ids[1]).await;
-            detail["state"] == "cancelled" && detail["n_attempts"] == 2
-        })
-        .await,
-        "{}",
-        record(&gateway, &bad_ids[1]).await
-    );
+    record_where(
+        &gateway,
+        &bad_ids[1],
+        Duration::from_secs(5),
+        "cancelled after 2 attempts",
+        |detail| detail["state"] == "cancelled" && detail["n_attempts"] == 2,
+    )
+    .await;
     let (status, _) = gateway
         .api(
             "POST",
@@ -1273,17 +1261,19 @@ async fn a_resend_during_a_send_sends_again_after_it() {
         arrivals[1].at.duration_since(arrivals[0].at) >= Duration::from_millis(780),
         "sent after the first one finished"
     );
-    assert!(
-        eventually(WAIT, || async {
-            let detail = record(&gateway, &id).await;
+    record_where(
+        &gateway,
+        &id,
+        WAIT,
+        "succeeded after 2 attempts",
+        |detail| {
             detail["state"] == "succeeded"
                 && detail["n_attempts"] == 2
                 && detail["attempts"].as_array().unwrap().len() == 2
-        })
-        .await,
-        "{}",
-        record(&gateway, &id).await
-    );
+        },
+    )
+    .await;
+    // Nothing more may arrive: this sleep is the test of that absence.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.requests("/in").len(), 2, "and only once more");
     gateway.stop().await;
@@ -1324,136 +1314,6 @@ async fn put_repeaters_send_put_with_the_same_idempotency_key_on_every_attempt()
 
 // ---- the binary: shutdown, crashes, idling --------------------------------------------
 
-/// The built `repeatd serve` in its own process.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(dir: &TempDir, config_body: &str) -> Daemon {
-        let path = dir.path().join("repeatd.toml");
-        let mut file = std::fs::File::create(&path).expect("writing the config");
-        file.write_all(format!("{}{config_body}", config_head(dir.path())).as_bytes())
-            .expect("writing the config");
-        let mut child = Command::new(repeatd_binary())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting repeatd");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, listening) = std::sync::mpsc::channel();
-        let writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = found.send(addr.parse::<SocketAddr>().ok());
-                }
-                writer.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let addr = match listening.recv_timeout(WAIT) {
-            Ok(Some(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                panic!("repeatd did not start listening:\n{}", log.lock().unwrap());
-            }
-        };
-        Daemon { child, addr, log }
-    }
-
-    async fn submit(&self, xml: &[u8]) -> u16 {
-        reqwest::Client::new()
-            .post(format!("http://{}/a/demo/receiver", self.addr))
-            .basic_auth("danny", Some("pw"))
-            .header("content-type", "text/xml")
-            .body(xml.to_vec())
-            .send()
-            .await
-            .expect("submitting to repeatd")
-            .status()
-            .as_u16()
-    }
-
-    async fn api(&self, path: &str) -> Value {
-        self.call("GET", path).await
-    }
-
-    async fn call(&self, method: &str, path: &str) -> Value {
-        reqwest::Client::new()
-            .request(
-                method.parse().expect("method"),
-                format!("http://{}{path}", self.addr),
-            )
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("calling repeatd")
-            .text()
-            .await
-            .map(|text| serde_json::from_str(&text).expect("a JSON answer"))
-            .expect("an answer")
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// Waits for the process to exit.
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for repeatd") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "repeatd did not exit:\n{}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// User plus system CPU time the process has used.
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("reading /proc/PID/stat");
-        // Fields after the parenthesised command name: state is field 3; utime and stime are 14 and 15.
-        let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        let output = Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("getconf CLK_TCK");
-        let per_second: u64 = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(100);
-        Duration::from_secs_f64(ticks as f64 / per_second as f64)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_send_under_way_finish_and_commits_it() {
     let receiver = Receiver::start().await;
@@ -1463,20 +1323,20 @@ async fn sigterm_lets_a_send_under_way_finish_and_commits_it() {
         &[("slow", receiver.url("/slow"), "")],
         &form_repeater("slow", ""),
     );
-    let mut daemon = Daemon::start(&dir, &body);
-    assert_eq!(daemon.submit(&form_xml("term", 0)).await, 201);
+    let daemon = Daemon::start_in(&dir, &body).await;
+    assert_eq!(
+        daemon.submit("demo", &form_xml("term", 0), None).await.0,
+        201
+    );
     let arrived = receiver.wait("/slow", 1, WAIT).await;
     assert_eq!(arrived.len(), 1);
-    daemon.signal("TERM");
-    let status = daemon.wait_exit(WAIT).await;
-    let log = daemon.log.lock().unwrap().clone();
+    let Stopped { status, log, .. } = daemon.stop().await.expect("stopping repeatd");
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
         arrived[0].at.elapsed() >= Duration::from_millis(1_900),
         "repeatd waited for the answer before exiting\n{log}"
     );
     assert!(log.contains("shutting down"), "{log}");
-    drop(daemon);
 
     let gateway = Gateway::start_in(dir.clone(), &body).await;
     let records = gateway.records("demo", "").await;
@@ -1486,6 +1346,7 @@ async fn sigterm_lets_a_send_under_way_finish_and_commits_it() {
         "the answer was committed before exit: {records:?}"
     );
     assert_eq!(records[0]["n_attempts"], 1);
+    // Nothing may be sent again: this sleep is the test of that absence.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         receiver.requests("/slow").len(),
@@ -1512,17 +1373,17 @@ async fn sigkill_while_sending_loses_nothing_and_duplicates_only_sends_under_way
         &connections,
         &form_repeater("forms", &format!("max_workers = {WORKERS}\npaused = true")),
     );
-    let mut daemon = Daemon::start(&dir, &paused);
+    let mut daemon = Daemon::start_in(&dir, &paused).await;
     for n in 0..FORMS {
-        assert_eq!(daemon.submit(&form_xml("kill", n)).await, 201, "form {n}");
+        let (status, _) = daemon.submit("demo", &form_xml("kill", n), None).await;
+        assert_eq!(status, 201, "form {n}");
     }
-    let resumed = daemon
-        .call("POST", "/api/v1/domains/demo/repeaters/forms/resume")
+    let (_, resumed) = daemon
+        .api("POST", "/api/v1/domains/demo/repeaters/forms/resume", None)
         .await;
     assert_eq!(resumed["paused"], false, "{resumed}");
     assert!(receiver.wait("/in", 8, WAIT).await.len() >= 8);
-    daemon.signal("KILL");
-    daemon.wait_exit(WAIT).await;
+    daemon.kill();
     drop(daemon);
     let before_restart = receiver.requests("/in").len();
     assert!(
@@ -1580,7 +1441,7 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
     let retry =
         "retry = { min_wait = \"200ms\", factor = 2.0, max_wait = \"2s\", max_attempts = 1000 }";
     let dir = TempDir::new("idle");
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_in(
         &dir,
         &config(
             &[
@@ -1595,26 +1456,32 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
             ]
             .concat(),
         ),
-    );
+    )
+    .await;
     for n in 0..20 {
-        assert_eq!(daemon.submit(&form_xml("idle", n)).await, 201);
+        assert_eq!(
+            daemon.submit("demo", &form_xml("idle", n), None).await.0,
+            201
+        );
     }
-    // Both failing repeaters back off.
-    let mut backing_off = false;
-    for _ in 0..200 {
-        let repeaters = daemon.api("/api/v1/domains/demo/repeaters").await;
-        backing_off = repeaters["repeaters"]
+    eventually("both failing repeaters to back off", WAIT, || async {
+        let (_, repeaters) = daemon
+            .api("GET", "/api/v1/domains/demo/repeaters", None)
+            .await;
+        let backing_off = repeaters["repeaters"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|r| r["name"] != "held")
             .all(|r| r["status"]["backing_off_until"].is_string());
         if backing_off {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{repeaters}\n{}", daemon.log()))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(backing_off, "{}", daemon.log.lock().unwrap());
+    })
+    .await;
+    // Let the sends of the first wave end before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = daemon.cpu_time();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1624,7 +1491,9 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
         used < Duration::from_millis(300),
         "repeatd used {used:?} of CPU in 2 s with nothing sendable"
     );
-    let records = daemon.api("/api/v1/domains/demo/records?limit=1000").await;
+    let (_, records) = daemon
+        .api("GET", "/api/v1/domains/demo/records?limit=1000", None)
+        .await;
     let records = records["records"].as_array().unwrap();
     assert_eq!(records.len(), 60);
     assert!(

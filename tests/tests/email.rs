@@ -3,10 +3,9 @@
 //! often, and that they are neither lost while the SMTP server is down nor
 //! across a restart.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use repeatd_tests::*;
@@ -185,16 +184,19 @@ impl SmtpSink {
             .collect()
     }
 
-    /// Waits until at least `n` e-mails arrived (or `timeout` passes).
+    /// Waits until at least `n` e-mails arrived; returns them (those that
+    /// came when `timeout` passes first).
     async fn wait_mails(&self, n: usize, timeout: Duration) -> Vec<Mail> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let arrived = wait_for(timeout, || async {
             let mails = self.mails();
-            if mails.len() >= n || Instant::now() >= deadline {
-                return mails;
+            if mails.len() >= n {
+                Ok(mails)
+            } else {
+                Err(mails)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        arrived.unwrap_or_else(|so_far| so_far)
     }
 }
 
@@ -223,6 +225,32 @@ fn config(smtp: &str, connections: &[String], repeaters: &str) -> String {
     format!(
         "{smtp}\n[[domains]]\nname = \"demo\"\n\n[[submitters]]\ndomain = \"demo\"\nusername = \"danny\"\npassword = \"pw\"\n{}\n{repeaters}",
         connections.concat()
+    )
+}
+
+/// Checks that exactly one e-mail came, to ops@example.org, saying that
+/// connection "receiver" is failing.
+fn assert_one_failing_mail(mails: &[Mail]) {
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
+    );
+}
+
+/// Forms to `receiver/in` (connection "receiver", which notifies
+/// ops@example.org) with one attempt each; SMTP on `smtp_port`, 15 minutes
+/// quiet.
+fn one_attempt_to(receiver: &Receiver, smtp_port: u16) -> String {
+    config(
+        &smtp_section(smtp_port, "15m"),
+        &[connection(
+            "receiver",
+            &receiver.url("/in"),
+            &["ops@example.org"],
+        )],
+        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
     )
 }
 
@@ -554,30 +582,25 @@ async fn a_connection_without_addresses_sends_nothing_and_rejected_payloads_are_
     ))
     .await;
     assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
-    let states: Vec<(String, String)> = {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let records = gateway.records("demo", "").await;
-            let states: Vec<(String, String)> = records
+    let settled = wait_for(WAIT, || async {
+        let records = gateway.records("demo", "").await;
+        let states: Vec<(String, String)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["repeater"].as_str().unwrap().to_owned(),
+                    r["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let done = states.len() == 4
+            && states
                 .iter()
-                .map(|r| {
-                    (
-                        r["repeater"].as_str().unwrap().to_owned(),
-                        r["state"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect();
-            if states.len() == 4
-                && states
-                    .iter()
-                    .all(|(_, state)| state != "pending" && state != "failed")
-                || Instant::now() > deadline
-            {
-                break states;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    };
+                .all(|(_, state)| state != "pending" && state != "failed");
+        if done { Ok(states) } else { Err(states) }
+    })
+    .await;
+    let states = settled.unwrap_or_else(|last_seen| last_seen);
     let state_of = |name: &str| {
         states
             .iter()
@@ -595,6 +618,7 @@ async fn a_connection_without_addresses_sends_nothing_and_rejected_payloads_are_
 
     let mails = smtp.wait_mails(2, WAIT).await;
     // Every failure is known by now; what else was coming would come at once.
+    // This sleep is the test that nothing else comes.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mails_after = smtp.mails();
     assert_eq!(mails_after.len(), 2, "{mails_after:#?}");
@@ -697,36 +721,27 @@ async fn smtp_down_at_first_up_later_the_email_still_arrives() {
     let smtp_port = free_port();
     let receiver = Receiver::start().await;
     receiver.plan("/in", vec![Answer::Status(503)]);
-    let gateway = Gateway::start(&config(
-        &smtp_section(smtp_port, "15m"),
-        &[connection(
-            "receiver",
-            &receiver.url("/in"),
-            &["ops@example.org"],
-        )],
-        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
-    ))
-    .await;
+    // The binary, so that its log shows when the notifier has failed.
+    let dir = TempDir::new("smtp-down");
+    let gateway = Daemon::start_in(&dir, &one_attempt_to(&receiver, smtp_port)).await;
     assert_eq!(gateway.submit("demo", SEED_FORM, None).await.0, 201);
     // Delivery does not wait for e-mail: the record is done while SMTP is down.
     let records = gateway.wait_records("demo", "", 1, "cancelled", WAIT).await;
     assert_eq!(records[0]["state"], "cancelled");
-    // Let the notifier fail against the closed port a time or two.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The notifier has failed against the closed port.
+    gateway
+        .wait_log("could not send an error e-mail", WAIT)
+        .await;
 
     let smtp = SmtpSink::start_on(smtp_port).await;
     let mails = smtp.wait_mails(1, WAIT).await;
-    assert_eq!(mails.len(), 1, "{mails:#?}");
-    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
-    assert_eq!(
-        mails[0].subject,
-        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
-    );
+    assert_one_failing_mail(&mails);
     mails[0].assert_line(&format!(
         "Record id:     {}",
         records[0]["id"].as_str().unwrap()
     ));
     mails[0].assert_line(&format!("Form id:       {SEED_FORM_ID}"));
+    // No second copy may come: this sleep is the test of that absence.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(smtp.mails().len(), 1, "sent once");
 
@@ -735,75 +750,7 @@ async fn smtp_down_at_first_up_later_the_email_still_arrives() {
     let xml = generated_form("after-smtp", "case-after", "visit");
     assert_eq!(gateway.submit("demo", &xml, None).await.0, 201);
     assert_eq!(receiver.wait("/in", 2, WAIT).await.len(), 2);
-    gateway.stop().await;
-}
-
-/// The built `repeatd serve` in its own process, its log collected.
-struct Daemon {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(dir: &TempDir, config_body: &str) -> Daemon {
-        let path = dir.path().join("repeatd.toml");
-        std::fs::File::create(&path)
-            .and_then(|mut file| {
-                file.write_all(format!("{}{config_body}", config_head(dir.path())).as_bytes())
-            })
-            .expect("writing the config");
-        let mut child = Command::new(repeatd_binary())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting repeatd");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, listening) = std::sync::mpsc::channel();
-        let writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = found.send(addr.parse::<std::net::SocketAddr>().ok());
-                }
-                writer.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let addr = match listening.recv_timeout(WAIT) {
-            Ok(Some(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                panic!("repeatd did not start listening:\n{}", log.lock().unwrap());
-            }
-        };
-        Daemon { child, addr, log }
-    }
-
-    async fn wait_log(&self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in the log:\n{}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    gateway.stop().await.expect("stopping repeatd");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -812,31 +759,15 @@ async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
     let receiver = Receiver::start().await;
     receiver.plan("/in", vec![Answer::Status(503)]);
     let dir = Arc::new(TempDir::new("email-restart"));
-    let body = config(
-        &smtp_section(smtp_port, "15m"),
-        &[connection(
-            "receiver",
-            &receiver.url("/in"),
-            &["ops@example.org"],
-        )],
-        &repeater("forms", "form", "receiver", "form-xml", &fast_retry(1)),
-    );
-    let daemon = Daemon::start(&dir, &body);
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/a/demo/receiver", daemon.addr))
-        .basic_auth("danny", Some("pw"))
-        .header("content-type", "text/xml")
-        .body(SEED_FORM.to_vec())
-        .send()
-        .await
-        .expect("submitting to repeatd");
-    assert_eq!(response.status().as_u16(), 201);
+    let body = one_attempt_to(&receiver, smtp_port);
+    let daemon = Daemon::start_in(&dir, &body).await;
+    assert_eq!(daemon.submit("demo", SEED_FORM, None).await.0, 201);
     assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
     // The SMTP server is down: the e-mail is owed, and kept in the store.
     daemon
         .wait_log("could not send an error e-mail", WAIT)
         .await;
-    let log = daemon.log.lock().unwrap().clone();
+    let log = daemon.log();
     assert!(
         log.contains(&format!("127.0.0.1:{smtp_port}")),
         "the log names the SMTP server:\n{log}"
@@ -852,12 +783,7 @@ async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
         "nothing is sent again after the restart"
     );
     let mails = smtp.wait_mails(1, WAIT).await;
-    assert_eq!(mails.len(), 1, "{mails:#?}");
-    assert_eq!(mails[0].rcpt_tos, ["ops@example.org"]);
-    assert_eq!(
-        mails[0].subject,
-        "[repeatd] project space \"demo\": connection \"receiver\" is failing"
-    );
+    assert_one_failing_mail(&mails);
     mails[0].assert_line("    remote answered 503: remote says no: error 503");
     mails[0].assert_line(&format!(
         "Record id:     {}",
@@ -873,6 +799,7 @@ async fn an_email_owed_when_the_process_is_killed_is_sent_after_the_restart() {
     // Sent means done: a graceful restart sends it no second time.
     gateway.stop().await;
     let gateway = Gateway::start_in(dir.clone(), &body).await;
+    // No second copy may come: this sleep is the test of that absence.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(smtp.mails().len(), 1, "{:#?}", smtp.mails());
     gateway.stop().await;

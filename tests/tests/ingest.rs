@@ -5,8 +5,6 @@
 //! binary and are delivered after the restart; group commit holds under load.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,19 +17,6 @@ const OPENROSA_SUCCESS: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/ht
 const OPENROSA_ERROR: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_error\">";
 
 // ---- helpers ----------------------------------------------------------------------
-
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[20..26].bytes().all(|c| c.is_ascii_digit())
-}
 
 /// What the receiver endpoint answered.
 #[derive(Debug)]
@@ -1586,120 +1571,6 @@ async fn five_hundred_forms_from_32_clients_are_all_stored() {
 
 // ---- crash safety: kill -9 of the real binary ----------------------------------------
 
-/// The built binary, serving one config; killed (SIGKILL) on drop.
-struct Process {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Process {
-    fn start(config: &Path) -> Process {
-        use std::io::BufRead as _;
-        let mut child = Command::new(repeatd_binary())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting repeatd");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("repeatd: listening on ") {
-                    let base = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = address_tx.send(base);
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let base = match address_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "repeatd did not say where it listens:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        Process {
-            child,
-            base,
-            stderr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn wait_healthy(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = client.get(self.url("/healthz")).send().await
-                && response.status().as_u16() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "repeatd never got healthy:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn api(&self, client: &reqwest::Client, path: &str) -> (u16, Value) {
-        let response = client
-            .get(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("calling the API");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn records(&self, client: &reqwest::Client) -> Vec<Value> {
-        let (status, body) = self
-            .api(client, "/api/v1/domains/demo/records?limit=10000")
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["records"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill(&mut self) {
-        self.child.kill().expect("killing repeatd");
-        self.child.wait().expect("reaping repeatd");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn instance_id(xml: &str) -> Option<&str> {
     let start = xml.find("<n1:instanceID>")? + "<n1:instanceID>".len();
     let end = xml[start..].find("</n1:instanceID>")? + start;
@@ -1726,10 +1597,8 @@ async fn acknowledged_forms_survive_kill_9_and_are_delivered_after_restart() {
         )
     );
     std::fs::write(&config_path, config).unwrap();
-    let client = reqwest::Client::new();
-
-    let mut process = Process::start(&config_path);
-    process.wait_healthy(&client).await;
+    let launch = Launch::new(&config_path).log_level("warn");
+    let mut process = launch.start().await.expect("starting repeatd");
 
     // Submit from 16 clients; kill -9 as soon as N forms are acknowledged,
     // with more submissions still under way.
@@ -1771,12 +1640,11 @@ async fn acknowledged_forms_survive_kill_9_and_are_delivered_after_restart() {
     );
     receiver.plan("/demo/forms", vec![Answer::Status(200)]);
     receiver.plan("/demo/cases", vec![Answer::Status(200)]);
-    let process = Process::start(&config_path);
-    process.wait_healthy(&client).await;
+    let process = launch.start().await.expect("starting repeatd again");
 
     // Every acknowledged form is stored with its case and both records; a form
     // that was under way at the kill is either all there or not at all.
-    let records = process.records(&client).await;
+    let records = process.records("demo", "").await;
     let mut per_payload: HashMap<String, usize> = HashMap::new();
     for record in &records {
         *per_payload
@@ -1787,10 +1655,18 @@ async fn acknowledged_forms_survive_kill_9_and_are_delivered_after_restart() {
     for (form_id, _) in generated_forms("crash", SUBMITTED) {
         let case_id = form_id.replace("-form-", "-case-");
         let (form_status, _) = process
-            .api(&client, &format!("/api/v1/domains/demo/forms/{form_id}"))
+            .api(
+                "GET",
+                &format!("/api/v1/domains/demo/forms/{form_id}"),
+                None,
+            )
             .await;
         let (case_status, case) = process
-            .api(&client, &format!("/api/v1/domains/demo/cases/{case_id}"))
+            .api(
+                "GET",
+                &format!("/api/v1/domains/demo/cases/{case_id}"),
+                None,
+            )
             .await;
         let n_records = per_payload.get(&form_id).copied().unwrap_or(0)
             + per_payload.get(&case_id).copied().unwrap_or(0);
@@ -1829,14 +1705,16 @@ async fn acknowledged_forms_survive_kill_9_and_are_delivered_after_restart() {
     );
 
     // Everything stored is delivered.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let records = loop {
-        let records = process.records(&client).await;
-        if records.iter().all(|r| r["state"] == "succeeded") || Instant::now() > deadline {
-            break records;
+    let delivered = wait_for(Duration::from_secs(120), || async {
+        let records = process.records("demo", "").await;
+        if records.iter().all(|r| r["state"] == "succeeded") {
+            Ok(records)
+        } else {
+            Err(records)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
+    let records = delivered.unwrap_or_else(|last_seen| last_seen);
     let unfinished: Vec<&Value> = records
         .iter()
         .filter(|r| r["state"] != "succeeded")

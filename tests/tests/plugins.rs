@@ -78,18 +78,16 @@ async fn wait_plugin(
     done: impl Fn(&Value) -> bool,
 ) -> (Value, Duration) {
     let started = Instant::now();
-    loop {
+    let status = eventually(&format!("plugin {name}: {what}"), timeout, || async {
         let status = plugin_status(gateway, name).await;
         if done(&status) {
-            return (status, started.elapsed());
+            Ok(status)
+        } else {
+            Err(status)
         }
-        if started.elapsed() > timeout {
-            panic!(
-                "plugin {name}: {what} did not happen within {timeout:?}; last status: {status}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    (status, started.elapsed())
 }
 
 /// A form with one field (`visit/weight`), one case block and `meta`.
@@ -597,6 +595,8 @@ async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears()
     );
 
     let (form_id, _) = submit_new_form(&gateway, "waiting").await;
+    // Nothing may be attempted without the plugin: this sleep is the test of
+    // that absence.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let waiting = one_record(&gateway, "custom", "pending").await;
     assert_eq!(waiting["n_attempts"], 0, "{waiting}");
@@ -831,22 +831,6 @@ async fn the_auth_example_signs_requests_that_verify_independently() {
 }
 
 // ---- (d) the command line -------------------------------------------------------------
-
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[..4]
-            .bytes()
-            .chain(text[20..26].bytes())
-            .all(|c| c.is_ascii_digit())
-}
 
 /// Runs `repeatd` with `args`; returns (success, stdout, stderr).
 fn repeatd(args: &[&str]) -> (bool, String, String) {

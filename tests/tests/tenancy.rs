@@ -515,6 +515,7 @@ async fn connections_in_use_stay_and_deleted_repeaters_cancel_their_records() {
         404
     );
 
+    // Nothing more may be sent: this sleep is the test of that absence.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         receiver.requests("/rx").len(),

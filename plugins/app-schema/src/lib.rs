@@ -85,27 +85,18 @@ fn describe_event(event: &Event) -> &'static str {
 }
 
 #[cfg(test)]
+#[path = "../../test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use repeatd::plugin::types::Form;
-
-    const APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
-    const BUILD_ID: &str = "193b28e58f335f165cb3e2bbe02b3ed8";
-
-    fn app_event(change: AppChange, build_id: Option<&str>) -> Event {
-        Event::App(AppEvent {
-            domain: "demo".to_string(),
-            app_id: APP_ID.to_string(),
-            change,
-            build_id: build_id.map(str::to_string),
-        })
-    }
+    use crate::test_support::{
+        self, SEED_APP_ID as APP_ID, SEED_BUILD_ID as BUILD_ID, app_event,
+    };
 
     fn sent_request(payload: Payload) -> Request {
-        match payload {
-            Payload::Send(request) => request,
-            Payload::Nothing => panic!("app-schema sent nothing"),
-        }
+        test_support::sent_request("app-schema", payload)
     }
 
     #[test]
@@ -158,23 +149,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(error, "app-schema cannot build a case payload");
 
-        let form_event = Event::Form(Form {
-            domain: "demo".to_string(),
-            form_id: "afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string(),
-            xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
-                .to_string(),
-            app_id: Some(APP_ID.to_string()),
-            received_on: "2015-04-17T20:04:57.123456Z".to_string(),
-            user_id: None,
-            username: None,
-            device_id: None,
-            time_start: None,
-            time_end: None,
-            app_version: None,
-            case_ids: Vec::new(),
-            attachments: Vec::new(),
-            xml: b"<data/>".to_vec(),
-        });
+        let form_event = Event::Form(test_support::seed_form(b"<data/>"));
         let error = AppSchema::build(PayloadKind::AppSchema, form_event, Vec::new()).unwrap_err();
         assert_eq!(
             error,

@@ -135,42 +135,17 @@ fn describe_event(event: &Event) -> &'static str {
 }
 
 #[cfg(test)]
+#[path = "../../test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use repeatd::plugin::types::{AppChange, AppEvent, CaseIndex};
+    use crate::test_support::{self, SEED_BUILD_ID, app_event, pair, seed_case};
+    use repeatd::plugin::types::{AppChange, CaseIndex};
 
     const MOTHER_CASE_ID: &str = "9dbce942-0163-438b-b3e5-67b473d2f719";
     const SHEEL_USER_ID: &str = "67bffa913b38e7901851d863ededa475";
-
-    fn pair(name: &str, value: &str) -> Pair {
-        Pair {
-            name: name.to_string(),
-            value: value.to_string(),
-        }
-    }
-
-    /// The case the acceptance seed form creates.
-    fn seed_case() -> Case {
-        Case {
-            domain: "demo".to_string(),
-            case_id: "b0916685-7247-4c44-b712-633d3d64e0c0".to_string(),
-            case_type: "mscase".to_string(),
-            case_name: "Trees".to_string(),
-            owner_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
-            user_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
-            external_id: None,
-            date_opened: "2015-04-17T20:04:54.950000Z".to_string(),
-            date_modified: "2015-04-17T20:04:54.950000Z".to_string(),
-            server_date_opened: "2015-04-17T20:04:57.123456Z".to_string(),
-            server_date_modified: "2015-04-17T20:04:57.123456Z".to_string(),
-            closed: false,
-            date_closed: None,
-            properties: Vec::new(),
-            indices: Vec::new(),
-            xform_ids: vec!["afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string()],
-            attachments: Vec::new(),
-        }
-    }
 
     /// The first child case of fixtures `reg2.xml`, closed by `close.xml`,
     /// given a second, extension index to show both kinds.
@@ -217,10 +192,7 @@ mod tests {
     }
 
     fn sent_request(payload: Payload) -> Request {
-        match payload {
-            Payload::Send(request) => request,
-            Payload::Nothing => panic!("case-json sent nothing"),
-        }
+        test_support::sent_request("case-json", payload)
     }
 
     #[test]
@@ -338,12 +310,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(error, "case-json cannot build an app-schema payload");
 
-        let app_event = Event::App(AppEvent {
-            domain: "demo".to_string(),
-            app_id: "db9f874f0219444ee7848ddd023e292e".to_string(),
-            change: AppChange::Built,
-            build_id: Some("193b28e58f335f165cb3e2bbe02b3ed8".to_string()),
-        });
+        let app_event = app_event(AppChange::Built, Some(SEED_BUILD_ID));
         let error = CaseJson::build(PayloadKind::Case, app_event, Vec::new()).unwrap_err();
         assert_eq!(
             error,

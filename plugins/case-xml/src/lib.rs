@@ -245,42 +245,17 @@ fn describe_event(event: &Event) -> &'static str {
 }
 
 #[cfg(test)]
+#[path = "../../test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use repeatd::plugin::types::{AppChange, AppEvent, CaseIndex};
+    use crate::test_support::{self, app_event, pair, seed_case};
+    use repeatd::plugin::types::{AppChange, CaseIndex};
 
     const MOTHER_CASE_ID: &str = "9dbce942-0163-438b-b3e5-67b473d2f719";
     const SHEEL_USER_ID: &str = "67bffa913b38e7901851d863ededa475";
-
-    fn pair(name: &str, value: &str) -> Pair {
-        Pair {
-            name: name.to_string(),
-            value: value.to_string(),
-        }
-    }
-
-    /// The case the acceptance seed form creates.
-    fn seed_case() -> Case {
-        Case {
-            domain: "demo".to_string(),
-            case_id: "b0916685-7247-4c44-b712-633d3d64e0c0".to_string(),
-            case_type: "mscase".to_string(),
-            case_name: "Trees".to_string(),
-            owner_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
-            user_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
-            external_id: None,
-            date_opened: "2015-04-17T20:04:54.950000Z".to_string(),
-            date_modified: "2015-04-17T20:04:54.950000Z".to_string(),
-            server_date_opened: "2015-04-17T20:04:57.123456Z".to_string(),
-            server_date_modified: "2015-04-17T20:04:57.123456Z".to_string(),
-            closed: false,
-            date_closed: None,
-            properties: Vec::new(),
-            indices: Vec::new(),
-            xform_ids: vec!["afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string()],
-            attachments: Vec::new(),
-        }
-    }
 
     /// The first child case of fixtures `reg2.xml` (created with an index to
     /// its mother), given a second, extension index to show both kinds.
@@ -351,10 +326,7 @@ mod tests {
     }
 
     fn sent_request(payload: Payload) -> Request {
-        match payload {
-            Payload::Send(request) => request,
-            Payload::Nothing => panic!("case-xml sent nothing"),
-        }
+        test_support::sent_request("case-xml", payload)
     }
 
     #[test]
@@ -460,12 +432,7 @@ mod tests {
             CaseXml::build(PayloadKind::Form, Event::Case(seed_case()), Vec::new()).unwrap_err();
         assert_eq!(error, "case-xml cannot build a form payload");
 
-        let app_event = Event::App(AppEvent {
-            domain: "demo".to_string(),
-            app_id: "db9f874f0219444ee7848ddd023e292e".to_string(),
-            change: AppChange::Saved,
-            build_id: None,
-        });
+        let app_event = app_event(AppChange::Saved, None);
         let error = CaseXml::build(PayloadKind::Case, app_event, Vec::new()).unwrap_err();
         assert_eq!(
             error,

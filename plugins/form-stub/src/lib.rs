@@ -82,36 +82,24 @@ fn describe_event(event: &Event) -> &'static str {
 }
 
 #[cfg(test)]
+#[path = "../../test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use repeatd::plugin::types::{AppChange, AppEvent};
+    use crate::test_support::{self, app_event};
+    use repeatd::plugin::types::AppChange;
 
     /// The acceptance seed form, as the gateway reads it.
     fn seed_form() -> Form {
-        Form {
-            domain: "demo".to_string(),
-            form_id: "afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string(),
-            xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
-                .to_string(),
-            app_id: Some("db9f874f0219444ee7848ddd023e292e".to_string()),
-            received_on: "2015-04-17T20:04:57.123456Z".to_string(),
-            user_id: Some("d0e472a6b36dfd3ee5059222e12b8c1b".to_string()),
-            username: Some("danny".to_string()),
-            device_id: Some("990005013558458".to_string()),
-            time_start: Some("2015-04-17T20:04:42.383000Z".to_string()),
-            time_end: Some("2015-04-17T20:04:54.950000Z".to_string()),
-            app_version: None,
-            case_ids: vec!["b0916685-7247-4c44-b712-633d3d64e0c0".to_string()],
-            attachments: Vec::new(),
-            xml: include_bytes!("../../../../shared/acceptance/seed_form.xml").to_vec(),
-        }
+        test_support::seed_form(
+            include_bytes!("../../../../shared/acceptance/seed_form.xml"),
+        )
     }
 
     fn sent_request(payload: Payload) -> Request {
-        match payload {
-            Payload::Send(request) => request,
-            Payload::Nothing => panic!("form-stub sent nothing"),
-        }
+        test_support::sent_request("form-stub", payload)
     }
 
     #[test]
@@ -170,12 +158,7 @@ mod tests {
             FormStub::build(PayloadKind::Form, Event::Form(seed_form()), Vec::new()).unwrap_err();
         assert_eq!(error, "form-stub cannot build a form payload");
 
-        let app_event = Event::App(AppEvent {
-            domain: "demo".to_string(),
-            app_id: "db9f874f0219444ee7848ddd023e292e".to_string(),
-            change: AppChange::Saved,
-            build_id: None,
-        });
+        let app_event = app_event(AppChange::Saved, None);
         let error = FormStub::build(PayloadKind::FormStub, app_event, Vec::new()).unwrap_err();
         assert_eq!(
             error,

@@ -104,54 +104,30 @@ fn describe_event(event: &Event) -> &'static str {
 }
 
 #[cfg(test)]
+#[path = "../../test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use repeatd::plugin::types::{AppChange, AppEvent};
+    use crate::test_support::{
+        self, SEED_APP_ID, app_event, pair as setting, pairs,
+    };
+    use repeatd::plugin::types::AppChange;
 
     /// The acceptance suite's seed form (a copy of
     /// `shared/acceptance/seed_form.xml`).
     const SEED_FORM_XML: &[u8] = include_bytes!("../../../../shared/acceptance/seed_form.xml");
-    const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
 
     fn seed_form(app_id: Option<&str>) -> Form {
         Form {
-            domain: "demo".to_string(),
-            form_id: "afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string(),
-            xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
-                .to_string(),
             app_id: app_id.map(str::to_string),
-            received_on: "2015-04-17T20:04:57.123456Z".to_string(),
-            user_id: Some("d0e472a6b36dfd3ee5059222e12b8c1b".to_string()),
-            username: Some("danny".to_string()),
-            device_id: Some("990005013558458".to_string()),
-            time_start: Some("2015-04-17T20:04:42.383000Z".to_string()),
-            time_end: Some("2015-04-17T20:04:54.950000Z".to_string()),
-            app_version: None,
-            case_ids: vec!["b0916685-7247-4c44-b712-633d3d64e0c0".to_string()],
-            attachments: Vec::new(),
-            xml: SEED_FORM_XML.to_vec(),
-        }
-    }
-
-    fn setting(name: &str, value: &str) -> Pair {
-        Pair {
-            name: name.to_string(),
-            value: value.to_string(),
+            ..test_support::seed_form(SEED_FORM_XML)
         }
     }
 
     fn sent_request(payload: Payload) -> Request {
-        match payload {
-            Payload::Send(request) => request,
-            Payload::Nothing => panic!("form-xml sent nothing"),
-        }
-    }
-
-    fn pairs(pairs: &[Pair]) -> Vec<(&str, &str)> {
-        pairs
-            .iter()
-            .map(|pair| (pair.name.as_str(), pair.value.as_str()))
-            .collect()
+        test_support::sent_request("form-xml", payload)
     }
 
     #[test]
@@ -222,12 +198,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(error, "form-xml cannot build a case payload");
 
-        let app_event = Event::App(AppEvent {
-            domain: "demo".to_string(),
-            app_id: SEED_APP_ID.to_string(),
-            change: AppChange::Saved,
-            build_id: None,
-        });
+        let app_event = app_event(AppChange::Saved, None);
         let error = FormXml::build(PayloadKind::Form, app_event, Vec::new()).unwrap_err();
         assert_eq!(
             error,
