@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod fixture_session;
 pub mod load;
 pub mod remote;
 
@@ -24,15 +25,17 @@ mod bytes_shim {
     pub use hyper::body::Bytes;
 }
 
-pub const SEED_FORM: &[u8] = include_bytes!("../../../shared/acceptance/seed_form.xml");
+/// The project's seed form (`tests/fixtures/seed_form.xml`): one case created,
+/// namespaced meta, device times with an offset.
+pub const SEED_FORM: &[u8] = include_bytes!("../fixtures/seed_form.xml");
 pub const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
-pub const SEED_FORM_ID: &str = "afcb3026-c4b3-463f-85ec-0cb9a2737fc5";
-pub const SEED_CASE_ID: &str = "b0916685-7247-4c44-b712-633d3d64e0c0";
+pub const SEED_FORM_ID: &str = "e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90";
+pub const SEED_CASE_ID: &str = "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8";
 
-/// The path of a CommCare fixture.
+/// The path of a file under the project's own `tests/fixtures/` (see the README there).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/commcare")
+        .join("fixtures")
         .join(name)
 }
 

@@ -1,697 +1,225 @@
-//! Issue 3, "Form submission and the case store", end to end: every CommCare
-//! fixture submitted raw and as OpenRosa multipart builds the case states
-//! CommCare HQ builds; duplicates and bad input leave no trace; device logs are
-//! kept but not forwarded; acknowledged forms survive a `kill -9` of the real
-//! binary and are delivered after the restart; group commit holds under load.
+//! Issue 3, "Form submission and the case store", end to end: every test form
+//! of `tests/fixtures/forms` submitted raw and as OpenRosa multipart builds the
+//! case states CommCare HQ builds (`commcare_fixtures.rs` checks HQ's own
+//! fixtures the same way); duplicates and bad input leave no trace; device logs
+//! are kept but not forwarded; acknowledged forms survive a `kill -9` of the
+//! real binary and are delivered after the restart; group commit holds under load.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use repeatd_tests::fixture_session::*;
 use repeatd_tests::*;
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
-const OPENROSA_SUCCESS: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_success\">";
-const OPENROSA_ERROR: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_error\">";
+// ---- the case states the project's forms build ---------------------------------------
 
-// ---- helpers ----------------------------------------------------------------------
+const HOUSEHOLD: &str = "hh-7d2c4a10-3e5f-4b6a-9c8d-0e1f2a3b4c5d";
+const CHIDI: &str = "mb-1c9a8b7d-6e5f-4a3b-2c1d-0e9f8a7b6c51";
+const ADA: &str = "mb-2d0b9c8e-7f6a-4b5c-3d2e-1f0a9b8c7d62";
+const ASHA: &str = "5b1f0c9e2d7a4e3b8c6f1a2d3e4f5a6b";
+const REGISTER: &str = "0f6c2d1e-8a4b-4c3d-9e2f-1a0b3c4d5e61";
+const MEMBERS: &str = "1a7e3f20-9b5c-4d4e-8f30-2b1c4d5e6f72";
+const VISIT: &str = "2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83";
+const CLOSE: &str = "3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94";
 
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[20..26].bytes().all(|c| c.is_ascii_digit())
+/// The directory of the project's test forms.
+fn forms() -> std::path::PathBuf {
+    fixture("forms")
 }
 
-/// What the receiver endpoint answered.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// Posts a body to `url` as `danny:pw`.
-async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>, content_type: &str) -> Reply {
-    let response = client
-        .post(url)
-        .basic_auth("danny", Some("pw"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("submitting");
-    Reply {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await.unwrap_or_default(),
-    }
-}
-
-const BOUNDARY: &str = "repeatd-test-boundary-7f3a9c";
-
-/// An OpenRosa multipart body: each part is (name, file name, content type, bytes).
-fn multipart(parts: &[(&str, &str, &str, &[u8])]) -> (Vec<u8>, String) {
-    let mut body = Vec::new();
-    for (name, file_name, content_type, content) in parts {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(content);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    (body, format!("multipart/form-data; boundary={BOUNDARY}"))
-}
-
-/// Bytes that look like a photo: never contain the boundary.
-fn photo(size: usize) -> Vec<u8> {
-    (0..size).map(|i| (i % 251) as u8).collect()
-}
-
-/// How a form is submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// The XML as the body, `text/xml`.
-    Raw,
-    /// OpenRosa multipart: `xml_submission_file` plus one photo part.
-    Multipart,
-}
-
-/// One domain with a form-xml repeater ("forms") and a case-json repeater
-/// ("cases"), each with its own receiver path, and submitter danny:pw.
-fn project(domain: &str, receiver: &Receiver, repeater_extra: &str) -> String {
-    format!(
-        r#"
-[[domains]]
-name = "{domain}"
-
-[[submitters]]
-domain = "{domain}"
-username = "danny"
-password = "pw"
-
-[[connections]]
-domain = "{domain}"
-name = "forms-rx"
-url = "{forms_url}"
-auth = {{ type = "none" }}
-
-[[connections]]
-domain = "{domain}"
-name = "cases-rx"
-url = "{cases_url}"
-auth = {{ type = "none" }}
-
-[[repeaters]]
-domain = "{domain}"
-name = "forms"
-kind = "form"
-connection = "forms-rx"
-format = "form-xml"
-{repeater_extra}
-
-[[repeaters]]
-domain = "{domain}"
-name = "cases"
-kind = "case"
-connection = "cases-rx"
-format = "case-json"
-{repeater_extra}
-"#,
-        forms_url = receiver.url(&format!("/{domain}/forms")),
-        cases_url = receiver.url(&format!("/{domain}/cases")),
-    )
-}
-
-async fn get_case(gateway: &Gateway, domain: &str, case_id: &str) -> (u16, Value) {
-    gateway
-        .api(
-            "GET",
-            &format!("/api/v1/domains/{domain}/cases/{case_id}"),
-            None,
-        )
-        .await
-}
-
-async fn get_form(gateway: &Gateway, domain: &str, form_id: &str) -> (u16, Value) {
-    gateway
-        .api(
-            "GET",
-            &format!("/api/v1/domains/{domain}/forms/{form_id}"),
-            None,
-        )
-        .await
-}
-
-/// Compares two JSON objects key by key (and `properties` and `indices` key by
-/// key), so a failure names the field that differs.
-fn assert_fields(what: &str, actual: &Value, expected: &Value) {
-    let (Some(actual_map), Some(expected_map)) = (actual.as_object(), expected.as_object()) else {
-        panic!("{what}: not an object: {actual}");
-    };
-    let keys: BTreeSet<&String> = actual_map.keys().chain(expected_map.keys()).collect();
-    for key in keys {
-        if matches!(key.as_str(), "properties" | "indices") {
-            assert_fields(&format!("{what}.{key}"), &actual[key], &expected[key]);
-        } else {
-            assert_eq!(
-                actual.get(key),
-                expected.get(key),
-                "{what}: field {key}\nactual: {actual}"
-            );
-        }
-    }
-}
-
-// ---- the case states CommCare builds -----------------------------------------------------
-
-/// A case as the fixtures should leave it. Server dates come from the
-/// `received_on` of the first and last form in `xform_ids`.
-#[derive(Debug, Clone, Default)]
-struct Want {
-    case_id: &'static str,
-    case_type: &'static str,
-    case_name: &'static str,
-    owner_id: &'static str,
-    user_id: &'static str,
-    date_opened: &'static str,
-    date_modified: &'static str,
-    external_id: Option<&'static str>,
-    properties: Vec<(&'static str, &'static str)>,
-    /// (identifier, case_type, case_id, relationship)
-    indices: Vec<(&'static str, &'static str, &'static str, &'static str)>,
-    date_closed: Option<&'static str>,
-    xform_ids: Vec<String>,
-}
-
-const MOTHER: &str = "9dbce942-0163-438b-b3e5-67b473d2f719";
-const FIRST_CHILD: &str = "17e36de1-b9de-423c-a6a6-605d291ec976";
-const SECOND_CHILD: &str = "7b58fd8f-1bb8-4978-99a6-7b5d9826c1f9";
-const SHEEL: &str = "67bffa913b38e7901851d863ededa475";
-const REG1: &str = "8c4a4668-6be0-4f32-a1fd-e4d4e3ba2019";
-const REG2: &str = "91d014c5-02d9-4bfe-bd4c-c72f8624f6d2";
-const CF: &str = "d66482bf-874e-42d9-b2b7-620ba6e4b3b3";
-const CLOSE: &str = "b45aeae8-ba55-4541-ae2e-0ead6b5e1f31";
-
-/// Drives one domain through the fixtures and checks every step.
-struct Session<'a> {
-    gateway: &'a Gateway,
-    receiver: &'a Receiver,
-    client: reqwest::Client,
-    domain: String,
-    mode: Mode,
-    /// Form ids in submission order.
-    form_ids: Vec<String>,
-    received_on: HashMap<String, String>,
-    /// Case id → how many case records it should have.
-    case_records: BTreeMap<String, usize>,
-}
-
-impl<'a> Session<'a> {
-    fn new(gateway: &'a Gateway, receiver: &'a Receiver, domain: &str, mode: Mode) -> Session<'a> {
-        Session {
-            gateway,
-            receiver,
-            client: reqwest::Client::new(),
-            domain: domain.to_owned(),
-            mode,
-            form_ids: Vec::new(),
-            received_on: HashMap::new(),
-            case_records: BTreeMap::new(),
-        }
-    }
-
-    fn attachment_size(&self) -> usize {
-        1_000 + 37 * self.form_ids.len()
-    }
-
-    /// Submits a fixture; checks the OpenRosa answer, the stored form, the
-    /// records registered (one form record, one record per touched case), that
-    /// they are delivered, that the form-xml repeater forwarded exactly the XML
-    /// and the case-json repeater each case's latest state. Returns the form id.
-    async fn submit(
-        &mut self,
-        fixture_name: &str,
-        expected_form_id: Option<&str>,
-        touched: &[&str],
-    ) -> String {
-        let step = format!("{} ({:?}, {fixture_name})", self.domain, self.mode);
-        let xml = read_fixture(fixture_name);
-        let photo_name = format!("photo-{}.jpg", self.form_ids.len());
-        let photo_bytes = photo(self.attachment_size());
-        let (body, content_type) = match self.mode {
-            Mode::Raw => (xml.clone(), "text/xml".to_owned()),
-            Mode::Multipart => multipart(&[
-                ("xml_submission_file", "xform.xml", "text/xml", &xml),
-                (&photo_name, &photo_name, "image/jpeg", &photo_bytes),
-            ]),
-        };
-        let reply = post(
-            &self.client,
-            &self.gateway.url(&format!("/a/{}/receiver", self.domain)),
-            body,
-            &content_type,
-        )
-        .await;
-        assert_eq!(reply.status, 201, "{step}: {}", reply.body);
-        assert!(
-            reply.body.starts_with(OPENROSA_SUCCESS),
-            "{step}: {}",
-            reply.body
-        );
-        assert!(
-            reply.body.ends_with("</message></OpenRosaResponse>"),
-            "{step}: {}",
-            reply.body
-        );
-        assert_eq!(reply.header("x-openrosa-version"), Some("1.0"), "{step}");
-        assert!(
-            reply
-                .header("content-type")
-                .unwrap_or("")
-                .starts_with("text/xml"),
-            "{step}"
-        );
-
-        // Exactly one new form record; its payload is the form id.
-        let form_records = self.gateway.records(&self.domain, "repeater=forms").await;
-        let new_form_ids: Vec<String> = form_records
-            .iter()
-            .map(|r| r["payload_id"].as_str().unwrap().to_owned())
-            .filter(|id| !self.form_ids.contains(id))
-            .collect();
-        assert_eq!(
-            new_form_ids.len(),
-            1,
-            "{step}: one form record per form: {form_records:?}"
-        );
-        assert_eq!(form_records.len(), self.form_ids.len() + 1, "{step}");
-        let form_id = new_form_ids[0].clone();
-        match expected_form_id {
-            Some(expected) => assert_eq!(form_id, expected, "{step}: the form id"),
-            None => assert!(
-                form_id.len() == 32 && form_id.bytes().all(|c| c.is_ascii_hexdigit()),
-                "{step}: a generated form id: {form_id}"
-            ),
-        }
-        self.form_ids.push(form_id.clone());
-
-        // One case record per touched case, whatever the number of blocks.
-        for case_id in touched {
-            *self.case_records.entry((*case_id).to_owned()).or_default() += 1;
-        }
-        let case_records = self.gateway.records(&self.domain, "repeater=cases").await;
-        let mut per_case: BTreeMap<String, usize> = BTreeMap::new();
-        for record in &case_records {
-            *per_case
-                .entry(record["payload_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        assert_eq!(per_case, self.case_records, "{step}: case records per case");
-
-        // The stored form.
-        let (status, form) = get_form(self.gateway, &self.domain, &form_id).await;
-        assert_eq!(status, 200, "{step}: {form}");
-        assert_eq!(form["form_id"], form_id.as_str(), "{step}");
-        assert_eq!(form["domain"], self.domain.as_str(), "{step}");
-        assert_eq!(
-            form["case_ids"],
-            json!(touched),
-            "{step}: touched cases in document order"
-        );
-        assert_eq!(form["is_device_report"], false, "{step}");
-        assert_eq!(form["n_duplicates"], 0, "{step}");
-        let received_on = form["received_on"].as_str().unwrap_or_default().to_owned();
-        assert!(is_timestamp(&received_on), "{step}: {form}");
-        let expected_attachments = match self.mode {
-            Mode::Raw => json!([]),
-            Mode::Multipart => {
-                json!([{"name": photo_name, "content_type": "image/jpeg", "size": photo_bytes.len()}])
-            }
-        };
-        assert_eq!(
-            form["attachments"], expected_attachments,
-            "{step}: attachments keep name and size"
-        );
-        self.received_on.insert(form_id.clone(), received_on);
-
-        // Everything is delivered once; the form-xml body is exactly the XML.
-        let n_records = self.form_ids.len() + self.case_records.values().sum::<usize>();
-        let records = self
-            .gateway
-            .wait_records(&self.domain, "", n_records, "succeeded", WAIT)
-            .await;
-        assert!(
-            records.len() == n_records
-                && records
-                    .iter()
-                    .all(|r| r["state"] == "succeeded" && r["n_attempts"] == 1),
-            "{step}: {records:?}"
-        );
-        let forwarded = self.receiver.requests(&format!("/{}/forms", self.domain));
-        assert_eq!(
-            forwarded.len(),
-            self.form_ids.len(),
-            "{step}: one form request per form"
-        );
-        let this_form = forwarded.last().unwrap();
-        assert!(
-            this_form.body == xml,
-            "{step}: the form-xml repeater forwards exactly the XML:\n{}",
-            this_form.text()
-        );
-        assert_eq!(this_form.header("content-type"), Some("text/xml"), "{step}");
-        let case_requests = self.receiver.requests(&format!("/{}/cases", self.domain));
-        assert_eq!(
-            case_requests.len(),
-            self.case_records.values().sum::<usize>(),
-            "{step}"
-        );
-        for case_id in touched {
-            let latest = case_requests
-                .iter()
-                .rev()
-                .map(Received::json)
-                .find(|sent| sent["case_id"] == *case_id)
-                .unwrap_or_else(|| panic!("{step}: case {case_id} was not forwarded"));
-            let (status, stored) = get_case(self.gateway, &self.domain, case_id).await;
-            assert_eq!(status, 200, "{step}: {stored}");
-            assert_fields(
-                &format!("{step}: forwarded case {case_id}"),
-                &latest,
-                &stored,
-            );
-        }
-        form_id
-    }
-
-    /// Checks a case field by field through `GET /cases/{id}`.
-    async fn expect(&self, want: &Want) {
-        let what = format!("{} ({:?}) case {}", self.domain, self.mode, want.case_id);
-        let (status, actual) = get_case(self.gateway, &self.domain, want.case_id).await;
-        assert_eq!(status, 200, "{what}: {actual}");
-        let first_form = want.xform_ids.first().expect("a case has a form");
-        let last_form = want.xform_ids.last().expect("a case has a form");
-        let mut properties = serde_json::Map::new();
-        properties.insert("case_type".into(), json!(want.case_type));
-        properties.insert("case_name".into(), json!(want.case_name));
-        properties.insert("owner_id".into(), json!(want.owner_id));
-        properties.insert("date_opened".into(), json!(want.date_opened));
-        properties.insert("external_id".into(), json!(want.external_id));
-        for (name, value) in &want.properties {
-            properties.insert((*name).into(), json!(value));
-        }
-        let indices: serde_json::Map<String, Value> = want
-            .indices
-            .iter()
-            .map(|(identifier, case_type, case_id, relationship)| {
-                (
-                    (*identifier).to_owned(),
-                    json!({"case_type": case_type, "case_id": case_id, "relationship": relationship}),
-                )
-            })
-            .collect();
-        let expected = json!({
-            "case_id": want.case_id,
-            "domain": self.domain,
-            "version": "2.0",
-            "closed": want.date_closed.is_some(),
-            "date_closed": want.date_closed,
-            "date_modified": want.date_modified,
-            "user_id": want.user_id,
-            "server_date_opened": self.received_on[first_form],
-            "server_date_modified": self.received_on[last_form],
-            "properties": properties,
-            "indices": indices,
-            "xform_ids": want.xform_ids,
-        });
-        assert_fields(&what, &actual, &expected);
-        // SPEC 5: every timestamp of the case JSON is UTC with microseconds.
-        for time in [
-            &actual["date_modified"],
-            &actual["properties"]["date_opened"],
-            &actual["server_date_opened"],
-            &actual["server_date_modified"],
-        ]
-        .into_iter()
-        .chain(want.date_closed.map(|_| &actual["date_closed"]))
-        {
-            assert!(
-                is_timestamp(time.as_str().unwrap_or_default()),
-                "{what}: {time} is not a UTC timestamp"
-            );
-        }
-    }
-
-    /// The id of the `n`th form submitted (0-based).
-    fn form(&self, n: usize) -> String {
-        self.form_ids[n].clone()
-    }
-}
-
-fn ids(ids: &[&str]) -> Vec<String> {
-    ids.iter().map(|id| (*id).to_owned()).collect()
-}
-
-fn mother_properties_reg1() -> Vec<(&'static str, &'static str)> {
+fn household_properties_at_register() -> Vec<(&'static str, &'static str)> {
     vec![
-        ("last_visit_type", "new"),
-        ("date_last_visit", "2012-05-25"),
-        ("date_next_reg", "2012-05-25"),
-        ("mother_alive", "yes"),
-        ("mother_name", "Ad"),
-        ("husband_name", ""),
-        ("hh_number", ""),
-        ("family_number", "2"),
-        ("mother_dob", "1990-05-25"),
+        ("village", "Riverbend"),
+        ("head_name", "Okafor"),
+        ("water_source", "borehole"),
+        ("phone", ""),
+        ("members", "4"),
+        ("latrine", "yes"),
+        ("visit_kind", "register"),
+        ("date_registered", "2023-03-14"),
     ]
 }
 
-fn with(
-    mut base: Vec<(&'static str, &'static str)>,
-    changes: &[(&'static str, &'static str)],
-) -> Vec<(&'static str, &'static str)> {
-    for (name, value) in changes {
-        match base.iter_mut().find(|(known, _)| known == name) {
-            Some(entry) => entry.1 = value,
-            None => base.push((name, value)),
-        }
-    }
-    base
-}
-
-async fn pregnancy_life_cycle(session: &mut Session<'_>) {
-    let mother = Want {
-        case_id: MOTHER,
-        case_type: "cc_bihar_pregnancy",
-        case_name: "Ad",
-        owner_id: "main_user",
-        user_id: SHEEL,
-        date_opened: "2012-05-25T09:57:38.490000Z",
-        date_modified: "2012-05-25T09:57:38.490000Z",
-        properties: mother_properties_reg1(),
-        xform_ids: ids(&[REG1]),
+async fn household_life_cycle(session: &mut Session<'_>) {
+    let household = Want {
+        case_id: HOUSEHOLD,
+        case_type: "household",
+        case_name: "Okafor",
+        owner_id: "team_north",
+        user_id: ASHA,
+        // 09:05:47.318+05:30 in UTC.
+        date_opened: "2023-03-14T03:35:47.318000Z",
+        date_modified: "2023-03-14T03:35:47.318000Z",
+        properties: household_properties_at_register(),
+        xform_ids: ids(&[REGISTER]),
         ..Want::default()
     };
 
-    session.submit("reg1.xml", Some(REG1), &[MOTHER]).await;
-    session.expect(&mother).await;
-    for child in [FIRST_CHILD, SECOND_CHILD] {
-        let (status, _) = get_case(session.gateway, &session.domain, child).await;
-        assert_eq!(status, 404, "the children do not exist before reg2");
+    session
+        .submit("household_register.xml", Some(REGISTER), &[HOUSEHOLD])
+        .await;
+    session.expect(&household).await;
+    for member in [CHIDI, ADA] {
+        let (status, _) = get_case(session.gateway, &session.domain, member).await;
+        assert_eq!(
+            status, 404,
+            "the members do not exist before they are added"
+        );
     }
 
     session
-        .submit("reg2.xml", Some(REG2), &[MOTHER, FIRST_CHILD, SECOND_CHILD])
+        .submit(
+            "household_members.xml",
+            Some(MEMBERS),
+            &[HOUSEHOLD, CHIDI, ADA],
+        )
         .await;
-    let mother_properties_reg2 = with(
-        mother_properties_reg1(),
+    let household_properties = with(
+        household_properties_at_register(),
         &[
-            ("mobile_number", "358623242"),
-            ("mother_dob", "1990-05-25"),
-            ("num_boys", "0"),
-            ("add", "2011-11-25"),
-            ("last_visit_type", "reg"),
-            ("date_last_visit", "2012-05-25"),
-            ("family_planning_type", "no_fp_adopted_at_delivery"),
-            ("edd", ""),
-            ("age", "22"),
-            ("lmp", ""),
-            ("birth_place", "transit"),
-            ("how_many_children", "2"),
-            ("eats_meat", "no"),
-            ("date_next_cf", "2012-05-26"),
+            ("members", "5"),
+            ("visit_kind", "members"),
+            ("phone", ""),
+            ("income_source", "farming"),
+            ("children_under_five", "2"),
+            ("bed_nets", ""),
+            ("date_next_visit", "2023-04-14"),
         ],
     );
-    let mother = Want {
-        date_modified: "2012-05-25T10:00:31.704000Z",
-        properties: mother_properties_reg2.clone(),
-        xform_ids: ids(&[REG1, REG2]),
-        ..mother
+    let household = Want {
+        date_modified: "2023-03-14T03:42:05.904000Z",
+        properties: household_properties.clone(),
+        xform_ids: ids(&[REGISTER, MEMBERS]),
+        ..household
     };
-    session.expect(&mother).await;
-    let child = |case_id: &'static str, case_name: &'static str| Want {
+    session.expect(&household).await;
+    let member = |case_id: &'static str, case_name: &'static str, sex, dob| Want {
         case_id,
-        case_type: "cc_bihar_newborn",
+        case_type: "member",
         case_name,
-        owner_id: "main_user",
-        user_id: SHEEL,
-        date_opened: "2012-05-25T10:00:31.704000Z",
-        date_modified: "2012-05-25T10:00:31.704000Z",
-        properties: vec![("gender", "female"), ("dob", "2011-11-25")],
-        indices: vec![("mother_id", "cc_bihar_pregnancy", MOTHER, "child")],
-        xform_ids: ids(&[REG2]),
+        owner_id: "team_north",
+        user_id: ASHA,
+        date_opened: "2023-03-14T03:42:05.904000Z",
+        date_modified: "2023-03-14T03:42:05.904000Z",
+        properties: vec![("sex", sex), ("dob", dob)],
+        indices: vec![("household_id", "household", HOUSEHOLD, "child")],
+        xform_ids: ids(&[MEMBERS]),
         ..Want::default()
     };
-    let children = [child(FIRST_CHILD, "C1"), child(SECOND_CHILD, "C2")];
-    for want in &children {
+    let members = [
+        member(CHIDI, "Chidi", "male", "2019-08-02"),
+        member(ADA, "Ada", "female", "2021-01-20"),
+    ];
+    for want in &members {
         session.expect(want).await;
     }
 
-    // cf updates the second child before the first.
+    // The visit updates Ada before Chidi, each from a nested repeat.
     session
-        .submit("cf.xml", Some(CF), &[MOTHER, SECOND_CHILD, FIRST_CHILD])
+        .submit("household_visit.xml", Some(VISIT), &[HOUSEHOLD, ADA, CHIDI])
         .await;
-    let mother = Want {
-        date_modified: "2012-05-25T10:01:38.109000Z",
+    let household = Want {
+        date_modified: "2023-04-14T04:50:30.512000Z",
         properties: with(
-            mother_properties_reg2,
+            household_properties,
             &[
-                ("last_visit_type", "cf"),
-                ("date_last_visit", "2012-05-25"),
-                ("date_cf_1", "2012-05-25"),
-                ("date_next_cf", "2012-06-24"),
+                ("visit_kind", "followup"),
+                ("date_last_visit", "2023-04-14"),
+                ("date_next_visit", "2023-05-14"),
+                ("nets_seen", "2"),
             ],
         ),
-        xform_ids: ids(&[REG1, REG2, CF]),
-        ..mother
+        xform_ids: ids(&[REGISTER, MEMBERS, VISIT]),
+        ..household
     };
-    session.expect(&mother).await;
-    let children = children.map(|want| Want {
-        date_modified: "2012-05-25T10:01:38.109000Z",
-        properties: with(want.properties.clone(), &[("baby_measles", "")]),
-        xform_ids: ids(&[REG2, CF]),
+    session.expect(&household).await;
+    let members = members.map(|want| Want {
+        date_modified: "2023-04-14T04:50:30.512000Z",
+        properties: with(
+            want.properties.clone(),
+            &[("last_fever", ""), ("weighed", "yes")],
+        ),
+        xform_ids: ids(&[MEMBERS, VISIT]),
         ..want
     });
-    for want in &children {
+    for want in &members {
         session.expect(want).await;
     }
 
     // close: an empty update and a close on each; indices and properties stay.
     session
-        .submit(
-            "close.xml",
-            Some(CLOSE),
-            &[MOTHER, FIRST_CHILD, SECOND_CHILD],
-        )
+        .submit("household_close.xml", Some(CLOSE), &[HOUSEHOLD, CHIDI, ADA])
         .await;
-    let closed_at = "2012-05-26T03:11:37.259000Z";
-    let mother = Want {
+    let closed_at = "2023-06-01T02:45:00.125000Z";
+    let household = Want {
         date_modified: closed_at,
         date_closed: Some(closed_at),
-        xform_ids: ids(&[REG1, REG2, CF, CLOSE]),
-        ..mother
+        xform_ids: ids(&[REGISTER, MEMBERS, VISIT, CLOSE]),
+        ..household
     };
-    session.expect(&mother).await;
-    for want in children {
+    session.expect(&household).await;
+    for want in members {
         session
             .expect(&Want {
                 date_modified: closed_at,
                 date_closed: Some(closed_at),
-                xform_ids: ids(&[REG2, CF, CLOSE]),
+                xform_ids: ids(&[MEMBERS, VISIT, CLOSE]),
                 ..want
             })
             .await;
     }
 }
 
-async fn lots_of_subcases(session: &mut Session<'_>) {
-    const FORM: &str = "e9d6bb33-783d-4978-a2e0-762b42e87b9d";
-    const PARENT: &str = "f8b34e0c744f8f45dfa12e28617e5716";
-    const NEWBORN: &str = "7554c7f4-fc96-4b1d-aec8-8890e96ffc54";
-    const OWNER: &str = "3c5a80e4db53049dfc110c368a0d282b";
-    const USER: &str = "67bffa913b38e7901851d863eded2ba3";
+async fn clinic_tasks(session: &mut Session<'_>) {
+    const FORM: &str = "4dab6253-ce8f-4071-b263-5e4f7a8b9ca5";
+    const CLIENT: &str = "a41c7e0b95d24f6e8a3b1c2d3e4f5a60";
+    const INFANT: &str = "b52d8f1c-a6e3-4b7f-9c4d-2e3f4a5b6c71";
+    const OWNER: &str = "clinic_east_0f1e2d3c4b5a69788796";
+    const USER: &str = "e7d6c5b4a3928170f6e5d4c3b2a19080";
     const TASKS: [(&str, &str, &str); 9] = [
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c1", "DPT 1", "dpt_1"),
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c2", "BCG", "bcg"),
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c3", "OPV 0", "opv_0"),
-        (
-            "763ca815-df9c-4037-9f0e-6edd2af8ba6c4",
-            "HEP B 0",
-            "hep_b_0",
-        ),
-        (
-            "763ca815-df9c-4037-9f0e-6edd2af8ba6c5",
-            "Measles",
-            "measles",
-        ),
-        (
-            "763ca815-df9c-4037-9f0e-6edd2af8ba6c6",
-            "VIT A 1",
-            "vit_a_1",
-        ),
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c7", "JE", "je"),
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c8", "TT 1", "tt_1"),
-        ("763ca815-df9c-4037-9f0e-6edd2af8ba6c9", "ANC 1", "anc_1"),
+        ("task-2023-02-20-01", "BCG", "bcg"),
+        ("task-2023-02-20-02", "OPV 0", "opv_0"),
+        ("task-2023-02-20-03", "OPV 1", "opv_1"),
+        ("task-2023-02-20-04", "Penta 1", "penta_1"),
+        ("task-2023-02-20-05", "PCV 1", "pcv_1"),
+        ("task-2023-02-20-06", "Rota 1", "rota_1"),
+        ("task-2023-02-20-07", "Measles 1", "measles_1"),
+        ("task-2023-02-20-08", "TT 2", "tt_2"),
+        ("task-2023-02-20-09", "ANC 2", "anc_2"),
     ];
-    let mut touched = vec![PARENT, NEWBORN];
+    let mut touched = vec![CLIENT, INFANT];
     touched.extend(TASKS.iter().map(|(id, _, _)| *id));
     assert_eq!(touched.len(), 11);
     session
-        .submit("lots_of_subcases.xml", Some(FORM), &touched)
+        .submit("clinic_tasks.xml", Some(FORM), &touched)
         .await;
 
     session
         .expect(&Want {
-            case_id: PARENT,
-            case_type: "cc_bihar_pregnancy",
-            case_name: "Ashish",
+            case_id: CLIENT,
+            case_type: "client",
+            case_name: "Nadia",
             owner_id: OWNER,
             user_id: USER,
             // A device date without a time is its midnight UTC, as in HQ.
-            date_opened: "2012-04-19T00:00:00.000000Z",
-            date_modified: "2012-04-19T00:00:00.000000Z",
+            date_opened: "2023-02-10T00:00:00.000000Z",
+            date_modified: "2023-02-10T00:00:00.000000Z",
             properties: vec![
-                ("add", "2012-01-30"),
-                ("age", "25"),
-                ("date_last_visit", "2012-04-12"),
-                ("date_next_bp", "2012-04-19"),
-                ("date_next_cf", "2012-04-19"),
-                ("date_next_reg", "2012-04-19"),
+                ("age", "29"),
+                ("anc_visits", "3"),
+                ("blood_group", "O+"),
+                ("date_last_visit", "2023-02-03"),
+                ("date_next_visit", "2023-03-03"),
                 ("edd", ""),
-                ("family_number", "2"),
-                ("family_planning_type", "ppiud_at_delivery"),
-                ("hh_number", "5"),
-                ("husband_name", "MOHAN"),
-                ("last_preg_tt", "no"),
-                ("last_visit_type", "reg"),
-                ("lmp", ""),
-                ("mobile_number", "258411"),
-                ("mother_alive", "yes"),
-                ("mother_dob", "1986-10-10"),
-                ("mother_name", "Ashish"),
-                ("num_boys", "1"),
-                ("tt_1_date", "2012-04-30"),
+                ("gravida", "2"),
+                ("hiv_tested", "yes"),
+                ("phone", "0712000111"),
+                ("village", "Hillside"),
             ],
             xform_ids: ids(&[FORM]),
             ..Want::default()
@@ -699,30 +227,29 @@ async fn lots_of_subcases(session: &mut Session<'_>) {
         .await;
     session
         .expect(&Want {
-            case_id: NEWBORN,
-            case_type: "cc_bihar_newborn",
-            case_name: "jayant",
+            case_id: INFANT,
+            case_type: "infant",
+            case_name: "Baby Nadia",
             owner_id: OWNER,
             user_id: USER,
-            date_opened: "2012-04-12T00:00:00.000000Z",
-            date_modified: "2012-04-12T00:00:00.000000Z",
+            date_opened: "2023-02-03T00:00:00.000000Z",
+            date_modified: "2023-02-03T00:00:00.000000Z",
             properties: vec![
-                ("bcg_date", "2012-05-01"),
-                ("dob", "2011-09-19"),
-                ("gender", "male"),
-                ("opv_1_date", "2012-04-10"),
+                ("dob", "2023-01-28"),
+                ("sex", "female"),
+                ("birth_weight", "3.1"),
             ],
-            indices: vec![("mother_id", "cc_bihar_pregnancy", PARENT, "child")],
+            indices: vec![("mother_id", "client", CLIENT, "child")],
             xform_ids: ids(&[FORM]),
             ..Want::default()
         })
         .await;
-    for (n, (case_id, case_name, task_id)) in TASKS.into_iter().enumerate() {
-        // The last two tasks hang off the mother, the others off the newborn.
+    for (n, (case_id, case_name, task_code)) in TASKS.into_iter().enumerate() {
+        // The last two tasks hang off the client, the others off the infant.
         let person = if n < 7 {
-            ("person_id", "cc_bihar_newborn", NEWBORN, "child")
+            ("person_id", "infant", INFANT, "child")
         } else {
-            ("person_id", "cc_bihar_pregnancy", PARENT, "child")
+            ("person_id", "client", CLIENT, "child")
         };
         session
             .expect(&Want {
@@ -731,12 +258,12 @@ async fn lots_of_subcases(session: &mut Session<'_>) {
                 case_name,
                 owner_id: OWNER,
                 user_id: USER,
-                date_opened: "2012-05-28T00:00:00.000000Z",
-                date_modified: "2012-05-28T00:00:00.000000Z",
+                date_opened: "2023-02-20T00:00:00.000000Z",
+                date_modified: "2023-02-20T00:00:00.000000Z",
                 properties: vec![
-                    ("date_eligible", "2012-05-28"),
-                    ("date_expires", "2013-09-19"),
-                    ("task_id", task_id),
+                    ("date_due", "2023-02-20"),
+                    ("date_expires", "2024-01-28"),
+                    ("task_code", task_code),
                 ],
                 indices: vec![person],
                 xform_ids: ids(&[FORM]),
@@ -746,13 +273,13 @@ async fn lots_of_subcases(session: &mut Session<'_>) {
     }
 }
 
-async fn multiple_case_blocks(session: &mut Session<'_>) {
-    const FORM: &str = "50cd023e-652c-4e8b-82a9-e0e13a9c0ce8";
-    const CASE: &str = "MCLPZ69ON942EKNIBR5WF1G2L";
-    const USER: &str = "de7abbf6d898ae2d7dcd2bdc79f2785c";
+async fn two_blocks_one_case(session: &mut Session<'_>) {
+    const FORM: &str = "5ebc7364-df90-4182-c374-6f5a8b9cadb6";
+    const CASE: &str = "VLG-2023-0077";
+    const USER: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
     // Two blocks, no create: one case, one record, the form listed once.
     session
-        .submit("multiple_case_blocks.xml", Some(FORM), &[CASE])
+        .submit("two_blocks_one_case.xml", Some(FORM), &[CASE])
         .await;
     session
         .expect(&Want {
@@ -761,12 +288,12 @@ async fn multiple_case_blocks(session: &mut Session<'_>) {
             case_name: "",
             owner_id: USER,
             user_id: USER,
-            date_opened: "2012-05-31T07:06:31.379000Z",
-            date_modified: "2012-05-31T07:06:31.379000Z",
+            date_opened: "2023-05-02T06:45:12.040000Z",
+            date_modified: "2023-05-02T06:45:12.040000Z",
             properties: vec![
-                ("community_code", "1630005"),
-                ("district_name", "SantaMariaCahabon"),
-                ("community_name", "TAMERLO"),
+                ("village_code", "400217"),
+                ("district", "Lakeside"),
+                ("village_name", "Kisoro"),
             ],
             xform_ids: ids(&[FORM]),
             ..Want::default()
@@ -774,122 +301,120 @@ async fn multiple_case_blocks(session: &mut Session<'_>) {
         .await;
 }
 
-async fn form_with_case(session: &mut Session<'_>) {
-    const FORM: &str = "ad38211be256653bceac8e2156475666";
-    const CASE: &str = "ad38211be256653bceac8e2156475667";
-    const USER: &str = "ad38211be256653bceac8e2156475665";
-    session
-        .submit("form_with_case.xml", Some(FORM), &[CASE])
-        .await;
+async fn plain_meta(session: &mut Session<'_>) {
+    const FORM: &str = "c0ffee00c0ffee00c0ffee00c0ffee02";
+    const CASE: &str = "c0ffee00c0ffee00c0ffee00c0ffee03";
+    const USER: &str = "c0ffee00c0ffee00c0ffee00c0ffee01";
+    session.submit("plain_meta.xml", Some(FORM), &[CASE]).await;
     session
         .expect(&Want {
             case_id: CASE,
-            case_type: "test_case_type",
-            case_name: "test case name",
+            case_type: "water_point",
+            case_name: "North well",
             owner_id: USER,
             user_id: USER,
             // A device time without an offset is UTC, as in HQ.
-            date_opened: "2010-06-29T13:42:50.000000Z",
-            date_modified: "2010-06-29T13:42:50.000000Z",
-            external_id: Some("someexternal"),
+            date_opened: "2022-11-08T14:20:05.000000Z",
+            date_modified: "2022-11-08T14:20:05.000000Z",
+            external_id: Some("WP-118"),
             xform_ids: ids(&[FORM]),
             ..Want::default()
         })
         .await;
     let (_, form) = get_form(session.gateway, &session.domain, FORM).await;
-    assert_eq!(form["xmlns"], "http://commcarehq.org/test/submit");
-    assert_eq!(form["username"], "someuser");
+    assert_eq!(form["xmlns"], "http://repeatd.example/forms/plain-meta");
+    assert_eq!(form["username"], "j.mwangi");
     assert_eq!(form["user_id"], USER);
-    assert_eq!(form["device_id"], "Chalimbana");
-    assert_eq!(form["time_end"], "2010-06-29T13:55:50.137");
+    assert_eq!(form["device_id"], "kiosk-3");
+    assert_eq!(form["time_end"], "2022-11-08T14:31:40.275");
 }
 
-async fn case_ledger_form(session: &mut Session<'_>) {
+async fn ledger_legacy_uid(session: &mut Session<'_>) {
     // No instanceID: the legacy `uid` is the form id.
-    const FORM: &str = "ad38211be256653bceac8e2156475664";
-    const CLOSED: &str = "fbb69a88-1eca-463a-883e-1148b96fb03b";
-    const OPEN: &str = "fbb69a88-1eca-463a-883e-1148b96fb03c";
+    const FORM: &str = "7f7f00aa11bb22cc33dd44ee55ff6601";
+    const CLOSED: &str = "stock-depot-west-a";
+    const OPEN: &str = "stock-depot-west-b";
     session
-        .submit("case_ledger_form.xml", Some(FORM), &[CLOSED, OPEN])
+        .submit("ledger_legacy_uid.xml", Some(FORM), &[CLOSED, OPEN])
         .await;
-    let invoice = |case_id| Want {
+    let stock_item = |case_id| Want {
         case_id,
-        case_type: "invoice",
-        case_name: "school-program",
+        case_type: "stock_item",
+        case_name: "ORS sachets",
         // The update's owner_id replaces the create's "-".
-        owner_id: "91cadfa4cb957cf021c76dfe31d206a6",
-        user_id: "e499e67838e9efb6fe210c147045b1dc",
-        // 10:21:48.715+01 in UTC.
-        date_opened: "2016-03-02T09:21:48.715000Z",
-        date_modified: "2016-03-02T09:21:48.715000Z",
+        owner_id: "depot_west_6b7c8d9e0f1a2b3c",
+        user_id: "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        // 17:12:34.567+01 in UTC.
+        date_opened: "2022-09-30T16:12:34.567000Z",
+        date_modified: "2022-09-30T16:12:34.567000Z",
         properties: vec![
-            ("amount-owed-to-entrepreneur", "119600"),
-            ("entrepreneur", "joe"),
-            ("month", "2"),
-            ("year", "2016"),
+            ("unit", "box"),
+            ("reorder-level", "40"),
+            ("supplier", "central"),
+            ("period", "2022-Q3"),
         ],
         xform_ids: ids(&[FORM]),
         ..Want::default()
     };
     session
         .expect(&Want {
-            date_closed: Some("2016-03-02T09:21:48.715000Z"),
-            ..invoice(CLOSED)
+            date_closed: Some("2022-09-30T16:12:34.567000Z"),
+            ..stock_item(CLOSED)
         })
         .await;
-    session.expect(&invoice(OPEN)).await;
+    session.expect(&stock_item(OPEN)).await;
     let (_, form) = get_form(session.gateway, &session.domain, FORM).await;
     assert_eq!(
-        form["device_id"], "myphone",
+        form["device_id"], "store-tablet",
         "meta fields match ignoring case"
     );
 }
 
-async fn basic_create_update_close_and_index_update(session: &mut Session<'_>) {
-    const CASE: &str = "foo-case-id";
-    const USER: &str = "bar-user-id";
+async fn bare_create_update_close_and_index(session: &mut Session<'_>) {
+    const CASE: &str = "bare-case-1";
+    const USER: &str = "bare-user-1";
     let n = session.form_ids.len();
-    // These fixtures have no meta: each gets a generated form id.
-    session.submit("basic_create.xml", None, &[CASE]).await;
+    // These forms have no meta: each gets a generated form id.
+    session.submit("bare_create.xml", None, &[CASE]).await;
     let created = Want {
         case_id: CASE,
-        case_type: "v2_case_type",
-        case_name: "test case name",
+        case_type: "site_visit",
+        case_name: "first visit",
         owner_id: USER,
         user_id: USER,
-        date_opened: "2011-12-06T13:42:50.000000Z",
-        date_modified: "2011-12-06T13:42:50.000000Z",
+        date_opened: "2021-07-01T08:00:00.000000Z",
+        date_modified: "2021-07-01T08:00:00.000000Z",
         xform_ids: vec![session.form(n)],
         ..Want::default()
     };
     session.expect(&created).await;
 
-    session.submit("basic_update.xml", None, &[CASE]).await;
+    session.submit("bare_update.xml", None, &[CASE]).await;
     let updated = Want {
-        case_type: "updated_v2_case_type",
-        case_name: "updated case name",
-        date_modified: "2011-12-07T13:42:50.000000Z",
-        properties: vec![("dynamic", "something dynamic")],
+        case_type: "site_inspection",
+        case_name: "renamed visit",
+        date_modified: "2021-07-02T08:00:00.000000Z",
+        properties: vec![("outcome", "passed with notes")],
         xform_ids: vec![session.form(n), session.form(n + 1)],
         ..created
     };
     session.expect(&updated).await;
 
     // The close carries an older device time: date_modified does not go back.
-    session.submit("basic_close.xml", None, &[CASE]).await;
+    session.submit("bare_close.xml", None, &[CASE]).await;
     let closed = Want {
-        date_closed: Some("2011-12-06T13:42:50.000000Z"),
+        date_closed: Some("2021-07-01T08:00:00.000000Z"),
         xform_ids: vec![session.form(n), session.form(n + 1), session.form(n + 2)],
         ..updated
     };
     session.expect(&closed).await;
 
-    session.submit("index_update.xml", None, &[CASE]).await;
+    session.submit("bare_index.xml", None, &[CASE]).await;
     session
         .expect(&Want {
             indices: vec![
-                ("foo_ref", "bar", "some_referenced_id", "child"),
-                ("baz_ref", "bop", "some_other_referenced_id", "child"),
+                ("site_ref", "site", "site-17", "child"),
+                ("host_ref", "site", "site-18", "extension"),
             ],
             xform_ids: (n..n + 4).map(|i| session.form(i)).collect(),
             ..closed
@@ -897,57 +422,50 @@ async fn basic_create_update_close_and_index_update(session: &mut Session<'_>) {
         .await;
 }
 
-async fn case_in_repeats(session: &mut Session<'_>) {
-    const FORM: &str = "JLP8BS71HFU3VGMIWW610W80T";
-    const FIRST: &str = "32337c03-2b73-497f-ab18-2b587f8c21df";
-    const SECOND: &str = "581b0506-7c94-4af5-ac67-f934566d5418";
-    const MOM: &str = "CMYOSI95QCED3ZWIP9ZK1QNQ6";
-    const USER: &str = "2XC1EINEJV1NZ7QXHVUMHUQQV";
+async fn v1_cases_in_repeats(session: &mut Session<'_>) {
+    const FORM: &str = "V1LITTER00000000000000001";
+    const FIRST: &str = "v1-piglet-0001";
+    const SECOND: &str = "v1-piglet-0003";
+    const SOW: &str = "V1SOW0000000000000000S88";
+    const USER: &str = "V1USER00000000000000000AA";
     session
-        .submit("case_in_repeats.xml", Some(FORM), &[FIRST, SECOND, MOM])
+        .submit("v1_cases_in_repeats.xml", Some(FORM), &[FIRST, SECOND, SOW])
         .await;
-    let child = |case_id, sex| Want {
+    let piglet = |case_id, sex| Want {
         case_id,
-        case_type: "newborn_hiv_child",
-        case_name: "ADG",
+        case_type: "piglet",
+        case_name: "S-88 litter",
         owner_id: USER,
         user_id: USER,
-        date_opened: "2011-09-19T22:29:48.096000Z",
-        date_modified: "2011-09-19T22:29:48.096000Z",
+        date_opened: "2020-10-05T17:45:10.250000Z",
+        date_modified: "2020-10-05T17:45:10.250000Z",
         external_id: Some(case_id),
         properties: vec![
             ("sex", sex),
-            ("breastfeeding", "2"),
-            ("taluka", "athani"),
-            ("age", "23"),
-            ("address", "DAG"),
-            ("number", "234234234"),
-            ("result1", ""),
-            ("result2", ""),
-            ("unique_id", "234"),
+            ("farm", "hilltop"),
+            ("pen", "7"),
+            ("ear_notch", ""),
+            ("weight_kg", "1.4"),
         ],
         xform_ids: ids(&[FORM]),
         ..Want::default()
     };
-    session.expect(&child(FIRST, "1")).await;
-    session.expect(&child(SECOND, "2")).await;
+    session.expect(&piglet(FIRST, "f")).await;
+    session.expect(&piglet(SECOND, "m")).await;
     session
         .expect(&Want {
-            case_id: MOM,
-            case_type: "mother",
-            case_name: "mom",
+            case_id: SOW,
+            case_type: "sow",
+            case_name: "S-88",
             owner_id: USER,
             user_id: USER,
-            date_opened: "2011-09-19T22:31:48.902000Z",
-            date_modified: "2011-09-19T22:31:48.902000Z",
-            date_closed: Some("2011-09-19T22:31:48.902000Z"),
+            date_opened: "2020-10-05T17:48:02.900000Z",
+            date_modified: "2020-10-05T17:48:02.900000Z",
+            date_closed: Some("2020-10-05T17:48:02.900000Z"),
             properties: vec![
-                ("delivery_type", "1"),
-                ("delivery_form_complete", "OK"),
-                ("nevirapine", "1"),
-                ("place", "1"),
-                ("birth_type", "other"),
-                ("delivery_date", "2011-09-19"),
+                ("litter_count", "3"),
+                ("pen", "7"),
+                ("farrowing_date", "2020-10-05"),
             ],
             xform_ids: ids(&[FORM]),
             ..Want::default()
@@ -955,46 +473,45 @@ async fn case_in_repeats(session: &mut Session<'_>) {
         .await;
 }
 
-/// Every fixture, in an order that builds on earlier ones.
-const FIXTURES_SUBMITTED: [&str; 13] = [
-    "reg1.xml",
-    "reg2.xml",
-    "cf.xml",
-    "close.xml",
-    "lots_of_subcases.xml",
-    "multiple_case_blocks.xml",
-    "form_with_case.xml",
-    "case_ledger_form.xml",
-    "basic_create.xml",
-    "basic_update.xml",
-    "basic_close.xml",
-    "index_update.xml",
-    "case_in_repeats.xml",
+/// Every test form, in an order that builds on earlier ones.
+const FORMS_SUBMITTED: [&str; 13] = [
+    "household_register.xml",
+    "household_members.xml",
+    "household_visit.xml",
+    "household_close.xml",
+    "clinic_tasks.xml",
+    "two_blocks_one_case.xml",
+    "plain_meta.xml",
+    "ledger_legacy_uid.xml",
+    "bare_create.xml",
+    "bare_update.xml",
+    "bare_close.xml",
+    "bare_index.xml",
+    "v1_cases_in_repeats.xml",
 ];
 
-async fn every_fixture(session: &mut Session<'_>) {
-    pregnancy_life_cycle(session).await;
-    lots_of_subcases(session).await;
-    multiple_case_blocks(session).await;
-    form_with_case(session).await;
-    case_ledger_form(session).await;
-    basic_create_update_close_and_index_update(session).await;
-    case_in_repeats(session).await;
-    assert_eq!(session.form_ids.len(), FIXTURES_SUBMITTED.len());
+async fn every_form(session: &mut Session<'_>) {
+    household_life_cycle(session).await;
+    clinic_tasks(session).await;
+    two_blocks_one_case(session).await;
+    plain_meta(session).await;
+    ledger_legacy_uid(session).await;
+    bare_create_update_close_and_index(session).await;
+    v1_cases_in_repeats(session).await;
+    assert_eq!(session.form_ids.len(), FORMS_SUBMITTED.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fixture_raw_and_multipart_builds_commcare_case_states() {
-    let on_disk: BTreeSet<String> = std::fs::read_dir(fixture(""))
-        .expect("the fixtures directory")
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".xml"))
-        .collect();
-    let submitted: BTreeSet<String> = FIXTURES_SUBMITTED
+async fn every_test_form_raw_and_multipart_builds_commcare_case_states() {
+    let submitted: BTreeSet<String> = FORMS_SUBMITTED
         .iter()
         .map(|name| (*name).to_owned())
         .collect();
-    assert_eq!(on_disk, submitted, "every fixture is submitted");
+    assert_eq!(
+        xml_files_in(&forms()),
+        submitted,
+        "every test form is submitted"
+    );
 
     let receiver = Receiver::start().await;
     let config = format!(
@@ -1003,10 +520,10 @@ async fn every_fixture_raw_and_multipart_builds_commcare_case_states() {
         project("multi", &receiver, "")
     );
     let gateway = Gateway::start(&config).await;
-    let mut raw = Session::new(&gateway, &receiver, "raw", Mode::Raw);
-    let mut multi = Session::new(&gateway, &receiver, "multi", Mode::Multipart);
-    every_fixture(&mut raw).await;
-    every_fixture(&mut multi).await;
+    let mut raw = Session::new(&gateway, &receiver, "raw", Mode::Raw, &forms());
+    let mut multi = Session::new(&gateway, &receiver, "multi", Mode::Multipart, &forms());
+    every_form(&mut raw).await;
+    every_form(&mut multi).await;
     gateway.stop().await;
 }
 
@@ -1016,26 +533,32 @@ async fn every_fixture_raw_and_multipart_builds_commcare_case_states() {
 async fn a_duplicate_form_id_is_answered_201_and_not_processed_again() {
     let receiver = Receiver::start().await;
     let gateway = Gateway::start(&project("demo", &receiver, "")).await;
-    let mut session = Session::new(&gateway, &receiver, "demo", Mode::Raw);
-    session.submit("reg1.xml", Some(REG1), &[MOTHER]).await;
+    let mut session = Session::new(&gateway, &receiver, "demo", Mode::Raw, &forms());
     session
-        .submit("reg2.xml", Some(REG2), &[MOTHER, FIRST_CHILD, SECOND_CHILD])
+        .submit("household_register.xml", Some(REGISTER), &[HOUSEHOLD])
+        .await;
+    session
+        .submit(
+            "household_members.xml",
+            Some(MEMBERS),
+            &[HOUSEHOLD, CHIDI, ADA],
+        )
         .await;
     let records_before = gateway.records("demo", "").await;
     let mut cases_before = Vec::new();
-    for case_id in [MOTHER, FIRST_CHILD, SECOND_CHILD] {
+    for case_id in [HOUSEHOLD, CHIDI, ADA] {
         cases_before.push(get_case(&gateway, "demo", case_id).await.1);
     }
-    let (_, form_before) = get_form(&gateway, "demo", REG1).await;
+    let (_, form_before) = get_form(&gateway, "demo", REGISTER).await;
 
     // The same instanceID again: raw, as multipart, and with different content
     // (a changed update and a new case) — none of it is applied.
-    let reg1 = String::from_utf8(read_fixture("reg1.xml")).unwrap();
+    let reg1 = String::from_utf8(read_fixture("forms/household_register.xml")).unwrap();
     let altered = reg1
-        .replace("<n1:last_visit_type>new</n1:last_visit_type>", "<n1:last_visit_type>changed</n1:last_visit_type>")
+        .replace("<n1:visit_kind>register</n1:visit_kind>", "<n1:visit_kind>changed</n1:visit_kind>")
         .replace(
-            "<full_name>Ad</full_name>",
-            "<n9:case xmlns:n9=\"http://commcarehq.org/case/transaction/v2\" case_id=\"sneaked-in\"><n9:create><n9:case_type>x</n9:case_type></n9:create></n9:case><full_name>Ad</full_name>",
+            "<consent>yes</consent>",
+            "<n9:case xmlns:n9=\"http://commcarehq.org/case/transaction/v2\" case_id=\"sneaked-in\"><n9:create><n9:case_type>x</n9:case_type></n9:create></n9:case><consent>yes</consent>",
         );
     assert_ne!(altered, reg1);
     let (multipart_body, multipart_type) = multipart(&[
@@ -1063,7 +586,7 @@ async fn a_duplicate_form_id_is_answered_201_and_not_processed_again() {
             "the answer says it is a duplicate: {}",
             reply.body
         );
-        let (status, form) = get_form(&gateway, "demo", REG1).await;
+        let (status, form) = get_form(&gateway, "demo", REGISTER).await;
         assert_eq!(status, 200);
         assert_eq!(form["n_duplicates"], n + 1, "{form}");
         assert!(
@@ -1072,7 +595,7 @@ async fn a_duplicate_form_id_is_answered_201_and_not_processed_again() {
         );
     }
 
-    let (_, form_after) = get_form(&gateway, "demo", REG1).await;
+    let (_, form_after) = get_form(&gateway, "demo", REGISTER).await;
     for field in ["received_on", "case_ids", "attachments", "xmlns", "user_id"] {
         assert_eq!(
             form_after[field], form_before[field],
@@ -1084,10 +607,7 @@ async fn a_duplicate_form_id_is_answered_201_and_not_processed_again() {
         records_before,
         "no new records"
     );
-    for (case_id, before) in [MOTHER, FIRST_CHILD, SECOND_CHILD]
-        .iter()
-        .zip(&cases_before)
-    {
+    for (case_id, before) in [HOUSEHOLD, CHIDI, ADA].iter().zip(&cases_before) {
         let (_, after) = get_case(&gateway, "demo", case_id).await;
         assert_eq!(&after, before, "case {case_id} is unchanged");
     }
@@ -1390,14 +910,7 @@ async fn device_reports_are_stored_but_never_forwarded() {
     let gateway = Gateway::start(&format!("{}{stubs}", project("demo", &receiver, ""))).await;
     let client = reqwest::Client::new();
     // A device log, with a case block HQ would never look for.
-    let report = r#"<?xml version='1.0' ?>
-<device_report xmlns="http://code.javarosa.org/devicereport">
-  <device_id>354957031935664</device_id>
-  <report_date>2024-01-01T10:00:00.000Z</report_date>
-  <log_subreport><log date="2024-01-01T09:59:00.000Z"><type>login</type><msg>danny logged in</msg></log></log_subreport>
-  <case xmlns="http://commcarehq.org/case/transaction/v2" case_id="from-a-device-log" user_id="u1"><create><case_type>t</case_type></create></case>
-  <meta xmlns="http://openrosa.org/jr/xforms"><instanceID>device-log-1</instanceID><userID>u1</userID></meta>
-</device_report>"#;
+    let report = String::from_utf8(read_fixture("device_report.xml")).unwrap();
     for (n, mode) in [Mode::Raw, Mode::Multipart].into_iter().enumerate() {
         let xml = report.replace("device-log-1", &format!("device-log-{n}"));
         let (body, content_type) = match mode {
@@ -1433,7 +946,7 @@ async fn device_reports_are_stored_but_never_forwarded() {
 
     // An ordinary form right after is forwarded: the repeaters were live.
     let (status, body) = gateway
-        .submit("demo", &read_fixture("form_with_case.xml"), None)
+        .submit("demo", &read_fixture("forms/plain_meta.xml"), None)
         .await;
     assert_eq!(status, 201, "{body}");
     let records = gateway.wait_records("demo", "", 3, "succeeded", WAIT).await;

@@ -160,9 +160,8 @@ mod tests {
 
         let form_event = Event::Form(Form {
             domain: "demo".to_string(),
-            form_id: "afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string(),
-            xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
-                .to_string(),
+            form_id: "e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90".to_string(),
+            xmlns: "http://repeatd.example/forms/seed/tree-planting".to_string(),
             app_id: Some(APP_ID.to_string()),
             received_on: "2015-04-17T20:04:57.123456Z".to_string(),
             user_id: None,

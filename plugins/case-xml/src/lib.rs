@@ -259,15 +259,15 @@ mod tests {
         }
     }
 
-    /// The case the acceptance seed form creates.
+    /// The case the seed form (`tests/fixtures/seed_form.xml`) creates.
     fn seed_case() -> Case {
         Case {
             domain: "demo".to_string(),
-            case_id: "b0916685-7247-4c44-b712-633d3d64e0c0".to_string(),
+            case_id: "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8".to_string(),
             case_type: "mscase".to_string(),
-            case_name: "Trees".to_string(),
-            owner_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
-            user_id: "d0e472a6b36dfd3ee5059222e12b8c1b".to_string(),
+            case_name: "Baobab".to_string(),
+            owner_id: "3a9f1c07e2b84d65a0c7f2e91b4d8c36".to_string(),
+            user_id: "3a9f1c07e2b84d65a0c7f2e91b4d8c36".to_string(),
             external_id: None,
             date_opened: "2015-04-17T20:04:54.950000Z".to_string(),
             date_modified: "2015-04-17T20:04:54.950000Z".to_string(),
@@ -277,12 +277,12 @@ mod tests {
             date_closed: None,
             properties: Vec::new(),
             indices: Vec::new(),
-            xform_ids: vec!["afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string()],
+            xform_ids: vec!["e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90".to_string()],
             attachments: Vec::new(),
         }
     }
 
-    /// The first child case of fixtures `reg2.xml` (created with an index to
+    /// The first child case of CommCare's `reg2.xml` test form (created with an index to
     /// its mother), given a second, extension index to show both kinds.
     fn reg2_child_case() -> Case {
         Case {
@@ -323,7 +323,7 @@ mod tests {
         }
     }
 
-    /// The mother case after fixtures `reg1.xml`, `reg2.xml` and `close.xml`.
+    /// The mother case after CommCare's `reg1.xml`, `reg2.xml` and `close.xml` test forms.
     fn closed_mother_case() -> Case {
         Case {
             domain: "demo".to_string(),
@@ -365,10 +365,10 @@ mod tests {
         assert_eq!(
             String::from_utf8(request.body).unwrap(),
             concat!(
-                r#"<case case_id="b0916685-7247-4c44-b712-633d3d64e0c0" date_modified="2015-04-17T20:04:54.950000Z""#,
-                r#" user_id="d0e472a6b36dfd3ee5059222e12b8c1b" xmlns="http://commcarehq.org/case/transaction/v2">"#,
-                "<create><case_type>mscase</case_type><case_name>Trees</case_name>",
-                "<owner_id>d0e472a6b36dfd3ee5059222e12b8c1b</owner_id></create>",
+                r#"<case case_id="5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8" date_modified="2015-04-17T20:04:54.950000Z""#,
+                r#" user_id="3a9f1c07e2b84d65a0c7f2e91b4d8c36" xmlns="http://commcarehq.org/case/transaction/v2">"#,
+                "<create><case_type>mscase</case_type><case_name>Baobab</case_name>",
+                "<owner_id>3a9f1c07e2b84d65a0c7f2e91b4d8c36</owner_id></create>",
                 "<update><date_opened>2015-04-17</date_opened></update>",
                 "</case>",
             )
@@ -435,14 +435,14 @@ mod tests {
         case.properties.push(pair("1st visit", "yes"));
         assert_eq!(
             case_block(&case).unwrap_err(),
-            r#"case-xml cannot write case "b0916685-7247-4c44-b712-633d3d64e0c0": property name "1st visit" is not an XML element name"#
+            r#"case-xml cannot write case "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8": property name "1st visit" is not an XML element name"#
         );
 
         let mut case = seed_case();
         case.properties.push(pair("note", "ring\u{7}"));
         assert_eq!(
             case_block(&case).unwrap_err(),
-            r#"case-xml cannot write case "b0916685-7247-4c44-b712-633d3d64e0c0": its property note holds U+0007, which XML cannot carry"#
+            r#"case-xml cannot write case "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8": its property note holds U+0007, which XML cannot carry"#
         );
     }
 

@@ -108,26 +108,24 @@ mod tests {
     use super::*;
     use repeatd::plugin::types::{AppChange, AppEvent};
 
-    /// The acceptance suite's seed form (a copy of
-    /// `shared/acceptance/seed_form.xml`).
-    const SEED_FORM_XML: &[u8] = include_bytes!("../../../../shared/acceptance/seed_form.xml");
+    /// The project's seed form, `tests/fixtures/seed_form.xml`.
+    const SEED_FORM_XML: &[u8] = include_bytes!("../../../tests/fixtures/seed_form.xml");
     const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
 
     fn seed_form(app_id: Option<&str>) -> Form {
         Form {
             domain: "demo".to_string(),
-            form_id: "afcb3026-c4b3-463f-85ec-0cb9a2737fc5".to_string(),
-            xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
-                .to_string(),
+            form_id: "e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90".to_string(),
+            xmlns: "http://repeatd.example/forms/seed/tree-planting".to_string(),
             app_id: app_id.map(str::to_string),
             received_on: "2015-04-17T20:04:57.123456Z".to_string(),
-            user_id: Some("d0e472a6b36dfd3ee5059222e12b8c1b".to_string()),
+            user_id: Some("3a9f1c07e2b84d65a0c7f2e91b4d8c36".to_string()),
             username: Some("danny".to_string()),
-            device_id: Some("990005013558458".to_string()),
+            device_id: Some("358240051111110".to_string()),
             time_start: Some("2015-04-17T20:04:42.383000Z".to_string()),
             time_end: Some("2015-04-17T20:04:54.950000Z".to_string()),
             app_version: None,
-            case_ids: vec!["b0916685-7247-4c44-b712-633d3d64e0c0".to_string()],
+            case_ids: vec!["5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8".to_string()],
             attachments: Vec::new(),
             xml: SEED_FORM_XML.to_vec(),
         }
