@@ -285,6 +285,36 @@ mod tests {
         submit_xml(store, &fixture(name), name, received_on)
     }
 
+    /// The cases the form `name` builds in an empty store, and the form's id.
+    fn store_after(name: &str, received_on: &str) -> (CaseStore, String) {
+        let mut store = CaseStore::new();
+        let form_id = submit(&mut store, name, received_on);
+        (store, form_id)
+    }
+
+    /// Checks that `case` is closed, at `at` by `by`.
+    fn assert_closed(case: &Case, at: &str, by: &str) {
+        assert!(case.closed, "{} is closed", case.case_id);
+        assert_eq!(case.date_closed.as_deref(), Some(at), "{}", case.case_id);
+        assert_eq!(case.closed_by.as_deref(), Some(by), "{}", case.case_id);
+    }
+
+    /// Checks `date_opened`, `date_modified`, `server_date_opened` and
+    /// `server_date_modified`, in that order.
+    fn assert_dates(case: &Case, expected: [&str; 4]) {
+        let actual = [
+            case.date_opened.as_str(),
+            case.date_modified.as_str(),
+            case.server_date_opened.as_str(),
+            case.server_date_modified.as_str(),
+        ];
+        assert_eq!(
+            actual, expected,
+            "{}: opened, modified, server opened, server modified",
+            case.case_id
+        );
+    }
+
     fn property<'a>(case: &'a Case, name: &str) -> Option<&'a str> {
         case.properties
             .iter()
@@ -327,12 +357,14 @@ mod tests {
         assert_eq!(household.user_id, ASHA);
         assert_eq!(household.opened_by, ASHA);
         assert_eq!(household.external_id, None);
-        assert_eq!(household.date_opened, "2023-03-14T03:35:47.318000Z");
-        assert_eq!(household.date_modified, "2023-03-14T03:35:47.318000Z");
-        assert_eq!(household.server_date_opened, "2023-03-14T03:40:00.000000Z");
-        assert_eq!(
-            household.server_date_modified,
-            "2023-03-14T03:40:00.000000Z"
+        assert_dates(
+            household,
+            [
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:40:00.000000Z",
+                "2023-03-14T03:40:00.000000Z",
+            ],
         );
         assert!(
             !household.closed && household.date_closed.is_none() && household.closed_by.is_none()
@@ -366,12 +398,14 @@ mod tests {
             household.case_name, "Okafor",
             "an update without case_name keeps it"
         );
-        assert_eq!(household.date_opened, "2023-03-14T03:35:47.318000Z");
-        assert_eq!(household.date_modified, "2023-03-14T03:42:05.904000Z");
-        assert_eq!(household.server_date_opened, "2023-03-14T03:40:00.000000Z");
-        assert_eq!(
-            household.server_date_modified,
-            "2023-03-14T03:45:00.000000Z"
+        assert_dates(
+            household,
+            [
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:42:05.904000Z",
+                "2023-03-14T03:40:00.000000Z",
+                "2023-03-14T03:45:00.000000Z",
+            ],
         );
         assert_eq!(household.properties.len(), 12);
         assert_eq!(
@@ -452,12 +486,7 @@ mod tests {
         );
         for case_id in [HOUSEHOLD, CHIDI, ADA] {
             let case = &store[case_id];
-            assert!(case.closed, "{case_id}");
-            assert_eq!(
-                case.date_closed.as_deref(),
-                Some("2023-06-01T02:45:00.125000Z")
-            );
-            assert_eq!(case.closed_by.as_deref(), Some(ASHA));
+            assert_closed(case, "2023-06-01T02:45:00.125000Z", ASHA);
             assert_eq!(case.date_modified, "2023-06-01T02:45:00.125000Z");
             assert_eq!(case.server_date_modified, "2023-06-01T03:00:00.000000Z");
             assert_eq!(case.xform_ids.last(), Some(&close));
@@ -474,12 +503,7 @@ mod tests {
     #[test]
     fn clinic_tasks_creates_eleven_linked_cases() {
         const CLIENT: &str = "a41c7e0b95d24f6e8a3b1c2d3e4f5a60";
-        let mut store = CaseStore::new();
-        let form_id = submit(
-            &mut store,
-            "clinic_tasks.xml",
-            "2023-02-20T08:05:00.000000Z",
-        );
+        let (store, form_id) = store_after("clinic_tasks.xml", "2023-02-20T08:05:00.000000Z");
         assert_eq!(store.len(), 11);
         let parent = &store[CLIENT];
         assert_eq!(parent.case_type, "client");
@@ -510,12 +534,8 @@ mod tests {
 
     #[test]
     fn two_blocks_without_create_make_one_case() {
-        let mut store = CaseStore::new();
-        let form_id = submit(
-            &mut store,
-            "two_blocks_one_case.xml",
-            "2023-05-02T07:00:00.000000Z",
-        );
+        let (store, form_id) =
+            store_after("two_blocks_one_case.xml", "2023-05-02T07:00:00.000000Z");
         assert_eq!(store.len(), 1);
         let case = &store["VLG-2023-0077"];
         let user = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
@@ -542,8 +562,15 @@ mod tests {
             "owner defaults to the block's user"
         );
         assert_eq!(case.opened_by, "bare-user-1");
-        assert_eq!(case.date_opened, "2021-07-01T08:00:00.000000Z");
-        assert_eq!(case.date_modified, "2021-07-01T08:00:00.000000Z");
+        assert_dates(
+            case,
+            [
+                "2021-07-01T08:00:00.000000Z",
+                "2021-07-01T08:00:00.000000Z",
+                "2021-07-01T09:00:00.000000Z",
+                "2021-07-01T09:00:00.000000Z",
+            ],
+        );
 
         submit(&mut store, "bare_update.xml", "2021-07-02T09:00:00.000000Z");
         let case = &store["bare-case-1"];
@@ -558,12 +585,7 @@ mod tests {
 
         submit(&mut store, "bare_close.xml", "2021-07-03T09:00:00.000000Z");
         let case = &store["bare-case-1"];
-        assert!(case.closed);
-        assert_eq!(
-            case.date_closed.as_deref(),
-            Some("2021-07-01T08:00:00.000000Z")
-        );
-        assert_eq!(case.closed_by.as_deref(), Some("bare-user-1"));
+        assert_closed(case, "2021-07-01T08:00:00.000000Z", "bare-user-1");
         assert_eq!(
             case.date_modified, "2021-07-02T08:00:00.000000Z",
             "an older device time does not move it back"
@@ -637,12 +659,7 @@ mod tests {
 
     #[test]
     fn v1_blocks_in_repeats_create_three_cases() {
-        let mut store = CaseStore::new();
-        submit(
-            &mut store,
-            "v1_cases_in_repeats.xml",
-            "2020-10-05T18:00:00.000000Z",
-        );
+        let (store, _) = store_after("v1_cases_in_repeats.xml", "2020-10-05T18:00:00.000000Z");
         assert_eq!(store.len(), 3);
         let piglet = &store["v1-piglet-0001"];
         assert_eq!(piglet.case_type, "piglet");
@@ -653,12 +670,11 @@ mod tests {
         assert_eq!(property(piglet, "user_id"), None);
         assert_eq!(property(piglet, "pen"), Some("7"));
         let sow = &store["V1SOW0000000000000000S88"];
-        assert!(sow.closed);
-        assert_eq!(
-            sow.date_closed.as_deref(),
-            Some("2020-10-05T17:48:02.900000Z")
+        assert_closed(
+            sow,
+            "2020-10-05T17:48:02.900000Z",
+            "V1USER00000000000000000AA",
         );
-        assert_eq!(sow.closed_by.as_deref(), Some("V1USER00000000000000000AA"));
     }
 
     #[test]
