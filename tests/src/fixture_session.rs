@@ -2,9 +2,11 @@
 //! checks every step the way a user of the gateway would: the OpenRosa answer,
 //! the stored form, one record per form and per touched case, what the
 //! form-xml and case-json repeaters forwarded, and each case field by field
-//! through the admin API. `tests/tests/ingest.rs` runs it on the project's own
-//! forms (`tests/fixtures/forms`), `tests/tests/commcare_fixtures.rs` on
-//! CommCare's.
+//! through the admin API. The steps and the case states they must build are
+//! data, a case-states file ([`check_case_states`]):
+//! `tests/fixtures/case_states.json` for the project's own forms, run by
+//! `tests/tests/ingest.rs`, and `tests/fixtures/commcare_case_states.json` for
+//! CommCare's, run by `tests/tests/commcare_fixtures.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,18 +21,14 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub const OPENROSA_SUCCESS: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_success\">";
 pub const OPENROSA_ERROR: &str = "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_error\">";
 
-/// Whether `text` is a UTC timestamp with microseconds (`YYYY-MM-DDTHH:MM:SS.ffffffZ`).
+/// Whether `text` is a UTC timestamp with microseconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[20..26].bytes().all(|c| c.is_ascii_digit())
+    const SHAPE: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(byte, &want)| match want {
+            b'd' => byte.is_ascii_digit(),
+            _ => byte == want,
+        })
 }
 
 /// What the receiver endpoint answered.
@@ -183,25 +181,6 @@ pub fn assert_fields(what: &str, actual: &Value, expected: &Value) {
     }
 }
 
-/// A case as the fixtures should leave it. Server dates come from the
-/// `received_on` of the first and last form in `xform_ids`.
-#[derive(Debug, Clone, Default)]
-pub struct Want {
-    pub case_id: &'static str,
-    pub case_type: &'static str,
-    pub case_name: &'static str,
-    pub owner_id: &'static str,
-    pub user_id: &'static str,
-    pub date_opened: &'static str,
-    pub date_modified: &'static str,
-    pub external_id: Option<&'static str>,
-    pub properties: Vec<(&'static str, &'static str)>,
-    /// (identifier, case_type, case_id, relationship)
-    pub indices: Vec<(&'static str, &'static str, &'static str, &'static str)>,
-    pub date_closed: Option<&'static str>,
-    pub xform_ids: Vec<String>,
-}
-
 /// Drives one domain through a sequence of test forms and checks every step.
 pub struct Session<'a> {
     pub gateway: &'a Gateway,
@@ -216,6 +195,8 @@ pub struct Session<'a> {
     pub case_records: BTreeMap<String, usize>,
     /// Where the forms `submit` names are.
     pub forms: PathBuf,
+    /// Form file name → the form id it got.
+    pub form_of: HashMap<String, String>,
 }
 
 impl<'a> Session<'a> {
@@ -237,6 +218,7 @@ impl<'a> Session<'a> {
             received_on: HashMap::new(),
             case_records: BTreeMap::new(),
             forms: forms.to_owned(),
+            form_of: HashMap::new(),
         }
     }
 
@@ -316,6 +298,8 @@ impl<'a> Session<'a> {
             ),
         }
         self.form_ids.push(form_id.clone());
+        self.form_of
+            .insert(fixture_name.to_owned(), form_id.clone());
 
         // One case record per touched case, whatever the number of blocks.
         for case_id in touched {
@@ -406,45 +390,41 @@ impl<'a> Session<'a> {
         form_id
     }
 
-    /// Checks a case field by field through `GET /cases/{id}`.
-    pub async fn expect(&self, want: &Want) {
-        let what = format!("{} ({:?}) case {}", self.domain, self.mode, want.case_id);
-        let (status, actual) = get_case(self.gateway, &self.domain, want.case_id).await;
+    /// Checks a case field by field through `GET /cases/{id}` against `want`,
+    /// a case of a [case-states file](check_case_states).
+    pub async fn expect_case(&self, want: &Value) {
+        let case_id = want["case_id"].as_str().expect("a case_id");
+        let what = format!("{} ({:?}) case {case_id}", self.domain, self.mode);
+        known_keys(&what, want, CASE_KEYS);
+        let (status, actual) = get_case(self.gateway, &self.domain, case_id).await;
         assert_eq!(status, 200, "{what}: {actual}");
-        let first_form = want.xform_ids.first().expect("a case has a form");
-        let last_form = want.xform_ids.last().expect("a case has a form");
-        let mut properties = serde_json::Map::new();
-        properties.insert("case_type".into(), json!(want.case_type));
-        properties.insert("case_name".into(), json!(want.case_name));
-        properties.insert("owner_id".into(), json!(want.owner_id));
-        properties.insert("date_opened".into(), json!(want.date_opened));
-        properties.insert("external_id".into(), json!(want.external_id));
-        for (name, value) in &want.properties {
-            properties.insert((*name).into(), json!(value));
-        }
-        let indices: serde_json::Map<String, Value> = want
-            .indices
+        let xform_ids: Vec<&str> = want["xform_ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no xform_ids"))
             .iter()
-            .map(|(identifier, case_type, case_id, relationship)| {
-                (
-                    (*identifier).to_owned(),
-                    json!({"case_type": case_type, "case_id": case_id, "relationship": relationship}),
-                )
-            })
+            .map(|id| self.form_id(id.as_str().expect("form ids are strings")))
             .collect();
+        let first_form = xform_ids.first().expect("a case has a form");
+        let last_form = xform_ids.last().expect("a case has a form");
+        let mut properties = want["properties"].clone();
+        let fields = properties
+            .as_object_mut()
+            .unwrap_or_else(|| panic!("{what}: no properties"));
+        fields.entry("external_id").or_insert(Value::Null);
+        let date_closed = want.get("date_closed").cloned().unwrap_or(Value::Null);
         let expected = json!({
-            "case_id": want.case_id,
+            "case_id": case_id,
             "domain": self.domain,
             "version": "2.0",
-            "closed": want.date_closed.is_some(),
-            "date_closed": want.date_closed,
-            "date_modified": want.date_modified,
-            "user_id": want.user_id,
-            "server_date_opened": self.received_on[first_form],
-            "server_date_modified": self.received_on[last_form],
+            "closed": !date_closed.is_null(),
+            "date_closed": date_closed,
+            "date_modified": want["date_modified"],
+            "user_id": want["user_id"],
+            "server_date_opened": self.received_on[*first_form],
+            "server_date_modified": self.received_on[*last_form],
             "properties": properties,
-            "indices": indices,
-            "xform_ids": want.xform_ids,
+            "indices": want.get("indices").cloned().unwrap_or_else(|| json!({})),
+            "xform_ids": xform_ids,
         });
         assert_fields(&what, &actual, &expected);
         // SPEC 5: every timestamp of the case JSON is UTC with microseconds.
@@ -455,7 +435,7 @@ impl<'a> Session<'a> {
             &actual["server_date_modified"],
         ]
         .into_iter()
-        .chain(want.date_closed.map(|_| &actual["date_closed"]))
+        .chain((!date_closed.is_null()).then_some(&actual["date_closed"]))
         {
             assert!(
                 is_timestamp(time.as_str().unwrap_or_default()),
@@ -464,29 +444,134 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The id of the `n`th form submitted (0-based).
-    pub fn form(&self, n: usize) -> String {
-        self.form_ids[n].clone()
-    }
-}
-
-/// Owned copies of `ids`.
-pub fn ids(ids: &[&str]) -> Vec<String> {
-    ids.iter().map(|id| (*id).to_owned()).collect()
-}
-
-/// `base` with each of `changes` replacing a property of that name in place or added at the end.
-pub fn with(
-    mut base: Vec<(&'static str, &'static str)>,
-    changes: &[(&'static str, &'static str)],
-) -> Vec<(&'static str, &'static str)> {
-    for (name, value) in changes {
-        match base.iter_mut().find(|(known, _)| known == name) {
-            Some(entry) => entry.1 = value,
-            None => base.push((name, value)),
+    /// A form id as a case-states file writes it: `@FILE` for the id the form
+    /// in FILE got (a generated one where it has no meta), else the id itself.
+    fn form_id<'s>(&'s self, written: &'s str) -> &'s str {
+        match written.strip_prefix('@') {
+            Some(file) => self
+                .form_of
+                .get(file)
+                .unwrap_or_else(|| panic!("{}: {file} was not submitted yet", self.domain)),
+            None => written,
         }
     }
-    base
+
+    /// Submits the form of one step of a case-states file and checks what the
+    /// step says: the cases, cases that must not exist, the stored form's fields.
+    pub async fn check_step(&mut self, step: &Value) {
+        let file = step["form"].as_str().expect("a step names its form");
+        let what = format!("{} ({:?}, {file})", self.domain, self.mode);
+        known_keys(&what, step, STEP_KEYS);
+        let touched: Vec<&str> = step["touched"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no touched"))
+            .iter()
+            .map(|id| id.as_str().expect("case ids are strings"))
+            .collect();
+        let form_id = self.submit(file, step["form_id"].as_str(), &touched).await;
+        for want in step["cases"].as_array().into_iter().flatten() {
+            self.expect_case(want).await;
+        }
+        for case_id in step["absent"].as_array().into_iter().flatten() {
+            let case_id = case_id.as_str().expect("case ids are strings");
+            let (status, _) = get_case(self.gateway, &self.domain, case_id).await;
+            assert_eq!(status, 404, "{what}: case {case_id} does not exist yet");
+        }
+        if let Some(fields) = step.get("form_fields").and_then(Value::as_object) {
+            let (_, form) = get_form(self.gateway, &self.domain, &form_id).await;
+            for (field, value) in fields {
+                assert_eq!(&form[field], value, "{what}: the form's {field}");
+            }
+        }
+    }
+}
+
+/// What a step of a case-states file may say.
+const STEP_KEYS: &[&str] = &[
+    "form",
+    "form_id",
+    "touched",
+    "cases",
+    "absent",
+    "form_fields",
+    "note",
+];
+
+/// What a case of a case-states file may say.
+const CASE_KEYS: &[&str] = &[
+    "case_id",
+    "user_id",
+    "date_modified",
+    "date_closed",
+    "properties",
+    "indices",
+    "xform_ids",
+    "note",
+];
+
+/// Fails on a key of `object` outside `known`: a misspelt expectation would
+/// otherwise check nothing.
+fn known_keys(what: &str, object: &Value, known: &[&str]) {
+    let object = object
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {object}"));
+    for key in object.keys() {
+        assert!(known.contains(&key.as_str()), "{what}: unknown key {key:?}");
+    }
+}
+
+/// Runs a case-states file: a JSON object whose keys are folders under `root`
+/// and whose values are the steps to take with the forms there, in order. Each
+/// step is `{"form": FILE, "form_id": ID or null (a generated one), "touched":
+/// [case ids in document order], "cases": [...], "absent": [case ids],
+/// "form_fields": {field: value}, "note": why}`; each case is the case as
+/// `GET /cases/{id}` answers it without what follows from the rest (`domain`,
+/// `version`, `closed`, the server dates, a null `external_id`, `{}` indices):
+/// `{"case_id", "user_id", "date_modified", "date_closed"?, "properties",
+/// "indices"?, "xform_ids"}`. Every folder's forms are submitted raw to one
+/// domain and as OpenRosa multipart to another, and every `.xml` file of a
+/// folder must be a step.
+pub async fn check_case_states(root: &Path, case_states: &Path) {
+    let text = std::fs::read_to_string(case_states)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", case_states.display()));
+    let folders: serde_json::Map<String, Value> = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{}: {error}", case_states.display()));
+    let receiver = Receiver::start().await;
+    let config: String = (0..folders.len())
+        .map(|n| {
+            format!(
+                "{}{}",
+                project(&format!("raw-{n}"), &receiver, ""),
+                project(&format!("multi-{n}"), &receiver, "")
+            )
+        })
+        .collect();
+    let gateway = Gateway::start(&config).await;
+    for (n, (folder, steps)) in folders.iter().enumerate() {
+        let dir = root.join(folder);
+        let steps = steps
+            .as_array()
+            .unwrap_or_else(|| panic!("{folder}: the steps are not a list"));
+        let submitted: BTreeSet<String> = steps
+            .iter()
+            .map(|step| step["form"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            xml_files_in(&dir),
+            submitted,
+            "every form of {folder} is a step"
+        );
+        for (domain, mode) in [
+            (format!("raw-{n}"), Mode::Raw),
+            (format!("multi-{n}"), Mode::Multipart),
+        ] {
+            let mut session = Session::new(&gateway, &receiver, &domain, mode, &dir);
+            for step in steps {
+                session.check_step(step).await;
+            }
+        }
+    }
+    gateway.stop().await;
 }
 
 /// The names of the `.xml` files in `dir`, to check that a test submits them all.

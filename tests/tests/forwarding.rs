@@ -2,22 +2,10 @@
 
 use std::time::Duration;
 
+use repeatd_tests::fixture_session::is_timestamp;
 use repeatd_tests::*;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[20..26].bytes().all(|c| c.is_ascii_digit())
-}
 
 async fn five_repeaters(receiver: &Receiver) -> Gateway {
     let mut repeaters = String::new();

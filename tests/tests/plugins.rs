@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use repeatd_tests::fixture_session::is_timestamp;
 use repeatd_tests::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -831,22 +832,6 @@ async fn the_auth_example_signs_requests_that_verify_independently() {
 }
 
 // ---- (d) the command line -------------------------------------------------------------
-
-fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[..4]
-            .bytes()
-            .chain(text[20..26].bytes())
-            .all(|c| c.is_ascii_digit())
-}
 
 /// Runs `repeatd` with `args`; returns (success, stdout, stderr).
 fn repeatd(args: &[&str]) -> (bool, String, String) {
