@@ -1,5 +1,5 @@
 //! Test set-up shared by the built-in plugins' native unit tests: the
-//! acceptance seed form and the case it creates as the gateway hands them to
+//! project's seed form (`tests/fixtures/seed_form.xml`) and the case it creates as the gateway hands them to
 //! a plugin, app events, settings, and unwrapping a payload into the request
 //! it sends.
 //!
@@ -21,13 +21,13 @@ pub const DOMAIN: &str = "demo";
 pub const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
 /// A build of that app.
 pub const SEED_BUILD_ID: &str = "193b28e58f335f165cb3e2bbe02b3ed8";
-pub const SEED_FORM_ID: &str = "afcb3026-c4b3-463f-85ec-0cb9a2737fc5";
+pub const SEED_FORM_ID: &str = "e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90";
 /// The case the seed form creates.
-pub const SEED_CASE_ID: &str = "b0916685-7247-4c44-b712-633d3d64e0c0";
+pub const SEED_CASE_ID: &str = "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8";
 /// When the gateway received the seed form.
 pub const SEED_RECEIVED_ON: &str = "2015-04-17T20:04:57.123456Z";
 /// The seed form's user (and the seed case's owner).
-pub const SEED_USER_ID: &str = "d0e472a6b36dfd3ee5059222e12b8c1b";
+pub const SEED_USER_ID: &str = "3a9f1c07e2b84d65a0c7f2e91b4d8c36";
 
 pub fn pair(name: &str, value: &str) -> Pair {
     Pair {
@@ -44,18 +44,18 @@ pub fn pairs(pairs: &[Pair]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// The acceptance seed form as the gateway reads it, submitted for
+/// The project's seed form as the gateway reads it, submitted for
 /// [`SEED_APP_ID`], with `xml` as its body.
 pub fn seed_form(xml: &[u8]) -> Form {
     Form {
         domain: DOMAIN.to_string(),
         form_id: SEED_FORM_ID.to_string(),
-        xmlns: "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B".to_string(),
+        xmlns: "http://repeatd.example/forms/seed/tree-planting".to_string(),
         app_id: Some(SEED_APP_ID.to_string()),
         received_on: SEED_RECEIVED_ON.to_string(),
         user_id: Some(SEED_USER_ID.to_string()),
         username: Some("danny".to_string()),
-        device_id: Some("990005013558458".to_string()),
+        device_id: Some("358240051111110".to_string()),
         time_start: Some("2015-04-17T20:04:42.383000Z".to_string()),
         time_end: Some("2015-04-17T20:04:54.950000Z".to_string()),
         app_version: None,
@@ -71,7 +71,7 @@ pub fn seed_case() -> Case {
         domain: DOMAIN.to_string(),
         case_id: SEED_CASE_ID.to_string(),
         case_type: "mscase".to_string(),
-        case_name: "Trees".to_string(),
+        case_name: "Baobab".to_string(),
         owner_id: SEED_USER_ID.to_string(),
         user_id: SEED_USER_ID.to_string(),
         external_id: None,

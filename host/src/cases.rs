@@ -240,20 +240,18 @@ mod tests {
     use crate::xform::{CreateBlock, IndexChange, parse_form};
     use std::collections::BTreeMap;
 
-    const MOTHER: &str = "9dbce942-0163-438b-b3e5-67b473d2f719";
-    const FIRST_CHILD: &str = "17e36de1-b9de-423c-a6a6-605d291ec976";
-    const SECOND_CHILD: &str = "7b58fd8f-1bb8-4978-99a6-7b5d9826c1f9";
-    const SHEEL: &str = "67bffa913b38e7901851d863ededa475";
+    const HOUSEHOLD: &str = "hh-7d2c4a10-3e5f-4b6a-9c8d-0e1f2a3b4c5d";
+    const CHIDI: &str = "mb-1c9a8b7d-6e5f-4a3b-2c1d-0e9f8a7b6c51";
+    const ADA: &str = "mb-2d0b9c8e-7f6a-4b5c-3d2e-1f0a9b8c7d62";
+    const ASHA: &str = "5b1f0c9e2d7a4e3b8c6f1a2d3e4f5a6b";
 
     /// A domain's cases, as the store would hold them.
     type CaseStore = BTreeMap<String, Case>;
 
+    /// One of the project's own test forms, `tests/fixtures/forms/`.
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures/commcare/{}"
-            ),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/forms/{}"),
             name
         );
         std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"))
@@ -287,6 +285,36 @@ mod tests {
         submit_xml(store, &fixture(name), name, received_on)
     }
 
+    /// The cases the form `name` builds in an empty store, and the form's id.
+    fn store_after(name: &str, received_on: &str) -> (CaseStore, String) {
+        let mut store = CaseStore::new();
+        let form_id = submit(&mut store, name, received_on);
+        (store, form_id)
+    }
+
+    /// Checks that `case` is closed, at `at` by `by`.
+    fn assert_closed(case: &Case, at: &str, by: &str) {
+        assert!(case.closed, "{} is closed", case.case_id);
+        assert_eq!(case.date_closed.as_deref(), Some(at), "{}", case.case_id);
+        assert_eq!(case.closed_by.as_deref(), Some(by), "{}", case.case_id);
+    }
+
+    /// Checks `date_opened`, `date_modified`, `server_date_opened` and
+    /// `server_date_modified`, in that order.
+    fn assert_dates(case: &Case, expected: [&str; 4]) {
+        let actual = [
+            case.date_opened.as_str(),
+            case.date_modified.as_str(),
+            case.server_date_opened.as_str(),
+            case.server_date_modified.as_str(),
+        ];
+        assert_eq!(
+            actual, expected,
+            "{}: opened, modified, server opened, server modified",
+            case.case_id
+        );
+    }
+
     fn property<'a>(case: &'a Case, name: &str) -> Option<&'a str> {
         case.properties
             .iter()
@@ -301,278 +329,291 @@ mod tests {
             .collect()
     }
 
-    fn child_index(case_id: &str) -> CaseIndex {
+    /// A child index `identifier` to the case `case_id` of type `case_type`.
+    fn child_index(identifier: &str, case_type: &str, case_id: &str) -> CaseIndex {
         CaseIndex {
-            identifier: "mother_id".to_owned(),
-            case_type: "cc_bihar_pregnancy".to_owned(),
+            identifier: identifier.to_owned(),
+            case_type: case_type.to_owned(),
             case_id: case_id.to_owned(),
             relationship: "child".to_owned(),
         }
     }
 
     #[test]
-    fn pregnancy_life_cycle_reg1_reg2_cf_close() {
+    fn household_life_cycle_register_members_visit_close() {
         let mut store = CaseStore::new();
-        let reg1 = submit(&mut store, "reg1.xml", "2012-05-25T10:00:00.000000Z");
-        assert_eq!(reg1, "8c4a4668-6be0-4f32-a1fd-e4d4e3ba2019");
+        let register = submit(
+            &mut store,
+            "household_register.xml",
+            "2023-03-14T03:40:00.000000Z",
+        );
+        assert_eq!(register, "0f6c2d1e-8a4b-4c3d-9e2f-1a0b3c4d5e61");
         assert_eq!(store.len(), 1);
-        let mother = &store[MOTHER];
-        assert_eq!(mother.domain, "demo");
-        assert_eq!(mother.case_type, "cc_bihar_pregnancy");
-        assert_eq!(mother.case_name, "Ad");
-        assert_eq!(mother.owner_id, "main_user");
-        assert_eq!(mother.user_id, SHEEL);
-        assert_eq!(mother.opened_by, SHEEL);
-        assert_eq!(mother.external_id, None);
-        assert_eq!(mother.date_opened, "2012-05-25T09:57:38.490000Z");
-        assert_eq!(mother.date_modified, "2012-05-25T09:57:38.490000Z");
-        assert_eq!(mother.server_date_opened, "2012-05-25T10:00:00.000000Z");
-        assert_eq!(mother.server_date_modified, "2012-05-25T10:00:00.000000Z");
-        assert!(!mother.closed && mother.date_closed.is_none() && mother.closed_by.is_none());
-        assert_eq!(
-            property_names(mother),
+        let household = &store[HOUSEHOLD];
+        assert_eq!(household.domain, "demo");
+        assert_eq!(household.case_type, "household");
+        assert_eq!(household.case_name, "Okafor");
+        assert_eq!(household.owner_id, "team_north");
+        assert_eq!(household.user_id, ASHA);
+        assert_eq!(household.opened_by, ASHA);
+        assert_eq!(household.external_id, None);
+        assert_dates(
+            household,
             [
-                "last_visit_type",
-                "date_last_visit",
-                "date_next_reg",
-                "mother_alive",
-                "mother_name",
-                "husband_name",
-                "hh_number",
-                "family_number",
-                "mother_dob"
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:40:00.000000Z",
+                "2023-03-14T03:40:00.000000Z",
+            ],
+        );
+        assert!(
+            !household.closed && household.date_closed.is_none() && household.closed_by.is_none()
+        );
+        assert_eq!(
+            property_names(household),
+            [
+                "village",
+                "head_name",
+                "water_source",
+                "phone",
+                "members",
+                "latrine",
+                "visit_kind",
+                "date_registered"
             ]
         );
-        assert_eq!(property(mother, "last_visit_type"), Some("new"));
-        assert_eq!(property(mother, "husband_name"), Some(""));
-        assert!(mother.indices.is_empty() && mother.attachments.is_empty());
-        assert_eq!(mother.xform_ids, [reg1.as_str()]);
+        assert_eq!(property(household, "visit_kind"), Some("register"));
+        assert_eq!(property(household, "phone"), Some(""));
+        assert!(household.indices.is_empty() && household.attachments.is_empty());
+        assert_eq!(household.xform_ids, [register.as_str()]);
 
-        let reg2 = submit(&mut store, "reg2.xml", "2012-05-25T10:05:00.000000Z");
+        let members = submit(
+            &mut store,
+            "household_members.xml",
+            "2023-03-14T03:45:00.000000Z",
+        );
         assert_eq!(store.len(), 3);
-        let mother = &store[MOTHER];
+        let household = &store[HOUSEHOLD];
         assert_eq!(
-            mother.case_name, "Ad",
+            household.case_name, "Okafor",
             "an update without case_name keeps it"
         );
-        assert_eq!(mother.date_opened, "2012-05-25T09:57:38.490000Z");
-        assert_eq!(mother.date_modified, "2012-05-25T10:00:31.704000Z");
-        assert_eq!(mother.server_date_opened, "2012-05-25T10:00:00.000000Z");
-        assert_eq!(mother.server_date_modified, "2012-05-25T10:05:00.000000Z");
-        assert_eq!(mother.properties.len(), 20);
+        assert_dates(
+            household,
+            [
+                "2023-03-14T03:35:47.318000Z",
+                "2023-03-14T03:42:05.904000Z",
+                "2023-03-14T03:40:00.000000Z",
+                "2023-03-14T03:45:00.000000Z",
+            ],
+        );
+        assert_eq!(household.properties.len(), 12);
         assert_eq!(
-            mother.properties[0],
-            ("last_visit_type".to_owned(), "reg".to_owned()),
+            household.properties[4],
+            ("members".to_owned(), "5".to_owned()),
             "replaced in place"
         );
         assert_eq!(
-            &property_names(mother)[9..11],
-            ["mobile_number", "num_boys"]
+            &property_names(household)[8..10],
+            ["income_source", "children_under_five"]
         );
-        assert_eq!(property(mother, "date_next_cf"), Some("2012-05-26"));
-        assert_eq!(property(mother, "edd"), Some(""));
-        assert_eq!(mother.xform_ids, [reg1.clone(), reg2.clone()]);
-        for (child_id, name) in [(FIRST_CHILD, "C1"), (SECOND_CHILD, "C2")] {
-            let child = &store[child_id];
-            assert_eq!(child.case_type, "cc_bihar_newborn");
-            assert_eq!(child.case_name, name);
-            assert_eq!(child.owner_id, "main_user");
-            assert_eq!(child.opened_by, SHEEL);
-            assert_eq!(child.date_opened, "2012-05-25T10:00:31.704000Z");
-            assert_eq!(child.server_date_opened, "2012-05-25T10:05:00.000000Z");
+        assert_eq!(property(household, "date_next_visit"), Some("2023-04-14"));
+        assert_eq!(property(household, "bed_nets"), Some(""));
+        assert_eq!(household.xform_ids, [register.clone(), members.clone()]);
+        for (member_id, name, sex, dob) in [
+            (CHIDI, "Chidi", "male", "2019-08-02"),
+            (ADA, "Ada", "female", "2021-01-20"),
+        ] {
+            let member = &store[member_id];
+            assert_eq!(member.case_type, "member");
+            assert_eq!(member.case_name, name);
+            assert_eq!(member.owner_id, "team_north");
+            assert_eq!(member.opened_by, ASHA);
+            assert_eq!(member.date_opened, "2023-03-14T03:42:05.904000Z");
+            assert_eq!(member.server_date_opened, "2023-03-14T03:45:00.000000Z");
             assert_eq!(
-                child.properties,
+                member.properties,
                 [
-                    ("gender".to_owned(), "female".to_owned()),
-                    ("dob".to_owned(), "2011-11-25".to_owned())
+                    ("sex".to_owned(), sex.to_owned()),
+                    ("dob".to_owned(), dob.to_owned())
                 ]
             );
-            assert_eq!(child.indices, [child_index(MOTHER)]);
-            assert_eq!(child.xform_ids, [reg2.as_str()]);
-        }
-
-        let cf = submit(&mut store, "cf.xml", "2012-05-25T10:10:00.000000Z");
-        let mother = &store[MOTHER];
-        assert_eq!(property(mother, "last_visit_type"), Some("cf"));
-        assert_eq!(property(mother, "date_cf_1"), Some("2012-05-25"));
-        assert_eq!(property(mother, "date_next_cf"), Some("2012-06-24"));
-        assert_eq!(mother.properties.len(), 21);
-        assert_eq!(mother.date_modified, "2012-05-25T10:01:38.109000Z");
-        assert_eq!(mother.xform_ids, [reg1.clone(), reg2.clone(), cf.clone()]);
-        for child_id in [FIRST_CHILD, SECOND_CHILD] {
-            let child = &store[child_id];
-            assert_eq!(property(child, "baby_measles"), Some(""));
             assert_eq!(
-                child.indices,
-                [child_index(MOTHER)],
+                member.indices,
+                [child_index("household_id", "household", HOUSEHOLD)]
+            );
+            assert_eq!(member.xform_ids, [members.as_str()]);
+        }
+        assert_eq!(store[CHIDI].attachments, ["portrait"]);
+        assert!(store[ADA].attachments.is_empty());
+
+        let visit = submit(
+            &mut store,
+            "household_visit.xml",
+            "2023-04-14T05:00:00.000000Z",
+        );
+        let household = &store[HOUSEHOLD];
+        assert_eq!(property(household, "visit_kind"), Some("followup"));
+        assert_eq!(property(household, "date_last_visit"), Some("2023-04-14"));
+        assert_eq!(property(household, "date_next_visit"), Some("2023-05-14"));
+        assert_eq!(household.properties.len(), 14);
+        assert_eq!(household.date_modified, "2023-04-14T04:50:30.512000Z");
+        assert_eq!(
+            household.xform_ids,
+            [register.clone(), members.clone(), visit.clone()]
+        );
+        for member_id in [CHIDI, ADA] {
+            let member = &store[member_id];
+            assert_eq!(property(member, "last_fever"), Some(""));
+            assert_eq!(property(member, "weighed"), Some("yes"));
+            assert_eq!(
+                member.indices,
+                [child_index("household_id", "household", HOUSEHOLD)],
                 "an update keeps indices"
             );
-            assert_eq!(child.xform_ids, [reg2.clone(), cf.clone()]);
+            assert_eq!(member.xform_ids, [members.clone(), visit.clone()]);
         }
+        assert_eq!(
+            store[CHIDI].attachments,
+            ["portrait"],
+            "an update keeps attachments"
+        );
 
-        let close = submit(&mut store, "close.xml", "2012-05-26T03:15:00.000000Z");
-        for case_id in [MOTHER, FIRST_CHILD, SECOND_CHILD] {
+        let close = submit(
+            &mut store,
+            "household_close.xml",
+            "2023-06-01T03:00:00.000000Z",
+        );
+        for case_id in [HOUSEHOLD, CHIDI, ADA] {
             let case = &store[case_id];
-            assert!(case.closed, "{case_id}");
-            assert_eq!(
-                case.date_closed.as_deref(),
-                Some("2012-05-26T03:11:37.259000Z")
-            );
-            assert_eq!(case.closed_by.as_deref(), Some(SHEEL));
-            assert_eq!(case.date_modified, "2012-05-26T03:11:37.259000Z");
-            assert_eq!(case.server_date_modified, "2012-05-26T03:15:00.000000Z");
+            assert_closed(case, "2023-06-01T02:45:00.125000Z", ASHA);
+            assert_eq!(case.date_modified, "2023-06-01T02:45:00.125000Z");
+            assert_eq!(case.server_date_modified, "2023-06-01T03:00:00.000000Z");
             assert_eq!(case.xform_ids.last(), Some(&close));
         }
-        assert_eq!(store[MOTHER].xform_ids.len(), 4);
+        assert_eq!(store[HOUSEHOLD].xform_ids.len(), 4);
         assert_eq!(
-            store[MOTHER].properties.len(),
-            21,
+            store[HOUSEHOLD].properties.len(),
+            14,
             "an empty update changes nothing"
         );
-        assert_eq!(store[FIRST_CHILD].case_name, "C1");
+        assert_eq!(store[CHIDI].case_name, "Chidi");
     }
 
     #[test]
-    fn lots_of_subcases_creates_eleven_linked_cases() {
-        let mut store = CaseStore::new();
-        let form_id = submit(
-            &mut store,
-            "lots_of_subcases.xml",
-            "2012-05-28T00:00:00.000000Z",
-        );
+    fn clinic_tasks_creates_eleven_linked_cases() {
+        const CLIENT: &str = "a41c7e0b95d24f6e8a3b1c2d3e4f5a60";
+        let (store, form_id) = store_after("clinic_tasks.xml", "2023-02-20T08:05:00.000000Z");
         assert_eq!(store.len(), 11);
-        let parent = &store["f8b34e0c744f8f45dfa12e28617e5716"];
-        assert_eq!(parent.case_type, "cc_bihar_pregnancy");
+        let parent = &store[CLIENT];
+        assert_eq!(parent.case_type, "client");
         assert_eq!(
-            parent.date_opened, "2012-04-19T00:00:00.000000Z",
+            parent.date_opened, "2023-02-10T00:00:00.000000Z",
             "a date without time is its midnight UTC"
         );
-        assert_eq!(parent.properties.len(), 20);
-        assert_eq!(property(parent, "tt_1_date"), Some("2012-04-30"));
-        let newborn = &store["7554c7f4-fc96-4b1d-aec8-8890e96ffc54"];
-        assert_eq!(
-            newborn.indices,
-            [child_index("f8b34e0c744f8f45dfa12e28617e5716")]
-        );
+        assert_eq!(parent.properties.len(), 10);
+        assert_eq!(property(parent, "village"), Some("Hillside"));
+        let infant = &store["b52d8f1c-a6e3-4b7f-9c4d-2e3f4a5b6c71"];
+        assert_eq!(infant.indices, [child_index("mother_id", "client", CLIENT)]);
         let tasks: Vec<&Case> = store
             .values()
             .filter(|case| case.case_type == "task")
             .collect();
         assert_eq!(tasks.len(), 9);
         for task in tasks {
-            assert_eq!(task.owner_id, "3c5a80e4db53049dfc110c368a0d282b");
-            assert_eq!(task.user_id, "67bffa913b38e7901851d863eded2ba3");
-            assert_eq!(task.date_modified, "2012-05-28T00:00:00.000000Z");
+            assert_eq!(task.owner_id, "clinic_east_0f1e2d3c4b5a69788796");
+            assert_eq!(task.user_id, "e7d6c5b4a3928170f6e5d4c3b2a19080");
+            assert_eq!(task.date_modified, "2023-02-20T00:00:00.000000Z");
             assert_eq!(task.indices.len(), 1);
             assert_eq!(task.indices[0].identifier, "person_id");
             assert_eq!(task.xform_ids, [form_id.as_str()]);
-            assert!(property(task, "task_id").is_some());
+            assert!(property(task, "task_code").is_some());
         }
-        assert_eq!(
-            store["763ca815-df9c-4037-9f0e-6edd2af8ba6c9"].indices[0].case_type,
-            "cc_bihar_pregnancy"
-        );
+        assert_eq!(store["task-2023-02-20-09"].indices[0].case_type, "client");
     }
 
     #[test]
-    fn multiple_case_blocks_without_create_make_one_case() {
-        let mut store = CaseStore::new();
-        let form_id = submit(
-            &mut store,
-            "multiple_case_blocks.xml",
-            "2012-05-31T08:00:00.000000Z",
-        );
+    fn two_blocks_without_create_make_one_case() {
+        let (store, form_id) =
+            store_after("two_blocks_one_case.xml", "2023-05-02T07:00:00.000000Z");
         assert_eq!(store.len(), 1);
-        let case = &store["MCLPZ69ON942EKNIBR5WF1G2L"];
-        let user = "de7abbf6d898ae2d7dcd2bdc79f2785c";
+        let case = &store["VLG-2023-0077"];
+        let user = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
         assert_eq!(case.case_type, "");
         assert_eq!(case.case_name, "");
         assert_eq!(case.owner_id, user, "owner defaults to the user");
         assert_eq!(case.opened_by, user);
-        assert_eq!(case.date_opened, "2012-05-31T07:06:31.379000Z");
-        assert_eq!(case.server_date_opened, "2012-05-31T08:00:00.000000Z");
-        assert_eq!(property(case, "community_name"), Some("TAMERLO"));
+        assert_eq!(case.date_opened, "2023-05-02T06:45:12.040000Z");
+        assert_eq!(case.server_date_opened, "2023-05-02T07:00:00.000000Z");
+        assert_eq!(property(case, "village_name"), Some("Kisoro"));
         assert_eq!(case.properties.len(), 3);
         assert_eq!(case.xform_ids, [form_id], "one form id for two blocks");
     }
 
     #[test]
-    fn basic_create_update_close() {
+    fn bare_create_update_close() {
         let mut store = CaseStore::new();
-        submit(
-            &mut store,
-            "basic_create.xml",
-            "2011-12-06T14:00:00.000000Z",
-        );
-        let case = &store["foo-case-id"];
-        assert_eq!(case.case_type, "v2_case_type");
-        assert_eq!(case.case_name, "test case name");
+        submit(&mut store, "bare_create.xml", "2021-07-01T09:00:00.000000Z");
+        let case = &store["bare-case-1"];
+        assert_eq!(case.case_type, "site_visit");
+        assert_eq!(case.case_name, "first visit");
         assert_eq!(
-            case.owner_id, "bar-user-id",
+            case.owner_id, "bare-user-1",
             "owner defaults to the block's user"
         );
-        assert_eq!(case.opened_by, "bar-user-id");
-        assert_eq!(case.date_opened, "2011-12-06T13:42:50.000000Z");
-        assert_eq!(case.date_modified, "2011-12-06T13:42:50.000000Z");
-
-        submit(
-            &mut store,
-            "basic_update.xml",
-            "2011-12-07T14:00:00.000000Z",
+        assert_eq!(case.opened_by, "bare-user-1");
+        assert_dates(
+            case,
+            [
+                "2021-07-01T08:00:00.000000Z",
+                "2021-07-01T08:00:00.000000Z",
+                "2021-07-01T09:00:00.000000Z",
+                "2021-07-01T09:00:00.000000Z",
+            ],
         );
-        let case = &store["foo-case-id"];
-        assert_eq!(case.case_type, "updated_v2_case_type");
-        assert_eq!(case.case_name, "updated case name");
+
+        submit(&mut store, "bare_update.xml", "2021-07-02T09:00:00.000000Z");
+        let case = &store["bare-case-1"];
+        assert_eq!(case.case_type, "site_inspection");
+        assert_eq!(case.case_name, "renamed visit");
         assert_eq!(
             case.properties,
-            [("dynamic".to_owned(), "something dynamic".to_owned())]
+            [("outcome".to_owned(), "passed with notes".to_owned())]
         );
-        assert_eq!(case.date_modified, "2011-12-07T13:42:50.000000Z");
-        assert_eq!(case.date_opened, "2011-12-06T13:42:50.000000Z");
+        assert_eq!(case.date_modified, "2021-07-02T08:00:00.000000Z");
+        assert_eq!(case.date_opened, "2021-07-01T08:00:00.000000Z");
 
-        submit(&mut store, "basic_close.xml", "2011-12-08T14:00:00.000000Z");
-        let case = &store["foo-case-id"];
-        assert!(case.closed);
+        submit(&mut store, "bare_close.xml", "2021-07-03T09:00:00.000000Z");
+        let case = &store["bare-case-1"];
+        assert_closed(case, "2021-07-01T08:00:00.000000Z", "bare-user-1");
         assert_eq!(
-            case.date_closed.as_deref(),
-            Some("2011-12-06T13:42:50.000000Z")
-        );
-        assert_eq!(case.closed_by.as_deref(), Some("bar-user-id"));
-        assert_eq!(
-            case.date_modified, "2011-12-07T13:42:50.000000Z",
+            case.date_modified, "2021-07-02T08:00:00.000000Z",
             "an older device time does not move it back"
         );
-        assert_eq!(case.server_date_modified, "2011-12-08T14:00:00.000000Z");
+        assert_eq!(case.server_date_modified, "2021-07-03T09:00:00.000000Z");
         assert_eq!(
             case.xform_ids,
-            ["basic_create.xml", "basic_update.xml", "basic_close.xml"]
+            ["bare_create.xml", "bare_update.xml", "bare_close.xml"]
         );
     }
 
     #[test]
     fn index_update_adds_replaces_and_removes() {
         let mut store = CaseStore::new();
-        submit(
-            &mut store,
-            "basic_create.xml",
-            "2011-12-06T14:00:00.000000Z",
-        );
-        submit(
-            &mut store,
-            "index_update.xml",
-            "2011-12-07T14:00:00.000000Z",
-        );
-        let case = &store["foo-case-id"];
+        submit(&mut store, "bare_create.xml", "2021-07-01T09:00:00.000000Z");
+        submit(&mut store, "bare_index.xml", "2021-07-02T09:00:00.000000Z");
+        let case = &store["bare-case-1"];
         let identifiers: Vec<_> = case
             .indices
             .iter()
             .map(|index| index.identifier.as_str())
             .collect();
-        assert_eq!(identifiers, ["foo_ref", "baz_ref"]);
-        assert_eq!(case.indices[0].case_type, "bar");
-        assert_eq!(case.indices[0].case_id, "some_referenced_id");
+        assert_eq!(identifiers, ["site_ref", "host_ref"]);
+        assert_eq!(case.indices[0].case_type, "site");
+        assert_eq!(case.indices[0].case_id, "site-17");
         assert_eq!(case.indices[0].relationship, "child");
-        assert_eq!(case.indices[1].case_id, "some_other_referenced_id");
+        assert_eq!(case.indices[1].case_id, "site-18");
+        assert_eq!(case.indices[1].relationship, "extension");
 
         let change = |identifier: &str, case_id: &str, relationship: Option<&str>| IndexChange {
             identifier: identifier.to_owned(),
@@ -581,10 +622,10 @@ mod tests {
             relationship: relationship.map(str::to_owned),
         };
         let block = CaseBlock {
-            case_id: "foo-case-id".to_owned(),
+            case_id: "bare-case-1".to_owned(),
             indices: vec![
-                change("foo_ref", "", None),
-                change("baz_ref", "new_host", Some("extension")),
+                change("site_ref", "", None),
+                change("host_ref", "new_host", Some("extension")),
                 change("never_there", "", None),
             ],
             ..CaseBlock::default()
@@ -592,59 +633,47 @@ mod tests {
         let context = FormContext {
             domain: "demo",
             form_id: "index-change",
-            received_on: "2011-12-08T00:00:00.000000Z",
+            received_on: "2021-07-03T00:00:00.000000Z",
             form_user_id: None,
             form_time_end: None,
         };
-        let case = apply_block(store.remove("foo-case-id"), &block, &context);
+        let case = apply_block(store.remove("bare-case-1"), &block, &context);
         assert_eq!(
             case.indices,
             [CaseIndex {
-                identifier: "baz_ref".to_owned(),
+                identifier: "host_ref".to_owned(),
                 case_type: "host_type".to_owned(),
                 case_id: "new_host".to_owned(),
                 relationship: "extension".to_owned(),
             }]
         );
         assert_eq!(
-            case.user_id, "bar-user-id",
+            case.user_id, "bare-user-1",
             "no user in the block or form keeps the last one"
         );
         assert_eq!(
-            case.date_modified, "2011-12-08T00:00:00.000000Z",
+            case.date_modified, "2021-07-03T00:00:00.000000Z",
             "falls back to receipt time"
         );
     }
 
     #[test]
-    fn v1_blocks_of_case_in_repeats_create_three_cases() {
-        let mut store = CaseStore::new();
-        submit(
-            &mut store,
-            "case_in_repeats.xml",
-            "2011-09-19T23:00:00.000000Z",
-        );
+    fn v1_blocks_in_repeats_create_three_cases() {
+        let (store, _) = store_after("v1_cases_in_repeats.xml", "2020-10-05T18:00:00.000000Z");
         assert_eq!(store.len(), 3);
-        let child = &store["32337c03-2b73-497f-ab18-2b587f8c21df"];
-        assert_eq!(child.case_type, "newborn_hiv_child");
-        assert_eq!(child.case_name, "ADG");
-        assert_eq!(
-            child.external_id.as_deref(),
-            Some("32337c03-2b73-497f-ab18-2b587f8c21df")
-        );
-        assert_eq!(child.owner_id, "2XC1EINEJV1NZ7QXHVUMHUQQV");
-        assert_eq!(child.date_modified, "2011-09-19T22:29:48.096000Z");
-        assert_eq!(property(child, "user_id"), None);
-        assert_eq!(property(child, "unique_id"), Some("234"));
-        let mother = &store["CMYOSI95QCED3ZWIP9ZK1QNQ6"];
-        assert!(mother.closed);
-        assert_eq!(
-            mother.date_closed.as_deref(),
-            Some("2011-09-19T22:31:48.902000Z")
-        );
-        assert_eq!(
-            mother.closed_by.as_deref(),
-            Some("2XC1EINEJV1NZ7QXHVUMHUQQV")
+        let piglet = &store["v1-piglet-0001"];
+        assert_eq!(piglet.case_type, "piglet");
+        assert_eq!(piglet.case_name, "S-88 litter");
+        assert_eq!(piglet.external_id.as_deref(), Some("v1-piglet-0001"));
+        assert_eq!(piglet.owner_id, "V1USER00000000000000000AA");
+        assert_eq!(piglet.date_modified, "2020-10-05T17:45:10.250000Z");
+        assert_eq!(property(piglet, "user_id"), None);
+        assert_eq!(property(piglet, "pen"), Some("7"));
+        let sow = &store["V1SOW0000000000000000S88"];
+        assert_closed(
+            sow,
+            "2020-10-05T17:48:02.900000Z",
+            "V1USER00000000000000000AA",
         );
     }
 

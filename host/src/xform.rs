@@ -864,39 +864,45 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The project's own test forms, `tests/fixtures/forms/` (see the README there).
     const FIXTURE_NAMES: [&str; 13] = [
-        "basic_close.xml",
-        "basic_create.xml",
-        "basic_update.xml",
-        "case_in_repeats.xml",
-        "case_ledger_form.xml",
-        "cf.xml",
-        "close.xml",
-        "form_with_case.xml",
-        "index_update.xml",
-        "lots_of_subcases.xml",
-        "multiple_case_blocks.xml",
-        "reg1.xml",
-        "reg2.xml",
+        "bare_close.xml",
+        "bare_create.xml",
+        "bare_index.xml",
+        "bare_update.xml",
+        "clinic_tasks.xml",
+        "household_close.xml",
+        "household_members.xml",
+        "household_register.xml",
+        "household_visit.xml",
+        "ledger_legacy_uid.xml",
+        "plain_meta.xml",
+        "two_blocks_one_case.xml",
+        "v1_cases_in_repeats.xml",
     ];
 
-    fn fixture(name: &str) -> Vec<u8> {
+    const HOUSEHOLD: &str = "hh-7d2c4a10-3e5f-4b6a-9c8d-0e1f2a3b4c5d";
+    const CHIDI: &str = "mb-1c9a8b7d-6e5f-4a3b-2c1d-0e9f8a7b6c51";
+    const ADA: &str = "mb-2d0b9c8e-7f6a-4b5c-3d2e-1f0a9b8c7d62";
+    const ASHA: &str = "5b1f0c9e2d7a4e3b8c6f1a2d3e4f5a6b";
+    const CLIENT: &str = "a41c7e0b95d24f6e8a3b1c2d3e4f5a60";
+    const INFANT: &str = "b52d8f1c-a6e3-4b7f-9c4d-2e3f4a5b6c71";
+
+    /// A file under the repository's `tests/fixtures/`.
+    fn read_fixture_file(relative: &str) -> Vec<u8> {
         let path = format!(
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures/commcare/{}"
-            ),
-            name
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/{}"),
+            relative
         );
         std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"))
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        read_fixture_file(&format!("forms/{name}"))
+    }
+
     fn seed_form() -> Vec<u8> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/acceptance/seed_form.xml"
-        );
-        std::fs::read(path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"))
+        read_fixture_file("seed_form.xml")
     }
 
     fn parse_fixture(name: &str) -> ParsedForm {
@@ -940,6 +946,13 @@ mod tests {
 
     #[test]
     fn every_fixture_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/forms");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|error| panic!("cannot list {dir}: {error}"))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk, FIXTURE_NAMES, "every form fixture is listed here");
         for name in FIXTURE_NAMES {
             let form = parse_fixture(name);
             assert!(!form.case_blocks.is_empty(), "{name} has case blocks");
@@ -952,85 +965,74 @@ mod tests {
         let form = parse_form(&seed_form()).unwrap();
         assert_eq!(
             form.xmlns,
-            "http://openrosa.org/formdesigner/B9C4EB51-A7CC-49B5-B7D5-10E9F10B450B"
+            "http://repeatd.example/forms/seed/tree-planting"
         );
         assert_eq!(form.root_name, "data");
-        assert_eq!(form.form_id(), Some("afcb3026-c4b3-463f-85ec-0cb9a2737fc5"));
+        assert_eq!(form.form_id(), Some("e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90"));
         assert_eq!(
             form.meta,
             FormMeta {
-                instance_id: owned("afcb3026-c4b3-463f-85ec-0cb9a2737fc5"),
-                user_id: owned("d0e472a6b36dfd3ee5059222e12b8c1b"),
+                instance_id: owned("e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90"),
+                user_id: owned("3a9f1c07e2b84d65a0c7f2e91b4d8c36"),
                 username: owned("danny"),
-                device_id: owned("990005013558458"),
+                device_id: owned("358240051111110"),
                 time_start: owned("2015-04-17T16:04:42.383-04"),
                 time_end: owned("2015-04-17T16:04:54.950-04"),
                 app_version: owned(
-                    "CommCare ODK, version \"2.19.8\"(350848). App v10. CommCare Version 2.19. \
-                     Build 1000, built on: January-22-2015"
+                    "repeatd seed app, version \"1.4.2\"(20150417). App v4. \
+                     Build 88, built on: April-10-2015"
                 ),
             }
         );
         assert_eq!(
             form.case_blocks,
             vec![CaseBlock {
-                case_id: "b0916685-7247-4c44-b712-633d3d64e0c0".to_owned(),
+                case_id: "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8".to_owned(),
                 date_modified: owned("2015-04-17T16:04:54.950-04"),
-                user_id: owned("d0e472a6b36dfd3ee5059222e12b8c1b"),
-                create: create("mscase", "Trees", Some("d0e472a6b36dfd3ee5059222e12b8c1b")),
+                user_id: owned("3a9f1c07e2b84d65a0c7f2e91b4d8c36"),
+                create: create("mscase", "Baobab", Some("3a9f1c07e2b84d65a0c7f2e91b4d8c36")),
                 ..CaseBlock::default()
             }]
         );
     }
 
     #[test]
-    fn reg1_meta_in_legacy_namespace_and_create_with_update() {
-        let form = parse_fixture("reg1.xml");
-        assert_eq!(form.xmlns, "http://bihar.commcarehq.org/pregnancy/new");
+    fn register_meta_in_legacy_namespace_and_create_with_update() {
+        let form = parse_fixture("household_register.xml");
         assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("8c4a4668-6be0-4f32-a1fd-e4d4e3ba2019")
+            form.xmlns,
+            "http://repeatd.example/forms/household/register"
         );
         assert_eq!(
-            form.meta.user_id.as_deref(),
-            Some("67bffa913b38e7901851d863ededa475")
-        );
-        assert_eq!(form.meta.username.as_deref(), Some("sheel.test"));
-        assert_eq!(
-            form.meta.device_id.as_deref(),
-            Some("71WALRV4IXH2FRM86XPE9QYW3")
-        );
-        assert_eq!(
-            form.meta.time_start.as_deref(),
-            Some("2012-05-25T15:27:12.178+05:30")
-        );
-        assert_eq!(
-            form.meta.time_end.as_deref(),
-            Some("2012-05-25T15:27:38.490+05:30")
-        );
-        assert_eq!(
-            form.meta.app_version.as_deref(),
-            Some(
-                "v2.0.0dev\n\t\t\t(7d4efc-006e8e-unvers-2.1.0-Nokia/S40-native-input) #13 b:2012-May-25\n\t\t\tr:2012-May-25"
-            )
+            form.meta,
+            FormMeta {
+                instance_id: owned("0f6c2d1e-8a4b-4c3d-9e2f-1a0b3c4d5e61"),
+                user_id: owned(ASHA),
+                username: owned("asha.w"),
+                device_id: owned("RPTD-TAB-0042"),
+                time_start: owned("2023-03-14T09:02:11.250+05:30"),
+                time_end: owned("2023-03-14T09:05:47.318+05:30"),
+                app_version: owned(
+                    "repeatd test app 3.1\n\t\t\t(build 17) field tablet\n\t\t\tr:2023-Mar-01"
+                ),
+            }
         );
         assert_eq!(
             form.case_blocks,
             vec![CaseBlock {
-                case_id: "9dbce942-0163-438b-b3e5-67b473d2f719".to_owned(),
-                date_modified: owned("2012-05-25T15:27:38.490+05:30"),
-                user_id: owned("67bffa913b38e7901851d863ededa475"),
-                create: create("cc_bihar_pregnancy", "Ad", Some("main_user")),
+                case_id: HOUSEHOLD.to_owned(),
+                date_modified: owned("2023-03-14T09:05:47.318+05:30"),
+                user_id: owned(ASHA),
+                create: create("household", "Okafor", Some("team_north")),
                 update: pairs(&[
-                    ("last_visit_type", "new"),
-                    ("date_last_visit", "2012-05-25"),
-                    ("date_next_reg", "2012-05-25"),
-                    ("mother_alive", "yes"),
-                    ("mother_name", "Ad"),
-                    ("husband_name", ""),
-                    ("hh_number", ""),
-                    ("family_number", "2"),
-                    ("mother_dob", "1990-05-25"),
+                    ("village", "Riverbend"),
+                    ("head_name", "Okafor"),
+                    ("water_source", "borehole"),
+                    ("phone", ""),
+                    ("members", "4"),
+                    ("latrine", "yes"),
+                    ("visit_kind", "register"),
+                    ("date_registered", "2023-03-14"),
                 ]),
                 ..CaseBlock::default()
             }]
@@ -1038,135 +1040,106 @@ mod tests {
     }
 
     #[test]
-    fn reg2_updates_mother_and_creates_indexed_children_in_repeats() {
-        let form = parse_fixture("reg2.xml");
+    fn members_update_the_household_and_create_indexed_members_in_repeats() {
+        let form = parse_fixture("household_members.xml");
+        assert_eq!(case_ids(&form), [HOUSEHOLD, CHIDI, ADA]);
+        let household = &form.case_blocks[0];
+        assert_eq!(household.create, None);
+        assert_eq!(household.update.len(), 7);
+        assert_eq!(household.update[0], ("members".to_owned(), "5".to_owned()));
+        assert_eq!(household.update[5], ("bed_nets".to_owned(), String::new()));
         assert_eq!(
-            case_ids(&form),
-            [
-                "9dbce942-0163-438b-b3e5-67b473d2f719",
-                "17e36de1-b9de-423c-a6a6-605d291ec976",
-                "7b58fd8f-1bb8-4978-99a6-7b5d9826c1f9"
-            ]
+            household.update[6],
+            ("date_next_visit".to_owned(), "2023-04-14".to_owned())
         );
-        let mother = &form.case_blocks[0];
-        assert_eq!(mother.create, None);
-        assert_eq!(mother.update.len(), 14);
-        assert_eq!(
-            mother.update[0],
-            ("mobile_number".to_owned(), "358623242".to_owned())
-        );
-        assert_eq!(mother.update[7], ("edd".to_owned(), String::new()));
-        assert_eq!(
-            mother.update[13],
-            ("date_next_cf".to_owned(), "2012-05-26".to_owned())
-        );
-        for (child, name) in form.case_blocks[1..].iter().zip(["C1", "C2"]) {
+        let members = [
+            ("Chidi", "male", "2019-08-02", vec!["portrait".to_owned()]),
+            ("Ada", "female", "2021-01-20", Vec::new()),
+        ];
+        for (member, (name, sex, dob, attachments)) in form.case_blocks[1..].iter().zip(members) {
+            assert_eq!(member.create, create("member", name, Some("team_north")));
+            assert_eq!(member.update, pairs(&[("sex", sex), ("dob", dob)]));
             assert_eq!(
-                child.create,
-                create("cc_bihar_newborn", name, Some("main_user"))
+                member.indices,
+                [index("household_id", "household", HOUSEHOLD)]
             );
+            assert_eq!(member.attachments, attachments, "{name}");
             assert_eq!(
-                child.update,
-                pairs(&[("gender", "female"), ("dob", "2011-11-25")])
+                member.date_modified.as_deref(),
+                Some("2023-03-14T09:12:05.904+05:30")
             );
-            assert_eq!(
-                child.indices,
-                [index(
-                    "mother_id",
-                    "cc_bihar_pregnancy",
-                    "9dbce942-0163-438b-b3e5-67b473d2f719"
-                )]
-            );
-            assert_eq!(
-                child.date_modified.as_deref(),
-                Some("2012-05-25T15:30:31.704+05:30")
-            );
-            assert!(!child.close);
+            assert!(!member.close);
         }
     }
 
     #[test]
-    fn cf_updates_three_cases_with_openrosa_meta() {
-        let form = parse_fixture("cf.xml");
+    fn visit_updates_three_cases_in_nested_repeats_with_openrosa_meta() {
+        let form = parse_fixture("household_visit.xml");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("d66482bf-874e-42d9-b2b7-620ba6e4b3b3")
+            Some("2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83")
         );
         assert_eq!(
             form.meta.time_end.as_deref(),
-            Some("2012-05-25T15:31:38.109+05:30")
+            Some("2023-04-14T10:20:30.512+05:30")
         );
-        assert_eq!(
-            case_ids(&form),
-            [
-                "9dbce942-0163-438b-b3e5-67b473d2f719",
-                "7b58fd8f-1bb8-4978-99a6-7b5d9826c1f9",
-                "17e36de1-b9de-423c-a6a6-605d291ec976"
-            ]
-        );
+        assert_eq!(case_ids(&form), [HOUSEHOLD, ADA, CHIDI]);
         assert_eq!(
             form.case_blocks[0].update,
             pairs(&[
-                ("last_visit_type", "cf"),
-                ("date_last_visit", "2012-05-25"),
-                ("date_cf_1", "2012-05-25"),
-                ("date_next_cf", "2012-06-24"),
+                ("visit_kind", "followup"),
+                ("date_last_visit", "2023-04-14"),
+                ("date_next_visit", "2023-05-14"),
+                ("nets_seen", "2"),
             ])
         );
-        for child in &form.case_blocks[1..] {
-            assert_eq!(child.update, pairs(&[("baby_measles", "")]));
-            assert_eq!(child.create, None);
+        for member in &form.case_blocks[1..] {
+            assert_eq!(
+                member.update,
+                pairs(&[("last_fever", ""), ("weighed", "yes")])
+            );
+            assert_eq!(member.create, None);
         }
     }
 
     #[test]
     fn close_closes_three_cases_with_empty_updates() {
-        let form = parse_fixture("close.xml");
+        let form = parse_fixture("household_close.xml");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("b45aeae8-ba55-4541-ae2e-0ead6b5e1f31")
+            Some("3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94")
         );
-        assert_eq!(form.case_blocks.len(), 3);
+        assert_eq!(case_ids(&form), [HOUSEHOLD, CHIDI, ADA]);
         for block in &form.case_blocks {
             assert!(block.close);
             assert!(block.update.is_empty() && block.create.is_none() && block.indices.is_empty());
             assert_eq!(
                 block.date_modified.as_deref(),
-                Some("2012-05-26T08:41:37.259+05:30")
+                Some("2023-06-01T08:15:00.125+05:30")
             );
         }
     }
 
     #[test]
-    fn lots_of_subcases() {
-        let form = parse_fixture("lots_of_subcases.xml");
+    fn clinic_tasks_has_many_subcases() {
+        let form = parse_fixture("clinic_tasks.xml");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("e9d6bb33-783d-4978-a2e0-762b42e87b9d")
+            Some("4dab6253-ce8f-4071-b263-5e4f7a8b9ca5")
         );
         assert_eq!(form.case_blocks.len(), 11);
         let parent = &form.case_blocks[0];
-        assert_eq!(parent.case_id, "f8b34e0c744f8f45dfa12e28617e5716");
-        assert_eq!(parent.date_modified.as_deref(), Some("2012-04-19"));
+        assert_eq!(parent.case_id, CLIENT);
+        assert_eq!(parent.date_modified.as_deref(), Some("2023-02-10"));
         assert_eq!(
             parent.create,
-            create(
-                "cc_bihar_pregnancy",
-                "Ashish",
-                Some("3c5a80e4db53049dfc110c368a0d282b")
-            )
+            create("client", "Nadia", Some("clinic_east_0f1e2d3c4b5a69788796"))
         );
-        assert_eq!(parent.update.len(), 20);
-        assert_eq!(parent.update[6], ("edd".to_owned(), String::new()));
-        let child = &form.case_blocks[1];
-        assert_eq!(
-            child.indices,
-            [index(
-                "mother_id",
-                "cc_bihar_pregnancy",
-                "f8b34e0c744f8f45dfa12e28617e5716"
-            )]
-        );
+        assert_eq!(parent.update.len(), 10);
+        assert_eq!(parent.update[5], ("edd".to_owned(), String::new()));
+        let infant = &form.case_blocks[1];
+        assert_eq!(infant.case_id, INFANT);
+        assert_eq!(infant.indices, [index("mother_id", "client", CLIENT)]);
         let task_names: Vec<_> = form.case_blocks[2..]
             .iter()
             .map(|block| {
@@ -1180,120 +1153,115 @@ mod tests {
         assert_eq!(
             task_names,
             [
-                "DPT 1", "BCG", "OPV 0", "HEP B 0", "Measles", "VIT A 1", "JE", "TT 1", "ANC 1"
+                "BCG",
+                "OPV 0",
+                "OPV 1",
+                "Penta 1",
+                "PCV 1",
+                "Rota 1",
+                "Measles 1",
+                "TT 2",
+                "ANC 2"
             ]
         );
         for (position, task) in form.case_blocks[2..].iter().enumerate() {
-            assert_eq!(
-                task.case_id,
-                format!("763ca815-df9c-4037-9f0e-6edd2af8ba6c{}", position + 1)
-            );
+            assert_eq!(task.case_id, format!("task-2023-02-20-{:02}", position + 1));
             let referenced = if position < 7 {
-                index(
-                    "person_id",
-                    "cc_bihar_newborn",
-                    "7554c7f4-fc96-4b1d-aec8-8890e96ffc54",
-                )
+                index("person_id", "infant", INFANT)
             } else {
-                index(
-                    "person_id",
-                    "cc_bihar_pregnancy",
-                    "f8b34e0c744f8f45dfa12e28617e5716",
-                )
+                index("person_id", "client", CLIENT)
             };
             assert_eq!(task.indices, [referenced]);
         }
     }
 
     #[test]
-    fn multiple_case_blocks_for_one_case_including_an_empty_one() {
-        let form = parse_fixture("multiple_case_blocks.xml");
-        assert_eq!(form.root_name, "update_community");
+    fn two_blocks_for_one_case_including_an_empty_one() {
+        let form = parse_fixture("two_blocks_one_case.xml");
+        assert_eq!(form.root_name, "update_village");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("50cd023e-652c-4e8b-82a9-e0e13a9c0ce8")
+            Some("5ebc7364-df90-4182-c374-6f5a8b9cadb6")
         );
         assert_eq!(
             form.meta.app_version.as_deref(),
-            Some("v2.0.0dev\n\t\t\t(ceb54e-7d748d-unvers-??-Generic/AnyPhone) b:2012-May-31 r:--")
+            Some("repeatd village app 12\n\t\t\t(phone build) r:--")
         );
-        assert_eq!(
-            case_ids(&form),
-            ["MCLPZ69ON942EKNIBR5WF1G2L", "MCLPZ69ON942EKNIBR5WF1G2L"]
-        );
+        assert_eq!(case_ids(&form), ["VLG-2023-0077", "VLG-2023-0077"]);
         assert_eq!(
             form.case_blocks[0].update,
             pairs(&[
-                ("community_code", "1630005"),
-                ("district_name", "SantaMariaCahabon"),
-                ("community_name", "TAMERLO"),
+                ("village_code", "400217"),
+                ("district", "Lakeside"),
+                ("village_name", "Kisoro"),
             ])
         );
         assert_eq!(
             form.case_blocks[1],
             CaseBlock {
-                case_id: "MCLPZ69ON942EKNIBR5WF1G2L".to_owned(),
-                date_modified: owned("2012-05-31T07:06:31.379Z"),
-                user_id: owned("de7abbf6d898ae2d7dcd2bdc79f2785c"),
+                case_id: "VLG-2023-0077".to_owned(),
+                date_modified: owned("2023-05-02T06:45:12.040Z"),
+                user_id: owned("9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"),
                 ..CaseBlock::default()
             }
         );
     }
 
     #[test]
-    fn form_with_case_unprefixed_meta() {
-        let form = parse_fixture("form_with_case.xml");
-        assert_eq!(form.xmlns, "http://commcarehq.org/test/submit");
+    fn plain_meta_without_prefix() {
+        let form = parse_fixture("plain_meta.xml");
+        assert_eq!(form.xmlns, "http://repeatd.example/forms/plain-meta");
         assert_eq!(form.root_name, "form");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("ad38211be256653bceac8e2156475666")
+            Some("c0ffee00c0ffee00c0ffee00c0ffee02")
         );
         assert_eq!(
             form.meta.user_id.as_deref(),
-            Some("ad38211be256653bceac8e2156475665")
+            Some("c0ffee00c0ffee00c0ffee00c0ffee01")
         );
-        assert_eq!(form.meta.device_id.as_deref(), Some("Chalimbana"));
+        assert_eq!(form.meta.device_id.as_deref(), Some("kiosk-3"));
         assert_eq!(
             form.case_blocks,
             vec![CaseBlock {
-                case_id: "ad38211be256653bceac8e2156475667".to_owned(),
-                date_modified: owned("2010-06-29T13:42:50"),
-                user_id: owned("ad38211be256653bceac8e2156475665"),
-                create: create("test_case_type", "test case name", None),
-                update: pairs(&[("external_id", "someexternal")]),
+                case_id: "c0ffee00c0ffee00c0ffee00c0ffee03".to_owned(),
+                date_modified: owned("2022-11-08T14:20:05"),
+                user_id: owned("c0ffee00c0ffee00c0ffee00c0ffee01"),
+                create: create("water_point", "North well", None),
+                update: pairs(&[("external_id", "WP-118")]),
                 ..CaseBlock::default()
             }]
         );
     }
 
     #[test]
-    fn case_ledger_form_legacy_uid_and_capitalised_meta() {
-        let form = parse_fixture("case_ledger_form.xml");
-        assert_eq!(form.form_id(), Some("ad38211be256653bceac8e2156475664"));
-        assert_eq!(form.meta.device_id.as_deref(), Some("myphone"));
+    fn ledger_form_legacy_uid_and_capitalised_meta() {
+        let form = parse_fixture("ledger_legacy_uid.xml");
+        assert_eq!(form.form_id(), Some("7f7f00aa11bb22cc33dd44ee55ff6601"));
+        assert_eq!(form.meta.device_id.as_deref(), Some("store-tablet"));
         assert_eq!(
             form.meta.time_end.as_deref(),
-            Some("2010-06-29T13:55:50.137")
+            Some("2022-09-30T16:12:34.567")
         );
         assert_eq!(
             case_ids(&form),
             [
-                "fbb69a88-1eca-463a-883e-1148b96fb03b",
-                "fbb69a88-1eca-463a-883e-1148b96fb03b",
-                "fbb69a88-1eca-463a-883e-1148b96fb03c"
-            ]
+                "stock-depot-west-a",
+                "stock-depot-west-a",
+                "stock-depot-west-b"
+            ],
+            "the ledger balance is no case block"
         );
         let first = &form.case_blocks[0];
-        assert_eq!(first.create, create("invoice", "school-program", Some("-")));
+        assert_eq!(first.create, create("stock_item", "ORS sachets", Some("-")));
         assert_eq!(
             first.update,
             pairs(&[
-                ("amount-owed-to-entrepreneur", "119600"),
-                ("entrepreneur", "joe"),
-                ("month", "2"),
-                ("owner_id", "91cadfa4cb957cf021c76dfe31d206a6"),
-                ("year", "2016"),
+                ("unit", "box"),
+                ("reorder-level", "40"),
+                ("supplier", "central"),
+                ("owner_id", "depot_west_6b7c8d9e0f1a2b3c"),
+                ("period", "2022-Q3"),
             ])
         );
         assert!(!first.close);
@@ -1302,96 +1270,103 @@ mod tests {
     }
 
     #[test]
-    fn basic_create_update_close_and_index() {
+    fn bare_create_update_close_and_index() {
         let block = |name| parse_fixture(name).case_blocks.remove(0);
-        let created = block("basic_create.xml");
-        assert_eq!(created.case_id, "foo-case-id");
-        assert_eq!(created.user_id.as_deref(), Some("bar-user-id"));
+        let created = block("bare_create.xml");
+        assert_eq!(created.case_id, "bare-case-1");
+        assert_eq!(created.user_id.as_deref(), Some("bare-user-1"));
         assert_eq!(
             created.date_modified.as_deref(),
-            Some("2011-12-06T13:42:50")
+            Some("2021-07-01T08:00:00")
         );
-        assert_eq!(
-            created.create,
-            create("v2_case_type", "test case name", None)
-        );
-        assert!(parse_fixture("basic_create.xml").meta == FormMeta::default());
+        assert_eq!(created.create, create("site_visit", "first visit", None));
+        assert!(parse_fixture("bare_create.xml").meta == FormMeta::default());
 
-        let updated = block("basic_update.xml");
+        let updated = block("bare_update.xml");
         assert_eq!(
             updated.update,
             pairs(&[
-                ("case_type", "updated_v2_case_type"),
-                ("case_name", "updated case name"),
-                ("dynamic", "something dynamic"),
+                ("case_type", "site_inspection"),
+                ("case_name", "renamed visit"),
+                ("outcome", "passed with notes"),
             ])
         );
         assert_eq!(updated.create, None);
 
-        let closed = block("basic_close.xml");
+        let closed = block("bare_close.xml");
         assert!(closed.close && closed.update.is_empty());
 
-        let indexed = block("index_update.xml");
+        let indexed = block("bare_index.xml");
         assert_eq!(
             indexed.indices,
             [
-                index("foo_ref", "bar", "some_referenced_id"),
-                index("baz_ref", "bop", "some_other_referenced_id")
+                index("site_ref", "site", "site-17"),
+                IndexChange {
+                    relationship: owned("extension"),
+                    ..index("host_ref", "site", "site-18")
+                },
             ]
         );
     }
 
     #[test]
-    fn case_in_repeats_v1_blocks_are_converted() {
-        let form = parse_fixture("case_in_repeats.xml");
+    fn v1_blocks_in_repeats_are_converted() {
+        let form = parse_fixture("v1_cases_in_repeats.xml");
         assert_eq!(
             form.meta.instance_id.as_deref(),
-            Some("JLP8BS71HFU3VGMIWW610W80T")
+            Some("V1LITTER00000000000000001")
         );
         assert_eq!(
             case_ids(&form),
             [
-                "32337c03-2b73-497f-ab18-2b587f8c21df",
-                "581b0506-7c94-4af5-ac67-f934566d5418",
-                "CMYOSI95QCED3ZWIP9ZK1QNQ6"
+                "v1-piglet-0001",
+                "v1-piglet-0003",
+                "V1SOW0000000000000000S88"
             ]
         );
         let first = &form.case_blocks[0];
         assert_eq!(
             first.date_modified.as_deref(),
-            Some("2011-09-19T22:29:48.096Z")
+            Some("2020-10-05T17:45:10.250Z")
         );
         assert_eq!(first.user_id, None);
-        assert_eq!(first.create, create("newborn_hiv_child", "ADG", None));
+        assert_eq!(first.create, create("piglet", "S-88 litter", None));
         assert_eq!(
             first.update,
             pairs(&[
-                ("user_id", "2XC1EINEJV1NZ7QXHVUMHUQQV"),
-                ("external_id", "32337c03-2b73-497f-ab18-2b587f8c21df"),
-                ("sex", "1"),
-                ("breastfeeding", "2"),
-                ("taluka", "athani"),
-                ("age", "23"),
-                ("address", "DAG"),
-                ("number", "234234234"),
-                ("result1", ""),
-                ("result2", ""),
-                ("unique_id", "234"),
+                ("user_id", "V1USER00000000000000000AA"),
+                ("external_id", "v1-piglet-0001"),
+                ("sex", "f"),
+                ("farm", "hilltop"),
+                ("pen", "7"),
+                ("ear_notch", ""),
+                ("weight_kg", "1.4"),
             ])
         );
         assert!(!first.close);
         assert_eq!(
             form.case_blocks[1].update[2],
-            ("sex".to_owned(), "2".to_owned())
+            ("sex".to_owned(), "m".to_owned())
         );
-        let mother = &form.case_blocks[2];
-        assert_eq!(mother.create, create("mother", "mom", None));
-        assert_eq!(mother.update.len(), 7);
+        let sow = &form.case_blocks[2];
+        assert_eq!(sow.create, create("sow", "S-88", None));
+        assert_eq!(sow.update.len(), 4);
         assert_eq!(
-            mother.update[6],
-            ("delivery_date".to_owned(), "2011-09-19".to_owned())
+            sow.update[3],
+            ("farrowing_date".to_owned(), "2020-10-05".to_owned())
         );
-        assert!(mother.close);
+        assert!(sow.close);
+    }
+
+    #[test]
+    fn device_report_fixture_is_a_device_report() {
+        let form = parse_form(&read_fixture_file("device_report.xml")).unwrap();
+        assert!(form.is_device_report());
+        assert_eq!(form.root_name, "device_report");
+        assert!(
+            form.case_blocks.is_empty(),
+            "no case blocks in a device log"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 pub mod client;
 pub mod daemon;
+pub mod fixture_session;
 mod http;
 pub mod load;
 pub mod remote;
@@ -35,15 +36,17 @@ pub use client::Client;
 pub use daemon::{Daemon, Launch, Stopped};
 pub use wait::{eventually, wait_for};
 
-pub const SEED_FORM: &[u8] = include_bytes!("../../../shared/acceptance/seed_form.xml");
+/// The project's seed form (`tests/fixtures/seed_form.xml`): one case created,
+/// namespaced meta, device times with an offset.
+pub const SEED_FORM: &[u8] = include_bytes!("../fixtures/seed_form.xml");
 pub const SEED_APP_ID: &str = "db9f874f0219444ee7848ddd023e292e";
-pub const SEED_FORM_ID: &str = "afcb3026-c4b3-463f-85ec-0cb9a2737fc5";
-pub const SEED_CASE_ID: &str = "b0916685-7247-4c44-b712-633d3d64e0c0";
+pub const SEED_FORM_ID: &str = "e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90";
+pub const SEED_CASE_ID: &str = "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8";
 
-/// The path of a CommCare fixture.
+/// The path of a file under the project's own `tests/fixtures/` (see the README there).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/commcare")
+        .join("fixtures")
         .join(name)
 }
 
@@ -341,21 +344,14 @@ pub fn repeatd_binary() -> PathBuf {
 }
 
 /// Whether `text` is a timestamp as the gateway writes them:
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), every digit a digit.
 pub fn is_timestamp(text: &str) -> bool {
-    let b = text.as_bytes();
-    text.len() == 27
-        && text.ends_with('Z')
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && text[..4]
-            .bytes()
-            .chain(text[20..26].bytes())
-            .all(|c| c.is_ascii_digit())
+    const SHAPE: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(byte, &want)| match want {
+            b'd' => byte.is_ascii_digit(),
+            _ => byte == want,
+        })
 }
 
 /// A form with a fresh instance id and one case block, for load tests.

@@ -390,6 +390,10 @@ auth = {{ type = "plugin", plugin = "hmac-signer", key = "{PLUGIN_SECRET}", othe
         status: exit, log, ..
     } = daemon.stop().await.expect("stopping repeatd");
     assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a pipe carries no ANSI colour codes:\n{log}"
+    );
     // The log did see every connection, attempt and API change (with placeholders).
     for expected in [
         "DEBUG",

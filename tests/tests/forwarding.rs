@@ -61,9 +61,9 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     assert_eq!(cases.len(), 1);
     let xml = cases[0].text();
     assert!(xml.starts_with(&format!(
-        "<case case_id=\"{SEED_CASE_ID}\" date_modified=\"2015-04-17T20:04:54.950000Z\" user_id=\"d0e472a6b36dfd3ee5059222e12b8c1b\" xmlns=\"http://commcarehq.org/case/transaction/v2\">"
+        "<case case_id=\"{SEED_CASE_ID}\" date_modified=\"2015-04-17T20:04:54.950000Z\" user_id=\"3a9f1c07e2b84d65a0c7f2e91b4d8c36\" xmlns=\"http://commcarehq.org/case/transaction/v2\">"
     )), "{xml}");
-    assert!(xml.contains("<create><case_type>mscase</case_type><case_name>Trees</case_name><owner_id>d0e472a6b36dfd3ee5059222e12b8c1b</owner_id></create>"), "{xml}");
+    assert!(xml.contains("<create><case_type>mscase</case_type><case_name>Baobab</case_name><owner_id>3a9f1c07e2b84d65a0c7f2e91b4d8c36</owner_id></create>"), "{xml}");
     assert_eq!(cases[0].header("content-type"), Some("text/xml"));
     assert!(is_timestamp(cases[0].header("server-modified-on").unwrap()));
 
@@ -79,11 +79,11 @@ async fn seed_form_reaches_every_kind_of_repeater() {
     assert_eq!(case["date_closed"], serde_json::Value::Null);
     assert_eq!(case["domain"], "demo");
     assert_eq!(case["version"], "2.0");
-    assert_eq!(case["properties"]["case_name"], "Trees");
+    assert_eq!(case["properties"]["case_name"], "Baobab");
     assert_eq!(case["properties"]["case_type"], "mscase");
     assert_eq!(
         case["properties"]["owner_id"],
-        "d0e472a6b36dfd3ee5059222e12b8c1b"
+        "3a9f1c07e2b84d65a0c7f2e91b4d8c36"
     );
     assert_eq!(case["xform_ids"], serde_json::json!([SEED_FORM_ID]));
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+
 use repeatd_tests::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -982,8 +983,8 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
     assert_eq!(
         body,
         format!(
-            "<case case_id=\"{SEED_CASE_ID}\" date_modified=\"2015-04-17T20:04:54.950000Z\" user_id=\"d0e472a6b36dfd3ee5059222e12b8c1b\" xmlns=\"http://commcarehq.org/case/transaction/v2\">\
-             <create><case_type>mscase</case_type><case_name>Trees</case_name><owner_id>d0e472a6b36dfd3ee5059222e12b8c1b</owner_id></create>\
+            "<case case_id=\"{SEED_CASE_ID}\" date_modified=\"2015-04-17T20:04:54.950000Z\" user_id=\"3a9f1c07e2b84d65a0c7f2e91b4d8c36\" xmlns=\"http://commcarehq.org/case/transaction/v2\">\
+             <create><case_type>mscase</case_type><case_name>Baobab</case_name><owner_id>3a9f1c07e2b84d65a0c7f2e91b4d8c36</owner_id></create>\
              <update><date_opened>2015-04-17</date_opened></update></case>\n"
         )
     );
@@ -1009,10 +1010,10 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
     assert_eq!(head[3..], ["Idempotency-Key: <the repeat record's id>"]);
     let expected = format!(
         "{{\"case_id\":\"{SEED_CASE_ID}\",\"closed\":false,\"date_closed\":null,\"date_modified\":\"2015-04-17T20:04:54.950000Z\",\
-         \"domain\":\"demo\",\"indices\":{{}},\"properties\":{{\"case_name\":\"Trees\",\"case_type\":\"mscase\",\
-         \"date_opened\":\"2015-04-17T20:04:54.950000Z\",\"external_id\":null,\"owner_id\":\"d0e472a6b36dfd3ee5059222e12b8c1b\"}},\
+         \"domain\":\"demo\",\"indices\":{{}},\"properties\":{{\"case_name\":\"Baobab\",\"case_type\":\"mscase\",\
+         \"date_opened\":\"2015-04-17T20:04:54.950000Z\",\"external_id\":null,\"owner_id\":\"3a9f1c07e2b84d65a0c7f2e91b4d8c36\"}},\
          \"server_date_modified\":\"{modified_on}\",\"server_date_opened\":\"{modified_on}\",\
-         \"user_id\":\"d0e472a6b36dfd3ee5059222e12b8c1b\",\"version\":\"2.0\",\"xform_ids\":[\"{SEED_FORM_ID}\"]}}\n"
+         \"user_id\":\"3a9f1c07e2b84d65a0c7f2e91b4d8c36\",\"version\":\"2.0\",\"xform_ids\":[\"{SEED_FORM_ID}\"]}}\n"
     );
     assert_eq!(body, expected);
 
@@ -1093,7 +1094,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 fn plugin_run_passes_settings_to_the_example_payload_plugin() {
     let dir = TempDir::new("run-example");
     let file = named_copy(dir.path(), "flat-json", wasm::FLAT_JSON_EXAMPLE);
-    let event = fixture("case_in_repeats.xml");
+    let event = fixture("forms/v1_cases_in_repeats.xml");
     let (ok, stdout, stderr) = repeatd(&[
         "plugin",
         "run",
@@ -1110,11 +1111,11 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
     assert_eq!(head[1], "Content-Type: application/json");
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["app_id"], "app-7");
-    assert_eq!(body["form_id"], "JLP8BS71HFU3VGMIWW610W80T");
+    assert_eq!(body["form_id"], "V1LITTER00000000000000001");
     // Device times with an offset reach plugins in UTC, as the WIT says.
-    assert_eq!(body["time_start"], "2011-09-19T22:29:48.097000Z");
-    assert_eq!(body["fields"]["preloads.taluka"], "athani");
-    assert_eq!(body["fields"]["child_repeat.sex"], json!(["1", "1", "2"]));
+    assert_eq!(body["time_start"], "2020-10-05T17:40:00.001000Z");
+    assert_eq!(body["fields"]["preloads.farm"], "hilltop");
+    assert_eq!(body["fields"]["piglet_repeat.sex"], json!(["f", "m", "m"]));
     assert!(
         body["fields"]
             .as_object()
@@ -1140,8 +1141,5 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
 }
 
 fn fixture_seed_form() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/acceptance/seed_form.xml")
-        .display()
-        .to_string()
+    fixture("seed_form.xml").display().to_string()
 }

@@ -298,7 +298,7 @@ mod tests {
         }
     }
 
-    /// The mother case after fixtures `reg1.xml`, `reg2.xml` and `close.xml`.
+    /// The mother case after CommCare's `reg1.xml`, `reg2.xml` and `close.xml` test forms.
     fn closed_mother_case() -> Case {
         Case {
             domain: "demo".to_string(),
@@ -337,10 +337,10 @@ mod tests {
         assert_eq!(
             String::from_utf8(request.body).unwrap(),
             concat!(
-                r#"<case case_id="b0916685-7247-4c44-b712-633d3d64e0c0" date_modified="2015-04-17T20:04:54.950000Z""#,
-                r#" user_id="d0e472a6b36dfd3ee5059222e12b8c1b" xmlns="http://commcarehq.org/case/transaction/v2">"#,
-                "<create><case_type>mscase</case_type><case_name>Trees</case_name>",
-                "<owner_id>d0e472a6b36dfd3ee5059222e12b8c1b</owner_id></create>",
+                r#"<case case_id="5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8" date_modified="2015-04-17T20:04:54.950000Z""#,
+                r#" user_id="3a9f1c07e2b84d65a0c7f2e91b4d8c36" xmlns="http://commcarehq.org/case/transaction/v2">"#,
+                "<create><case_type>mscase</case_type><case_name>Baobab</case_name>",
+                "<owner_id>3a9f1c07e2b84d65a0c7f2e91b4d8c36</owner_id></create>",
                 "<update><date_opened>2015-04-17</date_opened></update>",
                 "</case>",
             )
@@ -407,14 +407,14 @@ mod tests {
         case.properties.push(pair("1st visit", "yes"));
         assert_eq!(
             case_block(&case).unwrap_err(),
-            r#"case-xml cannot write case "b0916685-7247-4c44-b712-633d3d64e0c0": property name "1st visit" is not an XML element name"#
+            r#"case-xml cannot write case "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8": property name "1st visit" is not an XML element name"#
         );
 
         let mut case = seed_case();
         case.properties.push(pair("note", "ring\u{7}"));
         assert_eq!(
             case_block(&case).unwrap_err(),
-            r#"case-xml cannot write case "b0916685-7247-4c44-b712-633d3d64e0c0": its property note holds U+0007, which XML cannot carry"#
+            r#"case-xml cannot write case "5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8": its property note holds U+0007, which XML cannot carry"#
         );
     }
 

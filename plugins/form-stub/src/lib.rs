@@ -91,10 +91,10 @@ mod tests {
     use crate::test_support::{self, app_event};
     use repeatd::plugin::types::AppChange;
 
-    /// The acceptance seed form, as the gateway reads it.
+    /// The project's seed form (`tests/fixtures/seed_form.xml`), as the gateway reads it.
     fn seed_form() -> Form {
         test_support::seed_form(
-            include_bytes!("../../../../shared/acceptance/seed_form.xml"),
+            include_bytes!("../../../tests/fixtures/seed_form.xml"),
         )
     }
 
@@ -110,8 +110,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(request.body).unwrap(),
             concat!(
-                r#"{"received_on":"2015-04-17T20:04:57.123456Z","form_id":"afcb3026-c4b3-463f-85ec-0cb9a2737fc5","#,
-                r#""case_ids":["b0916685-7247-4c44-b712-633d3d64e0c0"]}"#,
+                r#"{"received_on":"2015-04-17T20:04:57.123456Z","form_id":"e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90","#,
+                r#""case_ids":["5d0c2a7e-81f4-4b39-a6d2-9e3c70b1f4a8"]}"#,
             )
         );
         assert_eq!(request.content_type, "application/json");
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn stub_of_form_with_several_cases_lists_them_in_order() {
-        // Fixtures `reg2.xml`: the mother case, then two children.
+        // As in CommCare's `reg2.xml` test form: the mother case, then two children.
         let mut form = seed_form();
         form.form_id = "91d014c5-02d9-4bfe-bd4c-c72f8624f6d2".to_string();
         form.case_ids = vec![

@@ -115,9 +115,8 @@ mod tests {
     };
     use repeatd::plugin::types::AppChange;
 
-    /// The acceptance suite's seed form (a copy of
-    /// `shared/acceptance/seed_form.xml`).
-    const SEED_FORM_XML: &[u8] = include_bytes!("../../../../shared/acceptance/seed_form.xml");
+    /// The project's seed form (`tests/fixtures/seed_form.xml`).
+    const SEED_FORM_XML: &[u8] = include_bytes!("../../../tests/fixtures/seed_form.xml");
 
     fn seed_form(app_id: Option<&str>) -> Form {
         Form {
