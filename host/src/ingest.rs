@@ -18,7 +18,8 @@ use base64::Engine as _;
 
 use crate::AppState;
 use crate::model::{Attachment, StoredForm};
-use crate::store::{IngestResult, Submission};
+use crate::store::IngestResult;
+use crate::submission::Submission;
 use crate::xform;
 
 const OPENROSA_VERSION: &str = "1.0";

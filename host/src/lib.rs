@@ -11,7 +11,10 @@
 //!   machine (pure).
 //! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
 //!   applying case blocks, timestamps, repeater filters (pure).
-//! - [`store`]: the redb file; the only module that knows redb.
+//! - [`submission`]: what a new form changes (cases, records to register),
+//!   planned without I/O.
+//! - [`store`]: the redb file; the only module that knows redb. It persists
+//!   plans and outcomes through named operations.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
 //! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
@@ -48,6 +51,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod sink;
 pub mod store;
+pub mod submission;
 pub mod time;
 pub mod xform;
 
