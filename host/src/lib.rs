@@ -284,5 +284,10 @@ pub async fn serve(
         .context("serving HTTP")?;
     state.scheduler.shutdown(SHUTDOWN_GRACE).await;
     state.notifier.shutdown(EMAIL_SHUTDOWN_GRACE).await;
+    // Joins the plugin host's threads (the watcher may be compiling a file).
+    let plugins = state.plugins.clone();
+    tokio::task::spawn_blocking(move || plugins.shutdown())
+        .await
+        .context("stopping the plugin host")?;
     Ok(())
 }

@@ -13,10 +13,13 @@
 //! one. Built-ins are embedded in the binary; a `NAME.wasm` in `plugin_dir`
 //! overrides the built-in `NAME` and, when removed, hands it back (see
 //! `watch`). This module never sees the store.
+//!
+//! The host's own threads (the epoch ticker and the `plugin_dir` watcher) end
+//! at `PluginHost::shutdown`, when the gateway stops.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -236,6 +239,53 @@ pub struct PluginHost {
     listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// Where compiled components are kept between runs (see `compile`).
     cache_dir: Option<PathBuf>,
+    background: Arc<Background>,
+}
+
+/// The host's own threads, the epoch ticker and the `plugin_dir` watcher,
+/// and the signal that ends them.
+#[derive(Debug, Default)]
+struct Background {
+    stopping: Mutex<bool>,
+    stopped: Condvar,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Wake the watcher out of its wait for file events.
+    watch_wakers: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Background {
+    /// Waits up to `timeout`; `true` (at once) when the threads are to end.
+    fn wait(&self, timeout: Duration) -> bool {
+        let stopping = self.stopping.lock().expect("stop lock");
+        let (stopping, _) = self
+            .stopped
+            .wait_timeout_while(stopping, timeout, |stopping| !*stopping)
+            .expect("stop lock");
+        *stopping
+    }
+
+    fn spawn(&self, name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let handle = std::thread::Builder::new().name(name.into()).spawn(run)?;
+        self.threads.lock().expect("threads lock").push(handle);
+        Ok(())
+    }
+
+    /// Tells every thread to end; returns them, to be joined.
+    fn stop(&self) -> Vec<std::thread::JoinHandle<()>> {
+        *self.stopping.lock().expect("stop lock") = true;
+        self.stopped.notify_all();
+        for waker in self.watch_wakers.lock().expect("wakers lock").drain(..) {
+            let _ = waker.send(());
+        }
+        std::mem::take(&mut *self.threads.lock().expect("threads lock"))
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        // Not joined: the last holder of the host may be the watcher itself.
+        self.background.stop();
+    }
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -337,6 +387,7 @@ impl PluginHost {
             errors: RwLock::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
             cache_dir,
+            background: Arc::default(),
         };
         // Compile the built-ins side by side: each takes a while.
         let compiled: Vec<anyhow::Result<LoadedPlugin>> = std::thread::scope(|scope| {
@@ -362,15 +413,26 @@ impl PluginHost {
                 .insert(loaded.name.clone(), loaded);
         }
         let engine = host.engine.clone();
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
+        let background = host.background.clone();
+        host.background.spawn("plugin-epoch", move || {
+            while !background.wait(EPOCH_TICK) {
+                engine.increment_epoch();
+            }
+        })?;
         Ok(Arc::new(host))
+    }
+
+    /// Ends the epoch thread and the `plugin_dir` watcher and waits for them.
+    /// Calls still running have their deadline passed at once: with the
+    /// ticker gone, nothing else would stop one that loops. Must not be
+    /// called from a listener of `on_change` (the watcher runs those).
+    pub fn shutdown(&self) {
+        for thread in self.background.stop() {
+            let _ = thread.join();
+        }
+        for _ in 0..=self.deadline_ticks {
+            self.engine.increment_epoch();
+        }
     }
 
     /// Compiles a component, or reads what an earlier run compiled from the
@@ -1048,6 +1110,11 @@ pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> an
     std::fs::create_dir_all(&plugin_dir)
         .map_err(|error| anyhow::anyhow!("plugin_dir {}: {error}", plugin_dir.display()))?;
     let (events_tx, events) = std::sync::mpsc::channel::<()>();
+    host.background
+        .watch_wakers
+        .lock()
+        .expect("wakers lock")
+        .push(events_tx.clone());
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         let _ = events_tx.send(());
     })?;
@@ -1056,20 +1123,21 @@ pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> an
     // plugin file that is already there.
     let mut known: HashMap<PathBuf, FileStamp> = HashMap::new();
     scan(&host, &plugin_dir, &mut known, Duration::ZERO);
-    std::thread::Builder::new()
-        .name("plugin-watch".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            loop {
-                // Wake on an event, or every second anyway (some file systems
-                // do not deliver events).
-                let _ = events.recv_timeout(Duration::from_secs(1));
-                // Let writers finish, then look.
-                std::thread::sleep(settle);
-                while events.try_recv().is_ok() {}
-                scan(&host, &plugin_dir, &mut known, settle);
+    let background = host.background.clone();
+    background.spawn("plugin-watch", move || {
+        let _watcher = watcher;
+        loop {
+            // Wake on an event, or every second anyway (some file systems
+            // do not deliver events); shutdown wakes it too.
+            let _ = events.recv_timeout(Duration::from_secs(1));
+            // Let writers finish, then look.
+            if host.background.wait(settle) {
+                break;
             }
-        })?;
+            while events.try_recv().is_ok() {}
+            scan(&host, &plugin_dir, &mut known, settle);
+        }
+    })?;
     Ok(())
 }
 
@@ -1183,6 +1251,44 @@ mod tests {
         );
         assert_eq!(device_time("2015-04-17"), "2015-04-17");
         assert_eq!(device_time("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn the_epoch_thread_and_the_watcher_end_at_shutdown() {
+        let plugin_dir = std::env::temp_dir().join(format!(
+            "repeatd-plugin-shutdown-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let host = PluginHost::without_builtins(PluginLimits::default()).unwrap();
+        watch(host.clone(), plugin_dir.clone(), Duration::from_millis(5)).unwrap();
+        // The epoch thread holds the stop signal, the watcher the host.
+        assert_eq!(Arc::strong_count(&host.background), 2);
+        assert_eq!(Arc::strong_count(&host), 2);
+        let threads: Vec<std::thread::Thread> = host
+            .background
+            .threads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|handle| handle.thread().clone())
+            .collect();
+        let names: Vec<&str> = threads.iter().filter_map(|t| t.name()).collect();
+        assert_eq!(names, ["plugin-epoch", "plugin-watch"]);
+
+        host.shutdown();
+        assert_eq!(
+            Arc::strong_count(&host.background),
+            1,
+            "the epoch thread has ended"
+        );
+        assert_eq!(
+            Arc::strong_count(&host),
+            1,
+            "the watcher let go of the host"
+        );
+        assert!(host.background.threads.lock().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&plugin_dir);
     }
 
     #[test]
