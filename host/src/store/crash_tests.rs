@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use redb::StorageBackend;
 use redb::backends::InMemoryBackend;
 
-use super::tests::{policy, submission};
+use super::tests::{answered_200, attempt_result, submission};
 use super::*;
 
 /// How the simulated disk stops after `cut_after` writes.
@@ -188,21 +188,8 @@ async fn workload(backend: &CrashBackend) -> Answered {
     let Ok(Some(record)) = store.record(seq) else {
         return answered;
     };
-    let result = AttemptResult {
-        seq,
-        outcome: Outcome::Success { status: 200 },
-        attempt: Some(Attempt {
-            number: 0,
-            at: record.registered_at + 1,
-            duration_ms: 3,
-            url: "http://remote.example/in".into(),
-            status: Some(200),
-            response: None,
-            error: None,
-        }),
-        policy: policy(),
-        jitter_unit: 0.5,
-    };
+    let attempt = answered_200(record.registered_at + 1);
+    let result = attempt_result(seq, Outcome::Success { status: 200 }, Some(&attempt));
     if store.commit_attempt(result).await.is_ok() {
         answered.attempt = Some(backend.writes());
     }

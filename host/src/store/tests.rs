@@ -37,12 +37,52 @@ pub(super) fn submission(form_id: &str, case_id: &str, status: &str) -> Submissi
     }
 }
 
-pub(super) fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        min_wait: Duration::from_secs(60),
-        max_wait: Duration::from_secs(600),
-        factor: 2.0,
+/// A store holding forms f1, f2, … (each creating case c1, c2, …).
+async fn store_with_forms(n: usize) -> Store {
+    let store = memory_store();
+    for n in 1..=n {
+        let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
+        store.commit_submission(form).await.unwrap();
+    }
+    store
+}
+
+fn first_form_record(store: &Store) -> RepeatRecord {
+    let records = all_records(store);
+    // Newest first: the last one is f1's.
+    let mut form_records = records.into_iter().filter(|r| r.repeater_id == 1);
+    form_records.next_back().expect("a form record")
+}
+
+/// An attempt at `at` that the remote answered 200.
+pub(super) fn answered_200(at: i64) -> Attempt {
+    Attempt {
+        number: 0,
+        at,
+        duration_ms: 12,
+        url: "http://remote.example/in".into(),
+        status: Some(200),
+        response: Some("thanks".into()),
+        error: None,
+    }
+}
+
+pub(super) fn attempt_result(
+    seq: u64,
+    outcome: Outcome,
+    attempt: Option<&Attempt>,
+) -> AttemptResult {
+    AttemptResult {
+        seq,
+        outcome,
+        attempt: attempt.cloned(),
+        policy: RetryPolicy {
+            max_attempts: 3,
+            min_wait: Duration::from_secs(60),
+            max_wait: Duration::from_secs(600),
+            factor: 2.0,
+        },
+        jitter_unit: 0.5,
     }
 }
 
@@ -129,11 +169,7 @@ async fn a_submission_stores_its_form_cases_and_records_together() {
 
 #[tokio::test]
 async fn a_duplicate_form_is_counted_and_changes_nothing_else() {
-    let store = memory_store();
-    store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .unwrap();
+    let store = store_with_forms(1).await;
     let mut again = submission("f1", "c1", "changed");
     again.form.received_on = "2026-01-03T00:00:00.000000Z".into();
     let result = store.commit_submission(again).await.unwrap();
@@ -152,11 +188,7 @@ async fn a_duplicate_form_is_counted_and_changes_nothing_else() {
 
 #[tokio::test]
 async fn a_later_form_updates_the_stored_case() {
-    let store = memory_store();
-    store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .unwrap();
+    let store = store_with_forms(1).await;
     let update = Submission {
         form: form("f2"),
         xml: b"<data/>".to_vec(),
@@ -172,34 +204,11 @@ async fn a_later_form_updates_the_stored_case() {
 
 #[tokio::test]
 async fn an_attempt_outcome_moves_the_record_its_attempt_and_its_indexes() {
-    let store = memory_store();
-    store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .unwrap();
-    let record = all_records(&store)
-        .into_iter()
-        .find(|r| r.repeater_id == 1)
-        .unwrap();
-    let attempt = Attempt {
-        number: 0,
-        at: record.registered_at + 5,
-        duration_ms: 12,
-        url: "http://remote.example/in".into(),
-        status: Some(200),
-        response: Some("thanks".into()),
-        error: None,
-    };
-    let (committed, verdict) = store
-        .commit_attempt(AttemptResult {
-            seq: record.seq,
-            outcome: Outcome::Success { status: 200 },
-            attempt: Some(attempt.clone()),
-            policy: policy(),
-            jitter_unit: 0.5,
-        })
-        .await
-        .unwrap();
+    let store = store_with_forms(1).await;
+    let record = first_form_record(&store);
+    let attempt = answered_200(record.registered_at + 5);
+    let result = attempt_result(record.seq, Outcome::Success { status: 200 }, Some(&attempt));
+    let (committed, verdict) = store.commit_attempt(result).await.unwrap();
     assert_eq!(verdict, Verdict::Final(RecordState::Succeeded));
     assert_eq!(committed.state, RecordState::Succeeded);
     assert_eq!(committed.n_attempts, 1);
@@ -223,29 +232,18 @@ async fn an_attempt_outcome_moves_the_record_its_attempt_and_its_indexes() {
 
 #[tokio::test]
 async fn an_attempt_on_a_record_cancelled_meanwhile_keeps_the_cancellation() {
-    let store = memory_store();
-    store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .unwrap();
+    let store = store_with_forms(1).await;
     let seq = all_records(&store)[0].seq;
     store
         .operator_action(seq, OperatorAction::Cancel)
         .await
         .unwrap();
-    let (committed, verdict) = store
-        .commit_attempt(AttemptResult {
-            seq,
-            outcome: Outcome::Rejected {
-                status: Some(400),
-                error: "bad payload".into(),
-            },
-            attempt: None,
-            policy: policy(),
-            jitter_unit: 0.5,
-        })
-        .await
-        .unwrap();
+    let rejected = Outcome::Rejected {
+        status: Some(400),
+        error: "bad payload".into(),
+    };
+    let result = attempt_result(seq, rejected, None);
+    let (committed, verdict) = store.commit_attempt(result).await.unwrap();
     assert_eq!(verdict, Verdict::Final(RecordState::Cancelled));
     assert_eq!(committed.state, RecordState::Cancelled);
     assert_eq!(committed.n_attempts, 1);
@@ -257,16 +255,8 @@ async fn an_attempt_on_a_record_cancelled_meanwhile_keeps_the_cancellation() {
 
 #[tokio::test]
 async fn operator_actions_move_records_in_and_out_of_the_due_index() {
-    let store = memory_store();
-    store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .unwrap();
-    let seq = all_records(&store)
-        .into_iter()
-        .find(|r| r.repeater_id == 1)
-        .unwrap()
-        .seq;
+    let store = store_with_forms(1).await;
+    let seq = first_form_record(&store).seq;
     let cancelled = store
         .operator_action(seq, OperatorAction::Cancel)
         .await
@@ -303,13 +293,7 @@ async fn operator_actions_move_records_in_and_out_of_the_due_index() {
 
 #[tokio::test]
 async fn a_bulk_action_changes_only_what_its_filter_matches() {
-    let store = memory_store();
-    for n in 1..=3 {
-        store
-            .commit_submission(submission(&format!("f{n}"), &format!("c{n}"), "new"))
-            .await
-            .unwrap();
-    }
+    let store = store_with_forms(3).await;
     let filter = RecordFilter {
         repeater: Some("cases".into()),
         ..RecordFilter::default()
@@ -335,13 +319,7 @@ async fn a_bulk_action_changes_only_what_its_filter_matches() {
 
 #[tokio::test]
 async fn deleting_a_repeater_cancels_every_queued_record_of_it() {
-    let store = memory_store();
-    for n in 1..=3 {
-        store
-            .commit_submission(submission(&format!("f{n}"), &format!("c{n}"), "new"))
-            .await
-            .unwrap();
-    }
+    let store = store_with_forms(3).await;
     assert_eq!(store.cancel_repeater_records(1).await.unwrap(), 3);
     assert_eq!(store.earliest_due(1, &HashSet::new()).unwrap(), None);
     assert_eq!(count(&store, 1, RecordState::Cancelled), 3);
@@ -351,13 +329,7 @@ async fn deleting_a_repeater_cancels_every_queued_record_of_it() {
 
 #[tokio::test]
 async fn listings_page_newest_first_and_filter_by_payload() {
-    let store = memory_store();
-    for n in 1..=3 {
-        store
-            .commit_submission(submission(&format!("f{n}"), &format!("c{n}"), "new"))
-            .await
-            .unwrap();
-    }
+    let store = store_with_forms(3).await;
     let everything = all_records(&store);
     assert_eq!(everything.len(), 6);
     let newest_first = seqs_of(&everything);
