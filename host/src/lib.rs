@@ -22,7 +22,8 @@
 //! - [`egress`]: which addresses connections made with a domain token may
 //!   reach (the server-side request forgery guard).
 //! - [`plugins`]: the WebAssembly host.
-//! - [`api`], [`metrics`]: the admin API.
+//! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
+//!   and token checks the JSON endpoints share.
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //!
 //! `run` wires them together for a listener the caller binds, so tests run
@@ -40,6 +41,7 @@ pub mod config;
 pub mod delivery;
 pub mod egress;
 pub mod email;
+pub mod endpoint;
 pub mod filters;
 pub mod ingest;
 pub mod metrics;
@@ -134,6 +136,7 @@ pub fn admin_token(config: &Config) -> anyhow::Result<(String, AdminTokenSource)
 /// The HTTP routes.
 pub fn router(state: Arc<AppState>) -> Router {
     use api::*;
+    use config::{ConnectionSpec, RepeaterSpec};
     let domain = "/api/v1/domains/{domain}";
     Router::new()
         .route("/healthz", get(healthz))
@@ -152,23 +155,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             &format!("{domain}/connections"),
-            get(list_connections).post(create_connection),
+            get(list_objects::<ConnectionSpec>).post(create_object::<ConnectionSpec>),
         )
         .route(
             &format!("{domain}/connections/{{name}}"),
-            get(get_connection)
-                .put(replace_connection)
-                .delete(delete_connection),
+            get(get_object::<ConnectionSpec>)
+                .put(replace_object::<ConnectionSpec>)
+                .delete(delete_object::<ConnectionSpec>),
         )
         .route(
             &format!("{domain}/repeaters"),
-            get(list_repeaters).post(create_repeater),
+            get(list_objects::<RepeaterSpec>).post(create_object::<RepeaterSpec>),
         )
         .route(
             &format!("{domain}/repeaters/{{name}}"),
-            get(get_repeater)
-                .put(replace_repeater)
-                .delete(delete_repeater),
+            get(get_object::<RepeaterSpec>)
+                .put(replace_object::<RepeaterSpec>)
+                .delete(delete_object::<RepeaterSpec>),
         )
         .route(
             &format!("{domain}/repeaters/{{name}}/{{action}}"),

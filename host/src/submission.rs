@@ -4,7 +4,8 @@
 //! name as the store holds them, and the domain's repeaters, [`plan`] works
 //! out the cases as they stand after the form (CommCare's rules, in `cases`)
 //! and which repeat records to register (the repeater filters, in `filters`).
-//! App changes are planned the same way by [`plan_app_change`]. `store` reads
+//! App changes are planned the same way by [`plan_app_change`]; a parsed
+//! form becomes the form to store by [`new_form`]. `store` reads
 //! the existing cases inside its write transaction, calls these functions and
 //! persists what they return; it decides nothing itself.
 
@@ -16,7 +17,7 @@ use crate::config::{PayloadKind, RepeaterSpec};
 use crate::filters;
 use crate::model::{Case, StoredForm};
 use crate::record::{AppChange, PayloadRef};
-use crate::xform::CaseBlock;
+use crate::xform::{CaseBlock, ParsedForm};
 
 /// A form ready to be committed: parsed, authenticated, not yet stored.
 #[derive(Debug)]
@@ -69,6 +70,43 @@ pub struct SubmissionPlan<'a> {
     pub cases: Vec<Case>,
     /// The records to register, repeater by repeater in the domain's order.
     pub records: Vec<PlannedRecord<'a>>,
+}
+
+/// A newly received form as the store keeps it, and its case blocks: before
+/// planning (no case ids yet), with no app id and no attachments (the
+/// caller adds what the request carried). `fallback_id` names a form that
+/// carries no id of its own.
+pub fn new_form(
+    parsed: ParsedForm,
+    domain: &str,
+    fallback_id: impl FnOnce() -> String,
+    received_on: String,
+) -> (StoredForm, Vec<CaseBlock>) {
+    let is_device_report = parsed.is_device_report();
+    let form_id = parsed
+        .form_id()
+        .map(str::to_owned)
+        .unwrap_or_else(fallback_id);
+    let meta = parsed.meta;
+    let form = StoredForm {
+        domain: domain.to_owned(),
+        form_id,
+        xmlns: parsed.xmlns,
+        app_id: None,
+        received_on,
+        user_id: meta.user_id,
+        username: meta.username,
+        device_id: meta.device_id,
+        time_start: meta.time_start,
+        time_end: meta.time_end,
+        app_version: meta.app_version,
+        case_ids: Vec::new(),
+        attachments: Vec::new(),
+        is_device_report,
+        n_duplicates: 0,
+        last_duplicate_on: None,
+    };
+    (form, parsed.case_blocks)
 }
 
 /// The distinct case ids `blocks` name, in the order first named: the cases
