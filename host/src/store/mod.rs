@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -278,6 +278,14 @@ impl Store {
         })
     }
 
+    /// One table, in a read transaction of its own.
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        Ok(self.db.begin_read()?.open_table(table)?)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -343,8 +351,7 @@ impl Store {
         limit: usize,
         skip: &HashSet<u64>,
     ) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let due = txn.open_table(DUE)?;
+        let due = self.read_table(DUE)?;
         let mut found = Vec::new();
         for entry in due.range((repeater_id, 0, 0)..=(repeater_id, now.max(0) as u64, u64::MAX))? {
             let (key, _) = entry?;
@@ -365,8 +372,7 @@ impl Store {
         repeater_id: u64,
         skip: &HashSet<u64>,
     ) -> Result<Option<i64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let due = txn.open_table(DUE)?;
+        let due = self.read_table(DUE)?;
         for entry in due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
             let (key, _) = entry?;
             let (_, at, seq) = key.value();
@@ -379,8 +385,7 @@ impl Store {
 
     /// Record counts by (repeater id, state).
     pub fn state_counts(&self) -> Result<BTreeMap<(u64, RecordState), u64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(STATE_COUNTS)?;
+        let table = self.read_table(STATE_COUNTS)?;
         let mut counts = BTreeMap::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
@@ -394,8 +399,7 @@ impl Store {
 
     /// The oldest due time among all queued records (for the oldest-pending metric).
     pub fn oldest_due(&self) -> Result<Option<i64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let due = txn.open_table(DUE)?;
+        let due = self.read_table(DUE)?;
         let mut oldest: Option<u64> = None;
         // The index is ordered by repeater first: take each repeater's head.
         let mut cursor = 0u64;
@@ -505,8 +509,7 @@ impl Store {
     // ---- reads -------------------------------------------------------------
 
     pub fn record(&self, seq: u64) -> Result<Option<RepeatRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(RECORDS)?;
+        let table = self.read_table(RECORDS)?;
         match table.get(seq)? {
             Some(bytes) => Ok(Some(decode(bytes.value(), || format!("record {seq}"))?)),
             None => Ok(None),
@@ -514,8 +517,7 @@ impl Store {
     }
 
     pub fn attempts(&self, seq: u64) -> Result<Vec<Attempt>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ATTEMPTS)?;
+        let table = self.read_table(ATTEMPTS)?;
         let mut attempts = Vec::new();
         for entry in table.range((seq, 0)..=(seq, u32::MAX))? {
             let (_, value) = entry?;
@@ -527,8 +529,7 @@ impl Store {
     }
 
     pub fn form(&self, domain: &str, form_id: &str) -> Result<Option<StoredForm>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FORMS)?;
+        let table = self.read_table(FORMS)?;
         match table.get((domain, form_id))? {
             Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
             None => Ok(None),
@@ -536,16 +537,14 @@ impl Store {
     }
 
     pub fn form_xml(&self, domain: &str, form_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FORM_XML)?;
+        let table = self.read_table(FORM_XML)?;
         Ok(table
             .get((domain, form_id))?
             .map(|bytes| bytes.value().to_vec()))
     }
 
     pub fn case(&self, domain: &str, case_id: &str) -> Result<Option<Case>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CASES)?;
+        let table = self.read_table(CASES)?;
         match table.get((domain, case_id))? {
             Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
             None => Ok(None),
@@ -656,8 +655,7 @@ impl Store {
 
     /// Every stored object of one kind, as (domain, name, bytes).
     pub fn objects(&self, kind: &str) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(OBJECTS)?;
+        let table = self.read_table(OBJECTS)?;
         let mut found = Vec::new();
         for entry in table.range((kind, "", "")..)? {
             let (key, value) = entry?;
@@ -687,8 +685,7 @@ impl Store {
     pub fn notifications<T: DeserializeOwned>(
         &self,
     ) -> Result<Vec<StoredNotification<T>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(NOTIFICATIONS)?;
+        let table = self.read_table(NOTIFICATIONS)?;
         let mut found = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
