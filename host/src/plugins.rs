@@ -506,63 +506,38 @@ impl PluginHost {
             )
         })?;
         let loaded_at = crate::time::now_micros();
+        let loaded = |kind, instances| LoadedPlugin {
+            name: name.to_owned(),
+            kind,
+            source,
+            hash,
+            loaded_at,
+            instances,
+        };
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
-            let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store).map_err(|error| {
-                anyhow::anyhow!(
-                    "instantiating it failed: {}",
-                    describe_trap(&error, &self.limits)
-                )
-            })?;
-            store.set_epoch_deadline(self.deadline_ticks);
+            let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let info = instance
                 .repeatd_plugin_format()
                 .call_info(&mut store)
-                .map_err(|error| {
-                    anyhow::anyhow!("info() failed: {}", describe_trap(&error, &self.limits))
-                })?;
-            let kinds = info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect();
-            return Ok(LoadedPlugin {
-                name: name.to_owned(),
-                kind: PluginKind::Format {
-                    description: info.description,
-                    kinds,
-                },
-                source,
-                hash,
-                loaded_at,
-                instances: Instances::Format {
-                    pre,
-                    pool: Mutex::new(vec![(store, instance)]),
-                },
-            });
+                .map_err(self.call_failed("info"))?;
+            let kind = PluginKind::Format {
+                description: info.description,
+                kinds: info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect(),
+            };
+            let pool = Mutex::new(vec![(store, instance)]);
+            return Ok(loaded(kind, Instances::Format { pre, pool }));
         }
         if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
-            let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store).map_err(|error| {
-                anyhow::anyhow!(
-                    "instantiating it failed: {}",
-                    describe_trap(&error, &self.limits)
-                )
-            })?;
-            store.set_epoch_deadline(self.deadline_ticks);
+            let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let description = instance
                 .repeatd_plugin_auth()
                 .call_describe(&mut store)
-                .map_err(|error| {
-                    anyhow::anyhow!("describe() failed: {}", describe_trap(&error, &self.limits))
-                })?;
-            return Ok(LoadedPlugin {
-                name: name.to_owned(),
-                kind: PluginKind::Auth { description },
-                source,
-                hash,
-                loaded_at,
-                instances: Instances::Auth {
-                    pre,
-                    pool: Mutex::new(vec![(store, instance)]),
-                },
-            });
+                .map_err(self.call_failed("describe"))?;
+            let pool = Mutex::new(vec![(store, instance)]);
+            return Ok(loaded(
+                PluginKind::Auth { description },
+                Instances::Auth { pre, pool },
+            ));
         }
         let exports: Vec<String> = component
             .component_type()
@@ -585,6 +560,28 @@ impl PluginHost {
                 exports.join(", ")
             ),
         }
+    }
+
+    /// A fresh store holding a first instance, made by `instantiate`, with
+    /// its deadline set.
+    fn first_instance<T>(
+        &self,
+        instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> anyhow::Result<(Store<CallState>, T)> {
+        let mut store = self.new_store();
+        let instance = instantiate(&mut store).map_err(|error| {
+            anyhow::anyhow!(
+                "instantiating it failed: {}",
+                describe_trap(&error, &self.limits)
+            )
+        })?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        Ok((store, instance))
+    }
+
+    /// The error of a failed call of the plugin's `export`.
+    fn call_failed(&self, export: &'static str) -> impl Fn(wasmtime::Error) -> anyhow::Error + '_ {
+        move |error| anyhow::anyhow!("{export}() failed: {}", describe_trap(&error, &self.limits))
     }
 
     fn new_store(&self) -> Store<CallState> {
@@ -819,6 +816,38 @@ impl PluginHost {
                 wanted: "a payload format",
             });
         };
+        self.call_pooled(
+            &plugin.name,
+            pool,
+            use_pool,
+            |store| pre.instantiate(store),
+            |instance, store| {
+                instance.repeatd_plugin_format().call_build(
+                    store,
+                    to_wit_kind(kind),
+                    event,
+                    settings,
+                )
+            },
+        )
+    }
+
+    /// Runs `call` with the CPU deadline set, on a live instance of `pool`
+    /// (when `use_pool`) or a fresh one made by `instantiate`. An instance
+    /// that answered goes back to the pool (when `use_pool`, and not past
+    /// `POOL_SIZE`); one that trapped is dropped, never reused.
+    fn call_pooled<I, R>(
+        &self,
+        name: &str,
+        pool: &Mutex<Vec<(Store<CallState>, I)>>,
+        use_pool: bool,
+        instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<I>,
+        call: impl FnOnce(&I, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, PluginError> {
+        let trapped = |error: wasmtime::Error| PluginError::Trapped {
+            name: name.to_owned(),
+            reason: describe_trap(&error, &self.limits),
+        };
         let taken = if use_pool {
             pool.lock().expect("plugin pool").pop()
         } else {
@@ -828,38 +857,20 @@ impl PluginHost {
             Some(live) => live,
             None => {
                 let mut store = self.new_store();
-                let instance =
-                    pre.instantiate(&mut store)
-                        .map_err(|error| PluginError::Trapped {
-                            name: plugin.name.clone(),
-                            reason: describe_trap(&error, &self.limits),
-                        })?;
+                let instance = instantiate(&mut store).map_err(trapped)?;
                 (store, instance)
             }
         };
         store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance.repeatd_plugin_format().call_build(
-            &mut store,
-            to_wit_kind(kind),
-            event,
-            settings,
-        );
-        match result {
-            Ok(answer) => {
-                let mut pool = pool.lock().expect("plugin pool");
-                if use_pool && pool.len() < POOL_SIZE {
-                    pool.push((store, instance));
-                }
-                answer.map_err(|message| PluginError::Failed {
-                    name: plugin.name.clone(),
-                    message,
-                })
-            }
-            Err(error) => Err(PluginError::Trapped {
-                name: plugin.name.clone(),
-                reason: describe_trap(&error, &self.limits),
-            }),
+        let answer = call(&instance, &mut store).map_err(trapped)?;
+        let mut pool = pool.lock().expect("plugin pool");
+        if use_pool && pool.len() < POOL_SIZE {
+            pool.push((store, instance));
         }
+        answer.map_err(|message| PluginError::Failed {
+            name: name.to_owned(),
+            message,
+        })
     }
 
     /// Runs an auth plugin on one outgoing request; returns headers to add.
@@ -875,20 +886,6 @@ impl PluginHost {
                 actual: plugin.kind.label(),
                 wanted: "an auth plugin",
             });
-        };
-        let taken = pool.lock().expect("plugin pool").pop();
-        let (mut store, instance) = match taken {
-            Some(live) => live,
-            None => {
-                let mut store = self.new_store();
-                let instance =
-                    pre.instantiate(&mut store)
-                        .map_err(|error| PluginError::Trapped {
-                            name: plugin.name.clone(),
-                            reason: describe_trap(&error, &self.limits),
-                        })?;
-                (store, instance)
-            }
         };
         let outgoing = Outgoing {
             method: request.method.clone(),
@@ -912,33 +909,21 @@ impl PluginHost {
                 value: value.clone(),
             })
             .collect();
-        store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance
-            .repeatd_plugin_auth()
-            .call_sign(&mut store, &outgoing, &settings);
-        match result {
-            Ok(answer) => {
-                let mut pool = pool.lock().expect("plugin pool");
-                if pool.len() < POOL_SIZE {
-                    pool.push((store, instance));
-                }
-                answer
-                    .map(|headers| {
-                        headers
-                            .into_iter()
-                            .map(|pair| (pair.name, pair.value))
-                            .collect()
-                    })
-                    .map_err(|message| PluginError::Failed {
-                        name: plugin.name.clone(),
-                        message,
-                    })
-            }
-            Err(error) => Err(PluginError::Trapped {
-                name: plugin.name.clone(),
-                reason: describe_trap(&error, &self.limits),
-            }),
-        }
+        let headers = self.call_pooled(
+            &plugin.name,
+            pool,
+            true,
+            |store| pre.instantiate(store),
+            |instance, store| {
+                instance
+                    .repeatd_plugin_auth()
+                    .call_sign(store, &outgoing, &settings)
+            },
+        )?;
+        Ok(headers
+            .into_iter()
+            .map(|pair| (pair.name, pair.value))
+            .collect())
     }
 }
 
