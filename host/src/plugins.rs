@@ -249,8 +249,21 @@ struct Background {
     stopping: Mutex<bool>,
     stopped: Condvar,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// How many of them are still running.
+    running: std::sync::atomic::AtomicUsize,
     /// Wake the watcher out of its wait for file events.
     watch_wakers: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
+}
+
+/// Counts a background thread as running until its work returns.
+struct Running(Arc<Background>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Background {
@@ -264,8 +277,20 @@ impl Background {
         *stopping
     }
 
-    fn spawn(&self, name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-        let handle = std::thread::Builder::new().name(name.into()).spawn(run)?;
+    fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        run: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let running = Running(self.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _running = running;
+                run();
+            })?;
         self.threads.lock().expect("threads lock").push(handle);
         Ok(())
     }
@@ -420,6 +445,13 @@ impl PluginHost {
             }
         })?;
         Ok(Arc::new(host))
+    }
+
+    /// How many of the host's own threads (epoch ticker, watcher) run.
+    pub fn running_threads(&self) -> usize {
+        self.background
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Ends the epoch thread and the `plugin_dir` watcher and waits for them.
@@ -1247,26 +1279,20 @@ mod tests {
         ));
         let host = PluginHost::without_builtins(PluginLimits::default()).unwrap();
         watch(host.clone(), plugin_dir.clone(), Duration::from_millis(5)).unwrap();
-        // The epoch thread holds the stop signal, the watcher the host.
-        assert_eq!(Arc::strong_count(&host.background), 2);
-        assert_eq!(Arc::strong_count(&host), 2);
-        let threads: Vec<std::thread::Thread> = host
+        assert_eq!(host.running_threads(), 2);
+        assert_eq!(Arc::strong_count(&host), 2, "the watcher holds the host");
+        let names: Vec<String> = host
             .background
             .threads
             .lock()
             .unwrap()
             .iter()
-            .map(|handle| handle.thread().clone())
+            .filter_map(|handle| handle.thread().name().map(str::to_owned))
             .collect();
-        let names: Vec<&str> = threads.iter().filter_map(|t| t.name()).collect();
         assert_eq!(names, ["plugin-epoch", "plugin-watch"]);
 
         host.shutdown();
-        assert_eq!(
-            Arc::strong_count(&host.background),
-            1,
-            "the epoch thread has ended"
-        );
+        assert_eq!(host.running_threads(), 0, "both threads have ended");
         assert_eq!(
             Arc::strong_count(&host),
             1,
