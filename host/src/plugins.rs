@@ -786,7 +786,7 @@ impl PluginHost {
         event: &Event,
         settings: &[Pair],
     ) -> Result<Payload, PluginError> {
-        self.build_payload_on(plugin, kind, event, settings, true)
+        self.build_payload_on(plugin, kind, event, settings, Instance::Pooled)
     }
 
     /// `build_payload` for async callers: the call runs on tokio's blocking
@@ -820,26 +820,14 @@ impl PluginHost {
             .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
     }
 
-    /// Runs a payload format on a fresh instance, leaving the pool alone:
-    /// what a call costs when no live instance is free (the benchmark in
-    /// `tests/tests/plugin_cost.rs` measures both paths).
-    pub fn build_payload_on_fresh_instance(
+    /// `build_payload` on the instance `instance` says.
+    pub fn build_payload_on(
         &self,
         plugin: &LoadedPlugin,
         kind: PayloadKind,
         event: &Event,
         settings: &[Pair],
-    ) -> Result<Payload, PluginError> {
-        self.build_payload_on(plugin, kind, event, settings, false)
-    }
-
-    fn build_payload_on(
-        &self,
-        plugin: &LoadedPlugin,
-        kind: PayloadKind,
-        event: &Event,
-        settings: &[Pair],
-        use_pool: bool,
+        instance: Instance,
     ) -> Result<Payload, PluginError> {
         let Instances::Format { pre, pool } = &plugin.instances else {
             return Err(PluginError::WrongKind {
@@ -851,7 +839,7 @@ impl PluginHost {
         self.call_pooled(
             &plugin.name,
             pool,
-            use_pool,
+            instance == Instance::Pooled,
             |store| pre.instantiate(store),
             |instance, store| {
                 instance.repeatd_plugin_format().call_build(
@@ -957,6 +945,18 @@ impl PluginHost {
             .map(|pair| (pair.name, pair.value))
             .collect())
     }
+}
+
+/// Which instance of a plugin a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// A live one from the plugin's pool when one is free, returned to it
+    /// after the call.
+    Pooled,
+    /// A fresh one, leaving the pool alone: what a call costs when no live
+    /// instance is free (the benchmark in `tests/tests/plugin_cost.rs`
+    /// measures both).
+    Fresh,
 }
 
 /// The request an auth plugin signs.
