@@ -433,3 +433,63 @@ pub async fn app_event(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(refusal: Refusal) -> (StatusCode, HeaderMap, String) {
+        let response = refusal.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn message(text: &str) -> String {
+        format!(
+            "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_error\">{text}</message></OpenRosaResponse>"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_an_openrosa_submit_error() {
+        let (status, headers, body) = answer(Refusal::TooLarge { limit: 10 }).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body, message("body is larger than the limit of 10 bytes"));
+        assert_eq!(headers[header::CONTENT_TYPE], "text/xml; charset=utf-8");
+        assert_eq!(headers["x-openrosa-version"], OPENROSA_VERSION);
+        assert!(headers.get(header::WWW_AUTHENTICATE).is_none());
+
+        let (status, _, body) = answer(Refusal::NoDomain("a<b".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, message("no project space &quot;a&lt;b&quot;"));
+
+        let (status, _, _) = answer(Refusal::bad("the form is not accepted".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = answer(Refusal::NotStored).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!Refusal::NotStored.is_the_senders());
+        assert!(Refusal::TooLarge { limit: 1 }.is_the_senders());
+    }
+
+    #[tokio::test]
+    async fn an_unauthorized_submission_is_challenged_for_its_domain() {
+        let refusal = Refusal::Unauthorized {
+            domain: "demo".into(),
+            problem: "wrong username or password for this project space".into(),
+        };
+        let (status, headers, body) = answer(refusal).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Basic realm=\"repeatd demo\", charset=\"UTF-8\""
+        );
+        assert_eq!(
+            body,
+            message("wrong username or password for this project space")
+        );
+    }
+}
