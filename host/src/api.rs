@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -123,6 +124,20 @@ pub struct Put<'a> {
     pub access: &'a DomainAccess,
     /// Replace an existing object (PUT), or create a new one (POST).
     pub replace: bool,
+}
+
+/// The routes of one kind of object under `path` (`…/connections`): list
+/// and create there, get, replace and delete at `path/{name}`.
+pub fn object_routes<K: CatalogObject>(
+    routes: Router<Arc<AppState>>,
+    path: &str,
+) -> Router<Arc<AppState>> {
+    let by_name = get(get_object::<K>)
+        .put(replace_object::<K>)
+        .delete(delete_object::<K>);
+    routes
+        .route(path, get(list_objects::<K>).post(create_object::<K>))
+        .route(&format!("{path}/{{name}}"), by_name)
 }
 
 pub async fn list_objects<K: CatalogObject>(

@@ -138,7 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     use api::*;
     use config::{ConnectionSpec, RepeaterSpec};
     let domain = "/api/v1/domains/{domain}";
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
@@ -154,26 +154,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(ingest::app_event),
         )
         .route(
-            &format!("{domain}/connections"),
-            get(list_objects::<ConnectionSpec>).post(create_object::<ConnectionSpec>),
-        )
-        .route(
-            &format!("{domain}/connections/{{name}}"),
-            get(get_object::<ConnectionSpec>)
-                .put(replace_object::<ConnectionSpec>)
-                .delete(delete_object::<ConnectionSpec>),
-        )
-        .route(
-            &format!("{domain}/repeaters"),
-            get(list_objects::<RepeaterSpec>).post(create_object::<RepeaterSpec>),
-        )
-        .route(
-            &format!("{domain}/repeaters/{{name}}"),
-            get(get_object::<RepeaterSpec>)
-                .put(replace_object::<RepeaterSpec>)
-                .delete(delete_object::<RepeaterSpec>),
-        )
-        .route(
             &format!("{domain}/repeaters/{{name}}/{{action}}"),
             post(repeater_action),
         )
@@ -186,7 +166,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(&format!("{domain}/forms/{{form_id}}"), get(get_form))
         .route(&format!("{domain}/cases/{{case_id}}"), get(get_case))
-        .route("/api/v1/plugins", get(list_plugins))
+        .route("/api/v1/plugins", get(list_plugins));
+    let routes = object_routes::<ConnectionSpec>(routes, &format!("{domain}/connections"));
+    let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
+    routes
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
