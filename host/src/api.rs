@@ -1,141 +1,60 @@
 //! The admin API (SPEC section 9): JSON over HTTP with `Authorization:
 //! Bearer <token>`. The admin token reaches every domain; a domain token only
-//! its own, and any other domain answers 404 as if it did not exist. Secrets
-//! are never returned: a placeholder stands in their place, and sending the
-//! placeholder back keeps the stored secret.
+//! its own, and any other domain answers 404 as if it did not exist (both
+//! checked by the `DomainAccess` extractor of `endpoint`, whose `ApiError`
+//! renders every refusal). Secrets are never returned: a placeholder stands
+//! in their place, and sending the placeholder back keeps the stored secret.
+//!
+//! Connections and repeaters are served by one set of handlers over the
+//! [`CatalogObject`] trait; what differs between them (how one is shown,
+//! what is checked before saving, what deleting one does) is its impl.
 
-// Handlers answer with a ready `Response`, error or not; boxing the error
-// side of the helpers that return one would buy nothing.
-#![allow(clippy::result_large_err)]
-
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::catalog::{CatalogError, Origin};
+use crate::catalog::{DomainObjects, Origin, StoredConnection};
 use crate::connection::ConnectionSpec;
+use crate::endpoint::{Access, ApiError, Caller, DomainAccess};
+use crate::field::FieldError;
 use crate::record::{OperatorAction, RecordState, RepeatRecord};
 use crate::repeater::RepeaterSpec;
 use crate::store::RecordFilter;
+use crate::submission::RepeaterRef;
 
-/// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Admin,
-    Domain,
-}
-
-/// A JSON error naming the field (or thing) at fault.
-pub fn error(status: StatusCode, field: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": message, "field": field }))).into_response()
-}
-
-fn not_found(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Checks the caller's token against `domain`.
-pub fn authorize(app: &AppState, headers: &HeaderMap, domain: &str) -> Result<Access, Response> {
-    let access = authenticate(app, headers)?;
-    let snapshot = app.catalog.snapshot();
-    match access {
-        (Access::Admin, _) if snapshot.domain(domain).is_some() => Ok(Access::Admin),
-        (Access::Domain, Some(own)) if own == domain => Ok(Access::Domain),
-        _ => Err(not_found(&format!("no project space \"{domain}\""))),
-    }
-}
-
-fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(Access, Option<String>), Response> {
-    let unauthorized = || {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "this endpoint needs Authorization: Bearer <token> with a valid admin or domain token" })),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Bearer realm=\"repeatd\"".parse().expect("static header"),
-        );
-        response
-    };
-    let token = bearer(headers).ok_or_else(unauthorized)?;
-    let digest = crate::secrets::token_digest(token);
-    if crate::secrets::digests_equal(&digest, &app.admin_token_digest) {
-        return Ok((Access::Admin, None));
-    }
-    match app.catalog.snapshot().domain_of_token(token) {
-        Some(domain) => Ok((Access::Domain, Some(domain.to_owned()))),
-        None => Err(unauthorized()),
-    }
-}
-
-fn catalog_error(error: CatalogError) -> Response {
-    match &error {
-        CatalogError::NoDomain(_) | CatalogError::NotFound { .. } => not_found(&error.to_string()),
-        CatalogError::Exists { .. } | CatalogError::Conflict(_) => {
-            error_json(StatusCode::CONFLICT, &error)
-        }
-        CatalogError::Invalid { field, problem } => {
-            crate::api::error(StatusCode::UNPROCESSABLE_ENTITY, field, problem)
-        }
-        _ => {
-            tracing::error!(%error, "admin API change failed");
-            error_json(StatusCode::INTERNAL_SERVER_ERROR, &error)
-        }
-    }
-}
-
-fn error_json(status: StatusCode, error: &dyn std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": error.to_string() }))).into_response()
-}
-
-fn store_error(error: crate::store::StoreError) -> Response {
-    tracing::error!(%error, "admin API read failed");
-    error_json(StatusCode::INTERNAL_SERVER_ERROR, &error)
+fn field_error(problem: FieldError) -> ApiError {
+    ApiError::invalid(problem.field, problem.problem)
 }
 
 /// A connection or repeater body, read by the config reader so that errors
 /// name their field (`retry.min_wait`, `auth.type`); an error about the body
 /// as a whole names `body`.
-fn parse_spec<T>(
-    body: &Bytes,
-    read: fn(Value) -> Result<T, crate::field::FieldError>,
-) -> Result<T, Response> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "body",
-            &format!("not valid JSON: {e}"),
-        )
-    })?;
+fn parse_spec<T>(body: &Bytes, read: fn(Value) -> Result<T, FieldError>) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("body", format!("not valid JSON: {e}")))?;
     read(value).map_err(|problem| {
         let field = if problem.field.is_empty() {
-            "body"
+            "body".to_owned()
         } else {
-            problem.field.as_str()
+            problem.field
         };
-        error(StatusCode::UNPROCESSABLE_ENTITY, field, &problem.problem)
+        ApiError::invalid(field, problem.problem)
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        // serde names the field in its message ("unknown field `x`", "missing field `y`").
-        error(StatusCode::UNPROCESSABLE_ENTITY, "body", &e.to_string())
-    })
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    // serde names the field in its message ("unknown field `x`", "missing field `y`").
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", e.to_string()))
 }
 
 // ---- health and metrics -------------------------------------------------------
@@ -144,11 +63,8 @@ pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let counts = match app.store.state_counts() {
-        Ok(counts) => counts,
-        Err(error) => return store_error(error),
-    };
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let counts = app.store.state_counts()?;
     let snapshot = app.catalog.snapshot();
     let names: std::collections::HashMap<u64, (String, String)> = snapshot
         .repeaters()
@@ -169,111 +85,230 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             std::time::Duration::from_micros((crate::time::now_micros() - at).max(0) as u64)
         });
     let text = app.metrics.render(&rows, queued, oldest);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-// ---- connections ----------------------------------------------------------------
+// ---- connections and repeaters ---------------------------------------------------
 
-fn connection_json(spec: &ConnectionSpec, origin: Origin) -> Value {
-    let mut shown = spec.clone();
-    shown.auth = shown.auth.redacted();
-    let mut value = serde_json::to_value(&shown).expect("connections serialize");
-    value["origin"] = json!(origin);
-    value
+/// A kind of configured object that the API lists, shows, creates, replaces
+/// and deletes the same way.
+pub trait CatalogObject: Sized + Send + 'static {
+    /// The object's name in messages: "connection", "repeater".
+    const KIND: &'static str;
+    /// The key of a listing: "connections", "repeaters".
+    const LISTING: &'static str;
+
+    /// Reads a request body, naming the field at fault.
+    fn read(value: Value) -> Result<Self, FieldError>;
+    fn validate(&self) -> Result<(), FieldError>;
+    fn name_mut(&mut self) -> &mut String;
+    /// How the catalog holds one.
+    type Stored;
+    /// A domain's objects of this kind, by name.
+    fn stored_in(objects: &DomainObjects) -> &BTreeMap<String, Self::Stored>;
+    /// One, as the API shows it.
+    fn show(app: &AppState, stored: &Self::Stored) -> Value;
+    /// Checks what only this kind checks and saves the object; returns it as
+    /// the API shows it.
+    fn save(self, put: Put<'_>) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
+    /// Deletes one; returns the answer.
+    fn delete(
+        app: &AppState,
+        domain: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Response, ApiError>> + Send;
 }
 
-pub async fn list_connections(
+/// A create or replace request, as `CatalogObject::save` gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct Put<'a> {
+    pub app: &'a AppState,
+    pub access: &'a DomainAccess,
+    /// Replace an existing object (PUT), or create a new one (POST).
+    pub replace: bool,
+}
+
+/// The routes of one kind of object under `path` (`…/connections`): list
+/// and create there, get, replace and delete at `path/{name}`.
+pub fn object_routes<K: CatalogObject>(
+    routes: Router<Arc<AppState>>,
+    path: &str,
+) -> Router<Arc<AppState>> {
+    let by_name = get(get_object::<K>)
+        .put(replace_object::<K>)
+        .delete(delete_object::<K>);
+    routes
+        .route(path, get(list_objects::<K>).post(create_object::<K>))
+        .route(&format!("{path}/{{name}}"), by_name)
+}
+
+pub async fn list_objects<K: CatalogObject>(
     State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
+    access: DomainAccess,
+) -> Json<Value> {
     let snapshot = app.catalog.snapshot();
     let list: Vec<Value> = snapshot
-        .domain(&domain)
-        .map(|d| {
-            d.connections
+        .domain(&access.domain)
+        .map(|objects| {
+            K::stored_in(objects)
                 .values()
-                .map(|c| connection_json(&c.spec, c.origin))
+                .map(|stored| K::show(&app, stored))
                 .collect()
         })
         .unwrap_or_default();
-    Json(json!({ "connections": list })).into_response()
+    Json(json!({ K::LISTING: list }))
 }
 
-pub async fn get_connection(
+pub async fn get_object<K: CatalogObject>(
     State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
+    access: DomainAccess,
+    Path((_, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let snapshot = app.catalog.snapshot();
-    match snapshot
-        .domain(&domain)
-        .and_then(|d| d.connections.get(&name))
-    {
-        Some(connection) => {
-            Json(connection_json(&connection.spec, connection.origin)).into_response()
-        }
-        None => not_found(&format!("no connection \"{name}\" in domain \"{domain}\"")),
+    snapshot
+        .domain(&access.domain)
+        .and_then(|objects| K::stored_in(objects).get(&name))
+        .map(|stored| Json(K::show(&app, stored)))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no {} \"{name}\" in domain \"{}\"",
+                K::KIND,
+                access.domain
+            ))
+        })
+}
+
+pub async fn create_object<K: CatalogObject>(
+    State(app): State<Arc<AppState>>,
+    access: DomainAccess,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put_object::<K>(&app, &access, &body, None).await
+}
+
+pub async fn replace_object<K: CatalogObject>(
+    State(app): State<Arc<AppState>>,
+    access: DomainAccess,
+    Path((_, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put_object::<K>(&app, &access, &body, Some(&name)).await
+}
+
+pub async fn delete_object<K: CatalogObject>(
+    State(app): State<Arc<AppState>>,
+    access: DomainAccess,
+    Path((_, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    K::delete(&app, &access.domain, &name).await
+}
+
+/// Creates (`url_name` `None`) or replaces the object the body describes.
+async fn put_object<K: CatalogObject>(
+    app: &AppState,
+    access: &DomainAccess,
+    body: &Bytes,
+    url_name: Option<&str>,
+) -> Result<Response, ApiError> {
+    let mut object = parse_spec(body, K::read)?;
+    take_name_from_url(object.name_mut(), url_name)?;
+    object.validate().map_err(field_error)?;
+    let replace = url_name.is_some();
+    let put = Put {
+        app,
+        access,
+        replace,
+    };
+    let shown = object.save(put).await?;
+    let status = if replace {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(match shown {
+        Some(shown) => (status, Json(shown)).into_response(),
+        None => status.into_response(),
+    })
+}
+
+/// A body may leave out `name` on PUT (the URL names the object); if it
+/// gives one, it must be the URL's.
+fn take_name_from_url(spec_name: &mut String, url_name: Option<&str>) -> Result<(), ApiError> {
+    let Some(url_name) = url_name else {
+        return Ok(());
+    };
+    if spec_name.is_empty() {
+        *spec_name = url_name.to_owned();
+        Ok(())
+    } else if spec_name != url_name {
+        Err(ApiError::invalid(
+            "name",
+            format!("is \"{spec_name}\" but the URL names \"{url_name}\""),
+        ))
+    } else {
+        Ok(())
     }
 }
 
-async fn put_connection(
-    app: &AppState,
-    domain: &str,
-    access: Access,
-    body: &Bytes,
-    name: Option<&str>,
-) -> Response {
-    let mut spec: ConnectionSpec = match parse_spec(body, ConnectionSpec::from_json) {
-        Ok(spec) => spec,
-        Err(response) => return response,
-    };
-    if let Err(response) = take_name_from_url(&mut spec.name, name) {
-        return response;
-    }
-    if let Err(problem) = spec.validate() {
-        return invalid(&problem);
-    }
-    if let Err(response) = check_connection_reach(app, access, &spec) {
-        return response;
-    }
-    let origin = match access {
-        Access::Admin => Origin::Admin,
-        Access::Domain => Origin::Domain,
-    };
-    match app
-        .catalog
-        .put_connection(domain, spec.clone(), origin, name.is_some())
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(domain, connection = %spec.name, ?origin, url = %spec.url, auth = ?spec.auth, "connection saved");
-            let status = if name.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            let stored = app
-                .catalog
-                .snapshot()
-                .domain(domain)
-                .and_then(|d| d.connections.get(&spec.name).cloned());
-            match stored {
-                Some(connection) => (
-                    status,
-                    Json(connection_json(&connection.spec, connection.origin)),
-                )
-                    .into_response(),
-                None => status.into_response(),
-            }
+/// The items of `CatalogObject` that read the same for both spec types:
+/// they have the same inherent `from_json`, `validate` and `name`.
+macro_rules! spec_basics {
+    ($kind:literal, $listing:literal, $field:ident: $stored:ty) => {
+        const KIND: &'static str = $kind;
+        const LISTING: &'static str = $listing;
+        type Stored = $stored;
+
+        fn stored_in(objects: &DomainObjects) -> &BTreeMap<String, Self::Stored> {
+            &objects.$field
         }
-        Err(error) => catalog_error(error),
+
+        fn read(value: Value) -> Result<Self, FieldError> {
+            Self::from_json(value)
+        }
+
+        fn validate(&self) -> Result<(), FieldError> {
+            Self::validate(self)
+        }
+
+        fn name_mut(&mut self) -> &mut String {
+            &mut self.name
+        }
+    };
+}
+
+impl CatalogObject for ConnectionSpec {
+    spec_basics!("connection", "connections", connections: Arc<StoredConnection>);
+
+    fn show(_: &AppState, stored: &Self::Stored) -> Value {
+        let mut shown = stored.spec.clone();
+        shown.auth = shown.auth.redacted();
+        let mut value = serde_json::to_value(&shown).expect("connections serialize");
+        value["origin"] = json!(stored.origin);
+        value
+    }
+
+    async fn save(self, put: Put<'_>) -> Result<Option<Value>, ApiError> {
+        let (app, access) = (put.app, put.access);
+        check_connection_reach(app, access.access, &self)?;
+        let origin = match access.access {
+            Access::Admin => Origin::Admin,
+            Access::Domain => Origin::Domain,
+        };
+        let domain = access.domain.as_str();
+        app.catalog
+            .put_connection(domain, self.clone(), origin, put.replace)
+            .await?;
+        tracing::info!(domain, connection = %self.name, ?origin, url = %self.url, auth = ?self.auth, "connection saved");
+        let snapshot = app.catalog.snapshot();
+        Ok(snapshot
+            .domain(domain)
+            .and_then(|objects| objects.connections.get(&self.name))
+            .map(|stored| Self::show(app, stored)))
+    }
+
+    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Response, ApiError> {
+        app.catalog.delete_connection(domain, name).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
     }
 }
 
@@ -284,93 +319,47 @@ fn check_connection_reach(
     app: &AppState,
     access: Access,
     spec: &ConnectionSpec,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     use crate::connection::AuthSpec;
     if let AuthSpec::Plugin { plugin, .. } = &spec.auth {
         match app.plugins.get(plugin) {
             Some(loaded) if matches!(loaded.kind, crate::plugins::PluginKind::Auth { .. }) => {}
             Some(loaded) => {
-                return Err(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(ApiError::invalid(
                     "auth.plugin",
-                    &format!(
+                    format!(
                         "plugin \"{plugin}\" is a {}, not an auth plugin",
                         loaded.kind.label()
                     ),
                 ));
             }
             None => {
-                return Err(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(ApiError::invalid(
                     "auth.plugin",
-                    &format!("no auth plugin \"{plugin}\" is loaded"),
+                    format!("no auth plugin \"{plugin}\" is loaded"),
                 ));
             }
         }
     }
     if access == Access::Domain {
         let policy = app.delivery.egress();
-        policy.check_url_text(&spec.url).map_err(|refused| {
-            error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "url",
-                &refused.to_string(),
-            )
-        })?;
+        let refused = |field: &str| {
+            let field = field.to_owned();
+            move |refused: crate::egress::AddressRefused| {
+                ApiError::invalid(field, refused.to_string())
+            }
+        };
+        policy.check_url_text(&spec.url).map_err(refused("url"))?;
         if let AuthSpec::Oauth2ClientCredentials { token_url, .. }
         | AuthSpec::Oauth2Password { token_url, .. } = &spec.auth
         {
-            policy.check_url_text(token_url).map_err(|refused| {
-                error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "auth.token_url",
-                    &refused.to_string(),
-                )
-            })?;
+            policy
+                .check_url_text(token_url)
+                .map_err(refused("auth.token_url"))?;
         }
     }
     Ok(())
 }
-
-pub async fn create_connection(
-    State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authorize(&app, &headers, &domain) {
-        Ok(access) => put_connection(&app, &domain, access, &body, None).await,
-        Err(response) => response,
-    }
-}
-
-pub async fn replace_connection(
-    State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authorize(&app, &headers, &domain) {
-        Ok(access) => put_connection(&app, &domain, access, &body, Some(&name)).await,
-        Err(response) => response,
-    }
-}
-
-pub async fn delete_connection(
-    State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    match app.catalog.delete_connection(&domain, &name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => catalog_error(error),
-    }
-}
-
-// ---- repeaters ------------------------------------------------------------------
 
 fn repeater_json(app: &AppState, id: u64, spec: &RepeaterSpec) -> Value {
     let mut value = serde_json::to_value(spec).expect("repeaters serialize");
@@ -385,95 +374,42 @@ fn repeater_json(app: &AppState, id: u64, spec: &RepeaterSpec) -> Value {
     value
 }
 
-pub async fn list_repeaters(
-    State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    let snapshot = app.catalog.snapshot();
-    let list: Vec<Value> = snapshot
-        .domain(&domain)
-        .map(|d| {
-            d.repeaters
-                .values()
-                .map(|r| repeater_json(&app, r.id, &r.spec))
-                .collect()
-        })
-        .unwrap_or_default();
-    Json(json!({ "repeaters": list })).into_response()
-}
+impl CatalogObject for RepeaterSpec {
+    spec_basics!("repeater", "repeaters", repeaters: RepeaterRef);
 
-pub async fn get_repeater(
-    State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
+    fn show(app: &AppState, stored: &Self::Stored) -> Value {
+        repeater_json(app, stored.id, &stored.spec)
     }
-    let snapshot = app.catalog.snapshot();
-    match snapshot
-        .domain(&domain)
-        .and_then(|d| d.repeaters.get(&name))
-    {
-        Some(repeater) => Json(repeater_json(&app, repeater.id, &repeater.spec)).into_response(),
-        None => not_found(&format!("no repeater \"{name}\" in domain \"{domain}\"")),
+
+    async fn save(self, put: Put<'_>) -> Result<Option<Value>, ApiError> {
+        check_format(put.app, &self)?;
+        let id = put
+            .app
+            .catalog
+            .put_repeater(&put.access.domain, self.clone(), put.replace)
+            .await?;
+        put.app.scheduler.refresh(Some(id));
+        Ok(Some(repeater_json(put.app, id, &self)))
+    }
+
+    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Response, ApiError> {
+        let id = app.catalog.delete_repeater(domain, name).await?;
+        let cancelled = app.store.cancel_repeater_records(id).await?;
+        Ok(Json(json!({ "deleted": name, "records_cancelled": cancelled })).into_response())
     }
 }
 
-/// A body may leave out `name` on PUT (the URL names the object); if it
-/// gives one, it must be the URL's.
-fn take_name_from_url(spec_name: &mut String, url_name: Option<&str>) -> Result<(), Response> {
-    let Some(url_name) = url_name else {
-        return Ok(());
-    };
-    if spec_name.is_empty() {
-        *spec_name = url_name.to_owned();
-        Ok(())
-    } else if spec_name != url_name {
-        Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name",
-            &format!("is \"{spec_name}\" but the URL names \"{url_name}\""),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn invalid(problem: &crate::field::FieldError) -> Response {
-    error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        &problem.field,
-        &problem.problem,
-    )
-}
-
-async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&str>) -> Response {
-    let mut spec: RepeaterSpec = match parse_spec(body, RepeaterSpec::from_json) {
-        Ok(spec) => spec,
-        Err(response) => return response,
-    };
-    if let Err(response) = take_name_from_url(&mut spec.name, name) {
-        return response;
-    }
-    if let Err(problem) = spec.validate() {
-        return invalid(&problem);
-    }
-    let format_problem = match app
+/// A repeater's format must be a loaded payload format plugin that builds
+/// the repeater's kind.
+fn check_format(app: &AppState, spec: &RepeaterSpec) -> Result<(), ApiError> {
+    let problem = match app
         .plugins
         .get(&spec.format)
         .map(|loaded| loaded.kind.clone())
     {
-        None => Some(format!(
-            "no payload format plugin \"{}\" is loaded",
-            spec.format
-        )),
+        None => format!("no payload format plugin \"{}\" is loaded", spec.format),
         Some(crate::plugins::PluginKind::Format { kinds, .. }) if !kinds.contains(&spec.kind) => {
-            Some(format!(
+            format!(
                 "plugin \"{}\" does not build {} payloads (it builds {})",
                 spec.format,
                 spec.kind,
@@ -482,101 +418,37 @@ async fn put_repeater(app: &AppState, domain: &str, body: &Bytes, name: Option<&
                     .map(|kind| kind.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
+            )
         }
-        Some(crate::plugins::PluginKind::Format { .. }) => None,
-        Some(other) => Some(format!(
+        Some(crate::plugins::PluginKind::Format { .. }) => return Ok(()),
+        Some(other) => format!(
             "plugin \"{}\" is an {} plugin, not a payload format",
             spec.format,
             other.label()
-        )),
+        ),
     };
-    if let Some(problem) = format_problem {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "format", &problem);
-    }
-    match app
-        .catalog
-        .put_repeater(domain, spec.clone(), name.is_some())
-        .await
-    {
-        Ok(id) => {
-            app.scheduler.refresh(Some(id));
-            let status = if name.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            (status, Json(repeater_json(app, id, &spec))).into_response()
-        }
-        Err(error) => catalog_error(error),
-    }
-}
-
-pub async fn create_repeater(
-    State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authorize(&app, &headers, &domain) {
-        Ok(_) => put_repeater(&app, &domain, &body, None).await,
-        Err(response) => response,
-    }
-}
-
-pub async fn replace_repeater(
-    State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authorize(&app, &headers, &domain) {
-        Ok(_) => put_repeater(&app, &domain, &body, Some(&name)).await,
-        Err(response) => response,
-    }
-}
-
-pub async fn delete_repeater(
-    State(app): State<Arc<AppState>>,
-    Path((domain, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    match app.catalog.delete_repeater(&domain, &name).await {
-        Ok(id) => match app.store.cancel_repeater_records(id).await {
-            Ok(cancelled) => (
-                StatusCode::OK,
-                Json(json!({ "deleted": name, "records_cancelled": cancelled })),
-            )
-                .into_response(),
-            Err(error) => store_error(error),
-        },
-        Err(error) => catalog_error(error),
-    }
+    Err(ApiError::invalid("format", problem))
 }
 
 pub async fn repeater_action(
     State(app): State<Arc<AppState>>,
-    Path((domain, name, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
+    access: DomainAccess,
+    Path((_, name, action)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let paused = match action.as_str() {
         "pause" => true,
         "resume" => false,
-        other => return not_found(&format!("no repeater action \"{other}\" (pause, resume)")),
-    };
-    match app.catalog.set_paused(&domain, &name, paused).await {
-        Ok(()) => {
-            app.scheduler.wake();
-            Json(json!({ "repeater": name, "paused": paused })).into_response()
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no repeater action \"{other}\" (pause, resume)"
+            )));
         }
-        Err(error) => catalog_error(error),
-    }
+    };
+    app.catalog
+        .set_paused(&access.domain, &name, paused)
+        .await?;
+    app.scheduler.wake();
+    Ok(Json(json!({ "repeater": name, "paused": paused })))
 }
 
 // ---- records ----------------------------------------------------------------------
@@ -610,11 +482,11 @@ fn parse_filter(
     state: Option<&str>,
     repeater: Option<String>,
     payload_id: Option<String>,
-) -> Result<RecordFilter, Response> {
+) -> Result<RecordFilter, ApiError> {
     let state = match state.filter(|s| !s.is_empty()) {
         Some(text) => Some(
             text.parse::<RecordState>()
-                .map_err(|problem| error(StatusCode::BAD_REQUEST, "state", &problem))?,
+                .map_err(|problem| ApiError::bad_request("state", problem))?,
         ),
         None => None,
     };
@@ -627,77 +499,52 @@ fn parse_filter(
 
 pub async fn list_records(
     State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
+    access: DomainAccess,
     Query(query): Query<RecordQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    let filter = match parse_filter(query.state.as_deref(), query.repeater, query.payload_id) {
-        Ok(filter) => filter,
-        Err(response) => return response,
-    };
+) -> Result<Json<Value>, ApiError> {
+    let filter = parse_filter(query.state.as_deref(), query.repeater, query.payload_id)?;
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 100,
         Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
         Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "limit",
                 "must be a whole number from 1 to 10000",
-            );
+            ));
         }
     };
-    let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(text) => match text.parse::<u64>() {
-            Ok(cursor) => Some(cursor),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "cursor",
-                    "is not a cursor this API handed out",
-                );
-            }
-        },
-    };
-    match app.store.list_records(&domain, &filter, limit, cursor) {
-        Ok(page) => Json(json!({
-            "records": page.records.iter().map(|r| record_json(&app, r)).collect::<Vec<_>>(),
-            "next_cursor": page.next_cursor.map(|c| c.to_string()),
-        }))
-        .into_response(),
-        Err(error) => store_error(error),
-    }
+    let cursor =
+        match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("cursor", "is not a cursor this API handed out")
+            })?),
+        };
+    let page = app
+        .store
+        .list_records(&access.domain, &filter, limit, cursor)?;
+    Ok(Json(json!({
+        "records": page.records.iter().map(|r| record_json(&app, r)).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor.map(|c| c.to_string()),
+    })))
 }
 
-fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, Response> {
-    let missing = || not_found(&format!("no record \"{id}\" in domain \"{domain}\""));
+fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, ApiError> {
+    let missing = || ApiError::NotFound(format!("no record \"{id}\" in domain \"{domain}\""));
     let seq = app.store.parse_record_id(id).ok_or_else(missing)?;
-    match app.store.record(seq) {
-        Ok(Some(record)) if record.domain == domain => Ok(record),
-        Ok(_) => Err(missing()),
-        Err(error) => Err(store_error(error)),
+    match app.store.record(seq)? {
+        Some(record) if record.domain == domain => Ok(record),
+        _ => Err(missing()),
     }
 }
 
 pub async fn get_record(
     State(app): State<Arc<AppState>>,
-    Path((domain, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    let record = match find_record(&app, &domain, &id) {
-        Ok(record) => record,
-        Err(response) => return response,
-    };
-    let attempts = match app.store.attempts(record.seq) {
-        Ok(attempts) => attempts,
-        Err(error) => return store_error(error),
-    };
+    access: DomainAccess,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let record = find_record(&app, &access.domain, &id)?;
+    let attempts = app.store.attempts(record.seq)?;
     let mut value = record_json(&app, &record);
     value["attempts"] = attempts
         .iter()
@@ -713,35 +560,22 @@ pub async fn get_record(
             })
         })
         .collect();
-    Json(value).into_response()
+    Ok(Json(value))
 }
 
 pub async fn record_action(
     State(app): State<Arc<AppState>>,
-    Path((domain, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
+    access: DomainAccess,
+    Path((_, id, action)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let action: OperatorAction = action.parse().map_err(ApiError::NotFound)?;
+    let record = find_record(&app, &access.domain, &id)?;
+    let record = app.store.operator_action(record.seq, action).await?;
+    if let Some(at) = record.next_attempt_at {
+        app.scheduler
+            .operator_released(&[(record.repeater_id, record.seq, at)]);
     }
-    let action: OperatorAction = match action.parse() {
-        Ok(action) => action,
-        Err(problem) => return not_found(&problem),
-    };
-    let record = match find_record(&app, &domain, &id) {
-        Ok(record) => record,
-        Err(response) => return response,
-    };
-    match app.store.operator_action(record.seq, action).await {
-        Ok(record) => {
-            if let Some(at) = record.next_attempt_at {
-                app.scheduler
-                    .operator_released(&[(record.repeater_id, record.seq, at)]);
-            }
-            Json(record_json(&app, &record)).into_response()
-        }
-        Err(error) => store_error(error),
-    }
+    Ok(Json(record_json(&app, &record)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -762,71 +596,57 @@ pub struct BulkFilter {
 
 pub async fn bulk_action(
     State(app): State<Arc<AppState>>,
-    Path(domain): Path<String>,
-    headers: HeaderMap,
+    access: DomainAccess,
     body: Bytes,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    let body: BulkBody = match parse_json(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let action: OperatorAction = match body.action.parse() {
-        Ok(action) => action,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, "action", &problem),
-    };
-    let filter = match parse_filter(
+) -> Result<Json<Value>, ApiError> {
+    let body: BulkBody = parse_json(&body)?;
+    let action: OperatorAction = body
+        .action
+        .parse()
+        .map_err(|problem: String| ApiError::bad_request("action", problem))?;
+    let filter = parse_filter(
         body.filter.state.as_deref(),
         body.filter.repeater,
         body.filter.payload_id,
-    ) {
-        Ok(filter) => filter,
-        Err(response) => return response,
-    };
-    match app.store.bulk_action(domain, filter, action).await {
-        Ok(changed) => {
-            let due: Vec<(u64, u64, i64)> = changed
-                .iter()
-                .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, r.seq, at)))
-                .collect();
-            app.scheduler.operator_released(&due);
-            Json(json!({ "action": body.action, "changed": changed.len() })).into_response()
-        }
-        Err(error) => store_error(error),
-    }
+    )?;
+    let changed = app.store.bulk_action(access.domain, filter, action).await?;
+    let due: Vec<(u64, u64, i64)> = changed
+        .iter()
+        .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, r.seq, at)))
+        .collect();
+    app.scheduler.operator_released(&due);
+    Ok(Json(
+        json!({ "action": body.action, "changed": changed.len() }),
+    ))
 }
 
 // ---- forms, cases, plugins ----------------------------------------------------------
 
 pub async fn get_form(
     State(app): State<Arc<AppState>>,
-    Path((domain, form_id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    match app.store.form(&domain, &form_id) {
-        Ok(Some(form)) => Json(form).into_response(),
-        Ok(None) => not_found(&format!("no form \"{form_id}\" in domain \"{domain}\"")),
-        Err(error) => store_error(error),
+    access: DomainAccess,
+    Path((_, form_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let domain = &access.domain;
+    match app.store.form(domain, &form_id)? {
+        Some(form) => Ok(Json(form).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "no form \"{form_id}\" in domain \"{domain}\""
+        ))),
     }
 }
 
 pub async fn get_case(
     State(app): State<Arc<AppState>>,
-    Path((domain, case_id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = authorize(&app, &headers, &domain) {
-        return response;
-    }
-    match app.store.case(&domain, &case_id) {
-        Ok(Some(case)) => Json(case_json(&case)).into_response(),
-        Ok(None) => not_found(&format!("no case \"{case_id}\" in domain \"{domain}\"")),
-        Err(error) => store_error(error),
+    access: DomainAccess,
+    Path((_, case_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let domain = &access.domain;
+    match app.store.case(domain, &case_id)? {
+        Some(case) => Ok(Json(case_json(&case))),
+        None => Err(ApiError::NotFound(format!(
+            "no case \"{case_id}\" in domain \"{domain}\""
+        ))),
     }
 }
 
@@ -867,9 +687,10 @@ pub fn case_json(case: &crate::model::Case) -> Value {
     })
 }
 
-pub async fn list_plugins(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authenticate(&app, &headers) {
-        return response;
-    }
-    Json(json!({ "plugins": app.plugins.status() })).into_response()
+pub async fn list_plugins(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    Caller::from_headers(&app, &headers)?;
+    Ok(Json(json!({ "plugins": app.plugins.status() })))
 }

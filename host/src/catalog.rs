@@ -413,6 +413,23 @@ impl Catalog {
 
     // ---- changes through the API --------------------------------------------
 
+    /// Writes (or, for `None`, deletes) one object.
+    async fn put_object(
+        &self,
+        kind: &'static str,
+        domain: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let change = ObjectChange {
+            kind,
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+            value,
+        };
+        self.store.put_objects(vec![change]).await
+    }
+
     fn require_domain<'a>(
         snapshot: &'a Snapshot,
         domain: &str,
@@ -435,23 +452,8 @@ impl Catalog {
         let snapshot = self.snapshot();
         let objects = Self::require_domain(&snapshot, domain)?;
         let existing = objects.connections.get(&spec.name);
-        match (existing, replace) {
-            (Some(_), false) => {
-                return Err(CatalogError::Exists {
-                    kind: "connection",
-                    domain: domain.to_owned(),
-                    name: spec.name.clone(),
-                });
-            }
-            (None, true) => {
-                return Err(CatalogError::NotFound {
-                    kind: "connection",
-                    domain: domain.to_owned(),
-                    name: spec.name.clone(),
-                });
-            }
-            (Some(existing), true) => spec.auth.keep_placeholders_from(&existing.spec.auth),
-            (None, false) => {}
+        if let Some(existing) = presence(existing, replace, CONNECTION, domain, &spec.name)? {
+            spec.auth.keep_placeholders_from(&existing.spec.auth);
         }
         if let Some(field) = spec.auth.placeholder_field() {
             return Err(CatalogError::Invalid {
@@ -460,16 +462,11 @@ impl Catalog {
             });
         }
         let stored = StoredConnection { spec, origin };
-        let change = ObjectChange {
-            kind: CONNECTION,
-            domain: domain.to_owned(),
-            name: stored.spec.name.clone(),
-            value: Some(
-                self.key
-                    .seal(&serde_json::to_vec(&stored).expect("serializes")),
-            ),
-        };
-        self.store.put_objects(vec![change]).await?;
+        let sealed = self
+            .key
+            .seal(&serde_json::to_vec(&stored).expect("serializes"));
+        self.put_object(CONNECTION, domain, &stored.spec.name, Some(sealed))
+            .await?;
         self.reload()
     }
 
@@ -478,11 +475,7 @@ impl Catalog {
         let snapshot = self.snapshot();
         let objects = Self::require_domain(&snapshot, domain)?;
         if !objects.connections.contains_key(name) {
-            return Err(CatalogError::NotFound {
-                kind: "connection",
-                domain: domain.to_owned(),
-                name: name.to_owned(),
-            });
+            return Err(CatalogError::not_found(CONNECTION, domain, name));
         }
         let users: Vec<&str> = objects
             .repeaters
@@ -501,14 +494,7 @@ impl Catalog {
                     .join(", ")
             )));
         }
-        self.store
-            .put_objects(vec![ObjectChange {
-                kind: CONNECTION,
-                domain: domain.to_owned(),
-                name: name.to_owned(),
-                value: None,
-            }])
-            .await?;
+        self.put_object(CONNECTION, domain, name, None).await?;
         self.reload()
     }
 
@@ -531,32 +517,14 @@ impl Catalog {
                 ),
             });
         }
-        let id = match (objects.repeaters.get(&spec.name), replace) {
-            (Some(_), false) => {
-                return Err(CatalogError::Exists {
-                    kind: "repeater",
-                    domain: domain.to_owned(),
-                    name: spec.name.clone(),
-                });
-            }
-            (None, true) => {
-                return Err(CatalogError::NotFound {
-                    kind: "repeater",
-                    domain: domain.to_owned(),
-                    name: spec.name.clone(),
-                });
-            }
-            (Some(existing), true) => existing.id,
-            (None, false) => self.store.allocate_repeater_id().await?,
+        let existing = objects.repeaters.get(&spec.name);
+        let id = match presence(existing, replace, REPEATER, domain, &spec.name)? {
+            Some(existing) => existing.id,
+            None => self.store.allocate_repeater_id().await?,
         };
         let stored = StoredRepeater { id, spec };
-        self.store
-            .put_objects(vec![ObjectChange {
-                kind: REPEATER,
-                domain: domain.to_owned(),
-                name: stored.spec.name.clone(),
-                value: Some(serde_json::to_vec(&stored).expect("serializes")),
-            }])
+        let value = serde_json::to_vec(&stored).expect("serializes");
+        self.put_object(REPEATER, domain, &stored.spec.name, Some(value))
             .await?;
         self.reload()?;
         Ok(id)
@@ -568,21 +536,10 @@ impl Catalog {
         let snapshot = self.snapshot();
         let objects = Self::require_domain(&snapshot, domain)?;
         let Some(repeater) = objects.repeaters.get(name) else {
-            return Err(CatalogError::NotFound {
-                kind: "repeater",
-                domain: domain.to_owned(),
-                name: name.to_owned(),
-            });
+            return Err(CatalogError::not_found(REPEATER, domain, name));
         };
         let id = repeater.id;
-        self.store
-            .put_objects(vec![ObjectChange {
-                kind: REPEATER,
-                domain: domain.to_owned(),
-                name: name.to_owned(),
-                value: None,
-            }])
-            .await?;
+        self.put_object(REPEATER, domain, name, None).await?;
         self.reload()?;
         Ok(id)
     }
@@ -600,16 +557,42 @@ impl Catalog {
             let repeater = objects
                 .repeaters
                 .get(name)
-                .ok_or_else(|| CatalogError::NotFound {
-                    kind: "repeater",
-                    domain: domain.to_owned(),
-                    name: name.to_owned(),
-                })?;
+                .ok_or_else(|| CatalogError::not_found(REPEATER, domain, name))?;
             let mut spec = (*repeater.spec).clone();
             spec.paused = paused;
             spec
         };
         self.put_repeater(domain, spec, true).await.map(|_| ())
+    }
+}
+
+impl CatalogError {
+    fn not_found(kind: &'static str, domain: &str, name: &str) -> CatalogError {
+        CatalogError::NotFound {
+            kind,
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// A create (`replace` false) needs the object absent, a replace needs it
+/// present; returns the existing one.
+fn presence<T>(
+    existing: Option<T>,
+    replace: bool,
+    kind: &'static str,
+    domain: &str,
+    name: &str,
+) -> Result<Option<T>, CatalogError> {
+    match (existing, replace) {
+        (Some(_), false) => Err(CatalogError::Exists {
+            kind,
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+        }),
+        (None, true) => Err(CatalogError::not_found(kind, domain, name)),
+        (existing, _) => Ok(existing),
     }
 }
 

@@ -17,8 +17,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
 use crate::AppState;
-use crate::model::{Attachment, StoredForm};
-use crate::store::{IngestResult, Submission};
+use crate::endpoint::{ApiError, DomainAccess};
+use crate::model::Attachment;
+use crate::record::AppChange;
+use crate::store::IngestResult;
+use crate::submission::{self, Submission};
 use crate::xform;
 
 const OPENROSA_VERSION: &str = "1.0";
@@ -48,11 +51,66 @@ fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
     response
 }
 
-fn refuse(app: &AppState, status: StatusCode, message: &str) -> Response {
-    app.metrics
-        .forms_refused
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    openrosa(status, "submit_error", message)
+/// Why a submission is not taken, answered in OpenRosa's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 404: the URL names no project space.
+    NoDomain(String),
+    /// 401 with a Basic challenge for the domain.
+    Unauthorized { domain: String, problem: String },
+    /// 413: the body is over `[ingest] max_body_bytes`.
+    TooLarge { limit: usize },
+    /// 4xx: the body is not a form this gateway takes.
+    Unreadable { status: StatusCode, problem: String },
+    /// 503: the store failed; nothing was kept.
+    NotStored,
+}
+
+impl Refusal {
+    fn bad(problem: String) -> Refusal {
+        Refusal::Unreadable {
+            status: StatusCode::BAD_REQUEST,
+            problem,
+        }
+    }
+
+    /// Whether the device sent something wrong (counted as refused), not
+    /// the gateway failing.
+    fn is_the_senders(&self) -> bool {
+        !matches!(self, Refusal::NotStored)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            Refusal::NoDomain(domain) => (
+                StatusCode::NOT_FOUND,
+                format!("no project space \"{domain}\""),
+            ),
+            Refusal::Unauthorized { problem, .. } => (StatusCode::UNAUTHORIZED, problem.clone()),
+            Refusal::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than the limit of {limit} bytes"),
+            ),
+            Refusal::Unreadable { status, problem } => (*status, problem.clone()),
+            Refusal::NotStored => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway could not store the form; nothing was kept, submit it again later"
+                    .to_owned(),
+            ),
+        };
+        let mut response = openrosa(status, "submit_error", &message);
+        if let Refusal::Unauthorized { domain, .. } = &self {
+            let challenge = format!("Basic realm=\"repeatd {domain}\", charset=\"UTF-8\"");
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
 }
 
 fn xml_escape(text: &str) -> String {
@@ -67,17 +125,6 @@ fn xml_escape(text: &str) -> String {
         }
     }
     out
-}
-
-fn unauthorized(app: &AppState, domain: &str, message: &str) -> Response {
-    let mut response = refuse(app, StatusCode::UNAUTHORIZED, message);
-    let challenge = format!("Basic realm=\"repeatd {domain}\", charset=\"UTF-8\"");
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    response
 }
 
 /// The username and password of an HTTP Basic `Authorization` header.
@@ -141,20 +188,39 @@ async fn receive_form(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    match take_form(&app, domain, app_id, &headers, body).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            if refusal.is_the_senders() {
+                app.metrics
+                    .forms_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            refusal.into_response()
+        }
+    }
+}
+
+/// Authenticates, reads, parses and commits one submission.
+async fn take_form(
+    app: &AppState,
+    domain: String,
+    app_id: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
     let snapshot = app.catalog.snapshot();
     if snapshot.domain(&domain).is_none() {
-        return refuse(
-            &app,
-            StatusCode::NOT_FOUND,
-            &format!("no project space \"{domain}\""),
-        );
+        return Err(Refusal::NoDomain(domain));
     }
-    let Some((username, password)) = basic_credentials(&headers) else {
-        return unauthorized(
-            &app,
-            &domain,
+    let unauthorized = |problem: &str| Refusal::Unauthorized {
+        domain: domain.clone(),
+        problem: problem.to_owned(),
+    };
+    let Some((username, password)) = basic_credentials(headers) else {
+        return Err(unauthorized(
             "this receiver needs HTTP Basic credentials of a submitter of the project space",
-        );
+        ));
     };
     let verified = if app
         .catalog
@@ -172,68 +238,28 @@ async fn receive_form(
             .unwrap_or(false)
     };
     if !verified {
-        return unauthorized(
-            &app,
-            &domain,
+        return Err(unauthorized(
             "wrong username or password for this project space",
-        );
+        ));
     }
 
     let limit = app.config.ingest.max_body_bytes as usize;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return refuse(
-                &app,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body is larger than the limit of {limit} bytes"),
-            );
-        }
-    };
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Refusal::TooLarge { limit })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let received = match read_body(&content_type, bytes).await {
-        Ok(received) => received,
-        Err((status, message)) => return refuse(&app, status, &message),
-    };
-    let parsed = match xform::parse_form(&received.xml) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            return refuse(
-                &app,
-                StatusCode::BAD_REQUEST,
-                &format!("the form is not accepted: {error}"),
-            );
-        }
-    };
-    let is_device_report = parsed.is_device_report();
-    let form_id = parsed
-        .form_id()
-        .map(str::to_owned)
-        .unwrap_or_else(generate_form_id);
+    let received = read_body(&content_type, bytes).await?;
+    let parsed = xform::parse_form(&received.xml)
+        .map_err(|error| Refusal::bad(format!("the form is not accepted: {error}")))?;
     let received_on = crate::time::format_utc(crate::time::now_micros());
-    let meta = parsed.meta;
-    let form = StoredForm {
-        domain: domain.clone(),
-        form_id,
-        xmlns: parsed.xmlns,
-        app_id,
-        received_on,
-        user_id: meta.user_id,
-        username: meta.username,
-        device_id: meta.device_id,
-        time_start: meta.time_start,
-        time_end: meta.time_end,
-        app_version: meta.app_version,
-        case_ids: Vec::new(),
-        attachments: received.attachments,
-        is_device_report,
-        n_duplicates: 0,
-        last_duplicate_on: None,
-    };
+    let (mut form, case_blocks) =
+        submission::new_form(parsed, &domain, generate_form_id, received_on);
+    form.app_id = app_id;
+    form.attachments = received.attachments;
     let repeaters = snapshot
         .domain(&domain)
         .map(|objects| objects.repeater_list.clone())
@@ -241,39 +267,35 @@ async fn receive_form(
     let submission = Submission {
         form,
         xml: received.xml,
-        case_blocks: parsed.case_blocks,
+        case_blocks,
         repeaters,
     };
-    match app.store.commit_submission(submission).await {
-        Ok(IngestResult::Accepted { registered }) => {
+    let committed = app.store.commit_submission(submission).await;
+    match committed.map_err(|error| {
+        tracing::error!(%error, domain, "could not store a submission");
+        Refusal::NotStored
+    })? {
+        IngestResult::Accepted { registered } => {
             app.metrics
                 .forms_accepted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             app.scheduler.registered(&registered);
-            openrosa(StatusCode::CREATED, "submit_success", "   √   ")
+            Ok(openrosa(StatusCode::CREATED, "submit_success", "   √   "))
         }
-        Ok(IngestResult::Duplicate) => {
+        IngestResult::Duplicate => {
             app.metrics
                 .forms_duplicate
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            openrosa(
+            Ok(openrosa(
                 StatusCode::CREATED,
                 "submit_success",
                 "   √   (a form with this id was already received; it was not processed again)",
-            )
-        }
-        Err(error) => {
-            tracing::error!(%error, domain, "could not store a submission");
-            openrosa(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "submit_error",
-                "the gateway could not store the form; nothing was kept, submit it again later",
-            )
+            ))
         }
     }
 }
 
-async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, (StatusCode, String)> {
+async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, Refusal> {
     let media_type = content_type
         .split(';')
         .next()
@@ -286,20 +308,17 @@ async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, (Status
             attachments: Vec::new(),
         }),
         "multipart/form-data" => read_multipart(content_type, bytes).await,
-        other => Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
+        other => Err(Refusal::Unreadable {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            problem: format!(
                 "Content-Type {other} is not accepted; send the form as text/xml, application/xml or multipart/form-data"
             ),
-        )),
+        }),
     }
 }
 
-async fn read_multipart(
-    content_type: &str,
-    bytes: Bytes,
-) -> Result<Received, (StatusCode, String)> {
-    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, Refusal> {
+    let bad = Refusal::bad;
     let boundary = multer::parse_boundary(content_type)
         .map_err(|error| bad(format!("multipart body without a usable boundary: {error}")))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(bytes) });
@@ -359,76 +378,118 @@ pub struct AppEventBody {
 /// `POST /api/v1/domains/{domain}/apps/{app_id}/events`.
 pub async fn app_event(
     State(app): State<Arc<AppState>>,
-    Path((domain, app_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    access: DomainAccess,
+    Path((_, app_id)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    if let Err(response) = crate::api::authorize(&app, &headers, &domain) {
-        return response;
-    }
-    let parsed: AppEventBody = match serde_json::from_slice(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            return crate::api::error(
-                StatusCode::BAD_REQUEST,
-                "body",
-                &format!("not a JSON app event: {error}"),
-            );
-        }
-    };
+) -> Result<Response, ApiError> {
+    let parsed: AppEventBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request("body", format!("not a JSON app event: {error}")))?;
     let (change, build_id) = match (parsed.event.as_str(), parsed.build_id) {
-        ("saved", None) => (crate::record::AppChange::Saved, None),
+        ("saved", None) => (AppChange::Saved, None),
         ("saved", Some(_)) => {
-            return crate::api::error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "build_id",
                 "only a \"built\" event has a build_id",
-            );
+            ));
         }
         ("built", Some(build_id)) if !build_id.trim().is_empty() => {
-            (crate::record::AppChange::Built, Some(build_id))
+            (AppChange::Built, Some(build_id))
         }
         ("built", _) => {
-            return crate::api::error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "build_id",
                 "a \"built\" event needs a build_id",
-            );
+            ));
         }
         (other, _) => {
-            return crate::api::error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "event",
-                &format!("unknown event \"{other}\" (one of saved, built)"),
-            );
+                format!("unknown event \"{other}\" (one of saved, built)"),
+            ));
         }
     };
+    let domain = access.domain;
     let repeaters = app
         .catalog
         .snapshot()
         .domain(&domain)
         .map(|d| d.repeater_list.clone())
         .unwrap_or_default();
-    match app
+    let registered = app
         .store
         .register_app_change(repeaters, app_id, change, build_id)
         .await
-    {
-        Ok(registered) => {
-            app.scheduler.registered(&registered);
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "registered": registered.len() })),
-            )
-                .into_response()
-        }
-        Err(error) => {
+        .map_err(|error| {
             tracing::error!(%error, domain, "could not store an app event");
-            crate::api::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store",
-                "the gateway could not store the event; send it again later",
-            )
-        }
+            ApiError::Unavailable {
+                field: "store".into(),
+                problem: "the gateway could not store the event; send it again later".into(),
+            }
+        })?;
+    app.scheduler.registered(&registered);
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "registered": registered.len() })),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(refusal: Refusal) -> (StatusCode, HeaderMap, String) {
+        let response = refusal.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn message(text: &str) -> String {
+        format!(
+            "<OpenRosaResponse xmlns=\"http://openrosa.org/http/response\"><message nature=\"submit_error\">{text}</message></OpenRosaResponse>"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_an_openrosa_submit_error() {
+        let (status, headers, body) = answer(Refusal::TooLarge { limit: 10 }).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body, message("body is larger than the limit of 10 bytes"));
+        assert_eq!(headers[header::CONTENT_TYPE], "text/xml; charset=utf-8");
+        assert_eq!(headers["x-openrosa-version"], OPENROSA_VERSION);
+        assert!(headers.get(header::WWW_AUTHENTICATE).is_none());
+
+        let (status, _, body) = answer(Refusal::NoDomain("a<b".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, message("no project space &quot;a&lt;b&quot;"));
+
+        let (status, _, _) = answer(Refusal::bad("the form is not accepted".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = answer(Refusal::NotStored).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!Refusal::NotStored.is_the_senders());
+        assert!(Refusal::TooLarge { limit: 1 }.is_the_senders());
+    }
+
+    #[tokio::test]
+    async fn an_unauthorized_submission_is_challenged_for_its_domain() {
+        let refusal = Refusal::Unauthorized {
+            domain: "demo".into(),
+            problem: "wrong username or password for this project space".into(),
+        };
+        let (status, headers, body) = answer(refusal).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Basic realm=\"repeatd demo\", charset=\"UTF-8\""
+        );
+        assert_eq!(
+            body,
+            message("wrong username or password for this project space")
+        );
     }
 }

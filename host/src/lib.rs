@@ -13,7 +13,10 @@
 //!   [`units`]: their key-path errors, shared checks and `"90s"` durations.
 //! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
 //!   applying case blocks, timestamps, repeater filters (pure).
-//! - [`store`]: the redb file; the only module that knows redb.
+//! - [`submission`]: what a new form changes (cases, records to register),
+//!   planned without I/O.
+//! - [`store`]: the redb file; the only module that knows redb. It persists
+//!   plans and outcomes through named operations.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
 //! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
@@ -21,7 +24,8 @@
 //! - [`egress`]: which addresses connections made with a domain token may
 //!   reach (the server-side request forgery guard).
 //! - [`plugins`]: the WebAssembly host.
-//! - [`api`], [`metrics`]: the admin API.
+//! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
+//!   and token checks the JSON endpoints share.
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //!
 //! `run` wires them together for a listener the caller binds, so tests run
@@ -40,6 +44,7 @@ pub mod connection;
 pub mod delivery;
 pub mod egress;
 pub mod email;
+pub mod endpoint;
 pub mod field;
 pub mod filters;
 pub mod ingest;
@@ -53,6 +58,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod sink;
 pub mod store;
+pub mod submission;
 pub mod time;
 pub mod units;
 pub mod xform;
@@ -136,8 +142,10 @@ pub fn admin_token(config: &Config) -> anyhow::Result<(String, AdminTokenSource)
 /// The HTTP routes.
 pub fn router(state: Arc<AppState>) -> Router {
     use api::*;
+    use connection::ConnectionSpec;
+    use repeater::RepeaterSpec;
     let domain = "/api/v1/domains/{domain}";
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
@@ -153,26 +161,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(ingest::app_event),
         )
         .route(
-            &format!("{domain}/connections"),
-            get(list_connections).post(create_connection),
-        )
-        .route(
-            &format!("{domain}/connections/{{name}}"),
-            get(get_connection)
-                .put(replace_connection)
-                .delete(delete_connection),
-        )
-        .route(
-            &format!("{domain}/repeaters"),
-            get(list_repeaters).post(create_repeater),
-        )
-        .route(
-            &format!("{domain}/repeaters/{{name}}"),
-            get(get_repeater)
-                .put(replace_repeater)
-                .delete(delete_repeater),
-        )
-        .route(
             &format!("{domain}/repeaters/{{name}}/{{action}}"),
             post(repeater_action),
         )
@@ -185,7 +173,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(&format!("{domain}/forms/{{form_id}}"), get(get_form))
         .route(&format!("{domain}/cases/{{case_id}}"), get(get_case))
-        .route("/api/v1/plugins", get(list_plugins))
+        .route("/api/v1/plugins", get(list_plugins));
+    let routes = object_routes::<ConnectionSpec>(routes, &format!("{domain}/connections"));
+    let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
+    routes
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -286,5 +277,10 @@ pub async fn serve(
         .context("serving HTTP")?;
     state.scheduler.shutdown(SHUTDOWN_GRACE).await;
     state.notifier.shutdown(EMAIL_SHUTDOWN_GRACE).await;
+    // Joins the plugin host's threads (the watcher may be compiling a file).
+    let plugins = state.plugins.clone();
+    tokio::task::spawn_blocking(move || plugins.shutdown())
+        .await
+        .context("stopping the plugin host")?;
     Ok(())
 }

@@ -13,10 +13,13 @@
 //! one. Built-ins are embedded in the binary; a `NAME.wasm` in `plugin_dir`
 //! overrides the built-in `NAME` and, when removed, hands it back (see
 //! `watch`). This module never sees the store.
+//!
+//! The host's own threads (the epoch ticker and the `plugin_dir` watcher) end
+//! at `PluginHost::shutdown`, when the gateway stops.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -239,6 +242,78 @@ pub struct PluginHost {
     listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// Where compiled components are kept between runs (see `compile`).
     cache_dir: Option<PathBuf>,
+    background: Arc<Background>,
+}
+
+/// The host's own threads, the epoch ticker and the `plugin_dir` watcher,
+/// and the signal that ends them.
+#[derive(Debug, Default)]
+struct Background {
+    stopping: Mutex<bool>,
+    stopped: Condvar,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// How many of them are still running.
+    running: std::sync::atomic::AtomicUsize,
+    /// Wake the watcher out of its wait for file events.
+    watch_wakers: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
+}
+
+/// Counts a background thread as running until its work returns.
+struct Running(Arc<Background>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Background {
+    /// Waits up to `timeout`; `true` (at once) when the threads are to end.
+    fn wait(&self, timeout: Duration) -> bool {
+        let stopping = self.stopping.lock().expect("stop lock");
+        let (stopping, _) = self
+            .stopped
+            .wait_timeout_while(stopping, timeout, |stopping| !*stopping)
+            .expect("stop lock");
+        *stopping
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        run: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let running = Running(self.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _running = running;
+                run();
+            })?;
+        self.threads.lock().expect("threads lock").push(handle);
+        Ok(())
+    }
+
+    /// Tells every thread to end; returns them, to be joined.
+    fn stop(&self) -> Vec<std::thread::JoinHandle<()>> {
+        *self.stopping.lock().expect("stop lock") = true;
+        self.stopped.notify_all();
+        for waker in self.watch_wakers.lock().expect("wakers lock").drain(..) {
+            let _ = waker.send(());
+        }
+        std::mem::take(&mut *self.threads.lock().expect("threads lock"))
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        // Not joined: the last holder of the host may be the watcher itself.
+        self.background.stop();
+    }
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -340,6 +415,7 @@ impl PluginHost {
             errors: RwLock::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
             cache_dir,
+            background: Arc::default(),
         };
         // Compile the built-ins side by side: each takes a while.
         let compiled: Vec<anyhow::Result<LoadedPlugin>> = std::thread::scope(|scope| {
@@ -365,15 +441,33 @@ impl PluginHost {
                 .insert(loaded.name.clone(), loaded);
         }
         let engine = host.engine.clone();
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
+        let background = host.background.clone();
+        host.background.spawn("plugin-epoch", move || {
+            while !background.wait(EPOCH_TICK) {
+                engine.increment_epoch();
+            }
+        })?;
         Ok(Arc::new(host))
+    }
+
+    /// How many of the host's own threads (epoch ticker, watcher) run.
+    pub fn running_threads(&self) -> usize {
+        self.background
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends the epoch thread and the `plugin_dir` watcher and waits for them.
+    /// Calls still running have their deadline passed at once: with the
+    /// ticker gone, nothing else would stop one that loops. Must not be
+    /// called from a listener of `on_change` (the watcher runs those).
+    pub fn shutdown(&self) {
+        for thread in self.background.stop() {
+            let _ = thread.join();
+        }
+        for _ in 0..=self.deadline_ticks {
+            self.engine.increment_epoch();
+        }
     }
 
     /// Compiles a component, or reads what an earlier run compiled from the
@@ -447,63 +541,38 @@ impl PluginHost {
             )
         })?;
         let loaded_at = crate::time::now_micros();
+        let loaded = |kind, instances| LoadedPlugin {
+            name: name.to_owned(),
+            kind,
+            source,
+            hash,
+            loaded_at,
+            instances,
+        };
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
-            let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store).map_err(|error| {
-                anyhow::anyhow!(
-                    "instantiating it failed: {}",
-                    describe_trap(&error, &self.limits)
-                )
-            })?;
-            store.set_epoch_deadline(self.deadline_ticks);
+            let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let info = instance
                 .repeatd_plugin_format()
                 .call_info(&mut store)
-                .map_err(|error| {
-                    anyhow::anyhow!("info() failed: {}", describe_trap(&error, &self.limits))
-                })?;
-            let kinds = info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect();
-            return Ok(LoadedPlugin {
-                name: name.to_owned(),
-                kind: PluginKind::Format {
-                    description: info.description,
-                    kinds,
-                },
-                source,
-                hash,
-                loaded_at,
-                instances: Instances::Format {
-                    pre,
-                    pool: Mutex::new(vec![(store, instance)]),
-                },
-            });
+                .map_err(self.call_failed("info"))?;
+            let kind = PluginKind::Format {
+                description: info.description,
+                kinds: info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect(),
+            };
+            let pool = Mutex::new(vec![(store, instance)]);
+            return Ok(loaded(kind, Instances::Format { pre, pool }));
         }
         if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
-            let mut store = self.new_store();
-            let instance = pre.instantiate(&mut store).map_err(|error| {
-                anyhow::anyhow!(
-                    "instantiating it failed: {}",
-                    describe_trap(&error, &self.limits)
-                )
-            })?;
-            store.set_epoch_deadline(self.deadline_ticks);
+            let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let description = instance
                 .repeatd_plugin_auth()
                 .call_describe(&mut store)
-                .map_err(|error| {
-                    anyhow::anyhow!("describe() failed: {}", describe_trap(&error, &self.limits))
-                })?;
-            return Ok(LoadedPlugin {
-                name: name.to_owned(),
-                kind: PluginKind::Auth { description },
-                source,
-                hash,
-                loaded_at,
-                instances: Instances::Auth {
-                    pre,
-                    pool: Mutex::new(vec![(store, instance)]),
-                },
-            });
+                .map_err(self.call_failed("describe"))?;
+            let pool = Mutex::new(vec![(store, instance)]);
+            return Ok(loaded(
+                PluginKind::Auth { description },
+                Instances::Auth { pre, pool },
+            ));
         }
         let exports: Vec<String> = component
             .component_type()
@@ -526,6 +595,28 @@ impl PluginHost {
                 exports.join(", ")
             ),
         }
+    }
+
+    /// A fresh store holding a first instance, made by `instantiate`, with
+    /// its deadline set.
+    fn first_instance<T>(
+        &self,
+        instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> anyhow::Result<(Store<CallState>, T)> {
+        let mut store = self.new_store();
+        let instance = instantiate(&mut store).map_err(|error| {
+            anyhow::anyhow!(
+                "instantiating it failed: {}",
+                describe_trap(&error, &self.limits)
+            )
+        })?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        Ok((store, instance))
+    }
+
+    /// The error of a failed call of the plugin's `export`.
+    fn call_failed(&self, export: &'static str) -> impl Fn(wasmtime::Error) -> anyhow::Error + '_ {
+        move |error| anyhow::anyhow!("{export}() failed: {}", describe_trap(&error, &self.limits))
     }
 
     fn new_store(&self) -> Store<CallState> {
@@ -698,7 +789,7 @@ impl PluginHost {
         event: &Event,
         settings: &[Pair],
     ) -> Result<Payload, PluginError> {
-        self.build_payload_on(plugin, kind, event, settings, true)
+        self.build_payload_on(plugin, kind, event, settings, Instance::Pooled)
     }
 
     /// `build_payload` for async callers: the call runs on tokio's blocking
@@ -732,26 +823,14 @@ impl PluginHost {
             .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
     }
 
-    /// Runs a payload format on a fresh instance, leaving the pool alone:
-    /// what a call costs when no live instance is free (the benchmark in
-    /// `tests/tests/plugin_cost.rs` measures both paths).
-    pub fn build_payload_on_fresh_instance(
+    /// `build_payload` on the instance `instance` says.
+    pub fn build_payload_on(
         &self,
         plugin: &LoadedPlugin,
         kind: PayloadKind,
         event: &Event,
         settings: &[Pair],
-    ) -> Result<Payload, PluginError> {
-        self.build_payload_on(plugin, kind, event, settings, false)
-    }
-
-    fn build_payload_on(
-        &self,
-        plugin: &LoadedPlugin,
-        kind: PayloadKind,
-        event: &Event,
-        settings: &[Pair],
-        use_pool: bool,
+        instance: Instance,
     ) -> Result<Payload, PluginError> {
         let Instances::Format { pre, pool } = &plugin.instances else {
             return Err(PluginError::WrongKind {
@@ -759,6 +838,38 @@ impl PluginHost {
                 actual: plugin.kind.label(),
                 wanted: "a payload format",
             });
+        };
+        self.call_pooled(
+            &plugin.name,
+            pool,
+            instance == Instance::Pooled,
+            |store| pre.instantiate(store),
+            |instance, store| {
+                instance.repeatd_plugin_format().call_build(
+                    store,
+                    to_wit_kind(kind),
+                    event,
+                    settings,
+                )
+            },
+        )
+    }
+
+    /// Runs `call` with the CPU deadline set, on a live instance of `pool`
+    /// (when `use_pool`) or a fresh one made by `instantiate`. An instance
+    /// that answered goes back to the pool (when `use_pool`, and not past
+    /// `POOL_SIZE`); one that trapped is dropped, never reused.
+    fn call_pooled<I, R>(
+        &self,
+        name: &str,
+        pool: &Mutex<Vec<(Store<CallState>, I)>>,
+        use_pool: bool,
+        instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<I>,
+        call: impl FnOnce(&I, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, PluginError> {
+        let trapped = |error: wasmtime::Error| PluginError::Trapped {
+            name: name.to_owned(),
+            reason: describe_trap(&error, &self.limits),
         };
         let taken = if use_pool {
             pool.lock().expect("plugin pool").pop()
@@ -769,38 +880,20 @@ impl PluginHost {
             Some(live) => live,
             None => {
                 let mut store = self.new_store();
-                let instance =
-                    pre.instantiate(&mut store)
-                        .map_err(|error| PluginError::Trapped {
-                            name: plugin.name.clone(),
-                            reason: describe_trap(&error, &self.limits),
-                        })?;
+                let instance = instantiate(&mut store).map_err(trapped)?;
                 (store, instance)
             }
         };
         store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance.repeatd_plugin_format().call_build(
-            &mut store,
-            to_wit_kind(kind),
-            event,
-            settings,
-        );
-        match result {
-            Ok(answer) => {
-                let mut pool = pool.lock().expect("plugin pool");
-                if use_pool && pool.len() < POOL_SIZE {
-                    pool.push((store, instance));
-                }
-                answer.map_err(|message| PluginError::Failed {
-                    name: plugin.name.clone(),
-                    message,
-                })
-            }
-            Err(error) => Err(PluginError::Trapped {
-                name: plugin.name.clone(),
-                reason: describe_trap(&error, &self.limits),
-            }),
+        let answer = call(&instance, &mut store).map_err(trapped)?;
+        let mut pool = pool.lock().expect("plugin pool");
+        if use_pool && pool.len() < POOL_SIZE {
+            pool.push((store, instance));
         }
+        answer.map_err(|message| PluginError::Failed {
+            name: name.to_owned(),
+            message,
+        })
     }
 
     /// Runs an auth plugin on one outgoing request; returns headers to add.
@@ -816,20 +909,6 @@ impl PluginHost {
                 actual: plugin.kind.label(),
                 wanted: "an auth plugin",
             });
-        };
-        let taken = pool.lock().expect("plugin pool").pop();
-        let (mut store, instance) = match taken {
-            Some(live) => live,
-            None => {
-                let mut store = self.new_store();
-                let instance =
-                    pre.instantiate(&mut store)
-                        .map_err(|error| PluginError::Trapped {
-                            name: plugin.name.clone(),
-                            reason: describe_trap(&error, &self.limits),
-                        })?;
-                (store, instance)
-            }
         };
         let outgoing = Outgoing {
             method: request.method.clone(),
@@ -853,34 +932,34 @@ impl PluginHost {
                 value: value.clone(),
             })
             .collect();
-        store.set_epoch_deadline(self.deadline_ticks);
-        let result = instance
-            .repeatd_plugin_auth()
-            .call_sign(&mut store, &outgoing, &settings);
-        match result {
-            Ok(answer) => {
-                let mut pool = pool.lock().expect("plugin pool");
-                if pool.len() < POOL_SIZE {
-                    pool.push((store, instance));
-                }
-                answer
-                    .map(|headers| {
-                        headers
-                            .into_iter()
-                            .map(|pair| (pair.name, pair.value))
-                            .collect()
-                    })
-                    .map_err(|message| PluginError::Failed {
-                        name: plugin.name.clone(),
-                        message,
-                    })
-            }
-            Err(error) => Err(PluginError::Trapped {
-                name: plugin.name.clone(),
-                reason: describe_trap(&error, &self.limits),
-            }),
-        }
+        let headers = self.call_pooled(
+            &plugin.name,
+            pool,
+            true,
+            |store| pre.instantiate(store),
+            |instance, store| {
+                instance
+                    .repeatd_plugin_auth()
+                    .call_sign(store, &outgoing, &settings)
+            },
+        )?;
+        Ok(headers
+            .into_iter()
+            .map(|pair| (pair.name, pair.value))
+            .collect())
     }
+}
+
+/// Which instance of a plugin a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// A live one from the plugin's pool when one is free, returned to it
+    /// after the call.
+    Pooled,
+    /// A fresh one, leaving the pool alone: what a call costs when no live
+    /// instance is free (the benchmark in `tests/tests/plugin_cost.rs`
+    /// measures both).
+    Fresh,
 }
 
 /// The request an auth plugin signs.
@@ -1051,6 +1130,11 @@ pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> an
     std::fs::create_dir_all(&plugin_dir)
         .map_err(|error| anyhow::anyhow!("plugin_dir {}: {error}", plugin_dir.display()))?;
     let (events_tx, events) = std::sync::mpsc::channel::<()>();
+    host.background
+        .watch_wakers
+        .lock()
+        .expect("wakers lock")
+        .push(events_tx.clone());
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         let _ = events_tx.send(());
     })?;
@@ -1059,20 +1143,21 @@ pub fn watch(host: Arc<PluginHost>, plugin_dir: PathBuf, settle: Duration) -> an
     // plugin file that is already there.
     let mut known: HashMap<PathBuf, FileStamp> = HashMap::new();
     scan(&host, &plugin_dir, &mut known, Duration::ZERO);
-    std::thread::Builder::new()
-        .name("plugin-watch".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            loop {
-                // Wake on an event, or every second anyway (some file systems
-                // do not deliver events).
-                let _ = events.recv_timeout(Duration::from_secs(1));
-                // Let writers finish, then look.
-                std::thread::sleep(settle);
-                while events.try_recv().is_ok() {}
-                scan(&host, &plugin_dir, &mut known, settle);
+    let background = host.background.clone();
+    background.spawn("plugin-watch", move || {
+        let _watcher = watcher;
+        loop {
+            // Wake on an event, or every second anyway (some file systems
+            // do not deliver events); shutdown wakes it too.
+            let _ = events.recv_timeout(Duration::from_secs(1));
+            // Let writers finish, then look.
+            if host.background.wait(settle) {
+                break;
             }
-        })?;
+            while events.try_recv().is_ok() {}
+            scan(&host, &plugin_dir, &mut known, settle);
+        }
+    })?;
     Ok(())
 }
 
@@ -1186,6 +1271,38 @@ mod tests {
         );
         assert_eq!(device_time("2015-04-17"), "2015-04-17");
         assert_eq!(device_time("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn the_epoch_thread_and_the_watcher_end_at_shutdown() {
+        let plugin_dir = std::env::temp_dir().join(format!(
+            "repeatd-plugin-shutdown-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let host = PluginHost::without_builtins(PluginLimits::default()).unwrap();
+        watch(host.clone(), plugin_dir.clone(), Duration::from_millis(5)).unwrap();
+        assert_eq!(host.running_threads(), 2);
+        assert_eq!(Arc::strong_count(&host), 2, "the watcher holds the host");
+        let names: Vec<String> = host
+            .background
+            .threads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|handle| handle.thread().name().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["plugin-epoch", "plugin-watch"]);
+
+        host.shutdown();
+        assert_eq!(host.running_threads(), 0, "both threads have ended");
+        assert_eq!(
+            Arc::strong_count(&host),
+            1,
+            "the watcher let go of the host"
+        );
+        assert!(host.background.threads.lock().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&plugin_dir);
     }
 
     #[test]

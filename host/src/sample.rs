@@ -3,11 +3,13 @@
 //! or each case it creates), and small JSON files stand for app changes and
 //! cases.
 
-use crate::cases::{self, FormContext};
-use crate::model::{Case, CaseIndex, StoredForm};
+use std::collections::BTreeMap;
+
+use crate::model::{Case, CaseIndex};
 use crate::plugins::{self, Event};
 use crate::record::AppChange;
 use crate::repeater::PayloadKind;
+use crate::submission::{self, SubmissionPlan};
 
 /// The events `bytes` stands for, for a repeater of `kind` in `domain`.
 pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
@@ -22,65 +24,25 @@ pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event
     }
 }
 
-/// The form as the gateway would store it, received now.
-pub fn stored_form(
-    bytes: &[u8],
-    domain: &str,
-) -> Result<(StoredForm, Vec<crate::xform::CaseBlock>), String> {
+/// The form as the gateway would store it, received now, and the cases it
+/// would leave behind in a domain that has none yet.
+fn planned(bytes: &[u8], domain: &str) -> Result<SubmissionPlan<'static>, String> {
     let parsed = crate::xform::parse_form(bytes).map_err(|e| e.to_string())?;
-    let form_id = parsed.form_id().unwrap_or("sample-form").to_owned();
-    let mut case_ids: Vec<String> = Vec::new();
-    for block in &parsed.case_blocks {
-        if !case_ids.contains(&block.case_id) {
-            case_ids.push(block.case_id.clone());
-        }
-    }
-    let is_device_report = parsed.is_device_report();
-    let meta = parsed.meta;
-    let form = StoredForm {
-        domain: domain.to_owned(),
-        form_id,
-        xmlns: parsed.xmlns,
-        app_id: None,
-        received_on: crate::time::format_utc(crate::time::now_micros()),
-        user_id: meta.user_id,
-        username: meta.username,
-        device_id: meta.device_id,
-        time_start: meta.time_start,
-        time_end: meta.time_end,
-        app_version: meta.app_version,
-        case_ids,
-        attachments: Vec::new(),
-        is_device_report,
-        n_duplicates: 0,
-        last_duplicate_on: None,
-    };
-    Ok((form, parsed.case_blocks))
+    let received_on = crate::time::format_utc(crate::time::now_micros());
+    let (form, blocks) =
+        submission::new_form(parsed, domain, || "sample-form".to_owned(), received_on);
+    Ok(submission::plan(form, &blocks, BTreeMap::new(), &[]))
 }
 
 fn form_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
-    let (form, blocks) = stored_form(bytes, domain)?;
+    let planned = planned(bytes, domain)?;
     match kind {
-        PayloadKind::Form | PayloadKind::FormStub => Ok(vec![plugins::form_event(&form, bytes.to_vec())]),
+        PayloadKind::Form | PayloadKind::FormStub => Ok(vec![plugins::form_event(&planned.form, bytes.to_vec())]),
         PayloadKind::Case => {
-            let context = FormContext {
-                domain,
-                form_id: &form.form_id,
-                received_on: &form.received_on,
-                form_user_id: form.user_id.as_deref(),
-                form_time_end: form.time_end.as_deref(),
-            };
-            let mut cases: Vec<Case> = Vec::new();
-            for block in &blocks {
-                let position = cases.iter().position(|c| c.case_id == block.case_id);
-                let current = position.map(|i| cases.remove(i));
-                let updated = cases::apply_block(current, block, &context);
-                cases.insert(position.unwrap_or(cases.len()), updated);
-            }
-            if cases.is_empty() {
+            if planned.cases.is_empty() {
                 return Err("the form has no case block, so a case repeater would send nothing".into());
             }
-            Ok(cases.iter().map(plugins::case_event).collect())
+            Ok(planned.cases.iter().map(plugins::case_event).collect())
         }
         PayloadKind::AppSchema => Err("an app-schema plugin takes an app event ({\"app_id\": .., \"event\": \"saved\"}), not a form".into()),
     }

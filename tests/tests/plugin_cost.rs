@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use repeatd::plugins::PluginLimits;
-use repeatd::plugins::{self, Event, Payload, PluginHost};
+use repeatd::plugins::{self, Event, Instance, Payload, PluginHost};
 use repeatd::repeater::PayloadKind;
 use repeatd_tests::{SEED_APP_ID, SEED_FORM};
 
@@ -99,7 +99,7 @@ fn plugin_cost_per_payload() {
         });
         let fresh = per_call(|| {
             check(
-                host.build_payload_on_fresh_instance(&plugin, kind, &event, &settings)
+                host.build_payload_on(&plugin, kind, &event, &settings, Instance::Fresh)
                     .unwrap(),
             )
         });

@@ -1143,3 +1143,14 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
 fn fixture_seed_form() -> String {
     fixture("seed_form.xml").display().to_string()
 }
+
+/// The plugin host's own threads (the epoch ticker and the `plugin_dir`
+/// watcher) end when the gateway stops, instead of outliving it.
+#[tokio::test]
+async fn the_plugin_hosts_threads_end_when_the_gateway_stops() {
+    let gateway = Gateway::start(&demo_config(&[], "")).await;
+    let plugins = gateway.state.plugins.clone();
+    assert_eq!(plugins.running_threads(), 2, "epoch ticker and watcher");
+    gateway.stop().await;
+    assert_eq!(plugins.running_threads(), 0);
+}

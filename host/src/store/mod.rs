@@ -1,0 +1,719 @@
+//! The durable store: forms, cases, repeat records, their attempts and the
+//! configured objects, in one redb file. Only this module knows redb.
+//!
+//! The store decides nothing about the product: it persists what others
+//! decided, through named operations (commit a submission as
+//! `submission::plan` plans it, commit an attempt outcome, apply an operator
+//! action, put objects, put notification states), and answers reads.
+//!
+//! Writes go through one writer thread (`writer`) that groups whatever jobs
+//! are waiting into a single write transaction committed with
+//! `Durability::Immediate` (group commit): a form, its case changes and its
+//! repeat records are one job, so they become durable together, and many
+//! forms share one fsync under load. A job's result is handed back only after
+//! its transaction is durable. Reads use their own read transactions and never
+//! wait for the writer. Tables are in `tables`, value encodings in `encoding`,
+//! what each write does inside its transaction in `writes`.
+//!
+//! Records are keyed by a sequence number; their public id (also the
+//! `Idempotency-Key`) is that number prefixed with a random per-store nonce,
+//! so two data directories never hand out the same id.
+
+mod encoding;
+mod tables;
+mod writer;
+mod writes;
+
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{Case, StoredForm};
+use crate::record::RetryPolicy;
+use crate::record::{
+    AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord, Verdict,
+};
+use encoding::decode;
+use tables::*;
+
+// Planning types the store's callers hand it; they live with the planner.
+pub use crate::submission::{RepeaterRef, Submission};
+
+/// redb's page cache. Its default (1 GiB) would let a large queue grow the
+/// process far past what a gateway should hold; the working set (the due
+/// index's head, recent forms and cases) fits easily in this.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// How many records one transaction of a bulk change touches at most, so
+/// that it never stalls ingest for long.
+const RECORDS_PER_TRANSACTION: usize = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("store: {0}")]
+    Storage(String),
+    #[error("store: {what} is not readable: {problem}")]
+    Corrupt { what: String, problem: String },
+    #[error("store {path} has schema version {found}; this repeatd reads version {SCHEMA_VERSION}")]
+    SchemaVersion { path: PathBuf, found: u64 },
+    #[error("no record {0}")]
+    NoRecord(String),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+}
+
+macro_rules! storage_error_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                StoreError::Storage(error.to_string())
+            }
+        }
+    )*};
+}
+storage_error_from!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// What committing a submission did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestResult {
+    Accepted {
+        /// (repeater id, due micros) of every record registered.
+        registered: Vec<(u64, i64)>,
+    },
+    Duplicate,
+}
+
+/// A record listing's filter (SPEC section 9).
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub state: Option<RecordState>,
+    pub repeater: Option<String>,
+    pub payload_id: Option<String>,
+}
+
+impl RecordFilter {
+    fn matches(&self, record: &RepeatRecord) -> bool {
+        self.state.is_none_or(|state| record.state == state)
+            && self
+                .repeater
+                .as_deref()
+                .is_none_or(|name| record.repeater == name)
+            && self
+                .payload_id
+                .as_deref()
+                .is_none_or(|id| record.payload.payload_id() == id)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct RecordPage {
+    pub records: Vec<RepeatRecord>,
+    pub next_cursor: Option<u64>,
+}
+
+/// The result of one attempt, to be committed.
+#[derive(Debug)]
+pub struct AttemptResult {
+    pub seq: u64,
+    pub outcome: Outcome,
+    /// `None` when no HTTP request was made (the plugin had nothing to send
+    /// or failed).
+    pub attempt: Option<Attempt>,
+    pub policy: RetryPolicy,
+    pub jitter_unit: f64,
+}
+
+/// A connection's pending notification state as (domain, connection, value);
+/// a value that cannot be decoded is handed back as its error.
+pub type StoredNotification<T> = (String, String, Result<T, StoreError>);
+
+/// One change to a configured object.
+#[derive(Debug, Clone)]
+pub struct ObjectChange {
+    pub kind: &'static str,
+    pub domain: String,
+    pub name: String,
+    /// `None` deletes it.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a record's payload refers to, read at send time.
+#[derive(Debug)]
+pub enum SendSource {
+    Form {
+        form: StoredForm,
+        xml: Vec<u8>,
+    },
+    Case(Case),
+    App,
+    /// The form or case is gone (it never should be): the record is rejected.
+    Missing(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: mpsc::Sender<writer::Job>,
+    nonce: u64,
+    next_seq: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/repeatd.redb` and starts the writer thread.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            StoreError::Storage(format!("creating {}: {error}", data_dir.display()))
+        })?;
+        let path = data_dir.join("repeatd.redb");
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        Store::start(db, path)
+    }
+
+    /// Opens a store on another storage backend (tests: one that fails or
+    /// stops part-way, to simulate a crash).
+    #[cfg(test)]
+    fn open_on(backend: impl redb::StorageBackend, label: &str) -> Result<Store, StoreError> {
+        let path = PathBuf::from(label);
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        Store::start(db, path)
+    }
+
+    /// Checks the schema version, creates what a new file lacks and starts
+    /// the writer thread.
+    fn start(db: Database, path: PathBuf) -> Result<Store, StoreError> {
+        let txn = db.begin_write()?;
+        let nonce;
+        let last_seq;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found_version = meta.get("schema_version")?.map(|v| v.value());
+            match found_version {
+                Some(found) if found != SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaVersion { path, found });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+            }
+            let existing_nonce = meta.get("nonce")?.map(|v| v.value());
+            nonce = match existing_nonce {
+                Some(nonce) => nonce,
+                None => {
+                    let mut bytes = [0u8; 8];
+                    getrandom::fill(&mut bytes)
+                        .map_err(|e| StoreError::Storage(format!("no randomness: {e}")))?;
+                    let nonce = u64::from_le_bytes(bytes) >> 1;
+                    meta.insert("nonce", nonce)?;
+                    nonce
+                }
+            };
+            // Create every table so that readers never meet a missing one.
+            txn.open_table(FORMS)?;
+            txn.open_table(FORM_XML)?;
+            txn.open_table(CASES)?;
+            txn.open_table(DUE)?;
+            txn.open_table(ATTEMPTS)?;
+            txn.open_table(DOMAIN_RECORDS)?;
+            txn.open_table(PAYLOAD_RECORDS)?;
+            txn.open_table(STATE_COUNTS)?;
+            txn.open_table(OBJECTS)?;
+            txn.open_table(NOTIFICATIONS)?;
+            let records = txn.open_table(RECORDS)?;
+            last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let writer = writer::start(&db)?;
+        Ok(Store {
+            db,
+            writer,
+            nonce,
+            next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
+            path,
+        })
+    }
+
+    /// One table, in a read transaction of its own.
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        Ok(self.db.begin_read()?.open_table(table)?)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The public id of a record.
+    pub fn record_id(&self, seq: u64) -> String {
+        format!("{:016x}{seq:016x}", self.nonce)
+    }
+
+    /// The sequence number behind a public record id of this store.
+    pub fn parse_record_id(&self, id: &str) -> Option<u64> {
+        if id.len() != 32 || !id.is_ascii() {
+            return None;
+        }
+        let nonce = u64::from_str_radix(&id[..16], 16).ok()?;
+        let seq = u64::from_str_radix(&id[16..], 16).ok()?;
+        (nonce == self.nonce).then_some(seq)
+    }
+
+    // ---- ingest ------------------------------------------------------------
+
+    /// Stores a form, its case changes and the repeat records of every
+    /// repeater that wants it (as `submission::plan` decides), in one
+    /// transaction; or counts a duplicate of a stored form.
+    pub async fn commit_submission(
+        &self,
+        submission: Submission,
+    ) -> Result<IngestResult, StoreError> {
+        let next_seq = self.next_seq.clone();
+        self.write(move |txn| writes::commit_submission(txn, &next_seq, submission))
+            .await
+    }
+
+    /// Registers one `app-schema` record per app-schema repeater of the domain.
+    pub async fn register_app_change(
+        &self,
+        repeaters: Arc<Vec<RepeaterRef>>,
+        app_id: String,
+        change: AppChange,
+        build_id: Option<String>,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        let next_seq = self.next_seq.clone();
+        self.write(move |txn| {
+            let planned = crate::submission::plan_app_change(
+                &repeaters,
+                &app_id,
+                change,
+                build_id.as_deref(),
+            );
+            writes::register(txn, &next_seq, &planned, crate::time::now_micros())
+        })
+        .await
+    }
+
+    // ---- the queue ---------------------------------------------------------
+
+    /// Up to `limit` records of one repeater due at `now` or earlier, oldest
+    /// due first, skipping `skip` (those already being sent).
+    pub fn due_records(
+        &self,
+        repeater_id: u64,
+        now: i64,
+        limit: usize,
+        skip: &HashSet<u64>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let due = self.read_table(DUE)?;
+        let mut found = Vec::new();
+        for entry in due.range((repeater_id, 0, 0)..=(repeater_id, now.max(0) as u64, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, _, seq) = key.value();
+            if !skip.contains(&seq) {
+                found.push(seq);
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// When the earliest queued record of a repeater that is not in `skip` is due.
+    pub fn earliest_due(
+        &self,
+        repeater_id: u64,
+        skip: &HashSet<u64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let due = self.read_table(DUE)?;
+        for entry in due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, at, seq) = key.value();
+            if !skip.contains(&seq) {
+                return Ok(Some(at as i64));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Record counts by (repeater id, state).
+    pub fn state_counts(&self) -> Result<BTreeMap<(u64, RecordState), u64>, StoreError> {
+        let table = self.read_table(STATE_COUNTS)?;
+        let mut counts = BTreeMap::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (repeater_id, state) = key.value();
+            if let Ok(state) = state.parse::<RecordState>() {
+                counts.insert((repeater_id, state), value.value());
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The oldest due time among all queued records (for the oldest-pending metric).
+    pub fn oldest_due(&self) -> Result<Option<i64>, StoreError> {
+        let due = self.read_table(DUE)?;
+        let mut oldest: Option<u64> = None;
+        // The index is ordered by repeater first: take each repeater's head.
+        let mut cursor = 0u64;
+        loop {
+            let mut range = due.range((cursor, 0, 0)..)?;
+            let Some(entry) = range.next() else { break };
+            let (key, _) = entry?;
+            let (repeater_id, at, _) = key.value();
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            match repeater_id.checked_add(1) {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        Ok(oldest.map(|at| at as i64))
+    }
+
+    /// Commits one attempt's outcome: the record's new state, the attempt and
+    /// the due index, in one transaction. Returns the record as committed.
+    pub async fn commit_attempt(
+        &self,
+        result: AttemptResult,
+    ) -> Result<(RepeatRecord, Verdict), StoreError> {
+        self.write(move |txn| writes::commit_attempt(txn, result))
+            .await
+    }
+
+    /// Applies an operator's action to one record. Returns the record after it.
+    pub async fn operator_action(
+        &self,
+        seq: u64,
+        action: OperatorAction,
+    ) -> Result<RepeatRecord, StoreError> {
+        self.write(move |txn| {
+            let now = crate::time::now_micros();
+            let mut changed = writes::apply_operator(txn, &[seq], None, action, now)?;
+            match changed.pop() {
+                Some(record) => Ok(record),
+                // Unchanged (cancelling a record that is not queued).
+                None => writes::read_record(txn, seq),
+            }
+        })
+        .await
+    }
+
+    /// Applies an action to every record of a domain that matches `filter`.
+    /// Returns the records changed.
+    pub async fn bulk_action(
+        &self,
+        domain: String,
+        filter: RecordFilter,
+        action: OperatorAction,
+    ) -> Result<Vec<RepeatRecord>, StoreError> {
+        let seqs: Vec<u64> = {
+            let txn = self.db.begin_read()?;
+            let index = txn.open_table(DOMAIN_RECORDS)?;
+            let records = txn.open_table(RECORDS)?;
+            let mut seqs = Vec::new();
+            for entry in index.range((domain.as_str(), 0)..=(domain.as_str(), u64::MAX))? {
+                let (key, _) = entry?;
+                let seq = key.value().1;
+                if let Some(bytes) = records.get(seq)? {
+                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    if filter.matches(&record) {
+                        seqs.push(seq);
+                    }
+                }
+            }
+            seqs
+        };
+        let mut changed = Vec::new();
+        for chunk in seqs.chunks(RECORDS_PER_TRANSACTION) {
+            let chunk = chunk.to_vec();
+            let filter = filter.clone();
+            let mut done = self
+                .write(move |txn| {
+                    let now = crate::time::now_micros();
+                    writes::apply_operator(txn, &chunk, Some(&filter), action, now)
+                })
+                .await?;
+            changed.append(&mut done);
+        }
+        Ok(changed)
+    }
+
+    /// Cancels every queued record of a repeater (when it is deleted).
+    pub async fn cancel_repeater_records(&self, repeater_id: u64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |txn| {
+                    let seqs =
+                        writes::queued_of_repeater(txn, repeater_id, RECORDS_PER_TRANSACTION)?;
+                    let now = crate::time::now_micros();
+                    let cancelled =
+                        writes::apply_operator(txn, &seqs, None, OperatorAction::Cancel, now)?;
+                    Ok(cancelled.len() as u64)
+                })
+                .await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------
+
+    pub fn record(&self, seq: u64) -> Result<Option<RepeatRecord>, StoreError> {
+        let table = self.read_table(RECORDS)?;
+        match table.get(seq)? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("record {seq}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn attempts(&self, seq: u64) -> Result<Vec<Attempt>, StoreError> {
+        let table = self.read_table(ATTEMPTS)?;
+        let mut attempts = Vec::new();
+        for entry in table.range((seq, 0)..=(seq, u32::MAX))? {
+            let (_, value) = entry?;
+            attempts.push(decode(value.value(), || {
+                format!("attempt of record {seq}")
+            })?);
+        }
+        Ok(attempts)
+    }
+
+    pub fn form(&self, domain: &str, form_id: &str) -> Result<Option<StoredForm>, StoreError> {
+        let table = self.read_table(FORMS)?;
+        match table.get((domain, form_id))? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn form_xml(&self, domain: &str, form_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.read_table(FORM_XML)?;
+        Ok(table
+            .get((domain, form_id))?
+            .map(|bytes| bytes.value().to_vec()))
+    }
+
+    pub fn case(&self, domain: &str, case_id: &str) -> Result<Option<Case>, StoreError> {
+        let table = self.read_table(CASES)?;
+        match table.get((domain, case_id))? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Everything a send needs in one read transaction: the record and what
+    /// its payload refers to.
+    pub fn load_for_send(
+        &self,
+        seq: u64,
+    ) -> Result<Option<(RepeatRecord, SendSource)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let Some(bytes) = records.get(seq)? else {
+            return Ok(None);
+        };
+        let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+        let domain = record.domain.as_str();
+        let source = match &record.payload {
+            PayloadRef::Form { form_id } => {
+                let forms = txn.open_table(FORMS)?;
+                let xml = txn.open_table(FORM_XML)?;
+                match (
+                    forms.get((domain, form_id.as_str()))?,
+                    xml.get((domain, form_id.as_str()))?,
+                ) {
+                    (Some(form), Some(xml)) => SendSource::Form {
+                        form: decode(form.value(), || format!("form {form_id}"))?,
+                        xml: xml.value().to_vec(),
+                    },
+                    _ => SendSource::Missing(format!("form {form_id} is not in the store")),
+                }
+            }
+            PayloadRef::Case { case_id } => {
+                let cases = txn.open_table(CASES)?;
+                match cases.get((domain, case_id.as_str()))? {
+                    Some(case) => {
+                        SendSource::Case(decode(case.value(), || format!("case {case_id}"))?)
+                    }
+                    None => SendSource::Missing(format!("case {case_id} is not in the store")),
+                }
+            }
+            PayloadRef::App { .. } => SendSource::App,
+        };
+        Ok(Some((record, source)))
+    }
+
+    /// One page of a domain's records, newest first. `cursor` is the
+    /// `next_cursor` of the previous page.
+    pub fn list_records(
+        &self,
+        domain: &str,
+        filter: &RecordFilter,
+        limit: usize,
+        cursor: Option<u64>,
+    ) -> Result<RecordPage, StoreError> {
+        const MAX_SCANNED: usize = 100_000;
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let upper = cursor.unwrap_or(u64::MAX);
+        // The newest seqs first, from the index the filter narrows best.
+        let payload_index;
+        let domain_index;
+        let seqs: Box<dyn Iterator<Item = Result<u64, redb::StorageError>>> =
+            match filter.payload_id.as_deref() {
+                Some(payload_id) => {
+                    payload_index = txn.open_table(PAYLOAD_RECORDS)?;
+                    let range = payload_index
+                        .range((domain, payload_id, 0)..(domain, payload_id, upper))?;
+                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().2)))
+                }
+                None => {
+                    domain_index = txn.open_table(DOMAIN_RECORDS)?;
+                    let range = domain_index.range((domain, 0)..(domain, upper))?;
+                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().1)))
+                }
+            };
+        let mut page = Vec::new();
+        let mut scanned = 0;
+        let mut last_seen = None;
+        for seq in seqs {
+            let seq = seq?;
+            if let Some(bytes) = records.get(seq)? {
+                let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                if filter.matches(&record) {
+                    page.push(record);
+                }
+            }
+            last_seen = Some(seq);
+            scanned += 1;
+            if page.len() >= limit || scanned >= MAX_SCANNED {
+                break;
+            }
+        }
+        let exhausted = page.len() < limit && scanned < MAX_SCANNED;
+        Ok(RecordPage {
+            records: page,
+            next_cursor: if exhausted {
+                None
+            } else {
+                last_seen.filter(|seq| *seq > 1)
+            },
+        })
+    }
+
+    // ---- configured objects ------------------------------------------------
+
+    /// Every stored object of one kind, as (domain, name, bytes).
+    pub fn objects(&self, kind: &str) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let table = self.read_table(OBJECTS)?;
+        let mut found = Vec::new();
+        for entry in table.range((kind, "", "")..)? {
+            let (key, value) = entry?;
+            let (found_kind, domain, name) = key.value();
+            if found_kind != kind {
+                break;
+            }
+            found.push((domain.to_owned(), name.to_owned(), value.value().to_vec()));
+        }
+        Ok(found)
+    }
+
+    /// Writes several objects (and deletions, as `None`) in one transaction.
+    pub async fn put_objects(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
+        self.write(move |txn| writes::put_objects(txn, &changes))
+            .await
+    }
+
+    /// Like `put_objects`, for start-up.
+    pub fn put_objects_blocking(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
+        self.write_blocking(move |txn| writes::put_objects(txn, &changes))
+    }
+
+    // ---- pending error e-mails ---------------------------------------------
+
+    /// Every connection's pending notification state.
+    pub fn notifications<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<StoredNotification<T>>, StoreError> {
+        let table = self.read_table(NOTIFICATIONS)?;
+        let mut found = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (domain, connection) = key.value();
+            let decoded = decode(value.value(), || {
+                format!("notification state of connection {domain}/{connection}")
+            });
+            found.push((domain.to_owned(), connection.to_owned(), decoded));
+        }
+        Ok(found)
+    }
+
+    /// Writes (or, for `None`, removes) several connections' notification
+    /// states in one transaction.
+    pub async fn put_notifications<T: Serialize + Send + 'static>(
+        &self,
+        changes: Vec<(String, String, Option<T>)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| writes::put_notifications(txn, &changes))
+            .await
+    }
+
+    /// A fresh id for a repeater's due index, unique in this store.
+    pub fn allocate_repeater_id_blocking(&self) -> Result<u64, StoreError> {
+        self.write_blocking(writes::allocate_repeater_id)
+    }
+
+    pub async fn allocate_repeater_id(&self) -> Result<u64, StoreError> {
+        self.write(writes::allocate_repeater_id).await
+    }
+}

@@ -1,0 +1,38 @@
+//! Every redb table of the store, in one place, with what its keys and values
+//! are. Values are encoded by `encoding`; keys are plain redb types.
+
+use redb::TableDefinition;
+
+/// Bumped when an encoding or a table below changes incompatibly.
+pub(super) const SCHEMA_VERSION: u64 = 1;
+
+/// "schema_version", "nonce", "next_repeater_id" → their value.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (domain, form id) → `StoredForm`.
+pub(super) const FORMS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("forms");
+/// (domain, form id) → the submitted XML, byte for byte.
+pub(super) const FORM_XML: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("form_xml");
+/// (domain, case id) → `Case`.
+pub(super) const CASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cases");
+/// seq → `RepeatRecord`.
+pub(super) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// (repeater id, due micros, seq): every queued record, in the order it is due.
+pub(super) const DUE: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("due");
+/// (seq, attempt number) → `Attempt`.
+pub(super) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+/// (domain, seq): a domain's records, for listings.
+pub(super) const DOMAIN_RECORDS: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("domain_records");
+/// (domain, payload id, seq): records by form, case or app id.
+pub(super) const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("payload_records");
+/// (repeater id, state) → how many records are in that state.
+pub(super) const STATE_COUNTS: TableDefinition<(u64, &str), u64> =
+    TableDefinition::new("state_counts");
+/// (kind, domain, name) → an object declared in the config or through the API.
+pub(super) const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("objects");
+/// (domain, connection) → what the connection's contacts are still owed an
+/// e-mail about (see `email`).
+pub(super) const NOTIFICATIONS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("notifications");
