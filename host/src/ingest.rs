@@ -214,7 +214,7 @@ async fn receive_form(
         .form_id()
         .map(str::to_owned)
         .unwrap_or_else(generate_form_id);
-    let received_on = crate::time::format_utc(crate::time::now_micros());
+    let received_on = crate::time::format_utc(app.clock.now_micros());
     let meta = parsed.meta;
     let form = StoredForm {
         domain: domain.clone(),

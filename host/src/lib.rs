@@ -11,10 +11,13 @@
 //!   machine (pure).
 //! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
 //!   applying case blocks, timestamps, repeater filters (pure).
+//! - [`clock`]: the one "now" and the one way to sleep, handed to every
+//!   part that needs time (tests move it with `tokio::time::advance`).
 //! - [`store`]: the redb file; the only module that knows redb.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
-//! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
+//! - [`scheduler`] (its decisions in [`scheduler::planner`], pure),
+//!   [`delivery`], [`auth`]: what is sent when, and how.
 //! - [`email`]: error e-mails to each connection's contacts (SMTP).
 //! - [`egress`]: which addresses connections made with a domain token may
 //!   reach (the server-side request forgery guard).
@@ -33,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod cases;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod egress;
@@ -61,6 +65,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -87,6 +92,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     pub notifier: email::Notifier,
     pub admin_token_digest: [u8; 32],
+    /// Every "now" of the gateway.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for AppState {
@@ -196,19 +203,30 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
-/// Builds and starts everything but the HTTP server.
+/// Builds and starts everything but the HTTP server, on the wall clock.
 pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// Like [`start`], with every "now" and every sleep taken from `clock`.
+pub async fn start_with_clock(
+    config: Config,
+    clock: Clock,
+) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
     // Secrets print as "********" in Debug output.
     tracing::debug!(?config, "configuration");
     let config = Arc::new(config);
     let (token, token_source) = admin_token(&config)?;
     let store_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir)).await??;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await??
+        .with_clock(clock);
     let key = Arc::new(secrets::SecretKey::load_or_create(&config.data_dir)?);
     let limits = config.plugins;
     let cache_dir = config.data_dir.join("plugin-cache");
     let plugins =
-        tokio::task::spawn_blocking(move || PluginHost::with_cache(limits, cache_dir)).await??;
+        tokio::task::spawn_blocking(move || PluginHost::with_cache(limits, cache_dir, clock))
+            .await??;
     {
         let plugins = plugins.clone();
         let plugin_dir = config.plugin_dir.clone();
@@ -240,9 +258,9 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     };
     let catalog = Arc::new(catalog);
     let metrics = Arc::new(Metrics::default());
-    let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery)?);
+    let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery, clock)?);
     let notifier =
-        email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone()).await?;
+        email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone(), clock).await?;
     let scheduler = Scheduler::start(
         store.clone(),
         catalog.clone(),
@@ -252,6 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
         notifier.clone(),
         config.retry,
         config.delivery.max_in_flight,
+        clock,
     );
     let state = Arc::new(AppState {
         config,
@@ -263,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
         delivery,
         notifier,
         admin_token_digest: secrets::token_digest(&token),
+        clock,
     });
     Ok((state, token_source))
 }

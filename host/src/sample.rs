@@ -42,7 +42,7 @@ pub fn stored_form(
         form_id,
         xmlns: parsed.xmlns,
         app_id: None,
-        received_on: crate::time::format_utc(crate::time::now_micros()),
+        received_on: crate::time::format_utc(crate::clock::Clock::system().now_micros()),
         user_id: meta.user_id,
         username: meta.username,
         device_id: meta.device_id,
@@ -135,7 +135,7 @@ fn case_from_json(value: &serde_json::Value, domain: &str) -> Result<Case, Strin
         .cloned()
         .unwrap_or_default();
     let property = |key: &str| text(properties.get(key));
-    let now = crate::time::format_utc(crate::time::now_micros());
+    let now = crate::time::format_utc(crate::clock::Clock::system().now_micros());
     let standard = [
         "case_name",
         "case_type",

@@ -192,6 +192,8 @@ pub struct Store {
     nonce: u64,
     next_seq: Arc<AtomicU64>,
     path: PathBuf,
+    /// Where "now" comes from for the times the store stamps.
+    clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Store {
@@ -300,7 +302,13 @@ impl Store {
             nonce,
             next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
             path,
+            clock: crate::clock::Clock::system(),
         })
+    }
+
+    /// This store, stamping times by `clock` instead of the wall clock.
+    pub fn with_clock(self, clock: crate::clock::Clock) -> Store {
+        Store { clock, ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -426,8 +434,8 @@ impl Store {
             return Ok(IngestResult::Duplicate);
         }
 
-        let received_micros =
-            crate::time::parse_timestamp(&form.received_on).unwrap_or_else(crate::time::now_micros);
+        let received_micros = crate::time::parse_timestamp(&form.received_on)
+            .unwrap_or_else(|| self.clock.now_micros());
         // Apply the case blocks in document order; remember, per case, whether
         // this form created it.
         let mut touched: Vec<(String, bool)> = Vec::new();
@@ -510,7 +518,7 @@ impl Store {
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let store = self.clone();
         self.write(move |txn| {
-            let now = crate::time::now_micros();
+            let now = store.clock.now_micros();
             let mut registered = Vec::new();
             for repeater in repeaters
                 .iter()
@@ -643,13 +651,14 @@ impl Store {
         &self,
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
+        let clock = self.clock;
         self.write(move |txn| {
             let before = read_record(txn, result.seq)?;
             let mut record = before.clone();
             let now = result
                 .attempt
                 .as_ref()
-                .map_or_else(crate::time::now_micros, |a| a.at);
+                .map_or_else(|| clock.now_micros(), |a| a.at);
             // Due after the attempt began: an operator resent or requeued it
             // while it was being sent.
             let resent_meanwhile = record.state == RecordState::Pending
@@ -706,10 +715,11 @@ impl Store {
         seq: u64,
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
+        let clock = self.clock;
         self.write(move |txn| {
             let before = read_record(txn, seq)?;
             let mut record = before.clone();
-            if record::apply_operator(&mut record, action, crate::time::now_micros()) {
+            if record::apply_operator(&mut record, action, clock.now_micros()) {
                 write_record(txn, Some(&before), &record)?;
             }
             Ok(record)
@@ -748,9 +758,10 @@ impl Store {
         for chunk in seqs.chunks(1_000) {
             let chunk = chunk.to_vec();
             let filter = filter.clone();
+            let clock = self.clock;
             let mut done = self
                 .write(move |txn| {
-                    let now = crate::time::now_micros();
+                    let now = clock.now_micros();
                     let mut changed = Vec::new();
                     for seq in chunk {
                         let before = read_record(txn, seq)?;
@@ -774,6 +785,7 @@ impl Store {
     /// Cancels every queued record of a repeater (when it is deleted).
     pub async fn cancel_repeater_records(&self, repeater_id: u64) -> Result<u64, StoreError> {
         let mut total = 0;
+        let clock = self.clock;
         loop {
             let n = self
                 .write(move |txn| {
@@ -796,7 +808,7 @@ impl Store {
                         record::apply_operator(
                             &mut record,
                             OperatorAction::Cancel,
-                            crate::time::now_micros(),
+                            clock.now_micros(),
                         );
                         write_record(txn, Some(&before), &record)?;
                     }
