@@ -1,0 +1,355 @@
+//! Timing, deterministically: the in-process gateway runs on a clock that
+//! follows tokio's paused time, and the test alone moves that time. Every
+//! wait the product promises (growing retry waits, `Retry-After` holding a
+//! repeater back, a paused repeater sending nothing) is checked to the
+//! millisecond in virtual time, however slow the machine, instead of with
+//! seconds of real sleeping and generous margins.
+//!
+//! Time is paused from the start; a blocking task held for the whole test
+//! stops tokio from advancing it by itself, so the only moves are the test's
+//! `advance` calls. Waiting for the gateway to act is real waiting (on the
+//! blocking pool), bounded by `REAL_WAIT`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use repeatd::clock::Clock;
+use repeatd_tests::{Answer, Gateway, Receiver, generated_form, repeater};
+use serde_json::Value;
+
+/// How long, in real time, the gateway may take to do what is due.
+const REAL_WAIT: Duration = Duration::from_secs(20);
+/// How long, in real time, nothing must happen for "nothing is sent".
+const REAL_QUIET: Duration = Duration::from_millis(300);
+/// 2023-11-14T22:13:20Z, where the gateway's clock starts.
+const START: i64 = 1_700_000_000_000_000;
+const SECOND: i64 = 1_000_000;
+const MILLISECOND: i64 = 1_000;
+
+/// Keeps tokio from moving paused time by itself while it lives.
+struct FrozenTime {
+    _release: std::sync::mpsc::Sender<()>,
+}
+
+fn freeze_time() -> FrozenTime {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    // Tokio does not auto-advance paused time while a blocking task runs.
+    tokio::task::spawn_blocking(move || {
+        let _ = released.recv();
+    });
+    FrozenTime { _release: release }
+}
+
+async fn real_sleep(duration: Duration) {
+    tokio::task::spawn_blocking(move || std::thread::sleep(duration))
+        .await
+        .expect("sleeping");
+}
+
+/// Polls `check` in real time until it gives a value; panics naming `what`.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + REAL_WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        real_sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Moves the paused time to the gateway's timestamp `at`.
+async fn advance_to(clock: &Clock, at: i64) {
+    tokio::time::advance(clock.until(at)).await;
+}
+
+fn micros(timestamp: &Value) -> i64 {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {timestamp}"));
+    repeatd::time::parse_timestamp(text).unwrap_or_else(|| panic!("a timestamp: {text}"))
+}
+
+fn config(receiver: &Receiver, retry: &str) -> String {
+    format!(
+        "[[domains]]\nname = \"demo\"\n\n[[submitters]]\ndomain = \"demo\"\nusername = \"danny\"\npassword = \"pw\"\n\n\
+         [[connections]]\ndomain = \"demo\"\nname = \"remote\"\nurl = \"{}\"\nauth = {{ type = \"none\" }}\n\n{}",
+        receiver.url("/in"),
+        repeater(
+            "forms",
+            "form",
+            "remote",
+            "form-xml",
+            &format!("retry = {retry}")
+        ),
+    )
+}
+
+async fn submit(gateway: &Gateway, n: usize) {
+    let form_id = format!("clocked-form-{n}");
+    let xml = generated_form(&form_id, &format!("clocked-case-{n}"), "visit");
+    let (status, body) = gateway.submit("demo", &xml, None).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The one record of form `n`, with its attempts.
+async fn record_of(gateway: &Gateway, n: usize) -> Value {
+    let listed = gateway
+        .records("demo", &format!("payload_id=clocked-form-{n}"))
+        .await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().expect("a record id");
+    let (status, detail) = gateway
+        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    detail
+}
+
+/// Waits until the record of form `n` has `n_attempts` attempts and is in
+/// `state`; returns it.
+async fn settled(gateway: &Gateway, n: usize, n_attempts: usize, state: &str) -> Value {
+    until(
+        &format!("form {n}: {n_attempts} attempts, {state}"),
+        || async {
+            let record = record_of(gateway, n).await;
+            (record["n_attempts"] == n_attempts && record["state"] == state).then_some(record)
+        },
+    )
+    .await
+}
+
+async fn arrivals_after(receiver: &Receiver, n: usize) -> usize {
+    until(&format!("{n} requests at the remote"), || async {
+        let got = receiver.requests("/in").len();
+        (got >= n).then_some(got)
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the_record_is_cancelled()
+ {
+    let _frozen = freeze_time();
+    let clock = Clock::starting_at(START);
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let gateway = Gateway::start_with_clock(
+        &config(
+            &receiver,
+            "{ min_wait = \"10s\", factor = 2.0, max_attempts = 4, max_wait = \"1h\" }",
+        ),
+        clock,
+    )
+    .await;
+    submit(&gateway, 0).await;
+
+    let mut waits = Vec::new();
+    for (n_attempts, expected) in (1..=3).zip([10 * SECOND, 20 * SECOND, 40 * SECOND]) {
+        let record = settled(&gateway, 0, n_attempts, "failed").await;
+        let attempts = record["attempts"].as_array().expect("attempts");
+        let last_at = micros(&attempts[n_attempts - 1]["at"]);
+        let due = micros(&record["next_attempt_at"]);
+        let wait = due - last_at;
+        assert!(
+            wait >= expected * 8 / 10 && wait <= expected * 12 / 10,
+            "wait {wait} µs after attempt {n_attempts} is not {expected} µs ±20%"
+        );
+        waits.push(wait);
+
+        // Not a millisecond early ...
+        advance_to(&clock, due - MILLISECOND).await;
+        real_sleep(REAL_QUIET).await;
+        assert_eq!(
+            receiver.requests("/in").len(),
+            n_attempts,
+            "nothing is sent before the record is due"
+        );
+        // ... and at once when due.
+        tokio::time::advance(Duration::from_millis(2)).await;
+        arrivals_after(&receiver, n_attempts + 1).await;
+        let record = settled(
+            &gateway,
+            0,
+            n_attempts + 1,
+            if n_attempts < 3 {
+                "failed"
+            } else {
+                "cancelled"
+            },
+        )
+        .await;
+        let sent_at = micros(&record["attempts"][n_attempts]["at"]);
+        assert!(
+            sent_at >= due && sent_at <= due + 2 * MILLISECOND,
+            "attempt {} at {sent_at}, due at {due}",
+            n_attempts + 1
+        );
+    }
+    assert!(
+        waits[0] < waits[1] && waits[1] < waits[2],
+        "the waits grow: {waits:?}"
+    );
+
+    let record = settled(&gateway, 0, 4, "cancelled").await;
+    assert_eq!(record["next_attempt_at"], Value::Null);
+    // Nothing more is sent once it is cancelled, however long one waits.
+    tokio::time::advance(Duration::from_secs(7 * 86_400)).await;
+    real_sleep(REAL_QUIET).await;
+    assert_eq!(receiver.requests("/in").len(), 4, "max_attempts = 4");
+    gateway.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
+    let _frozen = freeze_time();
+    let clock = Clock::starting_at(START);
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::WithHeaders(429, vec![("Retry-After".into(), "30".into())]),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start_with_clock(
+        &config(
+            &receiver,
+            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
+        ),
+        clock,
+    )
+    .await;
+    submit(&gateway, 0).await;
+    let throttled = settled(&gateway, 0, 1, "failed").await;
+    let throttled_at = micros(&throttled["attempts"][0]["at"]);
+    assert_eq!(
+        micros(&throttled["next_attempt_at"]),
+        throttled_at + 30 * SECOND,
+        "the record waits as long as the remote asked"
+    );
+    let backing_off_until = until("the repeater backs off", || async {
+        let (_, repeater) = gateway
+            .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
+            .await;
+        let until = &repeater["status"]["backing_off_until"];
+        until.is_string().then(|| micros(until))
+    })
+    .await;
+    assert_eq!(backing_off_until, throttled_at + 30 * SECOND);
+
+    // A form registered during the Retry-After waits for it too.
+    submit(&gateway, 1).await;
+    advance_to(&clock, throttled_at + 30 * SECOND - MILLISECOND).await;
+    real_sleep(REAL_QUIET).await;
+    assert_eq!(
+        receiver.requests("/in").len(),
+        1,
+        "nothing is sent to the remote during its Retry-After"
+    );
+    tokio::time::advance(Duration::from_millis(2)).await;
+    let first = settled(&gateway, 0, 2, "succeeded").await;
+    let second = settled(&gateway, 1, 1, "succeeded").await;
+    for sent in [&first["attempts"][1], &second["attempts"][0]] {
+        assert!(
+            micros(&sent["at"]) >= throttled_at + 30 * SECOND,
+            "sent before the Retry-After ended: {sent}"
+        );
+    }
+    assert_eq!(
+        receiver.requests("/in").len(),
+        3,
+        "one 429, then each form once"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
+    let _frozen = freeze_time();
+    let clock = Clock::starting_at(START);
+    let receiver = Receiver::start().await;
+    receiver.plan(
+        "/in",
+        vec![
+            Answer::WithHeaders(
+                503,
+                vec![("Retry-After".into(), "99999999999999999999999".into())],
+            ),
+            Answer::Status(200),
+        ],
+    );
+    let gateway = Gateway::start_with_clock(
+        &config(
+            &receiver,
+            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
+        ),
+        clock,
+    )
+    .await;
+    submit(&gateway, 0).await;
+    let throttled = settled(&gateway, 0, 1, "failed").await;
+    let throttled_at = micros(&throttled["attempts"][0]["at"]);
+    assert_eq!(
+        micros(&throttled["next_attempt_at"]),
+        throttled_at + 60 * SECOND,
+        "Retry-After is honoured up to max_wait"
+    );
+    advance_to(&clock, throttled_at + 60 * SECOND + MILLISECOND).await;
+    settled(&gateway, 0, 2, "succeeded").await;
+    gateway.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
+    let _frozen = freeze_time();
+    let clock = Clock::starting_at(START);
+    let receiver = Receiver::start().await;
+    let gateway = Gateway::start_with_clock(
+        &config(
+            &receiver,
+            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
+        ),
+        clock,
+    )
+    .await;
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/forms/pause", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for n in 0..3 {
+        submit(&gateway, n).await;
+    }
+    for step in [
+        Duration::from_secs(1),
+        Duration::from_secs(3_600),
+        Duration::from_secs(30 * 86_400),
+    ] {
+        tokio::time::advance(step).await;
+        real_sleep(REAL_QUIET).await;
+        assert_eq!(
+            receiver.requests("/in").len(),
+            0,
+            "nothing is sent while paused"
+        );
+    }
+    let held = gateway.records("demo", "state=pending").await;
+    assert_eq!(held.len(), 3, "{held:?}");
+
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/forms/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    arrivals_after(&receiver, 3).await;
+    for n in 0..3 {
+        settled(&gateway, n, 1, "succeeded").await;
+    }
+    gateway.stop().await;
+}
