@@ -134,23 +134,13 @@ impl TokenCache {
         if let Some(cached) = self.cached(&key) {
             return Ok(cached);
         }
-        let (token_url, form) = match spec {
+        let (token_url, client_id, client_secret, scope, resource_owner) = match spec {
             AuthSpec::Oauth2ClientCredentials {
                 token_url,
                 client_id,
                 client_secret,
                 scope,
-            } => {
-                let mut form = vec![
-                    ("grant_type", "client_credentials".to_owned()),
-                    ("client_id", client_id.clone()),
-                    ("client_secret", client_secret.expose().to_owned()),
-                ];
-                if let Some(scope) = scope {
-                    form.push(("scope", scope.clone()));
-                }
-                (token_url, form)
-            }
+            } => (token_url, client_id, client_secret, scope, None),
             AuthSpec::Oauth2Password {
                 token_url,
                 client_id,
@@ -158,21 +148,31 @@ impl TokenCache {
                 scope,
                 username,
                 password,
-            } => {
-                let mut form = vec![
-                    ("grant_type", "password".to_owned()),
-                    ("client_id", client_id.clone()),
-                    ("client_secret", client_secret.expose().to_owned()),
-                    ("username", username.clone()),
-                    ("password", password.expose().to_owned()),
-                ];
-                if let Some(scope) = scope {
-                    form.push(("scope", scope.clone()));
-                }
-                (token_url, form)
-            }
+            } => (
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                Some((username, password)),
+            ),
             _ => unreachable!("cache_key accepted only oauth2 auths"),
         };
+        let grant_type = match resource_owner {
+            Some(_) => "password",
+            None => "client_credentials",
+        };
+        let mut form = vec![
+            ("grant_type", grant_type.to_owned()),
+            ("client_id", client_id.clone()),
+            ("client_secret", client_secret.expose().to_owned()),
+        ];
+        if let Some((username, password)) = resource_owner {
+            form.push(("username", username.clone()));
+            form.push(("password", password.expose().to_owned()));
+        }
+        if let Some(scope) = scope {
+            form.push(("scope", scope.clone()));
+        }
         let token_error = |problem: String| AuthError::Token {
             url: token_url.clone(),
             problem,

@@ -262,15 +262,17 @@ pub async fn start_with_clock(
     let notifier =
         email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone(), clock).await?;
     let scheduler = Scheduler::start(
-        store.clone(),
-        catalog.clone(),
-        delivery.clone(),
-        plugins.clone(),
-        metrics.clone(),
-        notifier.clone(),
-        config.retry,
+        scheduler::Wiring {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            delivery: delivery.clone(),
+            plugins: plugins.clone(),
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
+            retry_defaults: config.retry,
+            clock,
+        },
         config.delivery.max_in_flight,
-        clock,
     );
     let state = Arc::new(AppState {
         config,

@@ -77,19 +77,47 @@ fn micros(timestamp: &Value) -> i64 {
     repeatd::time::parse_timestamp(text).unwrap_or_else(|| panic!("a timestamp: {text}"))
 }
 
-fn config(receiver: &Receiver, retry: &str) -> String {
+/// Repeater "forms" over connection "remote" to the receiver's `/in`, with
+/// `settings` (TOML lines) on the repeater.
+fn config(receiver: &Receiver, settings: &str) -> String {
     format!(
         "[[domains]]\nname = \"demo\"\n\n[[submitters]]\ndomain = \"demo\"\nusername = \"danny\"\npassword = \"pw\"\n\n\
          [[connections]]\ndomain = \"demo\"\nname = \"remote\"\nurl = \"{}\"\nauth = {{ type = \"none\" }}\n\n{}",
         receiver.url("/in"),
-        repeater(
-            "forms",
-            "form",
-            "remote",
-            "form-xml",
-            &format!("retry = {retry}")
-        ),
+        repeater("forms", "form", "remote", "form-xml", settings),
     )
+}
+
+/// Everything a test needs: time frozen, the gateway on a clock that follows
+/// it, and a receiver at `/in` answering `answers` in turn (the last repeats).
+struct Setup {
+    _frozen: FrozenTime,
+    clock: Clock,
+    receiver: Receiver,
+    gateway: Gateway,
+}
+
+async fn setup(answers: Vec<Answer>, settings: &str) -> Setup {
+    let frozen = freeze_time();
+    let clock = Clock::starting_at(START);
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", answers);
+    let gateway = Gateway::start_with_clock(&config(&receiver, settings), clock).await;
+    Setup {
+        _frozen: frozen,
+        clock,
+        receiver,
+        gateway,
+    }
+}
+
+/// Submits form 0 and waits for its first attempt to fail; returns the
+/// record and when that attempt was made.
+async fn first_attempt_failed(gateway: &Gateway) -> (Value, i64) {
+    submit(gateway, 0).await;
+    let record = settled(gateway, 0, 1, "failed").await;
+    let at = micros(&record["attempts"][0]["at"]);
+    (record, at)
 }
 
 async fn submit(gateway: &Gateway, n: usize) {
@@ -137,16 +165,14 @@ async fn arrivals_after(receiver: &Receiver, n: usize) -> usize {
 #[tokio::test(start_paused = true)]
 async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the_record_is_cancelled()
  {
-    let _frozen = freeze_time();
-    let clock = Clock::starting_at(START);
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Status(503)]);
-    let gateway = Gateway::start_with_clock(
-        &config(
-            &receiver,
-            "{ min_wait = \"10s\", factor = 2.0, max_attempts = 4, max_wait = \"1h\" }",
-        ),
+    let Setup {
+        _frozen: _frozen_time,
         clock,
+        receiver,
+        gateway,
+    } = setup(
+        vec![Answer::Status(503)],
+        "retry = { min_wait = \"10s\", factor = 2.0, max_attempts = 4, max_wait = \"1h\" }",
     )
     .await;
     submit(&gateway, 0).await;
@@ -209,27 +235,20 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
-    let _frozen = freeze_time();
-    let clock = Clock::starting_at(START);
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let Setup {
+        _frozen: _frozen_time,
+        clock,
+        receiver,
+        gateway,
+    } = setup(
         vec![
             Answer::WithHeaders(429, vec![("Retry-After".into(), "30".into())]),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start_with_clock(
-        &config(
-            &receiver,
-            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
-        ),
-        clock,
+        "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
     )
     .await;
-    submit(&gateway, 0).await;
-    let throttled = settled(&gateway, 0, 1, "failed").await;
-    let throttled_at = micros(&throttled["attempts"][0]["at"]);
+    let (throttled, throttled_at) = first_attempt_failed(&gateway).await;
     assert_eq!(
         micros(&throttled["next_attempt_at"]),
         throttled_at + 30 * SECOND,
@@ -273,11 +292,12 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
-    let _frozen = freeze_time();
-    let clock = Clock::starting_at(START);
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let Setup {
+        _frozen: _frozen_time,
+        clock,
+        receiver: _receiver,
+        gateway,
+    } = setup(
         vec![
             Answer::WithHeaders(
                 503,
@@ -285,18 +305,10 @@ async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
             ),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start_with_clock(
-        &config(
-            &receiver,
-            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
-        ),
-        clock,
+        "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
     )
     .await;
-    submit(&gateway, 0).await;
-    let throttled = settled(&gateway, 0, 1, "failed").await;
-    let throttled_at = micros(&throttled["attempts"][0]["at"]);
+    let (throttled, throttled_at) = first_attempt_failed(&gateway).await;
     assert_eq!(
         micros(&throttled["next_attempt_at"]),
         throttled_at + 60 * SECOND,
@@ -309,15 +321,14 @@ async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
-    let _frozen = freeze_time();
-    let clock = Clock::starting_at(START);
-    let receiver = Receiver::start().await;
-    let gateway = Gateway::start_with_clock(
-        &config(
-            &receiver,
-            "{ min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
-        ),
-        clock,
+    let Setup {
+        _frozen: _frozen_time,
+        clock: _clock,
+        receiver,
+        gateway,
+    } = setup(
+        vec![Answer::Status(200)],
+        "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
     )
     .await;
     let (status, body) = gateway
@@ -351,5 +362,120 @@ async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
     for n in 0..3 {
         settled(&gateway, n, 1, "succeeded").await;
     }
+    gateway.stop().await;
+}
+
+/// The repeater's lane as the API shows it: (in flight, backing off until).
+async fn lane(gateway: &Gateway) -> (u64, Option<i64>) {
+    let (status, repeater) = gateway
+        .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
+        .await;
+    assert_eq!(status, 200, "{repeater}");
+    let lane = &repeater["status"];
+    let until = &lane["backing_off_until"];
+    (
+        lane["in_flight"].as_u64().expect("in_flight"),
+        until.is_string().then(|| micros(until)),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full_speed() {
+    let Setup {
+        _frozen: _frozen_time,
+        clock,
+        receiver,
+        gateway,
+    } = setup(
+        vec![Answer::Status(503)],
+        // Four sends at once, so several fail together.
+        "max_workers = 4\nretry = { min_wait = \"10s\", factor = 2.0, max_wait = \"1h\", max_attempts = 100 }",
+    )
+    .await;
+    for n in 0..8 {
+        submit(&gateway, n).await;
+    }
+    let backing_off_until = until("the repeater backs off with nothing in flight", || async {
+        match lane(&gateway).await {
+            (0, Some(until)) => Some(until),
+            _ => None,
+        }
+    })
+    .await;
+    let first_wave = receiver.requests("/in").len();
+    assert!(
+        (3..8).contains(&first_wave),
+        "three failures in a row stop the lane: {first_wave} sent"
+    );
+    // Failures of sends under way together are one failure of the remote:
+    // one back-off of min_wait ±20%, not one per failure.
+    assert!(
+        backing_off_until >= START + 8 * SECOND && backing_off_until <= START + 12 * SECOND,
+        "backing off until {backing_off_until}"
+    );
+    advance_to(&clock, backing_off_until - MILLISECOND).await;
+    real_sleep(REAL_QUIET).await;
+    assert_eq!(
+        receiver.requests("/in").len(),
+        first_wave,
+        "nothing is sent while backing off"
+    );
+
+    // When it ends, one probe, and only one; it fails, and the back-off grows.
+    tokio::time::advance(Duration::from_millis(2)).await;
+    let next_until = until("the probe fails and the lane backs off again", || async {
+        match lane(&gateway).await {
+            (0, Some(until)) if until > backing_off_until => Some(until),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        receiver.requests("/in").len(),
+        first_wave + 1,
+        "one probe at a time"
+    );
+    let probe_at = backing_off_until;
+    let grown = next_until - probe_at;
+    assert!(
+        grown >= 16 * SECOND && grown <= 24 * SECOND + 2 * MILLISECOND,
+        "the second back-off is factor x the first, ±20%: {grown} µs"
+    );
+
+    // The remote recovers: the next probe succeeds and everything due goes
+    // at once, with no further wait. (A record whose own retry wait is not
+    // over yet goes when it is.)
+    receiver.plan("/in", vec![Answer::Status(200)]);
+    advance_to(&clock, next_until + MILLISECOND).await;
+    let recovered_at = clock.now_micros();
+    let mut not_yet_due = Vec::new();
+    for n in 0..8 {
+        let record = until(&format!("form {n} succeeds or waits its turn"), || async {
+            let record = record_of(&gateway, n).await;
+            let waits =
+                record["state"] == "failed" && micros(&record["next_attempt_at"]) > recovered_at;
+            (record["state"] == "succeeded" || waits).then_some(record)
+        })
+        .await;
+        if record["state"] == "failed" {
+            not_yet_due.push((n, micros(&record["next_attempt_at"])));
+            continue;
+        }
+        let attempts = record["attempts"].as_array().expect("attempts");
+        let last_at = micros(&attempts[attempts.len() - 1]["at"]);
+        assert!(
+            last_at >= next_until && last_at <= recovered_at,
+            "form {n} was sent at {last_at}, not at once after the recovery"
+        );
+    }
+    assert!(
+        not_yet_due.len() <= 1,
+        "only the probed record can be: {not_yet_due:?}"
+    );
+    for (n, due) in not_yet_due {
+        advance_to(&clock, due + MILLISECOND).await;
+        settled(&gateway, n, 3, "succeeded").await;
+    }
+    assert_eq!(lane(&gateway).await.1, None, "no back-off after a success");
     gateway.stop().await;
 }

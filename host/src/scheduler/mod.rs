@@ -71,15 +71,21 @@ impl Lane {
     }
 }
 
+/// What the scheduler works with, handed over at start.
+pub struct Wiring {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub delivery: Arc<Delivery>,
+    pub plugins: Arc<PluginHost>,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+    /// `[retry]`: the policy of repeaters that set none.
+    pub retry_defaults: RetryPolicy,
+    pub clock: Clock,
+}
+
 struct Shared {
-    store: Store,
-    catalog: Arc<Catalog>,
-    delivery: Arc<Delivery>,
-    plugins: Arc<PluginHost>,
-    metrics: Arc<Metrics>,
-    notifier: Notifier,
-    retry_defaults: RetryPolicy,
-    clock: Clock,
+    with: Wiring,
     wake: Notify,
     lanes: Mutex<HashMap<u64, Lane>>,
     permits: Arc<Semaphore>,
@@ -113,28 +119,11 @@ pub struct LaneStatus {
 }
 
 impl Scheduler {
-    /// Starts the scheduling task.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        store: Store,
-        catalog: Arc<Catalog>,
-        delivery: Arc<Delivery>,
-        plugins: Arc<PluginHost>,
-        metrics: Arc<Metrics>,
-        notifier: Notifier,
-        retry_defaults: RetryPolicy,
-        max_in_flight: usize,
-        clock: Clock,
-    ) -> Scheduler {
+    /// Starts the scheduling task; at most `max_in_flight` sends at once.
+    pub fn start(with: Wiring, max_in_flight: usize) -> Scheduler {
+        let plugins = with.plugins.clone();
         let shared = Arc::new(Shared {
-            store,
-            catalog,
-            delivery,
-            plugins: plugins.clone(),
-            metrics,
-            notifier,
-            retry_defaults,
-            clock,
+            with,
             wake: Notify::new(),
             lanes: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
@@ -185,7 +174,7 @@ impl Scheduler {
     /// (one probe at a time still holds until a success).
     pub fn operator_released(&self, items: &[(u64, u64, i64)]) {
         {
-            let now = self.shared.clock.now_micros();
+            let now = self.shared.with.clock.now_micros();
             let mut lanes = self.shared.lanes.lock().expect("lanes lock");
             for (repeater_id, seq, _) in items.iter().take(FETCH_BATCH).rev() {
                 if let Some(lane) = lanes.get_mut(repeater_id)
@@ -256,7 +245,7 @@ impl Scheduler {
     }
 
     fn sync_lanes(&self) {
-        let snapshot = self.shared.catalog.snapshot();
+        let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut present = HashSet::new();
         for repeater in snapshot.repeaters() {
@@ -278,7 +267,7 @@ impl Scheduler {
     }
 
     async fn run(&self) {
-        let mut catalog_changes = self.shared.catalog.subscribe();
+        let mut catalog_changes = self.shared.with.catalog.subscribe();
         // `changed()` below marks a change as seen when it wakes us, so the
         // change is remembered here rather than asked of the channel again.
         let mut catalog_changed = true;
@@ -300,10 +289,10 @@ impl Scheduler {
                 Ok(next_wake) => next_wake,
                 Err(error) => {
                     tracing::error!(%error, "scheduler could not read the queue; trying again in a second");
-                    Some(self.shared.clock.after(RETRY_AFTER_HOST_FAILURE))
+                    Some(self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
                 }
             };
-            let clock = self.shared.clock;
+            let clock = self.shared.with.clock;
             let sleep = next_wake.map_or(LONGEST_SLEEP, |at| clock.until(at).min(LONGEST_SLEEP));
             tokio::select! {
                 _ = self.shared.wake.notified() => {}
@@ -320,8 +309,8 @@ impl Scheduler {
 
     /// Sends whatever is due and may be sent; returns when to look again.
     fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
-        let now = self.shared.clock.now_micros();
-        let snapshot = self.shared.catalog.snapshot();
+        let now = self.shared.with.clock.now_micros();
+        let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut connections = Vec::with_capacity(lanes.len());
         let views: Vec<LaneView> = lanes
@@ -334,7 +323,7 @@ impl Scheduler {
                     .cloned();
                 let view = LaneView {
                     paused: spec.paused,
-                    ready: connection.is_some() && self.shared.plugins.is_loaded(&spec.format),
+                    ready: connection.is_some() && self.shared.with.plugins.is_loaded(&spec.format),
                     max_workers: spec.max_workers,
                     in_flight: lane.in_flight.len(),
                     health: lane.health.clone(),
@@ -385,13 +374,18 @@ impl Scheduler {
         let mut skip = lane.in_flight.clone();
         let due = self
             .shared
+            .with
             .store
             .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
         let fetched_all = due.len() < FETCH_BATCH;
         lane.buffer.extend(due);
         if fetched_all {
             skip.extend(lane.buffer.iter().copied());
-            lane.next_due = self.shared.store.earliest_due(lane.repeater.id, &skip)?;
+            lane.next_due = self
+                .shared
+                .with
+                .store
+                .earliest_due(lane.repeater.id, &skip)?;
             // Anything earlier than now that was skipped is in flight.
             if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
                 lane.next_due = None;
@@ -433,8 +427,8 @@ impl Scheduler {
                     seq,
                     "a send panicked; its record will be tried again"
                 );
-                let retry_at = scheduler.shared.clock.after(RETRY_AFTER_HOST_FAILURE);
-                let policy = scheduler.shared.retry_defaults;
+                let retry_at = scheduler.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
+                let policy = scheduler.shared.with.retry_defaults;
                 scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
             }
             drop(permit);
@@ -453,7 +447,7 @@ impl Scheduler {
         if let Some(lane) = lanes.get_mut(&repeater_id) {
             lane.in_flight.remove(&seq);
             if let Some(outcome) = outcome {
-                let now = self.shared.clock.now_micros();
+                let now = self.shared.with.clock.now_micros();
                 if lane
                     .health
                     .observe(outcome, policy, now, fastrand::f64() * 2.0 - 1.0)
@@ -492,10 +486,10 @@ impl SendTask {
         let shared = &self.scheduler.shared;
         let spec = &self.repeater.spec;
         let policy = spec.retry.as_ref().map_or_else(
-            || shared.retry_defaults,
-            |over| over.resolve(&shared.retry_defaults),
+            || shared.with.retry_defaults,
+            |over| over.resolve(&shared.with.retry_defaults),
         );
-        let loaded = shared.store.load_for_send(self.seq);
+        let loaded = shared.with.store.load_for_send(self.seq);
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
             Ok(None) => {
@@ -509,7 +503,7 @@ impl SendTask {
                     self.repeater.id,
                     self.seq,
                     None,
-                    Some(shared.clock.after(RETRY_AFTER_HOST_FAILURE)),
+                    Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)),
                     &policy,
                 );
                 return;
@@ -519,7 +513,7 @@ impl SendTask {
         if !record.state.is_queued()
             || record
                 .next_attempt_at
-                .is_none_or(|at| at > shared.clock.now_micros())
+                .is_none_or(|at| at > shared.with.clock.now_micros())
         {
             self.scheduler.finished(
                 self.repeater.id,
@@ -530,9 +524,10 @@ impl SendTask {
             );
             return;
         }
-        let record_id = shared.store.record_id(self.seq);
-        let started = shared.clock.instant();
+        let record_id = shared.with.store.record_id(self.seq);
+        let started = shared.with.clock.instant();
         let result = shared
+            .with
             .delivery
             .send(
                 &record_id,
@@ -551,14 +546,14 @@ impl SendTask {
                     self.repeater.id,
                     self.seq,
                     None,
-                    Some(shared.clock.now_micros()),
+                    Some(shared.with.clock.now_micros()),
                     &policy,
                 );
                 return;
             }
         };
         if attempt.is_some() {
-            shared.metrics.observe_send(
+            shared.with.metrics.observe_send(
                 &self.repeater.domain,
                 &spec.name,
                 outcome.label(),
@@ -567,6 +562,7 @@ impl SendTask {
         }
         let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
         let committed = shared
+            .with
             .store
             .commit_attempt(AttemptResult {
                 seq: self.seq,
@@ -578,7 +574,7 @@ impl SendTask {
             .await;
         if let Ok((committed_record, _)) = &committed {
             // Error e-mails (and "recovered" ones); never waits.
-            shared.notifier.observe(
+            shared.with.notifier.observe(
                 &self.repeater.domain,
                 &self.connection,
                 committed_record,
@@ -591,7 +587,7 @@ impl SendTask {
             Ok((_, Verdict::Final(_))) => None,
             Err(error) => {
                 tracing::error!(%error, seq = self.seq, "cannot commit an attempt; the record will be sent again");
-                Some(shared.clock.after(RETRY_AFTER_HOST_FAILURE))
+                Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
             }
         };
         self.scheduler.finished(
