@@ -165,21 +165,16 @@ async fn arrivals_after(receiver: &Receiver, n: usize) -> usize {
 #[tokio::test(start_paused = true)]
 async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the_record_is_cancelled()
  {
-    let Setup {
-        _frozen: _frozen_time,
-        clock,
-        receiver,
-        gateway,
-    } = setup(
+    let test = setup(
         vec![Answer::Status(503)],
         "retry = { min_wait = \"10s\", factor = 2.0, max_attempts = 4, max_wait = \"1h\" }",
     )
     .await;
-    submit(&gateway, 0).await;
+    submit(&test.gateway, 0).await;
 
     let mut waits = Vec::new();
     for (n_attempts, expected) in (1..=3).zip([10 * SECOND, 20 * SECOND, 40 * SECOND]) {
-        let record = settled(&gateway, 0, n_attempts, "failed").await;
+        let record = settled(&test.gateway, 0, n_attempts, "failed").await;
         let attempts = record["attempts"].as_array().expect("attempts");
         let last_at = micros(&attempts[n_attempts - 1]["at"]);
         let due = micros(&record["next_attempt_at"]);
@@ -191,18 +186,18 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
         waits.push(wait);
 
         // Not a millisecond early ...
-        advance_to(&clock, due - MILLISECOND).await;
+        advance_to(&test.clock, due - MILLISECOND).await;
         real_sleep(REAL_QUIET).await;
         assert_eq!(
-            receiver.requests("/in").len(),
+            test.receiver.requests("/in").len(),
             n_attempts,
             "nothing is sent before the record is due"
         );
         // ... and at once when due.
         tokio::time::advance(Duration::from_millis(2)).await;
-        arrivals_after(&receiver, n_attempts + 1).await;
+        arrivals_after(&test.receiver, n_attempts + 1).await;
         let record = settled(
-            &gateway,
+            &test.gateway,
             0,
             n_attempts + 1,
             if n_attempts < 3 {
@@ -224,23 +219,18 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
         "the waits grow: {waits:?}"
     );
 
-    let record = settled(&gateway, 0, 4, "cancelled").await;
+    let record = settled(&test.gateway, 0, 4, "cancelled").await;
     assert_eq!(record["next_attempt_at"], Value::Null);
     // Nothing more is sent once it is cancelled, however long one waits.
     tokio::time::advance(Duration::from_secs(7 * 86_400)).await;
     real_sleep(REAL_QUIET).await;
-    assert_eq!(receiver.requests("/in").len(), 4, "max_attempts = 4");
-    gateway.stop().await;
+    assert_eq!(test.receiver.requests("/in").len(), 4, "max_attempts = 4");
+    test.gateway.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
-    let Setup {
-        _frozen: _frozen_time,
-        clock,
-        receiver,
-        gateway,
-    } = setup(
+    let test = setup(
         vec![
             Answer::WithHeaders(429, vec![("Retry-After".into(), "30".into())]),
             Answer::Status(200),
@@ -248,14 +238,15 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&gateway).await;
+    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
     assert_eq!(
         micros(&throttled["next_attempt_at"]),
         throttled_at + 30 * SECOND,
         "the record waits as long as the remote asked"
     );
     let backing_off_until = until("the repeater backs off", || async {
-        let (_, repeater) = gateway
+        let (_, repeater) = test
+            .gateway
             .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
             .await;
         let until = &repeater["status"]["backing_off_until"];
@@ -265,17 +256,17 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
     assert_eq!(backing_off_until, throttled_at + 30 * SECOND);
 
     // A form registered during the Retry-After waits for it too.
-    submit(&gateway, 1).await;
-    advance_to(&clock, throttled_at + 30 * SECOND - MILLISECOND).await;
+    submit(&test.gateway, 1).await;
+    advance_to(&test.clock, throttled_at + 30 * SECOND - MILLISECOND).await;
     real_sleep(REAL_QUIET).await;
     assert_eq!(
-        receiver.requests("/in").len(),
+        test.receiver.requests("/in").len(),
         1,
         "nothing is sent to the remote during its Retry-After"
     );
     tokio::time::advance(Duration::from_millis(2)).await;
-    let first = settled(&gateway, 0, 2, "succeeded").await;
-    let second = settled(&gateway, 1, 1, "succeeded").await;
+    let first = settled(&test.gateway, 0, 2, "succeeded").await;
+    let second = settled(&test.gateway, 1, 1, "succeeded").await;
     for sent in [&first["attempts"][1], &second["attempts"][0]] {
         assert!(
             micros(&sent["at"]) >= throttled_at + 30 * SECOND,
@@ -283,21 +274,16 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
         );
     }
     assert_eq!(
-        receiver.requests("/in").len(),
+        test.receiver.requests("/in").len(),
         3,
         "one 429, then each form once"
     );
-    gateway.stop().await;
+    test.gateway.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
-    let Setup {
-        _frozen: _frozen_time,
-        clock,
-        receiver: _receiver,
-        gateway,
-    } = setup(
+    let test = setup(
         vec![
             Answer::WithHeaders(
                 503,
@@ -308,35 +294,31 @@ async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&gateway).await;
+    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
     assert_eq!(
         micros(&throttled["next_attempt_at"]),
         throttled_at + 60 * SECOND,
         "Retry-After is honoured up to max_wait"
     );
-    advance_to(&clock, throttled_at + 60 * SECOND + MILLISECOND).await;
-    settled(&gateway, 0, 2, "succeeded").await;
-    gateway.stop().await;
+    advance_to(&test.clock, throttled_at + 60 * SECOND + MILLISECOND).await;
+    settled(&test.gateway, 0, 2, "succeeded").await;
+    test.gateway.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
-    let Setup {
-        _frozen: _frozen_time,
-        clock: _clock,
-        receiver,
-        gateway,
-    } = setup(
+    let test = setup(
         vec![Answer::Status(200)],
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
     )
     .await;
-    let (status, body) = gateway
+    let (status, body) = test
+        .gateway
         .api("POST", "/api/v1/domains/demo/repeaters/forms/pause", None)
         .await;
     assert_eq!(status, 200, "{body}");
     for n in 0..3 {
-        submit(&gateway, n).await;
+        submit(&test.gateway, n).await;
     }
     for step in [
         Duration::from_secs(1),
@@ -346,23 +328,24 @@ async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
         tokio::time::advance(step).await;
         real_sleep(REAL_QUIET).await;
         assert_eq!(
-            receiver.requests("/in").len(),
+            test.receiver.requests("/in").len(),
             0,
             "nothing is sent while paused"
         );
     }
-    let held = gateway.records("demo", "state=pending").await;
+    let held = test.gateway.records("demo", "state=pending").await;
     assert_eq!(held.len(), 3, "{held:?}");
 
-    let (status, body) = gateway
+    let (status, body) = test
+        .gateway
         .api("POST", "/api/v1/domains/demo/repeaters/forms/resume", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    arrivals_after(&receiver, 3).await;
+    arrivals_after(&test.receiver, 3).await;
     for n in 0..3 {
-        settled(&gateway, n, 1, "succeeded").await;
+        settled(&test.gateway, n, 1, "succeeded").await;
     }
-    gateway.stop().await;
+    test.gateway.stop().await;
 }
 
 /// The repeater's lane as the API shows it: (in flight, backing off until).
@@ -381,28 +364,23 @@ async fn lane(gateway: &Gateway) -> (u64, Option<i64>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full_speed() {
-    let Setup {
-        _frozen: _frozen_time,
-        clock,
-        receiver,
-        gateway,
-    } = setup(
+    let test = setup(
         vec![Answer::Status(503)],
         // Four sends at once, so several fail together.
         "max_workers = 4\nretry = { min_wait = \"10s\", factor = 2.0, max_wait = \"1h\", max_attempts = 100 }",
     )
     .await;
     for n in 0..8 {
-        submit(&gateway, n).await;
+        submit(&test.gateway, n).await;
     }
     let backing_off_until = until("the repeater backs off with nothing in flight", || async {
-        match lane(&gateway).await {
+        match lane(&test.gateway).await {
             (0, Some(until)) => Some(until),
             _ => None,
         }
     })
     .await;
-    let first_wave = receiver.requests("/in").len();
+    let first_wave = test.receiver.requests("/in").len();
     assert!(
         (3..8).contains(&first_wave),
         "three failures in a row stop the lane: {first_wave} sent"
@@ -410,13 +388,13 @@ async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full
     // Failures of sends under way together are one failure of the remote:
     // one back-off of min_wait ±20%, not one per failure.
     assert!(
-        backing_off_until >= START + 8 * SECOND && backing_off_until <= START + 12 * SECOND,
+        (START + 8 * SECOND..=START + 12 * SECOND).contains(&backing_off_until),
         "backing off until {backing_off_until}"
     );
-    advance_to(&clock, backing_off_until - MILLISECOND).await;
+    advance_to(&test.clock, backing_off_until - MILLISECOND).await;
     real_sleep(REAL_QUIET).await;
     assert_eq!(
-        receiver.requests("/in").len(),
+        test.receiver.requests("/in").len(),
         first_wave,
         "nothing is sent while backing off"
     );
@@ -424,34 +402,34 @@ async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full
     // When it ends, one probe, and only one; it fails, and the back-off grows.
     tokio::time::advance(Duration::from_millis(2)).await;
     let next_until = until("the probe fails and the lane backs off again", || async {
-        match lane(&gateway).await {
+        match lane(&test.gateway).await {
             (0, Some(until)) if until > backing_off_until => Some(until),
             _ => None,
         }
     })
     .await;
     assert_eq!(
-        receiver.requests("/in").len(),
+        test.receiver.requests("/in").len(),
         first_wave + 1,
         "one probe at a time"
     );
     let probe_at = backing_off_until;
     let grown = next_until - probe_at;
     assert!(
-        grown >= 16 * SECOND && grown <= 24 * SECOND + 2 * MILLISECOND,
+        (16 * SECOND..=24 * SECOND + 2 * MILLISECOND).contains(&grown),
         "the second back-off is factor x the first, ±20%: {grown} µs"
     );
 
     // The remote recovers: the next probe succeeds and everything due goes
     // at once, with no further wait. (A record whose own retry wait is not
     // over yet goes when it is.)
-    receiver.plan("/in", vec![Answer::Status(200)]);
-    advance_to(&clock, next_until + MILLISECOND).await;
-    let recovered_at = clock.now_micros();
+    test.receiver.plan("/in", vec![Answer::Status(200)]);
+    advance_to(&test.clock, next_until + MILLISECOND).await;
+    let recovered_at = test.clock.now_micros();
     let mut not_yet_due = Vec::new();
     for n in 0..8 {
         let record = until(&format!("form {n} succeeds or waits its turn"), || async {
-            let record = record_of(&gateway, n).await;
+            let record = record_of(&test.gateway, n).await;
             let waits =
                 record["state"] == "failed" && micros(&record["next_attempt_at"]) > recovered_at;
             (record["state"] == "succeeded" || waits).then_some(record)
@@ -473,9 +451,13 @@ async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full
         "only the probed record can be: {not_yet_due:?}"
     );
     for (n, due) in not_yet_due {
-        advance_to(&clock, due + MILLISECOND).await;
-        settled(&gateway, n, 3, "succeeded").await;
+        advance_to(&test.clock, due + MILLISECOND).await;
+        settled(&test.gateway, n, 3, "succeeded").await;
     }
-    assert_eq!(lane(&gateway).await.1, None, "no back-off after a success");
-    gateway.stop().await;
+    assert_eq!(
+        lane(&test.gateway).await.1,
+        None,
+        "no back-off after a success"
+    );
+    test.gateway.stop().await;
 }
