@@ -1,6 +1,8 @@
 //! Repeat records and their life cycle: the states of SPEC section 6, the
-//! classification of a delivery attempt's outcome, the retry arithmetic and
-//! the operator actions. Everything here is a plain function over plain
+//! classification of a delivery attempt's outcome (from the HTTP status, or
+//! from the typed [`DeliveryError`] when there was none), the retry
+//! arithmetic (saturating, `Retry-After` honoured up to `max_wait`) and the
+//! operator actions. Everything here is a plain function over plain
 //! types; the store persists the result of each transition in one write
 //! transaction, the scheduler decides when to call them.
 
