@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub mod load;
 pub mod remote;
+pub mod virtual_time;
 
 mod bytes_shim {
     pub use hyper::body::Bytes;

@@ -5,77 +5,16 @@
 //! millisecond in virtual time, however slow the machine, instead of with
 //! seconds of real sleeping and generous margins.
 //!
-//! Time is paused from the start; a blocking task held for the whole test
-//! stops tokio from advancing it by itself, so the only moves are the test's
-//! `advance` calls. Waiting for the gateway to act is real waiting (on the
-//! blocking pool), bounded by `REAL_WAIT`.
+//! Time is paused from the start and frozen (`repeatd_tests::virtual_time`),
+//! so the only moves are the test's `advance` calls; waiting for the gateway
+//! to act is real waiting, bounded by `REAL_WAIT`.
 
-use std::future::Future;
 use std::time::Duration;
 
 use repeatd::clock::Clock;
+use repeatd_tests::virtual_time::*;
 use repeatd_tests::{Answer, Gateway, Receiver, generated_form, repeater};
 use serde_json::Value;
-
-/// How long, in real time, the gateway may take to do what is due.
-const REAL_WAIT: Duration = Duration::from_secs(20);
-/// How long, in real time, nothing must happen for "nothing is sent".
-const REAL_QUIET: Duration = Duration::from_millis(300);
-/// 2023-11-14T22:13:20Z, where the gateway's clock starts.
-const START: i64 = 1_700_000_000_000_000;
-const SECOND: i64 = 1_000_000;
-const MILLISECOND: i64 = 1_000;
-
-/// Keeps tokio from moving paused time by itself while it lives.
-struct FrozenTime {
-    _release: std::sync::mpsc::Sender<()>,
-}
-
-fn freeze_time() -> FrozenTime {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    // Tokio does not auto-advance paused time while a blocking task runs.
-    tokio::task::spawn_blocking(move || {
-        let _ = released.recv();
-    });
-    FrozenTime { _release: release }
-}
-
-async fn real_sleep(duration: Duration) {
-    tokio::task::spawn_blocking(move || std::thread::sleep(duration))
-        .await
-        .expect("sleeping");
-}
-
-/// Polls `check` in real time until it gives a value; panics naming `what`.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + REAL_WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        real_sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Moves the paused time to the gateway's timestamp `at`.
-async fn advance_to(clock: &Clock, at: i64) {
-    tokio::time::advance(clock.until(at)).await;
-}
-
-fn micros(timestamp: &Value) -> i64 {
-    let text = timestamp
-        .as_str()
-        .unwrap_or_else(|| panic!("a timestamp: {timestamp}"));
-    repeatd::time::parse_timestamp(text).unwrap_or_else(|| panic!("a timestamp: {text}"))
-}
 
 /// Repeater "forms" over connection "remote" to the receiver's `/in`, with
 /// `settings` (TOML lines) on the repeater.
