@@ -583,21 +583,27 @@ fn describe_error(error: &reqwest::Error, timeout: Duration) -> DeliveryError {
 }
 
 /// Whether rustls is among the causes (a certificate or handshake failure).
-/// rustls hands its error up inside an `io::Error`, whose `source` skips it,
-/// so each `io::Error` is looked into as well.
 fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(cause) = current {
-        let inner = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if cause.is::<rustls::Error>() || inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
+        if is_rustls_error(cause) {
             return true;
         }
         current = cause.source();
     }
     false
+}
+
+/// rustls hands its error up inside an `io::Error` (sometimes inside another),
+/// whose `source` skips it, so each `io::Error` is looked into.
+fn is_rustls_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_rustls_error(inner))
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date, read at `now`. Any number
@@ -681,6 +687,57 @@ mod tests {
         for garbage in ["", "soon", "-5", "+5", "1.5", "12 s", "0x10", "\u{661}"] {
             assert_eq!(parse_retry_after(garbage, NOW), None, "{garbage:?}");
         }
+    }
+
+    /// A remote that answers a TLS handshake with plain text.
+    async fn not_tls() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/in", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot tls\r\n")
+                    .await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn network_failures_are_typed_by_what_went_wrong() {
+        let client = build_client(false, None).unwrap();
+        let timeout = Duration::from_secs(5);
+        let tls = client.get(not_tls().await).send().await.unwrap_err();
+        let failure = describe_error(&tls, timeout);
+        assert!(
+            matches!(&failure, DeliveryError::Tls { causes } if !causes.is_empty()),
+            "{failure:?}"
+        );
+        assert!(
+            failure.to_string().starts_with("connection failed: "),
+            "{failure}"
+        );
+
+        // Nothing listens on a port just released.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let refused = client
+            .get(format!("http://127.0.0.1:{port}/in"))
+            .send()
+            .await
+            .unwrap_err();
+        let failure = describe_error(&refused, timeout);
+        assert!(
+            matches!(failure, DeliveryError::Connect { .. }),
+            "{failure:?}"
+        );
+        assert!(matches!(
+            record::classify_failure(&failure),
+            Outcome::Retryable { status: None, .. }
+        ));
     }
 
     #[test]
