@@ -58,48 +58,99 @@ pub struct TokenCache {
     fetched: std::sync::atomic::AtomicU64,
 }
 
-fn cache_key(spec: &AuthSpec) -> Option<String> {
-    let parts: Vec<&str> = match spec {
-        AuthSpec::Oauth2ClientCredentials {
+/// What an OAuth2 auth sends to its token endpoint.
+struct Oauth2Grant<'a> {
+    token_url: &'a str,
+    client_id: &'a str,
+    client_secret: &'a str,
+    scope: Option<&'a str>,
+    /// The resource owner's username and password (the password grant).
+    resource_owner: Option<(&'a str, &'a str)>,
+}
+
+impl Oauth2Grant<'_> {
+    fn of(spec: &AuthSpec) -> Option<Oauth2Grant<'_>> {
+        let (token_url, client_id, client_secret, scope, resource_owner) = match spec {
+            AuthSpec::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => (token_url, client_id, client_secret, scope, None),
+            AuthSpec::Oauth2Password {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                username,
+                password,
+            } => (
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                Some((username.as_str(), password.expose())),
+            ),
+            _ => return None,
+        };
+        Some(Oauth2Grant {
             token_url,
             client_id,
-            client_secret,
-            scope,
-        } => vec![
-            token_url,
-            client_id,
-            client_secret.expose(),
-            scope.as_deref().unwrap_or_default(),
-        ],
-        AuthSpec::Oauth2Password {
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-            username,
-            password,
-        } => vec![
-            token_url,
-            client_id,
-            client_secret.expose(),
-            scope.as_deref().unwrap_or_default(),
-            username,
-            password.expose(),
-        ],
-        _ => return None,
-    };
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+            client_secret: client_secret.expose(),
+            scope: scope.as_deref(),
+            resource_owner,
+        })
     }
-    Some(
+
+    /// The form the token endpoint gets.
+    fn form(&self) -> Vec<(&'static str, &str)> {
+        let grant_type = match self.resource_owner {
+            Some(_) => "password",
+            None => "client_credentials",
+        };
+        let mut form = vec![
+            ("grant_type", grant_type),
+            ("client_id", self.client_id),
+            ("client_secret", self.client_secret),
+        ];
+        if let Some((username, password)) = self.resource_owner {
+            form.push(("username", username));
+            form.push(("password", password));
+        }
+        if let Some(scope) = self.scope {
+            form.push(("scope", scope));
+        }
+        form
+    }
+}
+
+fn cache_key(spec: &AuthSpec) -> Option<String> {
+    Oauth2Grant::of(spec).map(|grant| grant.cache_key())
+}
+
+impl Oauth2Grant<'_> {
+    /// The cache key: a digest of everything that identifies the token.
+    fn cache_key(&self) -> String {
+        let mut parts = vec![
+            self.token_url,
+            self.client_id,
+            self.client_secret,
+            self.scope.unwrap_or_default(),
+        ];
+        if let Some((username, password)) = self.resource_owner {
+            parts.extend([username, password]);
+        }
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
         hasher
             .finalize()
             .iter()
             .map(|byte| format!("{byte:02x}"))
-            .collect(),
-    )
+            .collect()
+    }
 }
 
 impl TokenCache {
@@ -128,60 +179,23 @@ impl TokenCache {
         client: &reqwest::Client,
         spec: &AuthSpec,
     ) -> Result<String, AuthError> {
-        let Some(key) = cache_key(spec) else {
+        let Some(grant) = Oauth2Grant::of(spec) else {
             return Err(AuthError::NotOauth2(spec.type_name()));
         };
+        let key = grant.cache_key();
         if let Some(cached) = self.cached(&key) {
             return Ok(cached);
         }
-        let (token_url, client_id, client_secret, scope, resource_owner) = match spec {
-            AuthSpec::Oauth2ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-            } => (token_url, client_id, client_secret, scope, None),
-            AuthSpec::Oauth2Password {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-                username,
-                password,
-            } => (
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-                Some((username, password)),
-            ),
-            _ => unreachable!("cache_key accepted only oauth2 auths"),
-        };
-        let grant_type = match resource_owner {
-            Some(_) => "password",
-            None => "client_credentials",
-        };
-        let mut form = vec![
-            ("grant_type", grant_type.to_owned()),
-            ("client_id", client_id.clone()),
-            ("client_secret", client_secret.expose().to_owned()),
-        ];
-        if let Some((username, password)) = resource_owner {
-            form.push(("username", username.clone()));
-            form.push(("password", password.expose().to_owned()));
-        }
-        if let Some(scope) = scope {
-            form.push(("scope", scope.clone()));
-        }
+        let token_url = grant.token_url;
         let token_error = |problem: String| AuthError::Token {
-            url: token_url.clone(),
+            url: token_url.to_owned(),
             problem,
         };
         let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .extend_pairs(grant.form())
             .finish();
         let response = client
-            .post(token_url.as_str())
+            .post(token_url)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json")
             .body(body)
@@ -196,7 +210,7 @@ impl TokenCache {
             .map_err(|e| token_error(e.without_url().to_string()))?;
         if !status.is_success() {
             return Err(AuthError::TokenAnswered {
-                url: token_url.clone(),
+                url: token_url.to_owned(),
                 status: status.as_u16(),
                 excerpt: excerpt(&text),
             });
