@@ -66,6 +66,19 @@ where
     }
 }
 
+/// Waits until no send of repeater `repeater` (of domain "demo") is under
+/// way: its outcome is committed and the lane's health updated, so moving
+/// time now cannot race the scheduler's bookkeeping.
+pub async fn sends_settled(gateway: &crate::Gateway, repeater: &str) {
+    let path = format!("/api/v1/domains/demo/repeaters/{repeater}");
+    until(&format!("no send of {repeater} under way"), || async {
+        let (status, shown) = gateway.api("GET", &path, None).await;
+        assert_eq!(status, 200, "{shown}");
+        (shown["status"]["in_flight"] == 0).then_some(())
+    })
+    .await;
+}
+
 /// Moves paused time to the gateway's timestamp `at`.
 pub async fn advance_to(clock: &Clock, at: i64) {
     tokio::time::advance(clock.until(at)).await;

@@ -83,14 +83,16 @@ async fn record_of(gateway: &Gateway, n: usize) -> Value {
 /// Waits until the record of form `n` has `n_attempts` attempts and is in
 /// `state`; returns it.
 async fn settled(gateway: &Gateway, n: usize, n_attempts: usize, state: &str) -> Value {
-    until(
+    let record = until(
         &format!("form {n}: {n_attempts} attempts, {state}"),
         || async {
             let record = record_of(gateway, n).await;
             (record["n_attempts"] == n_attempts && record["state"] == state).then_some(record)
         },
     )
-    .await
+    .await;
+    sends_settled(gateway, "forms").await;
+    record
 }
 
 async fn arrivals_after(receiver: &Receiver, n: usize) -> usize {
