@@ -80,10 +80,12 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiEr
             rows.push((domain.clone(), name.clone(), state.as_str(), count));
         }
     }
-    let oldest =
-        app.store.oldest_due().ok().flatten().map(|at| {
-            std::time::Duration::from_micros((crate::time::now_micros() - at).max(0) as u64)
-        });
+    let oldest = app
+        .store
+        .oldest_due()
+        .ok()
+        .flatten()
+        .map(|at| crate::clock::between(at, app.clock.now_micros()));
     let text = app.metrics.render(&rows, queued, oldest);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

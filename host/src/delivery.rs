@@ -13,16 +13,17 @@
 //! connection's contacts) whose error says which address and why.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{self, TokenCache};
+use crate::auth::{self, AuthError, TokenCache};
 use crate::catalog::Origin;
+use crate::clock::Clock;
 use crate::connection::{AuthSpec, ConnectionSpec};
 use crate::egress::{self, EgressPolicy, GuardedResolver};
 use crate::plugins::{self, Payload, PluginError, PluginHost};
-use crate::record::{self, Attempt, Outcome, PayloadRef, RepeatRecord};
+use crate::record::{self, Attempt, DeliveryError, Outcome, PayloadRef, RepeatRecord};
 use crate::repeater::{HttpMethod, PayloadKind, RepeaterSpec};
 use crate::store::SendSource;
 
@@ -55,6 +56,7 @@ pub struct Delivery {
     plugins: Arc<PluginHost>,
     tokens: TokenCache,
     default_timeout: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -85,7 +87,11 @@ fn build_client(
 }
 
 impl Delivery {
-    pub fn new(plugins: Arc<PluginHost>, config: &DeliveryConfig) -> anyhow::Result<Delivery> {
+    pub fn new(
+        plugins: Arc<PluginHost>,
+        config: &DeliveryConfig,
+        clock: Clock,
+    ) -> anyhow::Result<Delivery> {
         let egress = Arc::new(EgressPolicy::new(config.allowed_networks.clone()));
         Ok(Delivery {
             client: build_client(false, None)?,
@@ -94,8 +100,9 @@ impl Delivery {
             guarded_insecure_client: build_client(true, Some(&egress))?,
             egress,
             plugins,
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(clock),
             default_timeout: config.default_timeout,
+            clock,
         })
     }
 
@@ -123,7 +130,9 @@ impl Delivery {
             return SendResult::PluginMissing(repeater.format.clone());
         };
         let event = match (&record.payload, source) {
-            (_, SendSource::Missing(reason)) => return rejected(reason),
+            (_, SendSource::Missing(reason)) => {
+                return failed(DeliveryError::PluginFailed { reason });
+            }
             (PayloadRef::Form { .. }, SendSource::Form { form, xml }) => {
                 plugins::form_event(&form, xml)
             }
@@ -137,9 +146,11 @@ impl Delivery {
                 SendSource::App,
             ) => plugins::app_event(&record.domain, app_id, *change, build_id.as_deref()),
             (payload, _) => {
-                return rejected(format!(
-                    "record payload {payload:?} does not match what the store holds"
-                ));
+                return failed(DeliveryError::PluginFailed {
+                    reason: format!(
+                        "record payload {payload:?} does not match what the store holds"
+                    ),
+                });
             }
         };
         let mut settings: Vec<(&str, &str)> = repeater
@@ -165,15 +176,12 @@ impl Delivery {
             .await
         {
             Ok(payload) => payload,
-            Err(
-                error @ (PluginError::Failed { .. }
-                | PluginError::Trapped { .. }
-                | PluginError::WrongKind { .. }),
-            ) => {
-                return rejected(error.to_string());
-            }
             Err(PluginError::Missing(name)) => return SendResult::PluginMissing(name),
-            Err(error) => return rejected(error.to_string()),
+            Err(error) => {
+                return failed(DeliveryError::PluginFailed {
+                    reason: error.to_string(),
+                });
+            }
         };
         let request = match payload {
             Payload::Send(request) => request,
@@ -186,7 +194,11 @@ impl Delivery {
         };
         let mut url = match reqwest::Url::parse(&connection.url) {
             Ok(url) => url,
-            Err(error) => return rejected(format!("connection url {}: {error}", connection.url)),
+            Err(error) => {
+                return failed(DeliveryError::RequestInvalid {
+                    reason: format!("connection url {}: {error}", connection.url),
+                });
+            }
         };
         if !request.query.is_empty() {
             let mut query = url.query_pairs_mut();
@@ -213,8 +225,8 @@ impl Delivery {
             put(name, value);
         }
         put("idempotency-key", record_id);
-        if let Some(problem) = header_problem {
-            return rejected(problem);
+        if let Some(reason) = header_problem {
+            return failed(DeliveryError::RequestInvalid { reason });
         }
         let method = match repeater.method {
             HttpMethod::Post => reqwest::Method::POST,
@@ -234,13 +246,14 @@ impl Delivery {
             headers,
             body: request.body,
             timeout: connection.timeout.unwrap_or(self.default_timeout),
+            clock: self.clock,
         };
-        let started_at = crate::time::now_micros();
-        let clock = Instant::now();
+        let started_at = self.clock.now_micros();
+        let started = self.clock.instant();
         let result = self
             .exchange_with_auth(&exchange, &connection.auth, record_id)
             .await;
-        let duration_ms = clock.elapsed().as_millis() as u64;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut attempt = Attempt {
             number: 0,
             at: started_at,
@@ -269,12 +282,9 @@ impl Delivery {
                 outcome
             }
             Err(error) => {
-                attempt.error = Some(error.clone());
-                Outcome::Retryable {
-                    status: None,
-                    retry_after: None,
-                    error,
-                }
+                let outcome = record::classify_failure(&error);
+                attempt.error = Some(error.to_string());
+                outcome
             }
         };
         tracing::debug!(
@@ -299,7 +309,7 @@ impl Delivery {
         exchange: &Exchange<'_>,
         auth_spec: &AuthSpec,
         record_id: &str,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, DeliveryError> {
         match auth_spec {
             AuthSpec::None => exchange.run(None).await,
             AuthSpec::Basic { username, password } => {
@@ -331,8 +341,7 @@ impl Delivery {
                 let Some(challenge) = first.digest_challenge.as_deref() else {
                     return Ok(first);
                 };
-                let challenge =
-                    auth::parse_digest_challenge(challenge).map_err(|e| e.to_string())?;
+                let challenge = auth::parse_digest_challenge(challenge).map_err(auth_failure)?;
                 let uri = match exchange.url.query() {
                     Some(query) => format!("{}?{query}", exchange.url.path()),
                     None => exchange.url.path().to_owned(),
@@ -364,7 +373,9 @@ impl Delivery {
             }
             AuthSpec::Plugin { plugin, settings } => {
                 let Some(loaded) = self.plugins.get(plugin) else {
-                    return Err(format!("auth plugin \"{plugin}\" is not loaded"));
+                    return Err(DeliveryError::AuthSchemeFailed {
+                        reason: format!("auth plugin \"{plugin}\" is not loaded"),
+                    });
                 };
                 let request = plugins::SignRequest {
                     method: exchange.method.as_str().to_owned(),
@@ -381,7 +392,7 @@ impl Delivery {
                         .collect(),
                     body: exchange.body.clone(),
                     record_id: record_id.to_owned(),
-                    unix_time: (crate::time::now_micros() / 1_000_000) as u64,
+                    unix_time: u64::try_from(self.clock.now_micros() / 1_000_000).unwrap_or(0),
                 };
                 let settings: Vec<(String, String)> = settings
                     .iter()
@@ -392,12 +403,10 @@ impl Delivery {
                     .clone()
                     .sign_off_runtime(loaded, request, settings)
                     .await
-                    .map_err(|e| e.to_string())?;
-                let mut extra = Vec::new();
-                for (name, value) in added {
-                    extra.push((name, value));
-                }
-                exchange.run_with(&extra).await
+                    .map_err(|error| DeliveryError::AuthSchemeFailed {
+                        reason: error.to_string(),
+                    })?;
+                exchange.run_with(&added).await
             }
         }
     }
@@ -410,7 +419,7 @@ impl Delivery {
         &self,
         exchange: &Exchange<'_>,
         auth_spec: &AuthSpec,
-    ) -> Result<String, String> {
+    ) -> Result<String, DeliveryError> {
         if let (
             Some(policy),
             AuthSpec::Oauth2ClientCredentials { token_url, .. }
@@ -418,22 +427,44 @@ impl Delivery {
         ) = (exchange.guard, auth_spec)
         {
             policy.check_url_text(token_url).map_err(|refused| {
-                format!("oauth2 token request to {token_url} failed: {refused}")
+                DeliveryError::TokenEndpointFailed {
+                    url: token_url.clone(),
+                    problem: refused.to_string(),
+                }
             })?;
         }
         self.tokens
             .token(exchange.client, auth_spec)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(auth_failure)
     }
 }
 
-fn rejected(error: String) -> SendResult {
-    SendResult::Done {
-        outcome: Outcome::Rejected {
-            status: None,
-            error,
+/// An auth scheme's failure, as a delivery error.
+fn auth_failure(error: AuthError) -> DeliveryError {
+    match error {
+        AuthError::TokenAnswered {
+            url,
+            status,
+            excerpt,
+        } => DeliveryError::TokenEndpointAnswered {
+            url,
+            status,
+            excerpt,
         },
+        AuthError::Token { url, problem } => DeliveryError::TokenEndpointFailed { url, problem },
+        error @ (AuthError::Challenge(_) | AuthError::NotOauth2(_)) => {
+            DeliveryError::AuthSchemeFailed {
+                reason: error.to_string(),
+            }
+        }
+    }
+}
+
+/// An attempt that ended before anything was sent.
+fn failed(error: DeliveryError) -> SendResult {
+    SendResult::Done {
+        outcome: record::classify_failure(&error),
         attempt: None,
     }
 }
@@ -448,6 +479,7 @@ struct Exchange<'a> {
     headers: HeaderMap,
     body: Vec<u8>,
     timeout: Duration,
+    clock: Clock,
 }
 
 /// What the remote answered.
@@ -459,23 +491,30 @@ struct Answer {
 }
 
 impl Exchange<'_> {
-    async fn run(&self, auth_header: Option<(String, String)>) -> Result<Answer, String> {
+    async fn run(&self, auth_header: Option<(String, String)>) -> Result<Answer, DeliveryError> {
         let extra: Vec<(String, String)> = auth_header.into_iter().collect();
         self.run_with(&extra).await
     }
 
-    async fn run_with(&self, extra_headers: &[(String, String)]) -> Result<Answer, String> {
+    async fn run_with(&self, extra_headers: &[(String, String)]) -> Result<Answer, DeliveryError> {
         if let Some(policy) = self.guard {
             policy
                 .check_url(&self.url)
-                .map_err(|refused| refused.to_string())?;
+                .map_err(|refused| DeliveryError::EgressRefused {
+                    reason: refused.to_string(),
+                })?;
         }
         let mut headers = self.headers.clone();
         for (name, value) in extra_headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("auth header name {name:?} is not valid"))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| format!("auth header {name} has an invalid value"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                DeliveryError::AuthSchemeFailed {
+                    reason: format!("auth header name {name:?} is not valid"),
+                }
+            })?;
+            let value =
+                HeaderValue::from_str(value).map_err(|_| DeliveryError::AuthSchemeFailed {
+                    reason: format!("auth header {name} has an invalid value"),
+                })?;
             headers.insert(name, value);
         }
         let send = self
@@ -493,7 +532,7 @@ impl Exchange<'_> {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|value| parse_retry_after(value, self.clock.now_micros()));
         let digest_challenge = response
             .headers()
             .get_all("www-authenticate")
@@ -525,37 +564,63 @@ impl Exchange<'_> {
     }
 }
 
-/// A network error as an operator wants to read it.
-fn describe_error(error: &reqwest::Error, timeout: Duration) -> String {
+/// A network error, typed by what went wrong.
+fn describe_error(error: &reqwest::Error, timeout: Duration) -> DeliveryError {
     if error.is_timeout() {
-        return format!("timed out after {} ms", timeout.as_millis());
+        return DeliveryError::Timeout { after: timeout };
     }
     if let Some(refused) = egress::refusal_in(error) {
-        return refused.to_string();
+        return DeliveryError::EgressRefused {
+            reason: refused.to_string(),
+        };
     }
-    let mut text = if error.is_connect() {
-        "connection failed".to_owned()
+    let causes = auth::causes(error);
+    if !error.is_connect() {
+        DeliveryError::Request { causes }
+    } else if is_tls_failure(error) {
+        DeliveryError::Tls { causes }
     } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+        DeliveryError::Connect { causes }
     }
-    text
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+/// Whether rustls is among the causes (a certificate or handshake failure).
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if is_rustls_error(cause) {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
+}
+
+/// rustls hands its error up inside an `io::Error` (sometimes inside another),
+/// whose `source` skips it, so each `io::Error` is looked into.
+fn is_rustls_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_rustls_error(inner))
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, read at `now`. Any number
+/// of seconds is taken (too many for a `Duration` saturate; the caller caps
+/// the wait at the repeater's `max_wait`); a date in the past means now;
+/// anything else (a negative number, a fraction, garbage) is no `Retry-After`.
+pub fn parse_retry_after(value: &str, now: i64) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let at = crate::time::parse_http_date(value)?;
-    let now = crate::time::now_micros();
-    Some(Duration::from_micros(at.saturating_sub(now).max(0) as u64))
+    Some(crate::clock::between(now, at))
 }
 
 fn first_line_excerpt(text: &str) -> &str {
@@ -579,10 +644,102 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_445_412_480_000_000; // 2015-10-21T07:28:00Z
+
     #[test]
-    fn retry_after_reads_seconds() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("soon"), None);
+    fn retry_after_reads_seconds_of_any_size() {
+        assert_eq!(
+            parse_retry_after("120", NOW),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", NOW), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("18446744073709551615", NOW),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999999999", NOW),
+            Some(Duration::from_secs(u64::MAX)),
+            "more seconds than fit saturate"
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_http_dates_past_and_far() {
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:30 GMT", NOW),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", NOW),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", NOW).unwrap();
+        assert!(far > Duration::from_secs(7_000 * 365 * 86_400), "{far:?}");
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", i64::MIN),
+            Some(Duration::from_micros(i64::MAX as u64)),
+            "saturates rather than wraps"
+        );
+    }
+
+    #[test]
+    fn retry_after_garbage_is_ignored() {
+        for garbage in ["", "soon", "-5", "+5", "1.5", "12 s", "0x10", "\u{661}"] {
+            assert_eq!(parse_retry_after(garbage, NOW), None, "{garbage:?}");
+        }
+    }
+
+    /// A remote that answers a TLS handshake with plain text.
+    async fn not_tls() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/in", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot tls\r\n")
+                    .await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn network_failures_are_typed_by_what_went_wrong() {
+        let client = build_client(false, None).unwrap();
+        let timeout = Duration::from_secs(5);
+        let tls = client.get(not_tls().await).send().await.unwrap_err();
+        let failure = describe_error(&tls, timeout);
+        assert!(
+            matches!(&failure, DeliveryError::Tls { causes } if !causes.is_empty()),
+            "{failure:?}"
+        );
+        assert!(
+            failure.to_string().starts_with("connection failed: "),
+            "{failure}"
+        );
+
+        // Nothing listens on a port just released.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let refused = client
+            .get(format!("http://127.0.0.1:{port}/in"))
+            .send()
+            .await
+            .unwrap_err();
+        let failure = describe_error(&refused, timeout);
+        assert!(
+            matches!(failure, DeliveryError::Connect { .. }),
+            "{failure:?}"
+        );
+        assert!(matches!(
+            record::classify_failure(&failure),
+            Outcome::Retryable { status: None, .. }
+        ));
     }
 
     #[test]

@@ -38,10 +38,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Snapshot};
+use crate::clock::{Clock, micros};
 use crate::connection::ConnectionSpec;
 use crate::record::{Outcome, PayloadRef, RepeatRecord};
 use crate::store::Store;
-use crate::time::{format_utc, now_micros};
+use crate::time::format_utc;
 use crate::units::format_duration;
 
 mod smtp_config;
@@ -58,6 +59,8 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the task waits before trying again to persist digests the store
 /// refused.
 const STORE_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// The longest the task sleeps without looking again.
+const LONGEST_SLEEP: Duration = Duration::from_secs(3_600);
 
 /// (domain, connection name).
 type ConnectionKey = (String, String);
@@ -286,10 +289,6 @@ impl Digest {
     }
 }
 
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
 /// A plain-text e-mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email {
@@ -476,6 +475,7 @@ struct Handle {
     /// Connections with a digest: only their successes matter.
     watched: Arc<Mutex<HashSet<ConnectionKey>>>,
     store: Store,
+    clock: Clock,
 }
 
 enum Event {
@@ -500,6 +500,7 @@ impl Notifier {
         smtp: Option<&SmtpConfig>,
         store: Store,
         catalog: Arc<Catalog>,
+        clock: Clock,
     ) -> anyhow::Result<Notifier> {
         let Some(smtp) = smtp else {
             tracing::info!("no [smtp] section: error e-mails are off");
@@ -547,6 +548,7 @@ impl Notifier {
             catalog,
             mailer: Arc::new(mailer),
             quiet_period: smtp.quiet_period,
+            clock,
             entries,
             watched: watched.clone(),
             dirty,
@@ -559,6 +561,7 @@ impl Notifier {
                 events,
                 watched,
                 store,
+                clock,
             })),
         })
     }
@@ -590,7 +593,9 @@ impl Notifier {
             Outcome::Success { .. } | Outcome::Empty => String::new(),
         };
         let note = AttemptNote {
-            at: record.last_attempt_at.unwrap_or_else(now_micros),
+            at: record
+                .last_attempt_at
+                .unwrap_or_else(|| handle.clock.now_micros()),
             repeater: record.repeater.clone(),
             record_id: handle.store.record_id(record.seq),
             payload_kind: PayloadIdKind::of(&record.payload),
@@ -812,6 +817,7 @@ struct Worker {
     catalog: Arc<Catalog>,
     mailer: Arc<Mailer>,
     quiet_period: Duration,
+    clock: Clock,
     entries: HashMap<ConnectionKey, Entry>,
     watched: Arc<Mutex<HashSet<ConnectionKey>>>,
     /// Connections whose stored digest is out of date.
@@ -829,14 +835,15 @@ impl Worker {
     ) {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
-            let now = now_micros();
+            let clock = self.clock;
+            let now = clock.now_micros();
             if stopping.is_none() {
                 self.start_due(now);
             }
             self.forget_spent(now);
             let store_failed = !self.persist().await;
             if let Some((deadline, _)) = &stopping
-                && (self.running == 0 || tokio::time::Instant::now() >= *deadline)
+                && (self.running == 0 || clock.instant() >= *deadline)
             {
                 if self.running > 0 {
                     tracing::warn!(
@@ -848,12 +855,10 @@ impl Worker {
             }
             let mut sleep = match &stopping {
                 // Only the tries under way matter now.
-                Some((deadline, _)) => {
-                    deadline.saturating_duration_since(tokio::time::Instant::now())
-                }
-                None => self.next_wake().map_or(Duration::from_secs(3_600), |at| {
-                    Duration::from_micros((at - now_micros()).clamp(0, 3_600_000_000) as u64)
-                }),
+                Some((deadline, _)) => deadline.saturating_duration_since(clock.instant()),
+                None => self
+                    .next_wake()
+                    .map_or(LONGEST_SLEEP, |at| clock.until(at).min(LONGEST_SLEEP)),
             };
             if store_failed {
                 sleep = sleep.min(STORE_RETRY_WAIT);
@@ -861,7 +866,7 @@ impl Worker {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(Event::Stop(grace, reply)) => {
-                        stopping = Some((tokio::time::Instant::now() + grace, reply));
+                        stopping = Some((clock.instant() + grace, reply));
                     }
                     Some(Event::Observed(observation)) => {
                         self.apply(observation);
@@ -869,7 +874,7 @@ impl Worker {
                             match event {
                                 Event::Observed(observation) => self.apply(observation),
                                 Event::Stop(grace, reply) => {
-                                    stopping = Some((tokio::time::Instant::now() + grace, reply));
+                                    stopping = Some((clock.instant() + grace, reply));
                                 }
                             }
                         }
@@ -877,7 +882,7 @@ impl Worker {
                     None => break,
                 },
                 Some(done) = tried.recv() => self.finish_try(done),
-                _ = tokio::time::sleep(sleep) => {}
+                _ = clock.sleep(sleep) => {}
             }
         }
         // Whatever came in meanwhile is kept for the next start.
@@ -1006,7 +1011,7 @@ impl Worker {
         if job.remaining.is_empty() {
             let report = job.report.clone();
             entry.job = None;
-            entry.digest.sent(&report, now_micros());
+            entry.digest.sent(&report, self.clock.now_micros());
             self.dirty.insert(tried.key);
             return;
         }
@@ -1014,7 +1019,7 @@ impl Worker {
         let wait = FIRST_RETRY_WAIT
             .saturating_mul(1 << job.n_failed_tries.saturating_sub(1).min(16))
             .min(MAX_RETRY_WAIT);
-        job.retry_at = Some(now_micros() + micros(wait));
+        job.retry_at = Some(self.clock.after(wait));
         tracing::warn!(
             server = %self.mailer.url,
             %domain,

@@ -255,7 +255,7 @@ async fn take_form(
     let received = read_body(&content_type, bytes).await?;
     let parsed = xform::parse_form(&received.xml)
         .map_err(|error| Refusal::bad(format!("the form is not accepted: {error}")))?;
-    let received_on = crate::time::format_utc(crate::time::now_micros());
+    let received_on = crate::time::format_utc(app.clock.now_micros());
     let (mut form, case_blocks) =
         submission::new_form(parsed, &domain, generate_form_id, received_on);
     form.app_id = app_id;

@@ -13,13 +13,16 @@
 //!   [`units`]: their key-path errors, shared checks and `"90s"` durations.
 //! - [`xform`], [`cases`], [`time`], [`filters`]: reading submissions,
 //!   applying case blocks, timestamps, repeater filters (pure).
+//! - [`clock`]: the one "now" and the one way to sleep, handed to every
+//!   part that needs time (tests move it with `tokio::time::advance`).
 //! - [`submission`]: what a new form changes (cases, records to register),
 //!   planned without I/O.
 //! - [`store`]: the redb file; the only module that knows redb. It persists
 //!   plans and outcomes through named operations.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
-//! - [`scheduler`], [`delivery`], [`auth`]: what is sent when, and how.
+//! - [`scheduler`] (its decisions in [`scheduler::planner`], pure),
+//!   [`delivery`], [`auth`]: what is sent when, and how.
 //! - [`email`]: error e-mails to each connection's contacts (SMTP).
 //! - [`egress`]: which addresses connections made with a domain token may
 //!   reach (the server-side request forgery guard).
@@ -39,6 +42,7 @@ pub mod api;
 pub mod auth;
 pub mod cases;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod delivery;
@@ -73,6 +77,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
@@ -99,6 +104,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     pub notifier: email::Notifier,
     pub admin_token_digest: [u8; 32],
+    /// Every "now" of the gateway.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for AppState {
@@ -193,19 +200,30 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
-/// Builds and starts everything but the HTTP server.
+/// Builds and starts everything but the HTTP server, on the wall clock.
 pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// Like [`start`], with every "now" and every sleep taken from `clock`.
+pub async fn start_with_clock(
+    config: Config,
+    clock: Clock,
+) -> anyhow::Result<(Arc<AppState>, AdminTokenSource)> {
     // Secrets print as "********" in Debug output.
     tracing::debug!(?config, "configuration");
     let config = Arc::new(config);
     let (token, token_source) = admin_token(&config)?;
     let store_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir)).await??;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await??
+        .with_clock(clock);
     let key = Arc::new(secrets::SecretKey::load_or_create(&config.data_dir)?);
     let limits = config.plugins;
     let cache_dir = config.data_dir.join("plugin-cache");
     let plugins =
-        tokio::task::spawn_blocking(move || PluginHost::with_cache(limits, cache_dir)).await??;
+        tokio::task::spawn_blocking(move || PluginHost::with_cache(limits, cache_dir, clock))
+            .await??;
     {
         let plugins = plugins.clone();
         let plugin_dir = config.plugin_dir.clone();
@@ -237,17 +255,20 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
     };
     let catalog = Arc::new(catalog);
     let metrics = Arc::new(Metrics::default());
-    let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery)?);
+    let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery, clock)?);
     let notifier =
-        email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone()).await?;
+        email::Notifier::start(config.smtp.as_ref(), store.clone(), catalog.clone(), clock).await?;
     let scheduler = Scheduler::start(
-        store.clone(),
-        catalog.clone(),
-        delivery.clone(),
-        plugins.clone(),
-        metrics.clone(),
-        notifier.clone(),
-        config.retry,
+        scheduler::Wiring {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            delivery: delivery.clone(),
+            plugins: plugins.clone(),
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
+            retry_defaults: config.retry,
+            clock,
+        },
         config.delivery.max_in_flight,
     );
     let state = Arc::new(AppState {
@@ -260,6 +281,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<AppState>, AdminTokenS
         delivery,
         notifier,
         admin_token_digest: secrets::token_digest(&token),
+        clock,
     });
     Ok((state, token_source))
 }

@@ -242,6 +242,8 @@ pub struct PluginHost {
     listeners: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// Where compiled components are kept between runs (see `compile`).
     cache_dir: Option<PathBuf>,
+    /// Stamps `loaded_at`.
+    clock: crate::clock::Clock,
     background: Arc<Background>,
 }
 
@@ -378,24 +380,30 @@ fn byte_size(bytes: u64) -> String {
 impl PluginHost {
     /// Builds the engine and loads the built-in plugins.
     pub fn new(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
-        Self::build(limits, true, None)
+        Self::build(limits, true, None, crate::clock::Clock::system())
     }
 
     /// Like `new`, keeping compiled components in `cache_dir` so that a
-    /// restart loads them in milliseconds instead of compiling them again.
-    pub fn with_cache(limits: PluginLimits, cache_dir: PathBuf) -> anyhow::Result<Arc<PluginHost>> {
-        Self::build(limits, true, Some(cache_dir))
+    /// restart loads them in milliseconds instead of compiling them again,
+    /// and stamping load times by `clock`.
+    pub fn with_cache(
+        limits: PluginLimits,
+        cache_dir: PathBuf,
+        clock: crate::clock::Clock,
+    ) -> anyhow::Result<Arc<PluginHost>> {
+        Self::build(limits, true, Some(cache_dir), clock)
     }
 
     /// An engine with no plugin loaded (for `repeatd plugin check|run`).
     pub fn without_builtins(limits: PluginLimits) -> anyhow::Result<Arc<PluginHost>> {
-        Self::build(limits, false, None)
+        Self::build(limits, false, None, crate::clock::Clock::system())
     }
 
     fn build(
         limits: PluginLimits,
         with_builtins: bool,
         cache_dir: Option<PathBuf>,
+        clock: crate::clock::Clock,
     ) -> anyhow::Result<Arc<PluginHost>> {
         let engine = Engine::new(&engine_config(&limits))?;
         let mut linker = Linker::new(&engine);
@@ -415,6 +423,7 @@ impl PluginHost {
             errors: RwLock::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
             cache_dir,
+            clock,
             background: Arc::default(),
         };
         // Compile the built-ins side by side: each takes a while.
@@ -540,7 +549,7 @@ impl PluginHost {
                 first_line(&format!("{error:#}"))
             )
         })?;
-        let loaded_at = crate::time::now_micros();
+        let loaded_at = self.clock.now_micros();
         let loaded = |kind, instances| LoadedPlugin {
             name: name.to_owned(),
             kind,

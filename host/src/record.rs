@@ -1,6 +1,8 @@
 //! Repeat records and their life cycle: the states of SPEC section 6, the
-//! classification of a delivery attempt's outcome, the retry arithmetic and
-//! the operator actions. Everything here is a plain function over plain
+//! classification of a delivery attempt's outcome (from the HTTP status, or
+//! from the typed [`DeliveryError`] when there was none), the retry
+//! arithmetic (saturating, `Retry-After` honoured up to `max_wait`) and the
+//! operator actions. Everything here is a plain function over plain
 //! types; the store persists the result of each transition in one write
 //! transaction, the scheduler decides when to call them.
 
@@ -251,6 +253,78 @@ pub fn classify_status(
     }
 }
 
+/// Why an attempt got no usable answer from the remote (or never reached
+/// it). `Display` is the text the attempt keeps and operators read;
+/// [`classify_failure`] decides, from the variant alone, what it means for
+/// the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The remote did not answer within the connection's timeout.
+    #[error("timed out after {} ms", .after.as_millis())]
+    Timeout { after: Duration },
+    /// The egress policy refused the address (its own words).
+    #[error("{reason}")]
+    EgressRefused { reason: String },
+    /// No connection could be made; `causes` is `": cause: cause…"`.
+    #[error("connection failed{causes}")]
+    Connect { causes: String },
+    /// The TLS handshake failed (certificate, protocol); said like `Connect`.
+    #[error("connection failed{causes}")]
+    Tls { causes: String },
+    /// The request broke off after the connection was made.
+    #[error("request failed{causes}")]
+    Request { causes: String },
+    /// An auth scheme could not make its headers (a digest challenge that
+    /// cannot be answered, an auth plugin that is missing or failed, a header
+    /// it made that HTTP cannot carry).
+    #[error("{reason}")]
+    AuthSchemeFailed { reason: String },
+    /// The OAuth2 token endpoint answered with an error status.
+    #[error("oauth2 token request to {url} failed: answered {status}: {excerpt}")]
+    TokenEndpointAnswered {
+        url: String,
+        status: u16,
+        excerpt: String,
+    },
+    /// The OAuth2 token endpoint was not reached, or its answer was unusable.
+    #[error("oauth2 token request to {url} failed: {problem}")]
+    TokenEndpointFailed { url: String, problem: String },
+    /// The format plugin failed on this payload (or the store no longer has
+    /// what it needs): nothing was sent.
+    #[error("{reason}")]
+    PluginFailed { reason: String },
+    /// What the plugin built cannot be sent (a bad URL or header).
+    #[error("{reason}")]
+    RequestInvalid { reason: String },
+}
+
+/// What a failure means for the record: the remote (or the way to it) may
+/// work later, so network, timeout and auth failures are retried; a payload
+/// that cannot be built or sent is rejected until an operator requeues it.
+pub fn classify_failure(error: &DeliveryError) -> Outcome {
+    let text = error.to_string();
+    match error {
+        DeliveryError::Timeout { .. }
+        | DeliveryError::EgressRefused { .. }
+        | DeliveryError::Connect { .. }
+        | DeliveryError::Tls { .. }
+        | DeliveryError::Request { .. }
+        | DeliveryError::AuthSchemeFailed { .. }
+        | DeliveryError::TokenEndpointAnswered { .. }
+        | DeliveryError::TokenEndpointFailed { .. } => Outcome::Retryable {
+            status: None,
+            retry_after: None,
+            error: text,
+        },
+        DeliveryError::PluginFailed { .. } | DeliveryError::RequestInvalid { .. } => {
+            Outcome::Rejected {
+                status: None,
+                error: text,
+            }
+        }
+    }
+}
+
 /// The wait after the `failures`-th failed attempt (1-based): `min_wait`,
 /// then `factor` times longer each time, capped at `max_wait`, then varied by
 /// `jitter_unit` in [-1, 1] scaled to ±20%.
@@ -259,7 +333,15 @@ pub fn retry_wait(policy: &RetryPolicy, failures: u32, jitter_unit: f64) -> Dura
     let base = policy.min_wait.as_secs_f64() * policy.factor.powi(exponent);
     let capped = base.min(policy.max_wait.as_secs_f64());
     let jittered = capped * (1.0 + 0.2 * jitter_unit.clamp(-1.0, 1.0));
-    Duration::from_secs_f64(jittered.max(0.0))
+    // Too long for a `Duration` (a `max_wait` near its end) saturates.
+    Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// The wait when the remote sent `Retry-After: asked`: as long as it asks,
+/// up to the policy's `max_wait` (SPEC section 6), and never shorter than
+/// `at_least` (the policy's own wait).
+pub fn honoured_wait(policy: &RetryPolicy, asked: Duration, at_least: Duration) -> Duration {
+    asked.min(policy.max_wait).max(at_least)
 }
 
 /// What `after_attempt` decided, for the caller's bookkeeping.
@@ -301,11 +383,9 @@ pub fn after_attempt(
                 Verdict::Final(RecordState::Cancelled)
             } else {
                 let computed = retry_wait(policy, failures, jitter_unit);
-                let wait = match retry_after {
-                    Some(asked) => (*asked).max(computed).min(policy.max_wait.max(*asked)),
-                    None => computed,
-                };
-                Verdict::RetryAt(now + wait.as_micros() as i64)
+                let wait =
+                    retry_after.map_or(computed, |asked| honoured_wait(policy, asked, computed));
+                Verdict::RetryAt(crate::clock::add(now, wait))
             }
         }
     };
@@ -501,6 +581,140 @@ mod tests {
             after_attempt(&mut r, &outcome, &policy(), 0, 0.0),
             Verdict::RetryAt(60_000_000)
         );
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_max_wait() {
+        for asked in [
+            Duration::from_secs(601),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let mut r = record();
+            let outcome = Outcome::Retryable {
+                status: Some(503),
+                retry_after: Some(asked),
+                error: "remote answered 503".into(),
+            };
+            assert_eq!(
+                after_attempt(&mut r, &outcome, &policy(), 0, 0.0),
+                Verdict::RetryAt(600_000_000),
+                "{asked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_arithmetic_saturates_at_the_end_of_time() {
+        let endless = RetryPolicy {
+            max_attempts: 10,
+            min_wait: Duration::MAX,
+            max_wait: Duration::MAX,
+            factor: 3.0,
+        };
+        assert_eq!(retry_wait(&endless, 5, 1.0), Duration::MAX);
+        let mut r = record();
+        let outcome = Outcome::Retryable {
+            status: Some(429),
+            retry_after: Some(Duration::MAX),
+            error: "remote answered 429".into(),
+        };
+        assert_eq!(
+            after_attempt(&mut r, &outcome, &endless, i64::MAX - 5, 1.0),
+            Verdict::RetryAt(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn network_and_auth_failures_are_retried_and_payload_failures_rejected() {
+        let retried = [
+            DeliveryError::Timeout {
+                after: Duration::from_millis(1_500),
+            },
+            DeliveryError::EgressRefused {
+                reason: "address 10.0.0.1 is private".into(),
+            },
+            DeliveryError::Connect {
+                causes: ": tcp connect error: Connection refused".into(),
+            },
+            DeliveryError::Tls {
+                causes: ": invalid peer certificate: UnknownIssuer".into(),
+            },
+            DeliveryError::Request {
+                causes: ": connection closed before message completed".into(),
+            },
+            DeliveryError::AuthSchemeFailed {
+                reason: "auth plugin \"hmac\" is not loaded".into(),
+            },
+            DeliveryError::TokenEndpointAnswered {
+                url: "https://idp.example/token".into(),
+                status: 500,
+                excerpt: "down".into(),
+            },
+            DeliveryError::TokenEndpointFailed {
+                url: "https://idp.example/token".into(),
+                problem: "answer has no access_token".into(),
+            },
+        ];
+        for error in retried {
+            let expected = Outcome::Retryable {
+                status: None,
+                retry_after: None,
+                error: error.to_string(),
+            };
+            assert_eq!(classify_failure(&error), expected);
+        }
+        for error in [
+            DeliveryError::PluginFailed {
+                reason: "plugin \"case-json\" failed: no case".into(),
+            },
+            DeliveryError::RequestInvalid {
+                reason: "header \"x y\" is not a valid HTTP header".into(),
+            },
+        ] {
+            assert!(
+                matches!(
+                    classify_failure(&error),
+                    Outcome::Rejected { status: None, .. }
+                ),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_read_as_they_always_did() {
+        let cases = [
+            (
+                DeliveryError::Timeout {
+                    after: Duration::from_millis(1_500),
+                },
+                "timed out after 1500 ms",
+            ),
+            (
+                DeliveryError::Connect {
+                    causes: ": tcp connect error".into(),
+                },
+                "connection failed: tcp connect error",
+            ),
+            (
+                DeliveryError::Tls {
+                    causes: ": invalid peer certificate".into(),
+                },
+                "connection failed: invalid peer certificate",
+            ),
+            (
+                DeliveryError::TokenEndpointAnswered {
+                    url: "https://idp.example/token".into(),
+                    status: 401,
+                    excerpt: "{\"error\":\"invalid_client\"}".into(),
+                },
+                "oauth2 token request to https://idp.example/token failed: answered 401: {\"error\":\"invalid_client\"}",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event
 /// would leave behind in a domain that has none yet.
 fn planned(bytes: &[u8], domain: &str) -> Result<SubmissionPlan<'static>, String> {
     let parsed = crate::xform::parse_form(bytes).map_err(|e| e.to_string())?;
-    let received_on = crate::time::format_utc(crate::time::now_micros());
+    let received_on = crate::time::format_utc(crate::clock::Clock::system().now_micros());
     let (form, blocks) =
         submission::new_form(parsed, domain, || "sample-form".to_owned(), received_on);
     Ok(submission::plan(form, &blocks, BTreeMap::new(), &[]))
@@ -97,7 +97,7 @@ fn case_from_json(value: &serde_json::Value, domain: &str) -> Result<Case, Strin
         .cloned()
         .unwrap_or_default();
     let property = |key: &str| text(properties.get(key));
-    let now = crate::time::format_utc(crate::time::now_micros());
+    let now = crate::time::format_utc(crate::clock::Clock::system().now_micros());
     let standard = [
         "case_name",
         "case_type",

@@ -1,26 +1,22 @@
-//! UTC time without a date crate: the current time in Unix microseconds, the one
-//! timestamp format the product sends (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), and the
-//! ISO-8601 variants that field devices put into forms (`2015-04-17T16:04:54.950-04`,
-//! `+05:30`, `+0530`, `Z`, no fraction, no offset, date only). Calendar arithmetic
-//! is the proleptic Gregorian "days from civil" algorithm; no time zones other than
-//! the fixed offsets written in the text. HTTP dates (`Retry-After`) are read here
-//! too.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! UTC timestamps: the one format the product sends
+//! (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), the ISO-8601 variants that field devices
+//! put into forms (`2015-04-17T16:04:54.950-04`, `+05:30`, `+0530`, `Z`, no
+//! fraction, no offset, date only) and HTTP dates (`Retry-After`). "Now" is
+//! not read here: it comes from the [`Clock`](crate::clock::Clock).
+//!
+//! Calendar arithmetic is the proleptic Gregorian "days from civil" algorithm;
+//! no time zones other than the fixed offsets written in the text. This stays
+//! hand-written rather than on `jiff`, `time` or `httpdate` on purpose: the
+//! device formats accepted here (two-digit offsets, a space for `T`, fractions
+//! beyond microseconds, lowercase `z`) are CommCare's and not what those
+//! crates' parsers accept as written, so a crate would add a dependency and
+//! keep most of this code; `httpdate` alone would replace only the HTTP-date
+//! reader and refuses dates before 1970, which `Retry-After` then reads as
+//! garbage instead of "now". Every function here is total: no input panics.
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 const MICROS_PER_DAY: i64 = SECONDS_PER_DAY * MICROS_PER_SECOND;
-
-/// The current time as microseconds since the Unix epoch (UTC).
-pub fn now_micros() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since_epoch) => i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX),
-        Err(before_epoch) => {
-            i64::try_from(before_epoch.duration().as_micros()).map_or(i64::MIN, |micros| -micros)
-        }
-    }
-}
 
 /// Formats Unix microseconds as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, always with six
 /// fraction digits.
@@ -423,7 +419,6 @@ mod tests {
             1_429_301_094_950_000,
             253_402_300_799_999_999, // 9999-12-31T23:59:59.999999Z
             -62_135_596_800_000_000, // 0001-01-01T00:00:00Z
-            now_micros(),
         ] {
             assert_eq!(
                 parse_timestamp(&format_utc(micros)),
@@ -455,10 +450,5 @@ mod tests {
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn now_is_after_2020() {
-        assert!(now_micros() > parse_timestamp("2020-01-01").unwrap());
     }
 }

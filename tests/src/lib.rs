@@ -30,6 +30,7 @@ pub mod fixture_session;
 mod http;
 pub mod load;
 pub mod remote;
+pub mod virtual_time;
 pub mod wait;
 
 pub use client::Client;
@@ -259,12 +260,23 @@ impl Gateway {
 
     /// Starts on an existing directory (to restart over the same data).
     pub async fn start_in(dir: Arc<TempDir>, config_body: &str) -> Gateway {
+        Gateway::launch(dir, config_body, repeatd::clock::Clock::system()).await
+    }
+
+    /// Starts with every "now" and sleep of the gateway on `clock` (one made
+    /// with `Clock::starting_at` under `tokio::time::pause` moves only as
+    /// the test advances time).
+    pub async fn start_with_clock(config_body: &str, clock: repeatd::clock::Clock) -> Gateway {
+        Gateway::launch(Arc::new(TempDir::new("gw")), config_body, clock).await
+    }
+
+    async fn launch(dir: Arc<TempDir>, config_body: &str, clock: repeatd::clock::Clock) -> Gateway {
         let text = format!("{}{config_body}", config_head(dir.path()));
         let config = repeatd::config::parse(&text, "test.toml")
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (state, _) = repeatd::start(config)
+        let (state, _) = repeatd::start_with_clock(config, clock)
             .await
             .unwrap_or_else(|e| panic!("gateway start: {e:#}"));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();

@@ -39,6 +39,7 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefini
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::clock::Clock;
 use crate::model::{Case, StoredForm};
 use crate::record::RetryPolicy;
 use crate::record::{
@@ -182,6 +183,8 @@ pub struct Store {
     nonce: u64,
     next_seq: Arc<AtomicU64>,
     path: PathBuf,
+    /// Where "now" comes from for the times the store stamps.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Store {
@@ -275,7 +278,13 @@ impl Store {
             nonce,
             next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
             path,
+            clock: Clock::system(),
         })
+    }
+
+    /// This store, stamping times by `clock` instead of the wall clock.
+    pub fn with_clock(self, clock: Clock) -> Store {
+        Store { clock, ..self }
     }
 
     /// One table, in a read transaction of its own.
@@ -315,8 +324,11 @@ impl Store {
         submission: Submission,
     ) -> Result<IngestResult, StoreError> {
         let next_seq = self.next_seq.clone();
-        self.write(move |txn| writes::commit_submission(txn, &next_seq, submission))
-            .await
+        let clock = self.clock;
+        self.write(move |txn| {
+            writes::commit_submission(txn, &next_seq, submission, clock.now_micros())
+        })
+        .await
     }
 
     /// Registers one `app-schema` record per app-schema repeater of the domain.
@@ -328,6 +340,7 @@ impl Store {
         build_id: Option<String>,
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let next_seq = self.next_seq.clone();
+        let clock = self.clock;
         self.write(move |txn| {
             let planned = crate::submission::plan_app_change(
                 &repeaters,
@@ -335,7 +348,7 @@ impl Store {
                 change,
                 build_id.as_deref(),
             );
-            writes::register(txn, &next_seq, &planned, crate::time::now_micros())
+            writes::register(txn, &next_seq, &planned, clock.now_micros())
         })
         .await
     }
@@ -423,7 +436,8 @@ impl Store {
         &self,
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
-        self.write(move |txn| writes::commit_attempt(txn, result))
+        let clock = self.clock;
+        self.write(move |txn| writes::commit_attempt(txn, result, clock.now_micros()))
             .await
     }
 
@@ -433,8 +447,9 @@ impl Store {
         seq: u64,
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
+        let clock = self.clock;
         self.write(move |txn| {
-            let now = crate::time::now_micros();
+            let now = clock.now_micros();
             let mut changed = writes::apply_operator(txn, &[seq], None, action, now)?;
             match changed.pop() {
                 Some(record) => Ok(record),
@@ -474,9 +489,10 @@ impl Store {
         for chunk in seqs.chunks(RECORDS_PER_TRANSACTION) {
             let chunk = chunk.to_vec();
             let filter = filter.clone();
+            let clock = self.clock;
             let mut done = self
                 .write(move |txn| {
-                    let now = crate::time::now_micros();
+                    let now = clock.now_micros();
                     writes::apply_operator(txn, &chunk, Some(&filter), action, now)
                 })
                 .await?;
@@ -488,12 +504,13 @@ impl Store {
     /// Cancels every queued record of a repeater (when it is deleted).
     pub async fn cancel_repeater_records(&self, repeater_id: u64) -> Result<u64, StoreError> {
         let mut total = 0;
+        let clock = self.clock;
         loop {
             let n = self
                 .write(move |txn| {
                     let seqs =
                         writes::queued_of_repeater(txn, repeater_id, RECORDS_PER_TRANSACTION)?;
-                    let now = crate::time::now_micros();
+                    let now = clock.now_micros();
                     let cancelled =
                         writes::apply_operator(txn, &seqs, None, OperatorAction::Cancel, now)?;
                     Ok(cancelled.len() as u64)

@@ -25,6 +25,7 @@ pub(super) fn commit_submission(
     txn: &WriteTransaction,
     next_seq: &AtomicU64,
     submission: Submission,
+    now: i64,
 ) -> Result<IngestResult, StoreError> {
     let Submission {
         form,
@@ -62,8 +63,7 @@ pub(super) fn commit_submission(
     }
     forms.insert(key, encode(form).as_slice())?;
     txn.open_table(FORM_XML)?.insert(key, xml.as_slice())?;
-    let received_micros =
-        crate::time::parse_timestamp(&form.received_on).unwrap_or_else(crate::time::now_micros);
+    let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or(now);
     let registered = register(txn, next_seq, &plan.records, received_micros)?;
     Ok(IngestResult::Accepted { registered })
 }
@@ -102,13 +102,11 @@ pub(super) fn register(
 pub(super) fn commit_attempt(
     txn: &WriteTransaction,
     result: AttemptResult,
+    now: i64,
 ) -> Result<(RepeatRecord, Verdict), StoreError> {
     let before = read_record(txn, result.seq)?;
     let mut record = before.clone();
-    let now = result
-        .attempt
-        .as_ref()
-        .map_or_else(crate::time::now_micros, |a| a.at);
+    let now = result.attempt.as_ref().map_or(now, |a| a.at);
     // Due after the attempt began: an operator resent or requeued it
     // while it was being sent.
     let resent_meanwhile =

@@ -14,6 +14,13 @@
 //! time; a success restores full speed. A paused lane, or one whose format
 //! plugin is not loaded, sends nothing and costs nothing: its records stay
 //! queued in the store.
+//!
+//! The decisions (back-off, probes, pause, `max_workers`, fair shares) are
+//! the pure [`planner`]; this module does the I/O around them: it fetches due
+//! records from the store, spawns the sends and commits their outcomes. Every
+//! "now" and every sleep comes from the gateway's [`Clock`].
+
+pub mod planner;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,79 +29,25 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::delivery::{Delivery, SendResult};
 use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::RetryPolicy;
-use crate::record::{self, Outcome, Verdict};
+use crate::record::{Outcome, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
-/// Consecutive retryable failures that put a lane into back-off.
-const FAILURES_BEFORE_BACKOFF: u32 = 3;
+pub use planner::Health;
+use planner::{LanePlan, LaneView};
+
 /// Records fetched from the due index per lane at a time.
 const FETCH_BATCH: usize = 256;
-
-/// What a lane knows about its remote's health.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Health {
-    pub consecutive_failures: u32,
-    /// How many back-offs in a row (grows the wait like a record's).
-    pub backoff_level: u32,
-    /// No sends before this (micros); then one probe at a time.
-    pub backoff_until: Option<i64>,
-}
-
-impl Health {
-    /// Applies one outcome; returns true when it changes the lane's pace.
-    pub fn observe(
-        &mut self,
-        outcome: &Outcome,
-        policy: &RetryPolicy,
-        now: i64,
-        jitter_unit: f64,
-    ) -> bool {
-        match outcome {
-            Outcome::Success { .. } => {
-                let was_backing_off = self.backoff_until.is_some();
-                *self = Health::default();
-                was_backing_off
-            }
-            Outcome::Retryable { retry_after, .. } => {
-                self.consecutive_failures += 1;
-                if let Some(until) = self.backoff_until.filter(|until| *until > now) {
-                    // A send that started before this back-off began: it
-                    // confirms the back-off but does not grow it (parallel
-                    // sends failing together are one failure of the remote),
-                    // except to honour a longer Retry-After.
-                    let asked_until = retry_after.map(|asked| now + asked.as_micros() as i64);
-                    return match asked_until {
-                        Some(asked_until) if asked_until > until => {
-                            self.backoff_until = Some(asked_until);
-                            true
-                        }
-                        _ => false,
-                    };
-                }
-                if retry_after.is_some() || self.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
-                    self.backoff_level += 1;
-                    let computed = record::retry_wait(policy, self.backoff_level, jitter_unit);
-                    let wait =
-                        retry_after.map_or(computed, |asked| asked.max(Duration::from_millis(1)));
-                    self.backoff_until = Some(now + wait.as_micros() as i64);
-                    true
-                } else {
-                    false
-                }
-            }
-            Outcome::Rejected { .. } | Outcome::Empty => false,
-        }
-    }
-
-    pub fn is_backing_off(&self) -> bool {
-        self.backoff_until.is_some()
-    }
-}
+/// How long a record waits after its send broke down inside the gateway (a
+/// panic, a store that could not be read or written).
+const RETRY_AFTER_HOST_FAILURE: Duration = Duration::from_secs(1);
+/// The longest the task sleeps without looking again.
+const LONGEST_SLEEP: Duration = Duration::from_secs(3_600);
 
 struct Lane {
     repeater: RepeaterRef,
@@ -118,14 +71,21 @@ impl Lane {
     }
 }
 
+/// What the scheduler works with, handed over at start.
+pub struct Wiring {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub delivery: Arc<Delivery>,
+    pub plugins: Arc<PluginHost>,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+    /// `[retry]`: the policy of repeaters that set none.
+    pub retry_defaults: RetryPolicy,
+    pub clock: Clock,
+}
+
 struct Shared {
-    store: Store,
-    catalog: Arc<Catalog>,
-    delivery: Arc<Delivery>,
-    plugins: Arc<PluginHost>,
-    metrics: Arc<Metrics>,
-    notifier: Notifier,
-    retry_defaults: RetryPolicy,
+    with: Wiring,
     wake: Notify,
     lanes: Mutex<HashMap<u64, Lane>>,
     permits: Arc<Semaphore>,
@@ -159,26 +119,11 @@ pub struct LaneStatus {
 }
 
 impl Scheduler {
-    /// Starts the scheduling task.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        store: Store,
-        catalog: Arc<Catalog>,
-        delivery: Arc<Delivery>,
-        plugins: Arc<PluginHost>,
-        metrics: Arc<Metrics>,
-        notifier: Notifier,
-        retry_defaults: RetryPolicy,
-        max_in_flight: usize,
-    ) -> Scheduler {
+    /// Starts the scheduling task; at most `max_in_flight` sends at once.
+    pub fn start(with: Wiring, max_in_flight: usize) -> Scheduler {
+        let plugins = with.plugins.clone();
         let shared = Arc::new(Shared {
-            store,
-            catalog,
-            delivery,
-            plugins: plugins.clone(),
-            metrics,
-            notifier,
-            retry_defaults,
+            with,
             wake: Notify::new(),
             lanes: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
@@ -229,7 +174,7 @@ impl Scheduler {
     /// (one probe at a time still holds until a success).
     pub fn operator_released(&self, items: &[(u64, u64, i64)]) {
         {
-            let now = crate::time::now_micros();
+            let now = self.shared.with.clock.now_micros();
             let mut lanes = self.shared.lanes.lock().expect("lanes lock");
             for (repeater_id, seq, _) in items.iter().take(FETCH_BATCH).rev() {
                 if let Some(lane) = lanes.get_mut(repeater_id)
@@ -300,7 +245,7 @@ impl Scheduler {
     }
 
     fn sync_lanes(&self) {
-        let snapshot = self.shared.catalog.snapshot();
+        let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut present = HashSet::new();
         for repeater in snapshot.repeaters() {
@@ -322,7 +267,7 @@ impl Scheduler {
     }
 
     async fn run(&self) {
-        let mut catalog_changes = self.shared.catalog.subscribe();
+        let mut catalog_changes = self.shared.with.catalog.subscribe();
         // `changed()` below marks a change as seen when it wakes us, so the
         // change is remembered here rather than asked of the channel again.
         let mut catalog_changed = true;
@@ -344,19 +289,14 @@ impl Scheduler {
                 Ok(next_wake) => next_wake,
                 Err(error) => {
                     tracing::error!(%error, "scheduler could not read the queue; trying again in a second");
-                    Some(crate::time::now_micros() + 1_000_000)
+                    Some(self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
                 }
             };
-            let sleep = match next_wake {
-                Some(at) => {
-                    let wait = (at - crate::time::now_micros()).max(0) as u64;
-                    Duration::from_micros(wait.min(3_600_000_000))
-                }
-                None => Duration::from_secs(3_600),
-            };
+            let clock = self.shared.with.clock;
+            let sleep = next_wake.map_or(LONGEST_SLEEP, |at| clock.until(at).min(LONGEST_SLEEP));
             tokio::select! {
                 _ = self.shared.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = clock.sleep(sleep) => {}
                 changed = catalog_changes.changed(), if catalog_open => match changed {
                     Ok(()) => catalog_changed = true,
                     // The catalog is gone (shutting down): stop listening
@@ -369,73 +309,48 @@ impl Scheduler {
 
     /// Sends whatever is due and may be sent; returns when to look again.
     fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
-        let now = crate::time::now_micros();
-        let snapshot = self.shared.catalog.snapshot();
-        let mut next_wake: Option<i64> = None;
-        let mut wake_at = |at: i64| next_wake = Some(next_wake.map_or(at, |w: i64| w.min(at)));
+        let now = self.shared.with.clock.now_micros();
+        let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
-        // No lane takes more than an equal share of the global slots, so a
-        // slow remote cannot hold every one while a healthy one waits.
-        let sending_lanes = lanes
+        let mut connections = Vec::with_capacity(lanes.len());
+        let views: Vec<LaneView> = lanes
             .values()
-            .filter(|lane| {
-                !lane.repeater.spec.paused
-                    && self.shared.plugins.is_loaded(&lane.repeater.spec.format)
+            .map(|lane| {
+                let spec = &lane.repeater.spec;
+                let connection = snapshot
+                    .domain(&lane.repeater.domain)
+                    .and_then(|domain| domain.connections.get(&spec.connection))
+                    .cloned();
+                let view = LaneView {
+                    paused: spec.paused,
+                    ready: connection.is_some() && self.shared.with.plugins.is_loaded(&spec.format),
+                    max_workers: spec.max_workers,
+                    in_flight: lane.in_flight.len(),
+                    health: lane.health.clone(),
+                    buffered: lane.buffer.len(),
+                    next_due: lane.next_due,
+                };
+                connections.push(connection);
+                view
             })
-            .count();
-        let fair_share = (self.shared.max_in_flight / sending_lanes.max(1)).max(1);
-        for lane in lanes.values_mut() {
-            let spec = lane.repeater.spec.clone();
-            if spec.paused || !self.shared.plugins.is_loaded(&spec.format) {
-                continue;
-            }
-            let Some(domain) = snapshot.domain(&lane.repeater.domain) else {
+            .collect();
+        let plan = planner::plan(
+            &views,
+            self.shared.max_in_flight,
+            self.shared.permits.available_permits(),
+            now,
+        );
+        let mut next_wake = plan.wake_at;
+        for ((lane, lane_plan), connection) in lanes.values_mut().zip(plan.lanes).zip(connections) {
+            let (LanePlan::Send(starts), Some(connection)) = (lane_plan, connection) else {
                 continue;
             };
-            let Some(connection) = domain.connections.get(&spec.connection).cloned() else {
-                continue;
-            };
-            let capacity = match lane.health.backoff_until {
-                Some(until) if until > now => {
-                    wake_at(until);
-                    continue;
-                }
-                Some(_) => 1,
-                None => spec.max_workers.max(1).min(fair_share),
-            };
-            while lane.in_flight.len() < capacity {
-                if lane.buffer.is_empty() {
-                    match lane.next_due {
-                        Some(at) if at <= now => {}
-                        Some(at) => {
-                            wake_at(at);
-                            break;
-                        }
-                        None => break,
+            for _ in 0..starts {
+                if lane.buffer.is_empty() && !self.fetch_due(lane, now)? {
+                    if let Some(at) = lane.next_due {
+                        next_wake = Some(next_wake.map_or(at, |known| known.min(at)));
                     }
-                    let mut skip = lane.in_flight.clone();
-                    skip.extend(lane.buffer.iter().copied());
-                    let due =
-                        self.shared
-                            .store
-                            .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
-                    let fetched_all = due.len() < FETCH_BATCH;
-                    lane.buffer.extend(due);
-                    if fetched_all {
-                        let mut skip = lane.in_flight.clone();
-                        skip.extend(lane.buffer.iter().copied());
-                        lane.next_due = self.shared.store.earliest_due(lane.repeater.id, &skip)?;
-                        // Anything earlier than now that was skipped is in flight.
-                        if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
-                            lane.next_due = None;
-                        }
-                    }
-                    if lane.buffer.is_empty() {
-                        if let Some(at) = lane.next_due {
-                            wake_at(at);
-                        }
-                        break;
-                    }
+                    break;
                 }
                 let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
                     // Every global slot is busy; a finishing send wakes us.
@@ -444,40 +359,80 @@ impl Scheduler {
                 let Some(seq) = lane.buffer.pop_front() else {
                     break;
                 };
-                lane.in_flight.insert(seq);
-                let task = SendTask {
-                    scheduler: self.clone(),
-                    repeater: lane.repeater.clone(),
-                    connection: connection.spec.clone(),
-                    connection_origin: connection.origin,
-                    seq,
-                    guard: self.shared.sends.enter(),
-                };
-                let scheduler = self.clone();
-                let repeater_id = lane.repeater.id;
-                tokio::spawn(async move {
-                    use futures_util::FutureExt as _;
-                    // A bug in a send must not hold the lane's slot forever:
-                    // the record is released and tried again a second later.
-                    if std::panic::AssertUnwindSafe(task.run())
-                        .catch_unwind()
-                        .await
-                        .is_err()
-                    {
-                        tracing::error!(
-                            repeater_id,
-                            seq,
-                            "a send panicked; its record will be tried again"
-                        );
-                        let retry_at = crate::time::now_micros() + 1_000_000;
-                        let policy = scheduler.shared.retry_defaults;
-                        scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
-                    }
-                    drop(permit);
-                });
+                self.spawn_send(lane, &connection, seq, permit);
             }
         }
         Ok(next_wake)
+    }
+
+    /// Refills an empty lane buffer from the store's due index; false when
+    /// nothing is due now (`next_due` then says when something will be).
+    fn fetch_due(&self, lane: &mut Lane, now: i64) -> Result<bool, crate::store::StoreError> {
+        if lane.next_due.is_none_or(|at| at > now) {
+            return Ok(false);
+        }
+        let mut skip = lane.in_flight.clone();
+        let due = self
+            .shared
+            .with
+            .store
+            .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
+        let fetched_all = due.len() < FETCH_BATCH;
+        lane.buffer.extend(due);
+        if fetched_all {
+            skip.extend(lane.buffer.iter().copied());
+            lane.next_due = self
+                .shared
+                .with
+                .store
+                .earliest_due(lane.repeater.id, &skip)?;
+            // Anything earlier than now that was skipped is in flight.
+            if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
+                lane.next_due = None;
+            }
+        }
+        Ok(!lane.buffer.is_empty())
+    }
+
+    /// Starts the send of record `seq` of `lane` on a task of its own.
+    fn spawn_send(
+        &self,
+        lane: &mut Lane,
+        connection: &crate::catalog::StoredConnection,
+        seq: u64,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        lane.in_flight.insert(seq);
+        let task = SendTask {
+            scheduler: self.clone(),
+            repeater: lane.repeater.clone(),
+            connection: connection.spec.clone(),
+            connection_origin: connection.origin,
+            seq,
+            guard: self.shared.sends.enter(),
+        };
+        let scheduler = self.clone();
+        let repeater_id = lane.repeater.id;
+        tokio::spawn(async move {
+            use futures_util::FutureExt as _;
+            // A bug in a send must not hold the lane's slot forever:
+            // the record is released and tried again a second later.
+            if std::panic::AssertUnwindSafe(task.run())
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    repeater_id,
+                    seq,
+                    "a send panicked; its record will be tried again"
+                );
+                let retry_at = scheduler.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
+                let policy = scheduler.shared.with.retry_defaults;
+                scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
+            }
+            drop(permit);
+        });
     }
 
     fn finished(
@@ -492,7 +447,7 @@ impl Scheduler {
         if let Some(lane) = lanes.get_mut(&repeater_id) {
             lane.in_flight.remove(&seq);
             if let Some(outcome) = outcome {
-                let now = crate::time::now_micros();
+                let now = self.shared.with.clock.now_micros();
                 if lane
                     .health
                     .observe(outcome, policy, now, fastrand::f64() * 2.0 - 1.0)
@@ -531,10 +486,10 @@ impl SendTask {
         let shared = &self.scheduler.shared;
         let spec = &self.repeater.spec;
         let policy = spec.retry.as_ref().map_or_else(
-            || shared.retry_defaults,
-            |over| over.resolve(&shared.retry_defaults),
+            || shared.with.retry_defaults,
+            |over| over.resolve(&shared.with.retry_defaults),
         );
-        let loaded = shared.store.load_for_send(self.seq);
+        let loaded = shared.with.store.load_for_send(self.seq);
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
             Ok(None) => {
@@ -548,7 +503,7 @@ impl SendTask {
                     self.repeater.id,
                     self.seq,
                     None,
-                    Some(crate::time::now_micros() + 1_000_000),
+                    Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)),
                     &policy,
                 );
                 return;
@@ -558,7 +513,7 @@ impl SendTask {
         if !record.state.is_queued()
             || record
                 .next_attempt_at
-                .is_none_or(|at| at > crate::time::now_micros())
+                .is_none_or(|at| at > shared.with.clock.now_micros())
         {
             self.scheduler.finished(
                 self.repeater.id,
@@ -569,9 +524,10 @@ impl SendTask {
             );
             return;
         }
-        let record_id = shared.store.record_id(self.seq);
-        let started = std::time::Instant::now();
+        let record_id = shared.with.store.record_id(self.seq);
+        let started = shared.with.clock.instant();
         let result = shared
+            .with
             .delivery
             .send(
                 &record_id,
@@ -590,14 +546,14 @@ impl SendTask {
                     self.repeater.id,
                     self.seq,
                     None,
-                    Some(crate::time::now_micros()),
+                    Some(shared.with.clock.now_micros()),
                     &policy,
                 );
                 return;
             }
         };
         if attempt.is_some() {
-            shared.metrics.observe_send(
+            shared.with.metrics.observe_send(
                 &self.repeater.domain,
                 &spec.name,
                 outcome.label(),
@@ -606,6 +562,7 @@ impl SendTask {
         }
         let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
         let committed = shared
+            .with
             .store
             .commit_attempt(AttemptResult {
                 seq: self.seq,
@@ -617,7 +574,7 @@ impl SendTask {
             .await;
         if let Ok((committed_record, _)) = &committed {
             // Error e-mails (and "recovered" ones); never waits.
-            shared.notifier.observe(
+            shared.with.notifier.observe(
                 &self.repeater.domain,
                 &self.connection,
                 committed_record,
@@ -630,7 +587,7 @@ impl SendTask {
             Ok((_, Verdict::Final(_))) => None,
             Err(error) => {
                 tracing::error!(%error, seq = self.seq, "cannot commit an attempt; the record will be sent again");
-                Some(crate::time::now_micros() + 1_000_000)
+                Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
             }
         };
         self.scheduler.finished(
@@ -699,98 +656,5 @@ mod tokio_util_like {
                 self.inner.idle.notify_waiters();
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            min_wait: Duration::from_secs(10),
-            max_wait: Duration::from_secs(100),
-            factor: 2.0,
-        }
-    }
-
-    fn failure() -> Outcome {
-        Outcome::Retryable {
-            status: Some(503),
-            retry_after: None,
-            error: "remote answered 503".into(),
-        }
-    }
-
-    #[test]
-    fn a_lane_backs_off_after_consecutive_failures_and_recovers_on_success() {
-        let mut health = Health::default();
-        assert!(!health.observe(&failure(), &policy(), 0, 0.0));
-        assert!(!health.observe(&failure(), &policy(), 0, 0.0));
-        assert!(health.observe(&failure(), &policy(), 0, 0.0));
-        assert_eq!(health.backoff_until, Some(10_000_000));
-        // The probe after the back-off fails too.
-        health.observe(&failure(), &policy(), 10_000_000, 0.0);
-        assert_eq!(
-            health.backoff_until,
-            Some(30_000_000),
-            "back-off grows like a record's wait"
-        );
-        assert!(health.observe(&Outcome::Success { status: 200 }, &policy(), 0, 0.0));
-        assert_eq!(health, Health::default());
-    }
-
-    #[test]
-    fn sends_failing_together_back_off_once() {
-        let mut health = Health::default();
-        for _ in 0..3 {
-            health.observe(&failure(), &policy(), 0, 0.0);
-        }
-        assert_eq!(health.backoff_until, Some(10_000_000));
-        // Five more sends that were under way fail while it backs off.
-        for at in 1..=5 {
-            assert!(!health.observe(&failure(), &policy(), at, 0.0));
-        }
-        assert_eq!(
-            health.backoff_until,
-            Some(10_000_000),
-            "not grown by sends started before it"
-        );
-        assert_eq!(health.backoff_level, 1);
-        // One of them asks for longer: granted, without growing the level.
-        let throttled = Outcome::Retryable {
-            status: Some(429),
-            retry_after: Some(Duration::from_secs(60)),
-            error: "remote answered 429".into(),
-        };
-        assert!(health.observe(&throttled, &policy(), 6, 0.0));
-        assert_eq!(health.backoff_until, Some(60_000_006));
-        assert_eq!(health.backoff_level, 1);
-    }
-
-    #[test]
-    fn retry_after_backs_off_at_once_for_as_long_as_asked() {
-        let mut health = Health::default();
-        let throttled = Outcome::Retryable {
-            status: Some(429),
-            retry_after: Some(Duration::from_secs(7)),
-            error: "remote answered 429".into(),
-        };
-        assert!(health.observe(&throttled, &policy(), 1, 0.0));
-        assert_eq!(health.backoff_until, Some(7_000_001));
-    }
-
-    #[test]
-    fn rejections_do_not_count_as_the_remote_failing() {
-        let mut health = Health::default();
-        let rejected = Outcome::Rejected {
-            status: Some(400),
-            error: "bad".into(),
-        };
-        for _ in 0..10 {
-            assert!(!health.observe(&rejected, &policy(), 0, 0.0));
-        }
-        assert_eq!(health, Health::default());
     }
 }
