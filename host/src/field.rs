@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use reqwest::Url;
+use url::Url;
 
 /// A value that is wrong, with the key path it is at (`auth.password`,
 /// `retry_codes_add[1]`); an empty path means the object itself.

@@ -285,7 +285,7 @@ fn plugin_run(
             Payload::Nothing => println!("(nothing to send: the record would be `empty`)"),
             Payload::Send(request) => {
                 let mut full_url =
-                    reqwest::Url::parse(url).map_err(|error| anyhow::anyhow!("--url: {error}"))?;
+                    url::Url::parse(url).map_err(|error| anyhow::anyhow!("--url: {error}"))?;
                 if !request.query.is_empty() {
                     let mut query = full_url.query_pairs_mut();
                     for pair in &request.query {

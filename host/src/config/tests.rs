@@ -1852,40 +1852,6 @@ fn json_errors_are_in_the_same_words() {
 }
 
 #[test]
-fn only_the_wiring_names_config() {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![source.clone()];
-    let mut checked = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(
-                std::fs::read_dir(&path)
-                    .unwrap()
-                    .map(|entry| entry.unwrap().path()),
-            );
-            continue;
-        }
-        let relative = path
-            .strip_prefix(&source)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let wiring = ["lib.rs", "main.rs", "catalog.rs", "config.rs"].contains(&relative.as_str())
-            || relative.starts_with("config/");
-        if wiring || path.extension().is_none_or(|extension| extension != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            !text.contains("crate::config"),
-            "{relative} names the config module; take the type from its owner"
-        );
-        checked += 1;
-    }
-    assert!(checked > 20, "only {checked} files checked");
-}
-
-#[test]
 fn a_table_cannot_be_given_as_an_array() {
     assert_eq!(
         error_of("retry = [3]"),

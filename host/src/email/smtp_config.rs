@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use reqwest::Url;
 use serde::Deserialize;
+use url::Url;
 
 use crate::field::{FieldError, Nested, is_mailbox};
 use crate::secrets::Secret;
