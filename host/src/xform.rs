@@ -26,6 +26,9 @@
 //! - Device reports ([`DEVICE_REPORT_XMLNS`]) are parsed for well-formedness and
 //!   meta only; HQ never looks for case blocks in them.
 
+use std::borrow::Cow;
+
+use quick_xml::encoding::EncodingError;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
@@ -341,23 +344,15 @@ impl<'i> FormParser<'i> {
                 Event::Text(text) => {
                     if self.depth == 0 {
                         self.check_text_outside_root(&text, event_start)?;
-                    } else if self.text_target.is_some() {
-                        let content = text.xml_content().map_err(|error| {
-                            self.not_well_formed(event_start, error.to_string())
-                        })?;
-                        self.text.push_str(&content);
+                    } else {
+                        self.gather_text(event_start, || text.xml_content())?;
                     }
                 }
                 Event::CData(cdata) => {
                     if self.depth == 0 {
                         return Err(self.content_outside_root(event_start));
                     }
-                    if self.text_target.is_some() {
-                        let content = cdata.xml_content().map_err(|error| {
-                            self.not_well_formed(event_start, error.to_string())
-                        })?;
-                        self.text.push_str(&content);
-                    }
+                    self.gather_text(event_start, || cdata.xml_content())?;
                 }
                 Event::GeneralRef(reference) => {
                     if self.depth == 0 {
@@ -370,6 +365,22 @@ impl<'i> FormParser<'i> {
             }
         }
         self.finish()
+    }
+
+    /// Appends text or CDATA content to the value being gathered, if any; the
+    /// content is only decoded when it is kept.
+    fn gather_text(
+        &mut self,
+        event_start: usize,
+        content: impl FnOnce() -> Result<Cow<'i, str>, EncodingError>,
+    ) -> Result<(), XFormError> {
+        if self.text_target.is_none() {
+            return Ok(());
+        }
+        let content =
+            content().map_err(|error| self.not_well_formed(event_start, error.to_string()))?;
+        self.text.push_str(&content);
+        Ok(())
     }
 
     fn open_element(
@@ -1075,10 +1086,7 @@ mod tests {
     #[test]
     fn visit_updates_three_cases_in_nested_repeats_with_openrosa_meta() {
         let form = parse_fixture("household_visit.xml");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83")
-        );
+        assert_eq!(form.form_id(), Some("2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83"));
         assert_eq!(
             form.meta.time_end.as_deref(),
             Some("2023-04-14T10:20:30.512+05:30")
@@ -1105,10 +1113,7 @@ mod tests {
     #[test]
     fn close_closes_three_cases_with_empty_updates() {
         let form = parse_fixture("household_close.xml");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94")
-        );
+        assert_eq!(form.form_id(), Some("3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94"));
         assert_eq!(case_ids(&form), [HOUSEHOLD, CHIDI, ADA]);
         for block in &form.case_blocks {
             assert!(block.close);
@@ -1123,10 +1128,7 @@ mod tests {
     #[test]
     fn clinic_tasks_has_many_subcases() {
         let form = parse_fixture("clinic_tasks.xml");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("4dab6253-ce8f-4071-b263-5e4f7a8b9ca5")
-        );
+        assert_eq!(form.form_id(), Some("4dab6253-ce8f-4071-b263-5e4f7a8b9ca5"));
         assert_eq!(form.case_blocks.len(), 11);
         let parent = &form.case_blocks[0];
         assert_eq!(parent.case_id, CLIENT);
@@ -1179,10 +1181,7 @@ mod tests {
     fn two_blocks_for_one_case_including_an_empty_one() {
         let form = parse_fixture("two_blocks_one_case.xml");
         assert_eq!(form.root_name, "update_village");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("5ebc7364-df90-4182-c374-6f5a8b9cadb6")
-        );
+        assert_eq!(form.form_id(), Some("5ebc7364-df90-4182-c374-6f5a8b9cadb6"));
         assert_eq!(
             form.meta.app_version.as_deref(),
             Some("repeatd village app 12\n\t\t\t(phone build) r:--")
@@ -1212,10 +1211,7 @@ mod tests {
         let form = parse_fixture("plain_meta.xml");
         assert_eq!(form.xmlns, "http://repeatd.example/forms/plain-meta");
         assert_eq!(form.root_name, "form");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("c0ffee00c0ffee00c0ffee00c0ffee02")
-        );
+        assert_eq!(form.form_id(), Some("c0ffee00c0ffee00c0ffee00c0ffee02"));
         assert_eq!(
             form.meta.user_id.as_deref(),
             Some("c0ffee00c0ffee00c0ffee00c0ffee01")
@@ -1313,10 +1309,7 @@ mod tests {
     #[test]
     fn v1_blocks_in_repeats_are_converted() {
         let form = parse_fixture("v1_cases_in_repeats.xml");
-        assert_eq!(
-            form.instance_id.as_deref(),
-            Some("V1LITTER00000000000000001")
-        );
+        assert_eq!(form.form_id(), Some("V1LITTER00000000000000001"));
         assert_eq!(
             case_ids(&form),
             [
