@@ -1113,6 +1113,23 @@ mod tests {
         }
     }
 
+    /// A digest whose first e-mail, about one failure at 1 s, was sent at 2 s.
+    fn digest_after_one_email() -> Digest {
+        let mut digest = Digest::default();
+        digest.failed(note("a", SECOND, "timeout"));
+        let first = digest.begin();
+        digest.sent(&first, 2 * SECOND);
+        digest
+    }
+
+    fn assert_body_has(email: &Email, text: &str) {
+        assert!(
+            email.body.contains(text),
+            "missing {text:?} in:\n{}",
+            email.body
+        );
+    }
+
     #[test]
     fn the_first_failure_is_due_at_once_and_the_next_after_the_quiet_period() {
         let mut digest = Digest::default();
@@ -1251,10 +1268,7 @@ mod tests {
 
     #[test]
     fn a_summary_counts_the_failures_and_says_how_it_ended() {
-        let mut digest = Digest::default();
-        digest.failed(note("a", SECOND, "timeout"));
-        let first = digest.begin();
-        digest.sent(&first, 2 * SECOND);
+        let mut digest = digest_after_one_email();
         digest.failed(note("a", 3 * SECOND, "timeout"));
         digest.failed(note("b", 4 * SECOND, "remote answered 502"));
         let still = compose("demo", "receiver", &digest.clone().begin(), QUIET);
@@ -1262,26 +1276,17 @@ mod tests {
             still.subject,
             "[repeatd] project space \"demo\": connection \"receiver\" is still failing (2 failed attempts since the last e-mail)"
         );
-        assert!(
-            still
-                .body
-                .contains("2 failed attempts since the last e-mail (1970-01-01T00:00:02.000000Z)"),
-            "{}",
-            still.body
+        assert_body_has(
+            &still,
+            "2 failed attempts since the last e-mail (1970-01-01T00:00:02.000000Z)",
         );
-        assert!(
-            still
-                .body
-                .contains("  - record a (form form-a, repeater \"forms\"): 1 failed attempt"),
-            "{}",
-            still.body
+        assert_body_has(
+            &still,
+            "  - record a (form form-a, repeater \"forms\"): 1 failed attempt",
         );
-        assert!(
-            still
-                .body
-                .contains("  - record b (form form-b, repeater \"forms\"): 1 failed attempt"),
-            "{}",
-            still.body
+        assert_body_has(
+            &still,
+            "  - record b (form form-b, repeater \"forms\"): 1 failed attempt",
         );
         assert!(
             still.body.contains("    remote answered 502"),
@@ -1295,21 +1300,15 @@ mod tests {
             recovered.subject,
             "[repeatd] project space \"demo\": connection \"receiver\" failed 2 times, then recovered"
         );
-        assert!(
-            recovered
-                .body
-                .contains("Status: recovered. A send succeeded at 1970-01-01T00:00:05.000000Z:"),
-            "{}",
-            recovered.body
+        assert_body_has(
+            &recovered,
+            "Status: recovered. A send succeeded at 1970-01-01T00:00:05.000000Z:",
         );
     }
 
     #[test]
     fn a_recovery_alone_gets_a_short_email() {
-        let mut digest = Digest::default();
-        digest.failed(note("a", SECOND, "timeout"));
-        let first = digest.begin();
-        digest.sent(&first, 2 * SECOND);
+        let mut digest = digest_after_one_email();
         digest.succeeded(note("b", 3 * SECOND, ""));
         let email = compose("demo", "receiver", &digest.begin(), QUIET);
         assert_eq!(

@@ -13,7 +13,7 @@ pub fn wants_form(repeater: &RepeaterSpec, form: &StoredForm) -> bool {
     if !repeater.xmlns.is_empty() && !repeater.xmlns.contains(&form.xmlns) {
         return false;
     }
-    !is_blocked(repeater, form.user_id.as_deref())
+    !is_blocked(repeater, form.meta.user_id.as_deref())
 }
 
 /// Whether a case repeater forwards this case after a form touched it.
@@ -30,7 +30,7 @@ pub fn wants_case(repeater: &RepeaterSpec, case: &Case, created: bool, form: &St
         CaseEvents::Create => created,
         CaseEvents::Update => !created,
     };
-    event_wanted && !is_blocked(repeater, form.user_id.as_deref())
+    event_wanted && !is_blocked(repeater, form.meta.user_id.as_deref())
 }
 
 fn is_blocked(repeater: &RepeaterSpec, user_id: Option<&str>) -> bool {

@@ -54,6 +54,19 @@ pub struct Attachment {
     pub size: u64,
 }
 
+/// What the device said of a form in its `meta` block, besides the form's id
+/// (which becomes [`StoredForm::form_id`]). Values are trimmed; empty values are
+/// `None`. Device times are kept as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FormMeta {
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub device_id: Option<String>,
+    pub time_start: Option<String>,
+    pub time_end: Option<String>,
+    pub app_version: Option<String>,
+}
+
 /// A stored form's metadata; its XML is kept beside it, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredForm {
@@ -64,12 +77,9 @@ pub struct StoredForm {
     pub app_id: Option<String>,
     /// Server time, UTC `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
     pub received_on: String,
-    pub user_id: Option<String>,
-    pub username: Option<String>,
-    pub device_id: Option<String>,
-    pub time_start: Option<String>,
-    pub time_end: Option<String>,
-    pub app_version: Option<String>,
+    /// Flattened: stored and answered as top-level keys, as before it was a struct.
+    #[serde(flatten)]
+    pub meta: FormMeta,
     /// Cases the form touched, in document order, each once.
     pub case_ids: Vec<String>,
     pub attachments: Vec<Attachment>,
@@ -78,4 +88,30 @@ pub struct StoredForm {
     /// How often the same form id was submitted again (answered 201, not processed).
     pub n_duplicates: u32,
     pub last_duplicate_on: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A form as the store wrote it before `meta` was a struct of its own: the
+    /// meta fields are top-level keys, and they must stay so.
+    const STORED_FORM_JSON: &str = r#"{"domain":"demo","form_id":"f1","xmlns":"http://example.org/visit","app_id":null,"received_on":"2026-01-02T03:04:05.000000Z","user_id":"nurse","username":"asha","device_id":"tab-1","time_start":"2026-01-02T03:00:00Z","time_end":"2026-01-02T03:04:00Z","app_version":"3.1","case_ids":["c1"],"attachments":[],"is_device_report":false,"n_duplicates":0,"last_duplicate_on":null}"#;
+
+    #[test]
+    fn a_stored_form_keeps_its_meta_as_top_level_keys() {
+        let form: StoredForm = serde_json::from_str(STORED_FORM_JSON).unwrap();
+        assert_eq!(
+            form.meta,
+            FormMeta {
+                user_id: Some("nurse".into()),
+                username: Some("asha".into()),
+                device_id: Some("tab-1".into()),
+                time_start: Some("2026-01-02T03:00:00Z".into()),
+                time_end: Some("2026-01-02T03:04:00Z".into()),
+                app_version: Some("3.1".into()),
+            }
+        );
+        assert_eq!(serde_json::to_string(&form).unwrap(), STORED_FORM_JSON);
+    }
 }

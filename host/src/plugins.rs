@@ -1041,12 +1041,12 @@ pub fn form_event(form: &crate::model::StoredForm, xml: Vec<u8>) -> Event {
         xmlns: form.xmlns.clone(),
         app_id: form.app_id.clone(),
         received_on: form.received_on.clone(),
-        user_id: form.user_id.clone(),
-        username: form.username.clone(),
-        device_id: form.device_id.clone(),
-        time_start: form.time_start.as_deref().map(device_time),
-        time_end: form.time_end.as_deref().map(device_time),
-        app_version: form.app_version.clone(),
+        user_id: form.meta.user_id.clone(),
+        username: form.meta.username.clone(),
+        device_id: form.meta.device_id.clone(),
+        time_start: form.meta.time_start.as_deref().map(device_time),
+        time_end: form.meta.time_end.as_deref().map(device_time),
+        app_version: form.meta.app_version.clone(),
         case_ids: form.case_ids.clone(),
         attachments: form
             .attachments

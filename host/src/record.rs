@@ -456,8 +456,18 @@ pub fn apply_operator(record: &mut RepeatRecord, action: OperatorAction, now: i6
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `Retry-After` waits past `max_wait`: just past it, and the longest a
+    /// header can ask for.
+    pub(crate) fn retry_afters_past(max_wait: Duration) -> [Duration; 3] {
+        [
+            max_wait + Duration::from_secs(1),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ]
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -585,11 +595,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_capped_at_max_wait() {
-        for asked in [
-            Duration::from_secs(601),
-            Duration::from_secs(u64::MAX),
-            Duration::MAX,
-        ] {
+        for asked in retry_afters_past(policy().max_wait) {
             let mut r = record();
             let outcome = Outcome::Retryable {
                 status: Some(503),

@@ -87,19 +87,13 @@ pub fn new_form(
         .form_id()
         .map(str::to_owned)
         .unwrap_or_else(fallback_id);
-    let meta = parsed.meta;
     let form = StoredForm {
         domain: domain.to_owned(),
         form_id,
         xmlns: parsed.xmlns,
         app_id: None,
         received_on,
-        user_id: meta.user_id,
-        username: meta.username,
-        device_id: meta.device_id,
-        time_start: meta.time_start,
-        time_end: meta.time_end,
-        app_version: meta.app_version,
+        meta: parsed.meta,
         case_ids: Vec::new(),
         attachments: Vec::new(),
         is_device_report,
@@ -134,8 +128,8 @@ pub fn plan<'a>(
         domain: &form.domain,
         form_id: &form.form_id,
         received_on: &form.received_on,
-        form_user_id: form.user_id.as_deref(),
-        form_time_end: form.time_end.as_deref(),
+        form_user_id: form.meta.user_id.as_deref(),
+        form_time_end: form.meta.time_end.as_deref(),
     };
     // Per case touched, in first-touch order: whether this form created it.
     let mut touched: Vec<(String, bool)> = Vec::new();
@@ -214,6 +208,7 @@ pub fn plan_app_change<'a>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::FormMeta;
     use crate::repeater::CaseEvents;
     use crate::xform::CreateBlock;
 
@@ -224,12 +219,10 @@ pub(crate) mod tests {
             xmlns: "http://example.org/visit".into(),
             app_id: None,
             received_on: "2026-01-02T03:04:05.000000Z".into(),
-            user_id: Some("nurse".into()),
-            username: None,
-            device_id: None,
-            time_start: None,
-            time_end: None,
-            app_version: None,
+            meta: FormMeta {
+                user_id: Some("nurse".into()),
+                ..FormMeta::default()
+            },
             case_ids: Vec::new(),
             attachments: Vec::new(),
             is_device_report: false,

@@ -26,9 +26,14 @@
 //! - Device reports ([`DEVICE_REPORT_XMLNS`]) are parsed for well-formedness and
 //!   meta only; HQ never looks for case blocks in them.
 
+use std::borrow::Cow;
+
+use quick_xml::encoding::EncodingError;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
+
+use crate::model::FormMeta;
 
 /// Namespace of v2 case blocks.
 pub const CASE_XMLNS: &str = "http://commcarehq.org/case/transaction/v2";
@@ -36,19 +41,6 @@ pub const CASE_XMLNS: &str = "http://commcarehq.org/case/transaction/v2";
 pub const META_XMLNS: &str = "http://openrosa.org/jr/xforms";
 /// Root namespace of device logs, which never carry case changes.
 pub const DEVICE_REPORT_XMLNS: &str = "http://code.javarosa.org/devicereport";
-
-/// The `meta` block of a form. Values are trimmed; empty values are `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct FormMeta {
-    /// `instanceID`, or the legacy `uid` when there is no `instanceID`.
-    pub instance_id: Option<String>,
-    pub user_id: Option<String>,
-    pub username: Option<String>,
-    pub device_id: Option<String>,
-    pub time_start: Option<String>,
-    pub time_end: Option<String>,
-    pub app_version: Option<String>,
-}
 
 /// What the gateway needs from a submission; the XML itself is kept byte for byte
 /// elsewhere.
@@ -58,6 +50,8 @@ pub struct ParsedForm {
     pub xmlns: String,
     /// The root element's local name.
     pub root_name: String,
+    /// `instanceID`, or the legacy `uid` when there is no `instanceID`.
+    pub instance_id: Option<String>,
     pub meta: FormMeta,
     /// Case blocks in document order.
     pub case_blocks: Vec<CaseBlock>,
@@ -72,7 +66,7 @@ impl ParsedForm {
 
     /// The form id the device chose: meta `instanceID`, else the legacy `uid`.
     pub fn form_id(&self) -> Option<&str> {
-        self.meta.instance_id.as_deref()
+        self.instance_id.as_deref()
     }
 }
 
@@ -271,6 +265,7 @@ struct FormParser<'i> {
     root_name: Option<String>,
     root_closed: bool,
     is_device_report: bool,
+    instance_id: Option<String>,
     meta: FormMeta,
     legacy_uid: Option<String>,
     meta_seen: bool,
@@ -300,6 +295,7 @@ impl<'i> FormParser<'i> {
             root_name: None,
             root_closed: false,
             is_device_report: false,
+            instance_id: None,
             meta: FormMeta::default(),
             legacy_uid: None,
             meta_seen: false,
@@ -348,23 +344,15 @@ impl<'i> FormParser<'i> {
                 Event::Text(text) => {
                     if self.depth == 0 {
                         self.check_text_outside_root(&text, event_start)?;
-                    } else if self.text_target.is_some() {
-                        let content = text.xml_content().map_err(|error| {
-                            self.not_well_formed(event_start, error.to_string())
-                        })?;
-                        self.text.push_str(&content);
+                    } else {
+                        self.gather_text(event_start, || text.xml_content())?;
                     }
                 }
                 Event::CData(cdata) => {
                     if self.depth == 0 {
                         return Err(self.content_outside_root(event_start));
                     }
-                    if self.text_target.is_some() {
-                        let content = cdata.xml_content().map_err(|error| {
-                            self.not_well_formed(event_start, error.to_string())
-                        })?;
-                        self.text.push_str(&content);
-                    }
+                    self.gather_text(event_start, || cdata.xml_content())?;
                 }
                 Event::GeneralRef(reference) => {
                     if self.depth == 0 {
@@ -377,6 +365,22 @@ impl<'i> FormParser<'i> {
             }
         }
         self.finish()
+    }
+
+    /// Appends text or CDATA content to the value being gathered, if any; the
+    /// content is only decoded when it is kept.
+    fn gather_text(
+        &mut self,
+        event_start: usize,
+        content: impl FnOnce() -> Result<Cow<'i, str>, EncodingError>,
+    ) -> Result<(), XFormError> {
+        if self.text_target.is_none() {
+            return Ok(());
+        }
+        let content =
+            content().map_err(|error| self.not_well_formed(event_start, error.to_string()))?;
+        self.text.push_str(&content);
+        Ok(())
     }
 
     fn open_element(
@@ -627,7 +631,7 @@ impl<'i> FormParser<'i> {
         match target {
             TextTarget::Meta(field) => {
                 let slot = match field {
-                    MetaField::InstanceId => &mut self.meta.instance_id,
+                    MetaField::InstanceId => &mut self.instance_id,
                     MetaField::LegacyUid => &mut self.legacy_uid,
                     MetaField::UserId => &mut self.meta.user_id,
                     MetaField::Username => &mut self.meta.username,
@@ -793,14 +797,15 @@ impl<'i> FormParser<'i> {
             let problem = format!("the root element `{root_name}` is not closed");
             return Err(self.not_well_formed(self.source.len(), problem));
         }
-        if self.meta.instance_id.is_none() {
-            self.meta.instance_id = self.legacy_uid.take();
+        if self.instance_id.is_none() {
+            self.instance_id = self.legacy_uid.take();
         }
         let xmlns =
             String::from_utf8_lossy(&self.root_namespace.take().unwrap_or_default()).into_owned();
         Ok(ParsedForm {
             xmlns,
             root_name,
+            instance_id: self.instance_id,
             meta: self.meta,
             case_blocks: self.case_blocks,
         })
@@ -970,9 +975,12 @@ mod tests {
         assert_eq!(form.root_name, "data");
         assert_eq!(form.form_id(), Some("e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90"));
         assert_eq!(
+            form.instance_id,
+            owned("e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90")
+        );
+        assert_eq!(
             form.meta,
             FormMeta {
-                instance_id: owned("e4b1f7a2-3c58-4d0e-9f61-7a2b8c4d5e90"),
                 user_id: owned("3a9f1c07e2b84d65a0c7f2e91b4d8c36"),
                 username: owned("danny"),
                 device_id: owned("358240051111110"),
@@ -1004,9 +1012,12 @@ mod tests {
             "http://repeatd.example/forms/household/register"
         );
         assert_eq!(
+            form.instance_id,
+            owned("0f6c2d1e-8a4b-4c3d-9e2f-1a0b3c4d5e61")
+        );
+        assert_eq!(
             form.meta,
             FormMeta {
-                instance_id: owned("0f6c2d1e-8a4b-4c3d-9e2f-1a0b3c4d5e61"),
                 user_id: owned(ASHA),
                 username: owned("asha.w"),
                 device_id: owned("RPTD-TAB-0042"),
@@ -1075,10 +1086,7 @@ mod tests {
     #[test]
     fn visit_updates_three_cases_in_nested_repeats_with_openrosa_meta() {
         let form = parse_fixture("household_visit.xml");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83")
-        );
+        assert_eq!(form.form_id(), Some("2b8f4031-ac6d-4e5f-9041-3c2d5e6f7a83"));
         assert_eq!(
             form.meta.time_end.as_deref(),
             Some("2023-04-14T10:20:30.512+05:30")
@@ -1105,10 +1113,7 @@ mod tests {
     #[test]
     fn close_closes_three_cases_with_empty_updates() {
         let form = parse_fixture("household_close.xml");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94")
-        );
+        assert_eq!(form.form_id(), Some("3c9a5142-bd7e-4f60-a152-4d3e6f7a8b94"));
         assert_eq!(case_ids(&form), [HOUSEHOLD, CHIDI, ADA]);
         for block in &form.case_blocks {
             assert!(block.close);
@@ -1123,10 +1128,7 @@ mod tests {
     #[test]
     fn clinic_tasks_has_many_subcases() {
         let form = parse_fixture("clinic_tasks.xml");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("4dab6253-ce8f-4071-b263-5e4f7a8b9ca5")
-        );
+        assert_eq!(form.form_id(), Some("4dab6253-ce8f-4071-b263-5e4f7a8b9ca5"));
         assert_eq!(form.case_blocks.len(), 11);
         let parent = &form.case_blocks[0];
         assert_eq!(parent.case_id, CLIENT);
@@ -1179,10 +1181,7 @@ mod tests {
     fn two_blocks_for_one_case_including_an_empty_one() {
         let form = parse_fixture("two_blocks_one_case.xml");
         assert_eq!(form.root_name, "update_village");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("5ebc7364-df90-4182-c374-6f5a8b9cadb6")
-        );
+        assert_eq!(form.form_id(), Some("5ebc7364-df90-4182-c374-6f5a8b9cadb6"));
         assert_eq!(
             form.meta.app_version.as_deref(),
             Some("repeatd village app 12\n\t\t\t(phone build) r:--")
@@ -1212,10 +1211,7 @@ mod tests {
         let form = parse_fixture("plain_meta.xml");
         assert_eq!(form.xmlns, "http://repeatd.example/forms/plain-meta");
         assert_eq!(form.root_name, "form");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("c0ffee00c0ffee00c0ffee00c0ffee02")
-        );
+        assert_eq!(form.form_id(), Some("c0ffee00c0ffee00c0ffee00c0ffee02"));
         assert_eq!(
             form.meta.user_id.as_deref(),
             Some("c0ffee00c0ffee00c0ffee00c0ffee01")
@@ -1280,7 +1276,8 @@ mod tests {
             Some("2021-07-01T08:00:00")
         );
         assert_eq!(created.create, create("site_visit", "first visit", None));
-        assert!(parse_fixture("bare_create.xml").meta == FormMeta::default());
+        let bare = parse_fixture("bare_create.xml");
+        assert!(bare.instance_id.is_none() && bare.meta == FormMeta::default());
 
         let updated = block("bare_update.xml");
         assert_eq!(
@@ -1312,10 +1309,7 @@ mod tests {
     #[test]
     fn v1_blocks_in_repeats_are_converted() {
         let form = parse_fixture("v1_cases_in_repeats.xml");
-        assert_eq!(
-            form.meta.instance_id.as_deref(),
-            Some("V1LITTER00000000000000001")
-        );
+        assert_eq!(form.form_id(), Some("V1LITTER00000000000000001"));
         assert_eq!(
             case_ids(&form),
             [

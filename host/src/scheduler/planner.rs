@@ -41,9 +41,9 @@ impl Health {
             }
             Outcome::Retryable { retry_after, .. } => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                // Honoured up to the policy's `max_wait`, like a record's wait.
+                // Honoured as a record's wait is (up to `max_wait`), but at least 1 ms.
                 let asked = retry_after
-                    .map(|asked| asked.min(policy.max_wait).max(Duration::from_millis(1)));
+                    .map(|asked| record::honoured_wait(policy, asked, Duration::from_millis(1)));
                 if let Some(until) = self.backoff_until.filter(|until| *until > now) {
                     // A send that started before this back-off began: it
                     // confirms the back-off but does not grow it (parallel
@@ -176,6 +176,7 @@ pub fn plan(lanes: &[LaneView], max_in_flight: usize, free_slots: usize, now: i6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::tests::retry_afters_past;
 
     const SECOND: i64 = 1_000_000;
 
@@ -271,11 +272,7 @@ mod tests {
 
     #[test]
     fn retry_after_holds_a_lane_back_at_most_max_wait_and_never_wraps() {
-        for asked in [
-            Duration::from_secs(101),
-            Duration::from_secs(u64::MAX),
-            Duration::MAX,
-        ] {
+        for asked in retry_afters_past(policy().max_wait) {
             let mut health = Health::default();
             assert!(health.observe(&throttled(asked), &policy(), 5, 0.0));
             assert_eq!(health.backoff_until, Some(100 * SECOND + 5), "{asked:?}");
