@@ -31,6 +31,24 @@ fn config(connections: &[(&str, String, &str)], repeaters: &str) -> String {
     text
 }
 
+/// A receiver that answers `answers` at `/in`, and a gateway with the
+/// connection `forms` to it and the form repeater `forms` on that connection,
+/// each with its extra TOML lines.
+async fn forms_remote(
+    answers: Vec<Answer>,
+    connection_extra: &str,
+    repeater_extra: &str,
+) -> (Receiver, Gateway) {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", answers);
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), connection_extra)],
+        &form_repeater("forms", repeater_extra),
+    ))
+    .await;
+    (receiver, gateway)
+}
+
 /// A form repeater named like its connection.
 fn form_repeater(name: &str, extra: &str) -> String {
     repeater(name, "form", name, "form-xml", extra)
@@ -171,15 +189,11 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Status(500), Answer::Status(200)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Status(500), Answer::Status(200)],
+        "",
+        "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "r", 0..1).await;
 
@@ -246,15 +260,11 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancelled() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Status(503)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 4, max_wait = \"10s\" }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Status(503)],
+        "",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 4, max_wait = \"10s\" }",
+    )
     .await;
     submit_forms(&gateway, "f", 0..1).await;
 
@@ -280,21 +290,14 @@ async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Slow(Duration::from_secs(5), 200),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "timeout = \"300ms\"")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+        "timeout = \"300ms\"",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "t", 0..1).await;
 
@@ -324,15 +327,11 @@ async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_retried_and_its_error_recorded() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Drop, Answer::Status(200)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Drop, Answer::Status(200)],
+        "",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "d", 0..1).await;
 
@@ -357,21 +356,14 @@ async fn a_dropped_connection_is_retried_and_its_error_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_holds_the_whole_repeater_back() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::WithHeaders(429, vec![("Retry-After".into(), "1".into())]),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
-        ),
-    ))
+        "",
+        "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+    )
     .await;
     submit_forms(&gateway, "ra", 0..1).await;
     let throttled = receiver.wait("/in", 1, WAIT).await;
@@ -1196,18 +1188,14 @@ async fn records_api_filters_pages_and_operator_actions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_during_a_send_sends_again_after_it() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Slow(Duration::from_millis(800), 200),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater("forms", ""),
-    ))
+        "",
+        "",
+    )
     .await;
     submit_forms(&gateway, "again", 0..1).await;
     assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
@@ -1248,22 +1236,15 @@ async fn a_resend_during_a_send_sends_again_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_repeaters_send_put_with_the_same_idempotency_key_on_every_attempt() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Status(500),
             Answer::Status(503),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "method = \"PUT\"\nretry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
-        ),
-    ))
+        "",
+        "method = \"PUT\"\nretry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+    )
     .await;
     submit_forms(&gateway, "put", 0..1).await;
     let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
