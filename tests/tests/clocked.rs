@@ -73,11 +73,7 @@ async fn record_of(gateway: &Gateway, n: usize) -> Value {
         .await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let id = listed[0]["id"].as_str().expect("a record id");
-    let (status, detail) = gateway
-        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{detail}");
-    detail
+    gateway.record("demo", id).await
 }
 
 /// Waits until the record of form `n` has `n_attempts` attempts and is in
@@ -188,7 +184,7 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
     let backing_off_until = until("the repeater backs off", || async {
         let (_, repeater) = test
             .gateway
-            .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
+            .get("/api/v1/domains/demo/repeaters/forms")
             .await;
         let until = &repeater["status"]["backing_off_until"];
         until.is_string().then(|| micros(until))
@@ -291,9 +287,7 @@ async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
 
 /// The repeater's lane as the API shows it: (in flight, backing off until).
 async fn lane(gateway: &Gateway) -> (u64, Option<i64>) {
-    let (status, repeater) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
-        .await;
+    let (status, repeater) = gateway.get("/api/v1/domains/demo/repeaters/forms").await;
     assert_eq!(status, 200, "{repeater}");
     let lane = &repeater["status"];
     let until = &lane["backing_off_until"];

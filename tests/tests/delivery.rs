@@ -91,14 +91,6 @@ fn idempotency_key(received: &Received) -> String {
         .to_owned()
 }
 
-async fn record(gateway: &Gateway, id: &str) -> Value {
-    let (status, body) = gateway
-        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "record {id}: {body}");
-    body
-}
-
 /// Waits until record `id` satisfies `done` (`what` describes it); returns it.
 async fn record_where(
     gateway: &Gateway,
@@ -108,7 +100,7 @@ async fn record_where(
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     eventually(&format!("record {id}: {what}"), timeout, || async {
-        let detail = record(gateway, id).await;
+        let detail = gateway.record("demo", id).await;
         if done(&detail) {
             Ok(detail)
         } else {
@@ -121,7 +113,9 @@ async fn record_where(
 async fn only_record(gateway: &Gateway, query: &str) -> Value {
     let records = gateway.records("demo", query).await;
     assert_eq!(records.len(), 1, "one record for {query:?}: {records:?}");
-    record(gateway, records[0]["id"].as_str().unwrap()).await
+    gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await
 }
 
 async fn record_action(gateway: &Gateway, id: &str, action: &str) -> Value {
@@ -152,7 +146,7 @@ async fn bulk(gateway: &Gateway, action: &str, filter: Value) -> u64 {
 async fn wait_backing_off(gateway: &Gateway, repeater: &str, what: &str) {
     let path = format!("/api/v1/domains/demo/repeaters/{repeater}");
     eventually(what, WAIT, || async {
-        let (_, view) = gateway.api("GET", &path, None).await;
+        let (_, view) = gateway.get(&path).await;
         if view["status"]["backing_off_until"].is_string() {
             Ok(())
         } else {
@@ -170,7 +164,7 @@ fn gaps(arrivals: &[Received]) -> Vec<Duration> {
 }
 
 async fn metrics_text(gateway: &Gateway) -> String {
-    let (status, body) = gateway.api("GET", "/metrics", None).await;
+    let (status, body) = gateway.get("/metrics").await;
     assert_eq!(status, 200);
     body.as_str().expect("metrics are text").to_owned()
 }
@@ -223,7 +217,9 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
     let arrivals = receiver.requests("/in");
     assert_eq!(arrivals.len(), 2);
 
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     assert_eq!(detail["n_attempts"], 2);
     assert_eq!(detail["next_attempt_at"], Value::Null);
     let attempts = detail["attempts"].as_array().expect("attempts");
@@ -277,7 +273,9 @@ async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancel
     let arrivals = receiver.requests("/in");
     assert_eq!(arrivals.len(), 4, "max_attempts = 4");
 
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4);
     assert!(attempts.iter().all(|a| a["status"] == 503), "{detail}");
@@ -310,7 +308,9 @@ async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
         "the gateway gave up after 300 ms, not when the remote answered: {:?}",
         gaps(&arrivals)
     );
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{detail}");
     assert_eq!(attempts[0]["status"], Value::Null);
@@ -338,7 +338,9 @@ async fn a_dropped_connection_is_retried_and_its_error_recorded() {
     let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
     assert_eq!(records[0]["state"], "succeeded", "{records:?}");
     assert_eq!(receiver.requests("/in").len(), 2);
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{detail}");
     assert_eq!(attempts[0]["status"], Value::Null);
@@ -615,9 +617,7 @@ async fn failures_of_parallel_sends_back_off_once_not_once_each() {
     let records = gateway
         .wait_records("demo", "", 8, "succeeded", Duration::from_secs(10))
         .await;
-    let (_, repeater) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/burst", None)
-        .await;
+    let (_, repeater) = gateway.get("/api/v1/domains/demo/repeaters/burst").await;
     assert!(
         records
             .iter()
@@ -764,9 +764,7 @@ async fn pausing_a_repeater_holds_its_records_until_it_is_resumed() {
         .api("POST", "/api/v1/domains/demo/repeaters/held/pause", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, shown) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/held", None)
-        .await;
+    let (_, shown) = gateway.get("/api/v1/domains/demo/repeaters/held").await;
     assert_eq!(shown["paused"], true, "{shown}");
     submit_forms(&gateway, "p", 1..4).await;
     // The other repeater is not paused: its copies arrive while these wait.
@@ -830,9 +828,7 @@ async fn records_api_filters_pages_and_operator_actions() {
     // The failing remote: the first records fail, then the repeater backs off
     // (for an hour) and the rest stay pending behind it.
     let bad = eventually("the failing repeater to back off", WAIT, || async {
-        let (_, repeater) = gateway
-            .api("GET", "/api/v1/domains/demo/repeaters/bad", None)
-            .await;
+        let (_, repeater) = gateway.get("/api/v1/domains/demo/repeaters/bad").await;
         let bad = gateway.records("demo", "repeater=bad").await;
         let settled = repeater["status"]["backing_off_until"].is_string()
             && bad.len() == 6
@@ -897,9 +893,7 @@ async fn records_api_filters_pages_and_operator_actions() {
     repeaters.sort();
     assert_eq!(repeaters, ["bad", "good"]);
     assert!(of_form.iter().all(|r| r["payload_id"] == forms[2].as_str()));
-    let (status, body) = gateway
-        .api("GET", "/api/v1/domains/demo/records?state=done", None)
-        .await;
+    let (status, body) = gateway.get("/api/v1/domains/demo/records?state=done").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("\"done\""),
@@ -915,11 +909,7 @@ async fn records_api_filters_pages_and_operator_actions() {
             None => "limit=5".to_owned(),
         };
         let (status, page) = gateway
-            .api(
-                "GET",
-                &format!("/api/v1/domains/demo/records?{query}"),
-                None,
-            )
+            .get(&format!("/api/v1/domains/demo/records?{query}"))
             .await;
         assert_eq!(status, 200, "{page}");
         let records = page["records"].as_array().unwrap();
@@ -940,22 +930,16 @@ async fn records_api_filters_pages_and_operator_actions() {
     assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), listed);
     // The same with a filter.
     let (_, page) = gateway
-        .api(
-            "GET",
-            "/api/v1/domains/demo/records?repeater=bad&limit=4",
-            None,
-        )
+        .get("/api/v1/domains/demo/records?repeater=bad&limit=4")
         .await;
     let cursor = page["next_cursor"]
         .as_str()
         .expect("a second page")
         .to_owned();
     let (_, rest) = gateway
-        .api(
-            "GET",
-            &format!("/api/v1/domains/demo/records?repeater=bad&limit=4&cursor={cursor}"),
-            None,
-        )
+        .get(&format!(
+            "/api/v1/domains/demo/records?repeater=bad&limit=4&cursor={cursor}"
+        ))
         .await;
     assert_eq!(
         page["records"].as_array().unwrap().len() + rest["records"].as_array().unwrap().len(),
@@ -1037,7 +1021,7 @@ async fn records_api_filters_pages_and_operator_actions() {
         |detail| detail["n_attempts"] == 2,
     )
     .await;
-    let detail = record(&gateway, &bad_ids[0]).await;
+    let detail = gateway.record("demo", &bad_ids[0]).await;
     assert_eq!(
         detail["state"], "failed",
         "requeue gives a fresh attempt budget: {detail}"
@@ -1061,9 +1045,7 @@ async fn records_api_filters_pages_and_operator_actions() {
         )
         .await;
     assert_eq!(status, 404);
-    let (status, _) = gateway
-        .api("GET", "/api/v1/domains/demo/records/0123", None)
-        .await;
+    let (status, _) = gateway.get("/api/v1/domains/demo/records/0123").await;
     assert_eq!(status, 404);
 
     // Bulk: cancel the failed ones, then (remote fixed) requeue every cancelled one.
@@ -1413,9 +1395,7 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
         );
     }
     eventually("both failing repeaters to back off", WAIT, || async {
-        let (_, repeaters) = daemon
-            .api("GET", "/api/v1/domains/demo/repeaters", None)
-            .await;
+        let (_, repeaters) = daemon.get("/api/v1/domains/demo/repeaters").await;
         let backing_off = repeaters["repeaters"]
             .as_array()
             .unwrap()
@@ -1439,9 +1419,7 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
         used < Duration::from_millis(300),
         "repeatd used {used:?} of CPU in 2 s with nothing sendable"
     );
-    let (_, records) = daemon
-        .api("GET", "/api/v1/domains/demo/records?limit=1000", None)
-        .await;
+    let (_, records) = daemon.get("/api/v1/domains/demo/records?limit=1000").await;
     let records = records["records"].as_array().unwrap();
     assert_eq!(records.len(), 60);
     assert!(

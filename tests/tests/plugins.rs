@@ -58,7 +58,7 @@ fn plugin_file(gateway: &Gateway, file_name: &str) -> PathBuf {
 
 /// What `GET /api/v1/plugins` says about `name` (`Null` when it is unknown).
 async fn plugin_status(gateway: &Gateway, name: &str) -> Value {
-    let (status, body) = gateway.api("GET", "/api/v1/plugins", None).await;
+    let (status, body) = gateway.get("/api/v1/plugins").await;
     assert_eq!(status, 200, "{body}");
     body["plugins"]
         .as_array()
@@ -204,7 +204,7 @@ async fn plugins_that_loop_overallocate_or_trap_fail_only_their_own_records() {
 
     // The host keeps serving: a second form goes out on the good repeater,
     // and each bad plugin (on a fresh instance) is stopped again, alone.
-    let (status, _) = gateway.api("GET", "/healthz", None).await;
+    let (status, _) = gateway.get("/healthz").await;
     assert_eq!(status, 200);
     let (second_form, second_xml) = submit_new_form(&gateway, "second").await;
     let delivered = receiver.wait("/good", 2, WAIT).await;
@@ -586,9 +586,7 @@ async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears()
 
     std::fs::remove_file(&file).unwrap();
     wait_plugin(&gateway, "custom", WAIT, "unloading", Value::is_null).await;
-    let (status, repeater_view) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/custom", None)
-        .await;
+    let (status, repeater_view) = gateway.get("/api/v1/domains/demo/repeaters/custom").await;
     assert_eq!(status, 200);
     assert_eq!(
         repeater_view["status"]["format_loaded"], false,

@@ -3,10 +3,7 @@
 
 include!("../../form_format.rs");
 
-form_format!(
-    wit: "../wit-1.1",
-    description: "built against repeatd:plugin@1.1.0",
-);
+form_format!(wit: "../wit-1.1", description: "built against repeatd:plugin@1.1.0");
 
 fn build_form(_event: Event, _settings: Vec<Pair>) -> Result<Payload, String> {
     Ok(send(b"next-minor".to_vec(), "text/plain"))
