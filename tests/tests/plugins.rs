@@ -52,6 +52,19 @@ fn gateway_dir(label: &str, files: &[(&str, &[u8])]) -> Arc<TempDir> {
     Arc::new(dir)
 }
 
+/// A receiver at `/custom` and a gateway whose `plugins.d` holds `plugin` as
+/// `custom.wasm`, which the form repeater `custom` (to the receiver) uses.
+async fn custom_plugin_gateway(label: &str, plugin: &[u8]) -> (Receiver, Gateway) {
+    let receiver = Receiver::start().await;
+    let dir = gateway_dir(label, &[("custom.wasm", plugin)]);
+    let config = demo_config(
+        &[("rx", &receiver.url("/custom"))],
+        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
+    );
+    let gateway = Gateway::start_in(dir, &config).await;
+    (receiver, gateway)
+}
+
 fn plugin_file(gateway: &Gateway, file_name: &str) -> PathBuf {
     gateway.dir.path().join("plugins.d").join(file_name)
 }
@@ -372,14 +385,8 @@ async fn a_dropped_in_plugin_serves_within_two_seconds_and_its_removal_brings_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_replacement_is_reported_and_the_previous_version_keeps_serving() {
-    let receiver = Receiver::start().await;
     let good = component(wasm::FLAT_JSON_EXAMPLE);
-    let dir = gateway_dir("broken", &[("custom.wasm", &good)]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("broken", &good).await;
     let file = plugin_file(&gateway, "custom.wasm");
     let good_hash = sha256_hex(&good);
     assert_eq!(
@@ -574,14 +581,8 @@ async fn replacing_a_plugin_while_sends_are_in_flight_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears() {
-    let receiver = Receiver::start().await;
     let plugin = component(wasm::FLAT_JSON_EXAMPLE);
-    let dir = gateway_dir("missing", &[("custom.wasm", &plugin)]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("missing", &plugin).await;
     let file = plugin_file(&gateway, "custom.wasm");
 
     std::fs::remove_file(&file).unwrap();
@@ -611,13 +612,7 @@ async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_a_broken_plugin_rejected_go_out_after_the_fix_and_a_bulk_requeue() {
-    let receiver = Receiver::start().await;
-    let dir = gateway_dir("requeue", &[("custom.wasm", &component(wasm::TRAPPING))]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("requeue", &component(wasm::TRAPPING)).await;
 
     let mut form_ids = Vec::new();
     for _ in 0..3 {
