@@ -168,10 +168,7 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
     let test = setup(
-        vec![
-            Answer::WithHeaders(429, vec![("Retry-After".into(), "30".into())]),
-            Answer::Status(200),
-        ],
+        vec![Answer::retry_after(429, "30"), Answer::Status(200)],
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
     )
     .await;
@@ -222,10 +219,7 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
     let test = setup(
         vec![
-            Answer::WithHeaders(
-                503,
-                vec![("Retry-After".into(), "99999999999999999999999".into())],
-            ),
+            Answer::retry_after(503, "99999999999999999999999"),
             Answer::Status(200),
         ],
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",

@@ -359,10 +359,7 @@ async fn a_dropped_connection_is_retried_and_its_error_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_holds_the_whole_repeater_back() {
     let (receiver, gateway) = forms_remote(
-        vec![
-            Answer::WithHeaders(429, vec![("Retry-After".into(), "1".into())]),
-            Answer::Status(200),
-        ],
+        vec![Answer::retry_after(429, "1"), Answer::Status(200)],
         "",
         "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
     )
