@@ -840,6 +840,26 @@ fn repeatd(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `repeatd ARGS`, which must succeed; what it printed.
+fn repeatd_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = repeatd(args);
+    assert!(ok, "{stderr}");
+    stdout
+}
+
+/// The value of header `name` on the third line of a printed request, which
+/// must be a timestamp.
+fn timestamp_header<'a>(stdout: &'a str, name: &str) -> &'a str {
+    let value = stdout
+        .lines()
+        .nth(2)
+        .and_then(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or_default();
+    assert!(is_timestamp(value), "{stdout}");
+    value
+}
+
 /// Copies a component to `dir/NAME.wasm` (the plugin takes its name from
 /// the file, as in `plugin_dir`).
 fn named_copy(dir: &Path, name: &str, source: &str) -> String {
@@ -871,8 +891,7 @@ fn plugin_check_prints_the_kind_and_name_of_each_component() {
         );
     }
     let file = named_copy(dir.path(), "flat-json", wasm::FLAT_JSON_EXAMPLE);
-    let (ok, stdout, stderr) = repeatd(&["plugin", "check", &file]);
-    assert!(ok, "{stderr}");
+    let stdout = repeatd_ok(&["plugin", "check", &file]);
     assert!(
         stdout.starts_with(&format!("{file}: payload format \"flat-json\" ("))
             && stdout.ends_with("serves form\n"),
@@ -883,8 +902,7 @@ fn plugin_check_prints_the_kind_and_name_of_each_component() {
         "standard-webhooks",
         wasm::STANDARD_WEBHOOKS_EXAMPLE,
     );
-    let (ok, stdout, stderr) = repeatd(&["plugin", "check", &file]);
-    assert!(ok, "{stderr}");
+    let stdout = repeatd_ok(&["plugin", "check", &file]);
     assert!(
         stdout.starts_with(&format!("{file}: auth plugin \"standard-webhooks\" (")),
         "{stdout}"
@@ -927,7 +945,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // form-xml: the form byte for byte, Received-On, ?app_id=.
     let file = named_copy(dir.path(), "form-xml", wasm::BUILTIN_FORM_XML);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -940,13 +958,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
         "--url",
         url,
     ]);
-    assert!(ok, "{stderr}");
-    let received_on = stdout
-        .lines()
-        .nth(2)
-        .and_then(|line| line.strip_prefix("Received-On: "))
-        .unwrap_or_default();
-    assert!(is_timestamp(received_on), "{stdout}");
+    let received_on = timestamp_header(&stdout, "Received-On");
     let expected = format!(
         "POST {url}?app_id={SEED_APP_ID}\nContent-Type: text/xml\nReceived-On: {received_on}\nIdempotency-Key: <the repeat record's id>\n\n{}\n",
         String::from_utf8(SEED_FORM.to_vec()).unwrap()
@@ -959,19 +971,15 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // case-xml: the case block of SPEC section 5, Server-Modified-On.
     let file = named_copy(dir.path(), "case-xml", wasm::BUILTIN_CASE_XML);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin", "run", &file, "--event", &seed, "--kind", "case", "--url", url,
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(
         head[..2],
         [format!("POST {url}").as_str(), "Content-Type: text/xml"]
     );
-    let modified_on = head[2]
-        .strip_prefix("Server-Modified-On: ")
-        .unwrap_or_default();
-    assert!(is_timestamp(modified_on), "{stdout}");
+    timestamp_header(&stdout, "Server-Modified-On");
     assert_eq!(head[3..], ["Idempotency-Key: <the repeat record's id>"]);
     assert_eq!(
         body,
@@ -984,10 +992,9 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // case-json: the seed's JSON shape, Server-Modified-On.
     let file = named_copy(dir.path(), "case-json", wasm::BUILTIN_CASE_JSON);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin", "run", &file, "--event", &seed, "--kind", "case", "--url", url,
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(
         head[..2],
@@ -996,10 +1003,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
             "Content-Type: application/json"
         ]
     );
-    let modified_on = head[2]
-        .strip_prefix("Server-Modified-On: ")
-        .unwrap_or_default();
-    assert!(is_timestamp(modified_on), "{stdout}");
+    let modified_on = timestamp_header(&stdout, "Server-Modified-On");
     assert_eq!(head[3..], ["Idempotency-Key: <the repeat record's id>"]);
     let expected = format!(
         "{{\"case_id\":\"{SEED_CASE_ID}\",\"closed\":false,\"date_closed\":null,\"date_modified\":\"2015-04-17T20:04:54.950000Z\",\
@@ -1012,7 +1016,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // form-stub: {"received_on", "form_id", "case_ids"}, Received-On.
     let file = named_copy(dir.path(), "form-stub", wasm::BUILTIN_FORM_STUB);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -1023,13 +1027,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
         "--url",
         url,
     ]);
-    assert!(ok, "{stderr}");
-    let received_on = stdout
-        .lines()
-        .nth(2)
-        .and_then(|line| line.strip_prefix("Received-On: "))
-        .unwrap_or_default();
-    assert!(is_timestamp(received_on), "{stdout}");
+    let received_on = timestamp_header(&stdout, "Received-On");
     assert_eq!(
         stdout,
         format!(
@@ -1052,7 +1050,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
     ] {
         let event_file = dir.path().join("app-event.json");
         std::fs::write(&event_file, event.to_string()).unwrap();
-        let (ok, stdout, stderr) = repeatd(&[
+        let stdout = repeatd_ok(&[
             "plugin",
             "run",
             &file,
@@ -1063,7 +1061,6 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
             "--url",
             url,
         ]);
-        assert!(ok, "{stderr}");
         assert_eq!(
             stdout,
             format!(
@@ -1088,7 +1085,7 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
     let dir = TempDir::new("run-example");
     let file = named_copy(dir.path(), "flat-json", wasm::FLAT_JSON_EXAMPLE);
     let event = fixture("forms/v1_cases_in_repeats.xml");
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -1099,7 +1096,6 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
         "--setting",
         "separator=.",
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(head[1], "Content-Type: application/json");
     let body: Value = serde_json::from_str(body).unwrap();
