@@ -163,6 +163,13 @@ fn gaps(arrivals: &[Received]) -> Vec<Duration> {
         .collect()
 }
 
+/// Asserts that each series of `expected` has its value in the metrics `text`.
+fn assert_metrics(text: &str, expected: &[(&str, Option<f64>)]) {
+    for (series, value) in expected {
+        assert_eq!(metric(text, series), *value, "{series} in {text}");
+    }
+}
+
 async fn metrics_text(gateway: &Gateway) -> String {
     let (status, body) = gateway.get("/metrics").await;
     assert_eq!(status, 200);
@@ -1099,64 +1106,43 @@ async fn records_api_filters_pages_and_operator_actions() {
     let bad_requests = receiver.requests("/bad").len() as f64;
     let good_requests = receiver.requests("/good").len() as f64;
     let text = metrics_text(&gateway).await;
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"succeeded\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}"
-        ),
-        Some(0.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(metric(&text, "repeatd_queue_depth"), Some(0.0), "{text}");
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"good\",outcome=\"success\"}"
-        ),
-        Some(good_requests),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"success\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"retryable\"}"
-        ),
-        Some(bad_requests - 6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "repeatd_send_duration_seconds_count"),
-        Some(good_requests + bad_requests),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}"),
-        Some(good_requests + bad_requests),
-        "{text}"
+    assert_metrics(
+        &text,
+        &[
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"succeeded\"}",
+                Some(6.0),
+            ),
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}",
+                Some(0.0),
+            ),
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}",
+                Some(6.0),
+            ),
+            ("repeatd_queue_depth", Some(0.0)),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"good\",outcome=\"success\"}",
+                Some(good_requests),
+            ),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"success\"}",
+                Some(6.0),
+            ),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"retryable\"}",
+                Some(bad_requests - 6.0),
+            ),
+            (
+                "repeatd_send_duration_seconds_count",
+                Some(good_requests + bad_requests),
+            ),
+            (
+                "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}",
+                Some(good_requests + bad_requests),
+            ),
+        ],
     );
     assert!(
         text.contains("# TYPE repeatd_send_duration_seconds histogram"),
