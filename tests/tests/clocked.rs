@@ -76,6 +76,16 @@ async fn record_of(gateway: &Gateway, n: usize) -> Value {
     gateway.record("demo", id).await
 }
 
+/// Advances the clock to a millisecond before `due` and checks that the
+/// receiver still has only its `n_sent` requests (`what` says why no more may
+/// come), then advances past `due`.
+async fn nothing_sent_until(test: &Setup, due: i64, n_sent: usize, what: &str) {
+    advance_to(&test.clock, due - MILLISECOND).await;
+    real_sleep(REAL_QUIET).await;
+    assert_eq!(test.receiver.requests("/in").len(), n_sent, "{what}");
+    tokio::time::advance(Duration::from_millis(2)).await;
+}
+
 /// Waits until the record of form `n` has `n_attempts` attempts and is in
 /// `state`; returns it.
 async fn settled(gateway: &Gateway, n: usize, n_attempts: usize, state: &str) -> Value {
@@ -123,15 +133,14 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
         waits.push(wait);
 
         // Not a millisecond early ...
-        advance_to(&test.clock, due - MILLISECOND).await;
-        real_sleep(REAL_QUIET).await;
-        assert_eq!(
-            test.receiver.requests("/in").len(),
+        nothing_sent_until(
+            &test,
+            due,
             n_attempts,
-            "nothing is sent before the record is due"
-        );
+            "nothing is sent before the record is due",
+        )
+        .await;
         // ... and at once when due.
-        tokio::time::advance(Duration::from_millis(2)).await;
         arrivals_after(&test.receiver, n_attempts + 1).await;
         let record = settled(
             &test.gateway,
@@ -191,14 +200,13 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 
     // A form registered during the Retry-After waits for it too.
     submit(&test.gateway, 1).await;
-    advance_to(&test.clock, throttled_at + 30 * SECOND - MILLISECOND).await;
-    real_sleep(REAL_QUIET).await;
-    assert_eq!(
-        test.receiver.requests("/in").len(),
+    nothing_sent_until(
+        &test,
+        throttled_at + 30 * SECOND,
         1,
-        "nothing is sent to the remote during its Retry-After"
-    );
-    tokio::time::advance(Duration::from_millis(2)).await;
+        "nothing is sent to the remote during its Retry-After",
+    )
+    .await;
     let first = settled(&test.gateway, 0, 2, "succeeded").await;
     let second = settled(&test.gateway, 1, 1, "succeeded").await;
     for sent in [&first["attempts"][1], &second["attempts"][0]] {
@@ -320,16 +328,14 @@ async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full
         (START + 8 * SECOND..=START + 12 * SECOND).contains(&backing_off_until),
         "backing off until {backing_off_until}"
     );
-    advance_to(&test.clock, backing_off_until - MILLISECOND).await;
-    real_sleep(REAL_QUIET).await;
-    assert_eq!(
-        test.receiver.requests("/in").len(),
+    nothing_sent_until(
+        &test,
+        backing_off_until,
         first_wave,
-        "nothing is sent while backing off"
-    );
-
+        "nothing is sent while backing off",
+    )
+    .await;
     // When it ends, one probe, and only one; it fails, and the back-off grows.
-    tokio::time::advance(Duration::from_millis(2)).await;
     let next_until = until("the probe fails and the lane backs off again", || async {
         match lane(&test.gateway).await {
             (0, Some(until)) if until > backing_off_until => Some(until),
