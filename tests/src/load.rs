@@ -722,6 +722,13 @@ impl Tally {
         self.epoch + Duration::from_nanos(nanos)
     }
 
+    /// Seconds from `since` to the tally time `nanos` (none if it came first).
+    fn seconds_since(&self, since: Instant, nanos: u64) -> f64 {
+        self.instant(nanos)
+            .saturating_duration_since(since)
+            .as_secs_f64()
+    }
+
     fn submitted(&self, index: u64) {
         if let Some(slot) = self.submitted_at.get(index as usize) {
             slot.store(self.nanos(Instant::now()).max(1), Ordering::Relaxed);
@@ -1411,6 +1418,25 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// Submits `forms` at the full concurrency and reports how busy the
+    /// store-writer thread was meanwhile as `writer_figure`; returns the drive
+    /// and the gateway CPU seconds it took.
+    async fn ingest(
+        &mut self,
+        gateway: &GatewayProcess,
+        forms: Range<u64>,
+        writer_figure: &str,
+    ) -> (Driven, f64) {
+        let cpu_before = gateway.cpu_seconds();
+        let writer = gateway.writer_mark();
+        let driven = self
+            .submit(gateway, forms, self.options.concurrency, None)
+            .await;
+        let cpu_seconds = gateway.cpu_seconds() - cpu_before;
+        self.writer_busy_figure(gateway, writer, writer_figure);
+        (driven, cpu_seconds)
+    }
+
     /// How busy the store-writer thread was since `writer`, as the figure
     /// `name`, where the platform tells it.
     fn writer_busy_figure(&mut self, gateway: &GatewayProcess, writer: WriterMark, name: &str) {
@@ -1708,13 +1734,13 @@ async fn flow(
     for plan in &plans {
         gateway.repeater_action(&plan.name, "pause").await?;
     }
-    let cpu_before = gateway.cpu_seconds();
-    let writer = gateway.writer_mark();
-    let driven = bench
-        .submit(&gateway, backlog.clone(), options.concurrency, None)
+    let (driven, cpu_ingest) = bench
+        .ingest(
+            &gateway,
+            backlog.clone(),
+            "store-writer thread busy, ingest only",
+        )
         .await;
-    let cpu_ingest = gateway.cpu_seconds() - cpu_before;
-    bench.writer_busy_figure(&gateway, writer, "store-writer thread busy, ingest only");
     bench.accepted_figure("accepted forms/s, delivery paused", &driven, submit_ceiling);
     bench.cpu_per_thousand_figure(
         "gateway CPU per 1,000 forms, ingest only",
@@ -1732,11 +1758,7 @@ async fn flow(
     bench.writer_busy_figure(&gateway, writer, "store-writer thread busy, delivery only");
     let stats = bench.tally.stats(backlog.clone());
     if delivered && let Some(last) = stats.last {
-        let seconds = bench
-            .tally
-            .instant(last)
-            .saturating_duration_since(resumed)
-            .as_secs_f64();
+        let seconds = bench.tally.seconds_since(resumed, last);
         bench.figure(
             Figure::new(
                 scenario,
@@ -1905,13 +1927,9 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let gateway = bench.start_gateway(&config).await?;
 
     let all = 0..forms;
-    let cpu_before = gateway.cpu_seconds();
-    let writer = gateway.writer_mark();
-    let driven = bench
-        .submit(&gateway, all.clone(), options.concurrency, None)
+    let (driven, cpu_fill) = bench
+        .ingest(&gateway, all.clone(), "filling: store-writer thread busy")
         .await;
-    let cpu_fill = gateway.cpu_seconds() - cpu_before;
-    bench.writer_busy_figure(&gateway, writer, "filling: store-writer thread busy");
     let label = format_number(queued as f64);
     bench.accepted_figure(
         format!("filling: accepted forms/s ({paused} records each)"),
@@ -2038,11 +2056,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
                 if bench.wait_delivered(&gateway, all.clone()).await
                     && let Some(last) = bench.tally.stats(all.clone()).last
                 {
-                    let seconds = bench
-                        .tally
-                        .instant(last)
-                        .saturating_duration_since(resumed)
-                        .as_secs_f64();
+                    let seconds = bench.tally.seconds_since(resumed, last);
                     bench.figure(
                         Figure::new(
                             scenario,
