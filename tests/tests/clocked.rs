@@ -76,6 +76,26 @@ async fn record_of(gateway: &Gateway, n: usize) -> Value {
     gateway.record("demo", id).await
 }
 
+/// A gateway whose remote answers `throttle` (a Retry-After) once and then
+/// 200, under the retry policy `retry`; checks that the record then waits
+/// `expected_wait` µs (`what` says why) and returns the set-up and when the
+/// throttled attempt was made.
+async fn throttled_once(
+    throttle: Answer,
+    retry: &str,
+    expected_wait: i64,
+    what: &str,
+) -> (Setup, i64) {
+    let test = setup(vec![throttle, Answer::Status(200)], retry).await;
+    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
+    assert_eq!(
+        micros(&throttled["next_attempt_at"]),
+        throttled_at + expected_wait,
+        "{what}"
+    );
+    (test, throttled_at)
+}
+
 /// Advances the clock to a millisecond before `due` and checks that the
 /// receiver still has only its `n_sent` requests (`what` says why no more may
 /// come), then advances past `due`.
@@ -176,17 +196,13 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
-    let test = setup(
-        vec![Answer::retry_after(429, "30"), Answer::Status(200)],
+    let (test, throttled_at) = throttled_once(
+        Answer::retry_after(429, "30"),
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
+        30 * SECOND,
+        "the record waits as long as the remote asked",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
-    assert_eq!(
-        micros(&throttled["next_attempt_at"]),
-        throttled_at + 30 * SECOND,
-        "the record waits as long as the remote asked"
-    );
     let backing_off_until = until("the repeater backs off", || async {
         let (_, repeater) = test
             .gateway
@@ -225,20 +241,13 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
-    let test = setup(
-        vec![
-            Answer::retry_after(503, "99999999999999999999999"),
-            Answer::Status(200),
-        ],
+    let (test, throttled_at) = throttled_once(
+        Answer::retry_after(503, "99999999999999999999999"),
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
+        60 * SECOND,
+        "Retry-After is honoured up to max_wait",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
-    assert_eq!(
-        micros(&throttled["next_attempt_at"]),
-        throttled_at + 60 * SECOND,
-        "Retry-After is honoured up to max_wait"
-    );
     advance_to(&test.clock, throttled_at + 60 * SECOND + MILLISECOND).await;
     settled(&test.gateway, 0, 2, "succeeded").await;
     test.gateway.stop().await;
