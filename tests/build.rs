@@ -78,12 +78,8 @@ fn main() {
     );
     for (crate_name, constant) in TEST_PLUGINS {
         let component = component_path(&test_plugins_target, crate_name);
-        declare_built(
-            &mut generated,
-            constant,
-            &component,
-            &format!("tests/plugins/{crate_name}"),
-        );
+        let source = format!("tests/plugins/{crate_name}");
+        declare_built(&mut generated, constant, &component, &source);
     }
 
     let examples_target = target_root.join("wasm-examples");
@@ -106,12 +102,8 @@ fn main() {
     let builtins_target = target_root.join("wasm-plugins");
     for (crate_name, constant) in BUILTINS {
         let component = component_path(&builtins_target, crate_name);
-        declare(
-            &mut generated,
-            constant,
-            &component,
-            &format!("The built-in `{crate_name}` as host/build.rs built it."),
-        );
+        let doc = format!("The built-in `{crate_name}` as host/build.rs built it.");
+        declare(&mut generated, constant, &component, &doc);
     }
 
     write_if_changed(&out_dir().join("wasm_components.rs"), generated.as_bytes());

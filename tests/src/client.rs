@@ -79,6 +79,11 @@ impl Client {
         self.api_as(ADMIN_TOKEN, method, path, body).await
     }
 
+    /// GETs `path` from the admin API with the admin token.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.api("GET", path, None).await
+    }
+
     /// Calls the admin API with `token`; the answer as JSON (a JSON string
     /// holding the text when it is not JSON).
     pub async fn api_as(
@@ -134,6 +139,16 @@ impl Client {
             .await;
         assert_eq!(status, 200, "listing records: {body}");
         body["records"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Record `id` of the domain with its attempts, as the admin sees it;
+    /// the API must answer 200.
+    pub async fn record(&self, domain: &str, id: &str) -> Value {
+        let (status, record) = self
+            .get(&format!("/api/v1/domains/{domain}/records/{id}"))
+            .await;
+        assert_eq!(status, 200, "record {id}: {record}");
+        record
     }
 
     /// Waits until every record of the domain matching `query` is in `state`

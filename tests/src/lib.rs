@@ -95,6 +95,13 @@ pub enum Answer {
     Drop,
 }
 
+impl Answer {
+    /// `status` with a `Retry-After: {retry_after}` header.
+    pub fn retry_after(status: u16, retry_after: &str) -> Answer {
+        Answer::WithHeaders(status, vec![("Retry-After".into(), retry_after.into())])
+    }
+}
+
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -722,6 +722,13 @@ impl Tally {
         self.epoch + Duration::from_nanos(nanos)
     }
 
+    /// Seconds from `since` to the tally time `nanos` (none if it came first).
+    fn seconds_since(&self, since: Instant, nanos: u64) -> f64 {
+        self.instant(nanos)
+            .saturating_duration_since(since)
+            .as_secs_f64()
+    }
+
     fn submitted(&self, index: u64) {
         if let Some(slot) = self.submitted_at.get(index as usize) {
             slot.store(self.nanos(Instant::now()).max(1), Ordering::Relaxed);
@@ -1378,6 +1385,66 @@ impl<'a> Bench<'a> {
         self.figures.push(figure);
     }
 
+    /// The rate at which the gateway accepted the forms of `driven`, against
+    /// the submit path's ceiling.
+    fn accepted_figure(&mut self, name: impl Into<String>, driven: &Driven, submit_ceiling: f64) {
+        self.figure(
+            Figure::new(self.scenario, name, driven.per_second(), "forms/s")
+                .ceiling(submit_ceiling)
+                .target("≥ 10,000"),
+        );
+    }
+
+    /// `cpu_seconds` spent on `n` forms (or payloads), per 1,000 of them.
+    fn cpu_per_thousand_figure(&mut self, name: &str, cpu_seconds: f64, n: f64) {
+        self.figure(Figure::new(
+            self.scenario,
+            name,
+            cpu_seconds / n * 1000.0,
+            "CPU s",
+        ));
+    }
+
+    /// The p50 and p99 submission-to-arrival latencies of `stats` under a
+    /// saturating load, their names after `prefix`.
+    fn saturated_latency_figures(&mut self, prefix: &str, stats: &ArrivalStats) {
+        for p in [50.0, 99.0] {
+            self.figure(Figure::new(
+                self.scenario,
+                format!("{prefix}submission-to-arrival p{p}, saturated"),
+                stats.percentile_ms(p),
+                "ms",
+            ));
+        }
+    }
+
+    /// Submits `forms` at the full concurrency and reports how busy the
+    /// store-writer thread was meanwhile as `writer_figure`; returns the drive
+    /// and the gateway CPU seconds it took.
+    async fn ingest(
+        &mut self,
+        gateway: &GatewayProcess,
+        forms: Range<u64>,
+        writer_figure: &str,
+    ) -> (Driven, f64) {
+        let cpu_before = gateway.cpu_seconds();
+        let writer = gateway.writer_mark();
+        let driven = self
+            .submit(gateway, forms, self.options.concurrency, None)
+            .await;
+        let cpu_seconds = gateway.cpu_seconds() - cpu_before;
+        self.writer_busy_figure(gateway, writer, writer_figure);
+        (driven, cpu_seconds)
+    }
+
+    /// How busy the store-writer thread was since `writer`, as the figure
+    /// `name`, where the platform tells it.
+    fn writer_busy_figure(&mut self, gateway: &GatewayProcess, writer: WriterMark, name: &str) {
+        if let Some(busy) = gateway.writer_busy_percent(writer) {
+            self.figure(Figure::new(self.scenario, name, busy, "% of wall time"));
+        }
+    }
+
     fn fail(&mut self, problem: String) {
         self.failures
             .push(format!("{}: {problem}", self.scenario.name()));
@@ -1431,50 +1498,50 @@ impl<'a> Bench<'a> {
     /// server that answers 201 and stores nothing.
     async fn submit_ceiling(&mut self) -> anyhow::Result<f64> {
         let addr = start_minimal_server().await?;
-        let driven = drive(
-            Drive {
-                addr,
-                path: format!("/a/demo/receiver/{APP_ID}"),
-                authorization: Some(SUBMITTER_AUTHORIZATION),
-                indices: 0..self.options.ceiling_requests,
-                concurrency: self.options.concurrency,
-                rate: None,
-                expect: 201,
-            },
-            None,
-        )
-        .await;
-        if driven.refused > 0 {
-            self.fail(format!(
-                "the minimal submit server refused {}: {:?}",
-                driven.refused, driven.problems
-            ));
-        }
-        Ok(driven.per_second())
+        let drive = Drive {
+            addr,
+            path: format!("/a/demo/receiver/{APP_ID}"),
+            authorization: Some(SUBMITTER_AUTHORIZATION),
+            indices: 0..self.options.ceiling_requests,
+            concurrency: self.options.concurrency,
+            rate: None,
+            expect: 201,
+        };
+        Ok(self
+            .ceiling(drive, |n| format!("the minimal submit server refused {n}"))
+            .await)
     }
 
     /// The receiver's own rate, posting to it at the gateway's delivery concurrency.
     async fn receiver_ceiling(&mut self, concurrency: usize) -> anyhow::Result<f64> {
-        let driven = drive(
-            Drive {
-                addr: self.receiver,
-                path: "/ceiling".into(),
-                authorization: None,
-                indices: 0..self.options.ceiling_requests,
-                concurrency,
-                rate: None,
-                expect: 200,
-            },
-            None,
-        )
-        .await;
+        let drive = Drive {
+            addr: self.receiver,
+            path: "/ceiling".into(),
+            authorization: None,
+            indices: 0..self.options.ceiling_requests,
+            concurrency,
+            rate: None,
+            expect: 200,
+        };
+        Ok(self
+            .ceiling(drive, |n| {
+                format!("the receiver refused {n} ceiling requests")
+            })
+            .await)
+    }
+
+    /// Drives `drive` untallied and returns its rate; refusals are failures,
+    /// said by `refused` (given how many) and the problems.
+    async fn ceiling(&mut self, drive_spec: Drive, refused: impl Fn(u64) -> String) -> f64 {
+        let driven = drive(drive_spec, None).await;
         if driven.refused > 0 {
             self.fail(format!(
-                "the receiver refused {} ceiling requests: {:?}",
-                driven.refused, driven.problems
+                "{}: {:?}",
+                refused(driven.refused),
+                driven.problems
             ));
         }
-        Ok(driven.per_second())
+        driven.per_second()
     }
 
     /// Submits `forms` to the gateway; refusals are failures.
@@ -1578,15 +1645,10 @@ impl<'a> Bench<'a> {
 
     /// The end of every scenario: the gateway's peak memory, what the
     /// receiver saw, a graceful stop, and the figures into `report`.
-    async fn conclude(mut self, gateway: GatewayProcess, report: &mut Report) {
+    async fn conclude(mut self, gateway: GatewayProcess, report: &mut Report, rss_figure: &str) {
         self.figure(
-            Figure::new(
-                self.scenario,
-                "gateway peak RSS",
-                gateway.peak_rss_mib(),
-                "MiB",
-            )
-            .target("< 256 MiB"),
+            Figure::new(self.scenario, rss_figure, gateway.peak_rss_mib(), "MiB")
+                .target("< 256 MiB"),
         );
         self.check_receiver();
         self.stop(gateway).await;
@@ -1634,15 +1696,10 @@ async fn flow(
     let (cpu_after, own_after) = (gateway.cpu_seconds(), own_cpu_seconds());
     let stats = bench.tally.stats(live.clone());
     let per_form = stats.count as f64 / forms as f64;
-    bench.figure(
-        Figure::new(
-            scenario,
-            "accepted forms/s, delivering at once",
-            driven.per_second(),
-            "forms/s",
-        )
-        .ceiling(submit_ceiling)
-        .target("≥ 10,000"),
+    bench.accepted_figure(
+        "accepted forms/s, delivering at once",
+        &driven,
+        submit_ceiling,
     );
     if delivered && let Some(last) = stats.last {
         let first_submit = bench.tally.submitted_at[live.start as usize].load(Ordering::Relaxed);
@@ -1657,32 +1714,19 @@ async fn flow(
             .ceiling(receiver_ceiling)
             .target("≥ 10,000 and ≥ 0.5 of ceiling"),
         );
-        bench.figure(Figure::new(
-            scenario,
-            "submission-to-arrival p50, saturated",
-            stats.percentile_ms(50.0),
-            "ms",
-        ));
-        bench.figure(Figure::new(
-            scenario,
-            "submission-to-arrival p99, saturated",
-            stats.percentile_ms(99.0),
-            "ms",
-        ));
+        bench.saturated_latency_figures("", &stats);
     }
     bench.figure(Figure::new(scenario, "payloads per form", per_form, ""));
-    bench.figure(Figure::new(
-        scenario,
+    bench.cpu_per_thousand_figure(
         "gateway CPU per 1,000 forms (ingest + delivery)",
-        (cpu_after - cpu_before) / forms as f64 * 1000.0,
-        "CPU s",
-    ));
-    bench.figure(Figure::new(
-        scenario,
+        cpu_after - cpu_before,
+        forms as f64,
+    );
+    bench.cpu_per_thousand_figure(
         "load tool CPU per 1,000 forms (submit + receive)",
-        (own_after - own_before) / forms as f64 * 1000.0,
-        "CPU s",
-    ));
+        own_after - own_before,
+        forms as f64,
+    );
 
     // Phase 2: a backlog. Ingest alone with every repeater paused, then
     // delivery alone once they resume.
@@ -1690,36 +1734,19 @@ async fn flow(
     for plan in &plans {
         gateway.repeater_action(&plan.name, "pause").await?;
     }
-    let cpu_before = gateway.cpu_seconds();
-    let writer = gateway.writer_mark();
-    let driven = bench
-        .submit(&gateway, backlog.clone(), options.concurrency, None)
-        .await;
-    let cpu_ingest = gateway.cpu_seconds() - cpu_before;
-    if let Some(busy) = gateway.writer_busy_percent(writer) {
-        bench.figure(Figure::new(
-            scenario,
+    let (driven, cpu_ingest) = bench
+        .ingest(
+            &gateway,
+            backlog.clone(),
             "store-writer thread busy, ingest only",
-            busy,
-            "% of wall time",
-        ));
-    }
-    bench.figure(
-        Figure::new(
-            scenario,
-            "accepted forms/s, delivery paused",
-            driven.per_second(),
-            "forms/s",
         )
-        .ceiling(submit_ceiling)
-        .target("≥ 10,000"),
-    );
-    bench.figure(Figure::new(
-        scenario,
+        .await;
+    bench.accepted_figure("accepted forms/s, delivery paused", &driven, submit_ceiling);
+    bench.cpu_per_thousand_figure(
         "gateway CPU per 1,000 forms, ingest only",
-        cpu_ingest / forms as f64 * 1000.0,
-        "CPU s",
-    ));
+        cpu_ingest,
+        forms as f64,
+    );
     let resumed = Instant::now();
     let cpu_before = gateway.cpu_seconds();
     let writer = gateway.writer_mark();
@@ -1728,21 +1755,10 @@ async fn flow(
     }
     let delivered = bench.wait_delivered(&gateway, backlog.clone()).await;
     let cpu_delivery = gateway.cpu_seconds() - cpu_before;
-    if let Some(busy) = gateway.writer_busy_percent(writer) {
-        bench.figure(Figure::new(
-            scenario,
-            "store-writer thread busy, delivery only",
-            busy,
-            "% of wall time",
-        ));
-    }
+    bench.writer_busy_figure(&gateway, writer, "store-writer thread busy, delivery only");
     let stats = bench.tally.stats(backlog.clone());
     if delivered && let Some(last) = stats.last {
-        let seconds = bench
-            .tally
-            .instant(last)
-            .saturating_duration_since(resumed)
-            .as_secs_f64();
+        let seconds = bench.tally.seconds_since(resumed, last);
         bench.figure(
             Figure::new(
                 scenario,
@@ -1753,12 +1769,11 @@ async fn flow(
             .ceiling(receiver_ceiling)
             .target("≥ 10,000 and ≥ 0.5 of ceiling"),
         );
-        bench.figure(Figure::new(
-            scenario,
+        bench.cpu_per_thousand_figure(
             "gateway CPU per 1,000 payloads, delivery only",
-            cpu_delivery / stats.count.max(1) as f64 * 1000.0,
-            "CPU s",
-        ));
+            cpu_delivery,
+            stats.count.max(1) as f64,
+        );
     }
 
     // Phase 3: latency when not saturated.
@@ -1791,7 +1806,7 @@ async fn flow(
             "ms",
         ));
     }
-    bench.conclude(gateway, report).await;
+    bench.conclude(gateway, report, "gateway peak RSS").await;
     Ok(())
 }
 
@@ -1819,11 +1834,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         .await;
     let delivered = bench.wait_delivered(&gateway, all.clone()).await;
     let cpu_after = gateway.cpu_seconds();
-    bench.figure(
-        Figure::new(scenario, "accepted forms/s", driven.per_second(), "forms/s")
-            .ceiling(submit_ceiling)
-            .target("≥ 10,000"),
-    );
+    bench.accepted_figure("accepted forms/s", &driven, submit_ceiling);
     let stats = bench.tally.stats(all.clone());
     if delivered && let Some(last) = stats.last {
         let first_submit = bench.tally.submitted_at[0].load(Ordering::Relaxed);
@@ -1837,25 +1848,13 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
             )
             .ceiling(receiver_ceiling),
         );
-        bench.figure(Figure::new(
-            scenario,
-            "healthy repeaters: submission-to-arrival p50, saturated",
-            stats.percentile_ms(50.0),
-            "ms",
-        ));
-        bench.figure(Figure::new(
-            scenario,
-            "healthy repeaters: submission-to-arrival p99, saturated",
-            stats.percentile_ms(99.0),
-            "ms",
-        ));
+        bench.saturated_latency_figures("healthy repeaters: ", &stats);
     }
-    bench.figure(Figure::new(
-        scenario,
+    bench.cpu_per_thousand_figure(
         "gateway CPU per 1,000 forms",
-        (cpu_after - cpu_before) / forms as f64 * 1000.0,
-        "CPU s",
-    ));
+        cpu_after - cpu_before,
+        forms as f64,
+    );
     // A payload arrives before its success is committed: give the last
     // commits a moment before the queue must hold only the dead remote's.
     let depth = if delivered {
@@ -1900,7 +1899,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         idle_cpu * 100.0,
         "% of a core",
     ));
-    bench.conclude(gateway, report).await;
+    bench.conclude(gateway, report, "gateway peak RSS").await;
     Ok(())
 }
 
@@ -1928,37 +1927,20 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let gateway = bench.start_gateway(&config).await?;
 
     let all = 0..forms;
-    let cpu_before = gateway.cpu_seconds();
-    let writer = gateway.writer_mark();
-    let driven = bench
-        .submit(&gateway, all.clone(), options.concurrency, None)
+    let (driven, cpu_fill) = bench
+        .ingest(&gateway, all.clone(), "filling: store-writer thread busy")
         .await;
-    let cpu_fill = gateway.cpu_seconds() - cpu_before;
-    if let Some(busy) = gateway.writer_busy_percent(writer) {
-        bench.figure(Figure::new(
-            scenario,
-            "filling: store-writer thread busy",
-            busy,
-            "% of wall time",
-        ));
-    }
     let label = format_number(queued as f64);
-    bench.figure(
-        Figure::new(
-            scenario,
-            format!("filling: accepted forms/s ({paused} records each)"),
-            driven.per_second(),
-            "forms/s",
-        )
-        .ceiling(submit_ceiling)
-        .target("≥ 10,000"),
+    bench.accepted_figure(
+        format!("filling: accepted forms/s ({paused} records each)"),
+        &driven,
+        submit_ceiling,
     );
-    bench.figure(Figure::new(
-        scenario,
+    bench.cpu_per_thousand_figure(
         "filling: gateway CPU per 1,000 forms",
-        cpu_fill / forms as f64 * 1000.0,
-        "CPU s",
-    ));
+        cpu_fill,
+        forms as f64,
+    );
     match gateway.metric("repeatd_queue_depth").await {
         Ok(depth) => {
             if depth as u64 != queued && driven.refused == 0 {
@@ -2047,23 +2029,15 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             Some(window) => {
                 tokio::time::sleep_until((first_at + window).into()).await;
                 let cpu = gateway.cpu_seconds() - cpu_at_resume;
-                if let Some(busy) = gateway.writer_busy_percent(writer) {
-                    bench.figure(Figure::new(
-                        scenario,
-                        "draining: store-writer thread busy",
-                        busy,
-                        "% of wall time",
-                    ));
-                }
+                bench.writer_busy_figure(&gateway, writer, "draining: store-writer thread busy");
                 let count = bench
                     .tally
                     .count_until(bench.tally.nanos(first_at + window));
-                bench.figure(Figure::new(
-                    scenario,
+                bench.cpu_per_thousand_figure(
                     "gateway CPU per 1,000 payloads, draining after restart",
-                    cpu / count.max(1) as f64 * 1000.0,
-                    "CPU s",
-                ));
+                    cpu,
+                    count.max(1) as f64,
+                );
                 bench.figure(
                     Figure::new(
                         scenario,
@@ -2082,11 +2056,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
                 if bench.wait_delivered(&gateway, all.clone()).await
                     && let Some(last) = bench.tally.stats(all.clone()).last
                 {
-                    let seconds = bench
-                        .tally
-                        .instant(last)
-                        .saturating_duration_since(resumed)
-                        .as_secs_f64();
+                    let seconds = bench.tally.seconds_since(resumed, last);
                     bench.figure(
                         Figure::new(
                             scenario,
@@ -2100,18 +2070,9 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             }
         }
     }
-    bench.figure(
-        Figure::new(
-            scenario,
-            "peak RSS after restart",
-            gateway.peak_rss_mib(),
-            "MiB",
-        )
-        .target("< 256 MiB"),
-    );
-    bench.check_receiver();
-    bench.stop(gateway).await;
-    bench.finish(report);
+    bench
+        .conclude(gateway, report, "peak RSS after restart")
+        .await;
     Ok(())
 }
 

@@ -73,11 +73,37 @@ async fn record_of(gateway: &Gateway, n: usize) -> Value {
         .await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let id = listed[0]["id"].as_str().expect("a record id");
-    let (status, detail) = gateway
-        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{detail}");
-    detail
+    gateway.record("demo", id).await
+}
+
+/// A gateway whose remote answers `throttle` (a Retry-After) once and then
+/// 200, under the retry policy `retry`; checks that the record then waits
+/// `expected_wait` µs (`what` says why) and returns the set-up and when the
+/// throttled attempt was made.
+async fn throttled_once(
+    throttle: Answer,
+    retry: &str,
+    expected_wait: i64,
+    what: &str,
+) -> (Setup, i64) {
+    let test = setup(vec![throttle, Answer::Status(200)], retry).await;
+    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
+    assert_eq!(
+        micros(&throttled["next_attempt_at"]),
+        throttled_at + expected_wait,
+        "{what}"
+    );
+    (test, throttled_at)
+}
+
+/// Advances the clock to a millisecond before `due` and checks that the
+/// receiver still has only its `n_sent` requests (`what` says why no more may
+/// come), then advances past `due`.
+async fn nothing_sent_until(test: &Setup, due: i64, n_sent: usize, what: &str) {
+    advance_to(&test.clock, due - MILLISECOND).await;
+    real_sleep(REAL_QUIET).await;
+    assert_eq!(test.receiver.requests("/in").len(), n_sent, "{what}");
+    tokio::time::advance(Duration::from_millis(2)).await;
 }
 
 /// Waits until the record of form `n` has `n_attempts` attempts and is in
@@ -127,15 +153,14 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
         waits.push(wait);
 
         // Not a millisecond early ...
-        advance_to(&test.clock, due - MILLISECOND).await;
-        real_sleep(REAL_QUIET).await;
-        assert_eq!(
-            test.receiver.requests("/in").len(),
+        nothing_sent_until(
+            &test,
+            due,
             n_attempts,
-            "nothing is sent before the record is due"
-        );
+            "nothing is sent before the record is due",
+        )
+        .await;
         // ... and at once when due.
-        tokio::time::advance(Duration::from_millis(2)).await;
         arrivals_after(&test.receiver, n_attempts + 1).await;
         let record = settled(
             &test.gateway,
@@ -171,24 +196,17 @@ async fn waits_grow_by_factor_within_jitter_each_attempt_comes_when_due_then_the
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
-    let test = setup(
-        vec![
-            Answer::WithHeaders(429, vec![("Retry-After".into(), "30".into())]),
-            Answer::Status(200),
-        ],
+    let (test, throttled_at) = throttled_once(
+        Answer::retry_after(429, "30"),
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5 }",
+        30 * SECOND,
+        "the record waits as long as the remote asked",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
-    assert_eq!(
-        micros(&throttled["next_attempt_at"]),
-        throttled_at + 30 * SECOND,
-        "the record waits as long as the remote asked"
-    );
     let backing_off_until = until("the repeater backs off", || async {
         let (_, repeater) = test
             .gateway
-            .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
+            .get("/api/v1/domains/demo/repeaters/forms")
             .await;
         let until = &repeater["status"]["backing_off_until"];
         until.is_string().then(|| micros(until))
@@ -198,14 +216,13 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 
     // A form registered during the Retry-After waits for it too.
     submit(&test.gateway, 1).await;
-    advance_to(&test.clock, throttled_at + 30 * SECOND - MILLISECOND).await;
-    real_sleep(REAL_QUIET).await;
-    assert_eq!(
-        test.receiver.requests("/in").len(),
+    nothing_sent_until(
+        &test,
+        throttled_at + 30 * SECOND,
         1,
-        "nothing is sent to the remote during its Retry-After"
-    );
-    tokio::time::advance(Duration::from_millis(2)).await;
+        "nothing is sent to the remote during its Retry-After",
+    )
+    .await;
     let first = settled(&test.gateway, 0, 2, "succeeded").await;
     let second = settled(&test.gateway, 1, 1, "succeeded").await;
     for sent in [&first["attempts"][1], &second["attempts"][0]] {
@@ -224,23 +241,13 @@ async fn retry_after_holds_the_whole_repeater_back_exactly_as_long_as_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_beyond_max_wait_holds_back_only_max_wait() {
-    let test = setup(
-        vec![
-            Answer::WithHeaders(
-                503,
-                vec![("Retry-After".into(), "99999999999999999999999".into())],
-            ),
-            Answer::Status(200),
-        ],
+    let (test, throttled_at) = throttled_once(
+        Answer::retry_after(503, "99999999999999999999999"),
         "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 5, max_wait = \"1m\" }",
+        60 * SECOND,
+        "Retry-After is honoured up to max_wait",
     )
     .await;
-    let (throttled, throttled_at) = first_attempt_failed(&test.gateway).await;
-    assert_eq!(
-        micros(&throttled["next_attempt_at"]),
-        throttled_at + 60 * SECOND,
-        "Retry-After is honoured up to max_wait"
-    );
     advance_to(&test.clock, throttled_at + 60 * SECOND + MILLISECOND).await;
     settled(&test.gateway, 0, 2, "succeeded").await;
     test.gateway.stop().await;
@@ -291,9 +298,7 @@ async fn a_paused_repeater_sends_nothing_however_long_it_stays_paused() {
 
 /// The repeater's lane as the API shows it: (in flight, backing off until).
 async fn lane(gateway: &Gateway) -> (u64, Option<i64>) {
-    let (status, repeater) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
-        .await;
+    let (status, repeater) = gateway.get("/api/v1/domains/demo/repeaters/forms").await;
     assert_eq!(status, 200, "{repeater}");
     let lane = &repeater["status"];
     let until = &lane["backing_off_until"];
@@ -332,16 +337,14 @@ async fn a_failing_remote_gets_one_probe_per_back_off_and_a_success_resumes_full
         (START + 8 * SECOND..=START + 12 * SECOND).contains(&backing_off_until),
         "backing off until {backing_off_until}"
     );
-    advance_to(&test.clock, backing_off_until - MILLISECOND).await;
-    real_sleep(REAL_QUIET).await;
-    assert_eq!(
-        test.receiver.requests("/in").len(),
+    nothing_sent_until(
+        &test,
+        backing_off_until,
         first_wave,
-        "nothing is sent while backing off"
-    );
-
+        "nothing is sent while backing off",
+    )
+    .await;
     // When it ends, one probe, and only one; it fails, and the back-off grows.
-    tokio::time::advance(Duration::from_millis(2)).await;
     let next_until = until("the probe fails and the lane backs off again", || async {
         match lane(&test.gateway).await {
             (0, Some(until)) if until > backing_off_until => Some(until),

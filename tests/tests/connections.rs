@@ -36,11 +36,7 @@ async fn records_of(gateway: &Gateway, repeater: &str) -> Vec<Value> {
         .await
     {
         let id = record["id"].as_str().expect("record id");
-        let (status, body) = gateway
-            .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        full.push(body);
+        full.push(gateway.record("demo", id).await);
     }
     full
 }
@@ -451,16 +447,7 @@ async fn oauth2_tokens_are_cached_refreshed_and_fetched_again_after_a_401() {
         .wait_records("demo", "repeater=to-bad", 6, "cancelled", WAIT)
         .await;
     assert!(bad.iter().all(|r| r["state"] == "cancelled"), "{bad:#?}");
-    let (_, detail) = gateway
-        .api(
-            "GET",
-            &format!(
-                "/api/v1/domains/demo/records/{}",
-                bad[0]["id"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
+    let detail = gateway.record("demo", bad[0]["id"].as_str().unwrap()).await;
     let error = detail["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(&format!("oauth2 token request to {token_url} failed"))
@@ -700,9 +687,7 @@ async fn domain_token_connections_only_reach_public_addresses_by_default() {
         (422, Some("url")),
         "{body}"
     );
-    let (_, body) = gateway
-        .api("GET", &format!("{connections}/by-admin"), None)
-        .await;
+    let (_, body) = gateway.get(&format!("{connections}/by-admin")).await;
     assert_eq!(
         body["origin"], "admin",
         "the refused change left the connection as it was: {body}"
@@ -1029,7 +1014,7 @@ async fn api_errors_name_the_field_and_create_nothing() {
     );
 
     // Nothing was half-created or changed.
-    let (_, list) = gateway.api("GET", connections, None).await;
+    let (_, list) = gateway.get(connections).await;
     let names: Vec<&str> = list["connections"]
         .as_array()
         .unwrap()
@@ -1038,7 +1023,7 @@ async fn api_errors_name_the_field_and_create_nothing() {
         .collect();
     assert_eq!(names, ["rx"], "{list}");
     assert_eq!(list["connections"][0]["url"], receiver.url("/rx"));
-    let (_, list) = gateway.api("GET", repeaters, None).await;
+    let (_, list) = gateway.get(repeaters).await;
     let names: Vec<&str> = list["repeaters"]
         .as_array()
         .unwrap()
@@ -1047,9 +1032,7 @@ async fn api_errors_name_the_field_and_create_nothing() {
         .collect();
     assert_eq!(names, ["forms"], "{list}");
     assert!(list["repeaters"][0]["retry"].is_null(), "{list}");
-    let (status, _) = gateway
-        .api("GET", "/api/v1/domains/nowhere/connections", None)
-        .await;
+    let (status, _) = gateway.get("/api/v1/domains/nowhere/connections").await;
     assert_eq!(status, 404);
     gateway.stop().await;
 }

@@ -31,6 +31,24 @@ fn config(connections: &[(&str, String, &str)], repeaters: &str) -> String {
     text
 }
 
+/// A receiver that answers `answers` at `/in`, and a gateway with the
+/// connection `forms` to it and the form repeater `forms` on that connection,
+/// each with its extra TOML lines.
+async fn forms_remote(
+    answers: Vec<Answer>,
+    connection_extra: &str,
+    repeater_extra: &str,
+) -> (Receiver, Gateway) {
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", answers);
+    let gateway = Gateway::start(&config(
+        &[("forms", receiver.url("/in"), connection_extra)],
+        &form_repeater("forms", repeater_extra),
+    ))
+    .await;
+    (receiver, gateway)
+}
+
 /// A form repeater named like its connection.
 fn form_repeater(name: &str, extra: &str) -> String {
     repeater(name, "form", name, "form-xml", extra)
@@ -73,14 +91,6 @@ fn idempotency_key(received: &Received) -> String {
         .to_owned()
 }
 
-async fn record(gateway: &Gateway, id: &str) -> Value {
-    let (status, body) = gateway
-        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "record {id}: {body}");
-    body
-}
-
 /// Waits until record `id` satisfies `done` (`what` describes it); returns it.
 async fn record_where(
     gateway: &Gateway,
@@ -90,7 +100,7 @@ async fn record_where(
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     eventually(&format!("record {id}: {what}"), timeout, || async {
-        let detail = record(gateway, id).await;
+        let detail = gateway.record("demo", id).await;
         if done(&detail) {
             Ok(detail)
         } else {
@@ -103,7 +113,9 @@ async fn record_where(
 async fn only_record(gateway: &Gateway, query: &str) -> Value {
     let records = gateway.records("demo", query).await;
     assert_eq!(records.len(), 1, "one record for {query:?}: {records:?}");
-    record(gateway, records[0]["id"].as_str().unwrap()).await
+    gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await
 }
 
 async fn record_action(gateway: &Gateway, id: &str, action: &str) -> Value {
@@ -134,7 +146,7 @@ async fn bulk(gateway: &Gateway, action: &str, filter: Value) -> u64 {
 async fn wait_backing_off(gateway: &Gateway, repeater: &str, what: &str) {
     let path = format!("/api/v1/domains/demo/repeaters/{repeater}");
     eventually(what, WAIT, || async {
-        let (_, view) = gateway.api("GET", &path, None).await;
+        let (_, view) = gateway.get(&path).await;
         if view["status"]["backing_off_until"].is_string() {
             Ok(())
         } else {
@@ -151,8 +163,15 @@ fn gaps(arrivals: &[Received]) -> Vec<Duration> {
         .collect()
 }
 
+/// Asserts that each series of `expected` has its value in the metrics `text`.
+fn assert_metrics(text: &str, expected: &[(&str, Option<f64>)]) {
+    for (series, value) in expected {
+        assert_eq!(metric(text, series), *value, "{series} in {text}");
+    }
+}
+
 async fn metrics_text(gateway: &Gateway) -> String {
-    let (status, body) = gateway.api("GET", "/metrics", None).await;
+    let (status, body) = gateway.get("/metrics").await;
     assert_eq!(status, 200);
     body.as_str().expect("metrics are text").to_owned()
 }
@@ -171,15 +190,11 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Status(500), Answer::Status(200)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Status(500), Answer::Status(200)],
+        "",
+        "retry = { min_wait = \"1s\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "r", 0..1).await;
 
@@ -209,7 +224,9 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
     let arrivals = receiver.requests("/in");
     assert_eq!(arrivals.len(), 2);
 
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     assert_eq!(detail["n_attempts"], 2);
     assert_eq!(detail["next_attempt_at"], Value::Null);
     let attempts = detail["attempts"].as_array().expect("attempts");
@@ -246,15 +263,11 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancelled() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Status(503)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 4, max_wait = \"10s\" }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Status(503)],
+        "",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 4, max_wait = \"10s\" }",
+    )
     .await;
     submit_forms(&gateway, "f", 0..1).await;
 
@@ -267,7 +280,9 @@ async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancel
     let arrivals = receiver.requests("/in");
     assert_eq!(arrivals.len(), 4, "max_attempts = 4");
 
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4);
     assert!(attempts.iter().all(|a| a["status"] == 503), "{detail}");
@@ -280,21 +295,14 @@ async fn a_remote_that_always_fails_gets_growing_waits_then_the_record_is_cancel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Slow(Duration::from_secs(5), 200),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "timeout = \"300ms\"")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+        "timeout = \"300ms\"",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "t", 0..1).await;
 
@@ -307,7 +315,9 @@ async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
         "the gateway gave up after 300 ms, not when the remote answered: {:?}",
         gaps(&arrivals)
     );
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{detail}");
     assert_eq!(attempts[0]["status"], Value::Null);
@@ -324,22 +334,20 @@ async fn a_remote_that_hangs_past_the_connection_timeout_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_retried_and_its_error_recorded() {
-    let receiver = Receiver::start().await;
-    receiver.plan("/in", vec![Answer::Drop, Answer::Status(200)]);
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::Drop, Answer::Status(200)],
+        "",
+        "retry = { min_wait = \"200ms\", factor = 2.0, max_attempts = 3 }",
+    )
     .await;
     submit_forms(&gateway, "d", 0..1).await;
 
     let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
     assert_eq!(records[0]["state"], "succeeded", "{records:?}");
     assert_eq!(receiver.requests("/in").len(), 2);
-    let detail = record(&gateway, records[0]["id"].as_str().unwrap()).await;
+    let detail = gateway
+        .record("demo", records[0]["id"].as_str().unwrap())
+        .await;
     let attempts = detail["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{detail}");
     assert_eq!(attempts[0]["status"], Value::Null);
@@ -357,21 +365,11 @@ async fn a_dropped_connection_is_retried_and_its_error_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_holds_the_whole_repeater_back() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
-        vec![
-            Answer::WithHeaders(429, vec![("Retry-After".into(), "1".into())]),
-            Answer::Status(200),
-        ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
-        ),
-    ))
+    let (receiver, gateway) = forms_remote(
+        vec![Answer::retry_after(429, "1"), Answer::Status(200)],
+        "",
+        "retry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+    )
     .await;
     submit_forms(&gateway, "ra", 0..1).await;
     let throttled = receiver.wait("/in", 1, WAIT).await;
@@ -623,9 +621,7 @@ async fn failures_of_parallel_sends_back_off_once_not_once_each() {
     let records = gateway
         .wait_records("demo", "", 8, "succeeded", Duration::from_secs(10))
         .await;
-    let (_, repeater) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/burst", None)
-        .await;
+    let (_, repeater) = gateway.get("/api/v1/domains/demo/repeaters/burst").await;
     assert!(
         records
             .iter()
@@ -772,9 +768,7 @@ async fn pausing_a_repeater_holds_its_records_until_it_is_resumed() {
         .api("POST", "/api/v1/domains/demo/repeaters/held/pause", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, shown) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/held", None)
-        .await;
+    let (_, shown) = gateway.get("/api/v1/domains/demo/repeaters/held").await;
     assert_eq!(shown["paused"], true, "{shown}");
     submit_forms(&gateway, "p", 1..4).await;
     // The other repeater is not paused: its copies arrive while these wait.
@@ -838,9 +832,7 @@ async fn records_api_filters_pages_and_operator_actions() {
     // The failing remote: the first records fail, then the repeater backs off
     // (for an hour) and the rest stay pending behind it.
     let bad = eventually("the failing repeater to back off", WAIT, || async {
-        let (_, repeater) = gateway
-            .api("GET", "/api/v1/domains/demo/repeaters/bad", None)
-            .await;
+        let (_, repeater) = gateway.get("/api/v1/domains/demo/repeaters/bad").await;
         let bad = gateway.records("demo", "repeater=bad").await;
         let settled = repeater["status"]["backing_off_until"].is_string()
             && bad.len() == 6
@@ -905,9 +897,7 @@ async fn records_api_filters_pages_and_operator_actions() {
     repeaters.sort();
     assert_eq!(repeaters, ["bad", "good"]);
     assert!(of_form.iter().all(|r| r["payload_id"] == forms[2].as_str()));
-    let (status, body) = gateway
-        .api("GET", "/api/v1/domains/demo/records?state=done", None)
-        .await;
+    let (status, body) = gateway.get("/api/v1/domains/demo/records?state=done").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("\"done\""),
@@ -923,11 +913,7 @@ async fn records_api_filters_pages_and_operator_actions() {
             None => "limit=5".to_owned(),
         };
         let (status, page) = gateway
-            .api(
-                "GET",
-                &format!("/api/v1/domains/demo/records?{query}"),
-                None,
-            )
+            .get(&format!("/api/v1/domains/demo/records?{query}"))
             .await;
         assert_eq!(status, 200, "{page}");
         let records = page["records"].as_array().unwrap();
@@ -948,22 +934,16 @@ async fn records_api_filters_pages_and_operator_actions() {
     assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), listed);
     // The same with a filter.
     let (_, page) = gateway
-        .api(
-            "GET",
-            "/api/v1/domains/demo/records?repeater=bad&limit=4",
-            None,
-        )
+        .get("/api/v1/domains/demo/records?repeater=bad&limit=4")
         .await;
     let cursor = page["next_cursor"]
         .as_str()
         .expect("a second page")
         .to_owned();
     let (_, rest) = gateway
-        .api(
-            "GET",
-            &format!("/api/v1/domains/demo/records?repeater=bad&limit=4&cursor={cursor}"),
-            None,
-        )
+        .get(&format!(
+            "/api/v1/domains/demo/records?repeater=bad&limit=4&cursor={cursor}"
+        ))
         .await;
     assert_eq!(
         page["records"].as_array().unwrap().len() + rest["records"].as_array().unwrap().len(),
@@ -1045,7 +1025,7 @@ async fn records_api_filters_pages_and_operator_actions() {
         |detail| detail["n_attempts"] == 2,
     )
     .await;
-    let detail = record(&gateway, &bad_ids[0]).await;
+    let detail = gateway.record("demo", &bad_ids[0]).await;
     assert_eq!(
         detail["state"], "failed",
         "requeue gives a fresh attempt budget: {detail}"
@@ -1069,9 +1049,7 @@ async fn records_api_filters_pages_and_operator_actions() {
         )
         .await;
     assert_eq!(status, 404);
-    let (status, _) = gateway
-        .api("GET", "/api/v1/domains/demo/records/0123", None)
-        .await;
+    let (status, _) = gateway.get("/api/v1/domains/demo/records/0123").await;
     assert_eq!(status, 404);
 
     // Bulk: cancel the failed ones, then (remote fixed) requeue every cancelled one.
@@ -1128,64 +1106,43 @@ async fn records_api_filters_pages_and_operator_actions() {
     let bad_requests = receiver.requests("/bad").len() as f64;
     let good_requests = receiver.requests("/good").len() as f64;
     let text = metrics_text(&gateway).await;
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"succeeded\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}"
-        ),
-        Some(0.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(metric(&text, "repeatd_queue_depth"), Some(0.0), "{text}");
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"good\",outcome=\"success\"}"
-        ),
-        Some(good_requests),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"success\"}"
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"retryable\"}"
-        ),
-        Some(bad_requests - 6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "repeatd_send_duration_seconds_count"),
-        Some(good_requests + bad_requests),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}"),
-        Some(good_requests + bad_requests),
-        "{text}"
+    assert_metrics(
+        &text,
+        &[
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"succeeded\"}",
+                Some(6.0),
+            ),
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"bad\",state=\"failed\"}",
+                Some(0.0),
+            ),
+            (
+                "repeatd_records{domain=\"demo\",repeater=\"good\",state=\"succeeded\"}",
+                Some(6.0),
+            ),
+            ("repeatd_queue_depth", Some(0.0)),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"good\",outcome=\"success\"}",
+                Some(good_requests),
+            ),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"success\"}",
+                Some(6.0),
+            ),
+            (
+                "repeatd_attempts_total{domain=\"demo\",repeater=\"bad\",outcome=\"retryable\"}",
+                Some(bad_requests - 6.0),
+            ),
+            (
+                "repeatd_send_duration_seconds_count",
+                Some(good_requests + bad_requests),
+            ),
+            (
+                "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}",
+                Some(good_requests + bad_requests),
+            ),
+        ],
     );
     assert!(
         text.contains("# TYPE repeatd_send_duration_seconds histogram"),
@@ -1196,18 +1153,14 @@ async fn records_api_filters_pages_and_operator_actions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_during_a_send_sends_again_after_it() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Slow(Duration::from_millis(800), 200),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater("forms", ""),
-    ))
+        "",
+        "",
+    )
     .await;
     submit_forms(&gateway, "again", 0..1).await;
     assert_eq!(receiver.wait("/in", 1, WAIT).await.len(), 1);
@@ -1248,22 +1201,15 @@ async fn a_resend_during_a_send_sends_again_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_repeaters_send_put_with_the_same_idempotency_key_on_every_attempt() {
-    let receiver = Receiver::start().await;
-    receiver.plan(
-        "/in",
+    let (receiver, gateway) = forms_remote(
         vec![
             Answer::Status(500),
             Answer::Status(503),
             Answer::Status(200),
         ],
-    );
-    let gateway = Gateway::start(&config(
-        &[("forms", receiver.url("/in"), "")],
-        &form_repeater(
-            "forms",
-            "method = \"PUT\"\nretry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
-        ),
-    ))
+        "",
+        "method = \"PUT\"\nretry = { min_wait = \"100ms\", factor = 2.0, max_attempts = 5 }",
+    )
     .await;
     submit_forms(&gateway, "put", 0..1).await;
     let records = gateway.wait_records("demo", "", 1, "succeeded", WAIT).await;
@@ -1432,9 +1378,7 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
         );
     }
     eventually("both failing repeaters to back off", WAIT, || async {
-        let (_, repeaters) = daemon
-            .api("GET", "/api/v1/domains/demo/repeaters", None)
-            .await;
+        let (_, repeaters) = daemon.get("/api/v1/domains/demo/repeaters").await;
         let backing_off = repeaters["repeaters"]
             .as_array()
             .unwrap()
@@ -1458,9 +1402,7 @@ async fn queued_records_for_dead_or_paused_remotes_cost_no_cpu() {
         used < Duration::from_millis(300),
         "repeatd used {used:?} of CPU in 2 s with nothing sendable"
     );
-    let (_, records) = daemon
-        .api("GET", "/api/v1/domains/demo/records?limit=1000", None)
-        .await;
+    let (_, records) = daemon.get("/api/v1/domains/demo/records?limit=1000").await;
     let records = records["records"].as_array().unwrap();
     assert_eq!(records.len(), 60);
     assert!(

@@ -284,14 +284,6 @@ fn failures_in(mail: &Mail) -> u64 {
     count.unwrap_or_else(|| panic!("no failure count in subject {:?}", mail.subject))
 }
 
-async fn record_with_attempts(gateway: &Gateway, id: &str) -> Value {
-    let (status, record) = gateway
-        .api("GET", &format!("/api/v1/domains/demo/records/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{record}");
-    record
-}
-
 // ---- the tests ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +327,7 @@ async fn a_failure_emails_each_contact_with_every_required_line() {
         .wait_records("demo", "repeater=forms", 1, "cancelled", WAIT)
         .await;
     let form_record_id = forms[0]["id"].as_str().unwrap().to_owned();
-    let attempt = &record_with_attempts(&gateway, &form_record_id).await["attempts"][0];
+    let attempt = &gateway.record("demo", &form_record_id).await["attempts"][0];
     for address in ["ops@example.org", "dev@example.org"] {
         let mail = to(address);
         assert_eq!(mail.mail_from, "repeatd@localhost");
@@ -387,7 +379,7 @@ async fn a_failure_emails_each_contact_with_every_required_line() {
         .wait_records("demo", "repeater=cases", 1, "cancelled", WAIT)
         .await;
     let case_record_id = cases[0]["id"].as_str().unwrap();
-    let case_attempt = &record_with_attempts(&gateway, case_record_id).await["attempts"][0];
+    let case_attempt = &gateway.record("demo", case_record_id).await["attempts"][0];
     let mail = to("cases@example.org");
     assert_eq!(
         mail.subject,
@@ -870,7 +862,7 @@ async fn a_connection_that_succeeds_again_gets_a_short_recovered_email() {
     assert_eq!(records[0]["state"], "succeeded");
     assert_eq!(records[0]["n_attempts"], 2);
     let record_id = records[0]["id"].as_str().unwrap();
-    let succeeded_at = record_with_attempts(&gateway, record_id).await["attempts"][1]["at"]
+    let succeeded_at = gateway.record("demo", record_id).await["attempts"][1]["at"]
         .as_str()
         .unwrap()
         .to_owned();

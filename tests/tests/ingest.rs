@@ -685,18 +685,10 @@ async fn acknowledged_forms_survive_kill_9_and_are_delivered_after_restart() {
     for (form_id, _) in generated_forms("crash", SUBMITTED) {
         let case_id = form_id.replace("-form-", "-case-");
         let (form_status, _) = process
-            .api(
-                "GET",
-                &format!("/api/v1/domains/demo/forms/{form_id}"),
-                None,
-            )
+            .get(&format!("/api/v1/domains/demo/forms/{form_id}"))
             .await;
         let (case_status, case) = process
-            .api(
-                "GET",
-                &format!("/api/v1/domains/demo/cases/{case_id}"),
-                None,
-            )
+            .get(&format!("/api/v1/domains/demo/cases/{case_id}"))
             .await;
         let n_records = per_payload.get(&form_id).copied().unwrap_or(0)
             + per_payload.get(&case_id).copied().unwrap_or(0);

@@ -52,13 +52,26 @@ fn gateway_dir(label: &str, files: &[(&str, &[u8])]) -> Arc<TempDir> {
     Arc::new(dir)
 }
 
+/// A receiver at `/custom` and a gateway whose `plugins.d` holds `plugin` as
+/// `custom.wasm`, which the form repeater `custom` (to the receiver) uses.
+async fn custom_plugin_gateway(label: &str, plugin: &[u8]) -> (Receiver, Gateway) {
+    let receiver = Receiver::start().await;
+    let dir = gateway_dir(label, &[("custom.wasm", plugin)]);
+    let config = demo_config(
+        &[("rx", &receiver.url("/custom"))],
+        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
+    );
+    let gateway = Gateway::start_in(dir, &config).await;
+    (receiver, gateway)
+}
+
 fn plugin_file(gateway: &Gateway, file_name: &str) -> PathBuf {
     gateway.dir.path().join("plugins.d").join(file_name)
 }
 
 /// What `GET /api/v1/plugins` says about `name` (`Null` when it is unknown).
 async fn plugin_status(gateway: &Gateway, name: &str) -> Value {
-    let (status, body) = gateway.api("GET", "/api/v1/plugins", None).await;
+    let (status, body) = gateway.get("/api/v1/plugins").await;
     assert_eq!(status, 200, "{body}");
     body["plugins"]
         .as_array()
@@ -204,7 +217,7 @@ async fn plugins_that_loop_overallocate_or_trap_fail_only_their_own_records() {
 
     // The host keeps serving: a second form goes out on the good repeater,
     // and each bad plugin (on a fresh instance) is stopped again, alone.
-    let (status, _) = gateway.api("GET", "/healthz", None).await;
+    let (status, _) = gateway.get("/healthz").await;
     assert_eq!(status, 200);
     let (second_form, second_xml) = submit_new_form(&gateway, "second").await;
     let delivered = receiver.wait("/good", 2, WAIT).await;
@@ -372,14 +385,8 @@ async fn a_dropped_in_plugin_serves_within_two_seconds_and_its_removal_brings_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_replacement_is_reported_and_the_previous_version_keeps_serving() {
-    let receiver = Receiver::start().await;
     let good = component(wasm::FLAT_JSON_EXAMPLE);
-    let dir = gateway_dir("broken", &[("custom.wasm", &good)]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("broken", &good).await;
     let file = plugin_file(&gateway, "custom.wasm");
     let good_hash = sha256_hex(&good);
     assert_eq!(
@@ -574,21 +581,13 @@ async fn replacing_a_plugin_while_sends_are_in_flight_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears() {
-    let receiver = Receiver::start().await;
     let plugin = component(wasm::FLAT_JSON_EXAMPLE);
-    let dir = gateway_dir("missing", &[("custom.wasm", &plugin)]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("missing", &plugin).await;
     let file = plugin_file(&gateway, "custom.wasm");
 
     std::fs::remove_file(&file).unwrap();
     wait_plugin(&gateway, "custom", WAIT, "unloading", Value::is_null).await;
-    let (status, repeater_view) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/custom", None)
-        .await;
+    let (status, repeater_view) = gateway.get("/api/v1/domains/demo/repeaters/custom").await;
     assert_eq!(status, 200);
     assert_eq!(
         repeater_view["status"]["format_loaded"], false,
@@ -613,13 +612,7 @@ async fn records_wait_while_their_plugin_is_missing_and_go_out_when_it_appears()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_a_broken_plugin_rejected_go_out_after_the_fix_and_a_bulk_requeue() {
-    let receiver = Receiver::start().await;
-    let dir = gateway_dir("requeue", &[("custom.wasm", &component(wasm::TRAPPING))]);
-    let config = demo_config(
-        &[("rx", &receiver.url("/custom"))],
-        &repeater("custom", "form", "rx", "custom", FAST_RETRY),
-    );
-    let gateway = Gateway::start_in(dir, &config).await;
+    let (receiver, gateway) = custom_plugin_gateway("requeue", &component(wasm::TRAPPING)).await;
 
     let mut form_ids = Vec::new();
     for _ in 0..3 {
@@ -847,6 +840,26 @@ fn repeatd(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `repeatd ARGS`, which must succeed; what it printed.
+fn repeatd_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = repeatd(args);
+    assert!(ok, "{stderr}");
+    stdout
+}
+
+/// The value of header `name` on the third line of a printed request, which
+/// must be a timestamp.
+fn timestamp_header<'a>(stdout: &'a str, name: &str) -> &'a str {
+    let value = stdout
+        .lines()
+        .nth(2)
+        .and_then(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or_default();
+    assert!(is_timestamp(value), "{stdout}");
+    value
+}
+
 /// Copies a component to `dir/NAME.wasm` (the plugin takes its name from
 /// the file, as in `plugin_dir`).
 fn named_copy(dir: &Path, name: &str, source: &str) -> String {
@@ -878,8 +891,7 @@ fn plugin_check_prints_the_kind_and_name_of_each_component() {
         );
     }
     let file = named_copy(dir.path(), "flat-json", wasm::FLAT_JSON_EXAMPLE);
-    let (ok, stdout, stderr) = repeatd(&["plugin", "check", &file]);
-    assert!(ok, "{stderr}");
+    let stdout = repeatd_ok(&["plugin", "check", &file]);
     assert!(
         stdout.starts_with(&format!("{file}: payload format \"flat-json\" ("))
             && stdout.ends_with("serves form\n"),
@@ -890,8 +902,7 @@ fn plugin_check_prints_the_kind_and_name_of_each_component() {
         "standard-webhooks",
         wasm::STANDARD_WEBHOOKS_EXAMPLE,
     );
-    let (ok, stdout, stderr) = repeatd(&["plugin", "check", &file]);
-    assert!(ok, "{stderr}");
+    let stdout = repeatd_ok(&["plugin", "check", &file]);
     assert!(
         stdout.starts_with(&format!("{file}: auth plugin \"standard-webhooks\" (")),
         "{stdout}"
@@ -934,7 +945,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // form-xml: the form byte for byte, Received-On, ?app_id=.
     let file = named_copy(dir.path(), "form-xml", wasm::BUILTIN_FORM_XML);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -947,13 +958,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
         "--url",
         url,
     ]);
-    assert!(ok, "{stderr}");
-    let received_on = stdout
-        .lines()
-        .nth(2)
-        .and_then(|line| line.strip_prefix("Received-On: "))
-        .unwrap_or_default();
-    assert!(is_timestamp(received_on), "{stdout}");
+    let received_on = timestamp_header(&stdout, "Received-On");
     let expected = format!(
         "POST {url}?app_id={SEED_APP_ID}\nContent-Type: text/xml\nReceived-On: {received_on}\nIdempotency-Key: <the repeat record's id>\n\n{}\n",
         String::from_utf8(SEED_FORM.to_vec()).unwrap()
@@ -966,19 +971,15 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // case-xml: the case block of SPEC section 5, Server-Modified-On.
     let file = named_copy(dir.path(), "case-xml", wasm::BUILTIN_CASE_XML);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin", "run", &file, "--event", &seed, "--kind", "case", "--url", url,
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(
         head[..2],
         [format!("POST {url}").as_str(), "Content-Type: text/xml"]
     );
-    let modified_on = head[2]
-        .strip_prefix("Server-Modified-On: ")
-        .unwrap_or_default();
-    assert!(is_timestamp(modified_on), "{stdout}");
+    timestamp_header(&stdout, "Server-Modified-On");
     assert_eq!(head[3..], ["Idempotency-Key: <the repeat record's id>"]);
     assert_eq!(
         body,
@@ -991,10 +992,9 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // case-json: the seed's JSON shape, Server-Modified-On.
     let file = named_copy(dir.path(), "case-json", wasm::BUILTIN_CASE_JSON);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin", "run", &file, "--event", &seed, "--kind", "case", "--url", url,
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(
         head[..2],
@@ -1003,10 +1003,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
             "Content-Type: application/json"
         ]
     );
-    let modified_on = head[2]
-        .strip_prefix("Server-Modified-On: ")
-        .unwrap_or_default();
-    assert!(is_timestamp(modified_on), "{stdout}");
+    let modified_on = timestamp_header(&stdout, "Server-Modified-On");
     assert_eq!(head[3..], ["Idempotency-Key: <the repeat record's id>"]);
     let expected = format!(
         "{{\"case_id\":\"{SEED_CASE_ID}\",\"closed\":false,\"date_closed\":null,\"date_modified\":\"2015-04-17T20:04:54.950000Z\",\
@@ -1019,7 +1016,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
 
     // form-stub: {"received_on", "form_id", "case_ids"}, Received-On.
     let file = named_copy(dir.path(), "form-stub", wasm::BUILTIN_FORM_STUB);
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -1030,13 +1027,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
         "--url",
         url,
     ]);
-    assert!(ok, "{stderr}");
-    let received_on = stdout
-        .lines()
-        .nth(2)
-        .and_then(|line| line.strip_prefix("Received-On: "))
-        .unwrap_or_default();
-    assert!(is_timestamp(received_on), "{stdout}");
+    let received_on = timestamp_header(&stdout, "Received-On");
     assert_eq!(
         stdout,
         format!(
@@ -1059,7 +1050,7 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
     ] {
         let event_file = dir.path().join("app-event.json");
         std::fs::write(&event_file, event.to_string()).unwrap();
-        let (ok, stdout, stderr) = repeatd(&[
+        let stdout = repeatd_ok(&[
             "plugin",
             "run",
             &file,
@@ -1070,7 +1061,6 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
             "--url",
             url,
         ]);
-        assert!(ok, "{stderr}");
         assert_eq!(
             stdout,
             format!(
@@ -1095,7 +1085,7 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
     let dir = TempDir::new("run-example");
     let file = named_copy(dir.path(), "flat-json", wasm::FLAT_JSON_EXAMPLE);
     let event = fixture("forms/v1_cases_in_repeats.xml");
-    let (ok, stdout, stderr) = repeatd(&[
+    let stdout = repeatd_ok(&[
         "plugin",
         "run",
         &file,
@@ -1106,7 +1096,6 @@ fn plugin_run_passes_settings_to_the_example_payload_plugin() {
         "--setting",
         "separator=.",
     ]);
-    assert!(ok, "{stderr}");
     let (head, body) = printed_request(&stdout);
     assert_eq!(head[1], "Content-Type: application/json");
     let body: Value = serde_json::from_str(body).unwrap();

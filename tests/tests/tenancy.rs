@@ -157,14 +157,10 @@ fn domain_endpoints(
 /// What a domain holds, to check that refused calls changed nothing.
 async fn holdings(gateway: &Gateway, domain: &str) -> Value {
     let (_, connections) = gateway
-        .api(
-            "GET",
-            &format!("/api/v1/domains/{domain}/connections"),
-            None,
-        )
+        .get(&format!("/api/v1/domains/{domain}/connections"))
         .await;
     let (_, repeaters) = gateway
-        .api("GET", &format!("/api/v1/domains/{domain}/repeaters"), None)
+        .get(&format!("/api/v1/domains/{domain}/repeaters"))
         .await;
     let records: Vec<Value> = gateway
         .records(domain, "")
@@ -368,13 +364,9 @@ async fn every_endpoint_refuses_other_domains_and_missing_tokens() {
             allowed.body
         );
     }
-    let (_, made) = gateway
-        .api("GET", "/api/v1/domains/demo/connections/made", None)
-        .await;
+    let (_, made) = gateway.get("/api/v1/domains/demo/connections/made").await;
     assert_eq!(made["origin"], "domain", "{made}");
-    let (_, replaced) = gateway
-        .api("GET", "/api/v1/domains/demo/repeaters/forms", None)
-        .await;
+    let (_, replaced) = gateway.get("/api/v1/domains/demo/repeaters/forms").await;
     assert_eq!(replaced["max_workers"], 2, "{replaced}");
     assert_eq!(
         call(
@@ -432,10 +424,7 @@ async fn connections_in_use_stay_and_deleted_repeaters_cancel_their_records() {
         "names the repeaters using it: {error}"
     );
     assert_eq!(
-        gateway
-            .api("GET", "/api/v1/domains/demo/connections/rx", None)
-            .await
-            .0,
+        gateway.get("/api/v1/domains/demo/connections/rx").await.0,
         200
     );
 
@@ -469,10 +458,7 @@ async fn connections_in_use_stay_and_deleted_repeaters_cancel_their_records() {
     assert_eq!(held.len(), 3, "the records stay, for the record");
     assert!(held.iter().all(|r| r["state"] == "cancelled"), "{held:#?}");
     assert_eq!(
-        gateway
-            .api("GET", "/api/v1/domains/demo/repeaters/held", None)
-            .await
-            .0,
+        gateway.get("/api/v1/domains/demo/repeaters/held").await.0,
         404
     );
     // The delivered records of the other repeater are untouched.
@@ -501,10 +487,7 @@ async fn connections_in_use_stay_and_deleted_repeaters_cancel_their_records() {
         .await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(
-        gateway
-            .api("GET", "/api/v1/domains/demo/connections/rx", None)
-            .await
-            .0,
+        gateway.get("/api/v1/domains/demo/connections/rx").await.0,
         404
     );
     assert_eq!(

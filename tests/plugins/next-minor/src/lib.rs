@@ -1,29 +1,10 @@
 //! A payload format built against repeatd:plugin@1.1.0, a version of the WIT
 //! package the host was not built with. Sends the body `next-minor`.
 
-wit_bindgen::generate!({ world: "payload-format", path: "../wit-1.1" });
+include!("../../form_format.rs");
 
-use exports::repeatd::plugin::format::Guest;
-use repeatd::plugin::types::{Event, FormatInfo, Pair, Payload, PayloadKind, Request};
+form_format!(wit: "../wit-1.1", description: "built against repeatd:plugin@1.1.0");
 
-struct NextVersion;
-
-impl Guest for NextVersion {
-    fn info() -> FormatInfo {
-        FormatInfo {
-            description: "built against repeatd:plugin@1.1.0".to_string(),
-            kinds: vec![PayloadKind::Form],
-        }
-    }
-
-    fn build(_kind: PayloadKind, _event: Event, _settings: Vec<Pair>) -> Result<Payload, String> {
-        Ok(Payload::Send(Request {
-            body: b"next-minor".to_vec(),
-            content_type: "text/plain".to_string(),
-            headers: Vec::new(),
-            query: Vec::new(),
-        }))
-    }
+fn build_form(_event: Event, _settings: Vec<Pair>) -> Result<Payload, String> {
+    Ok(send(b"next-minor".to_vec(), "text/plain"))
 }
-
-export!(NextVersion);
