@@ -210,9 +210,9 @@ async fn take_form(
     body: Body,
 ) -> Result<Response, Refusal> {
     let snapshot = app.catalog.snapshot();
-    if snapshot.domain(&domain).is_none() {
+    let Some(objects) = snapshot.domain(&domain) else {
         return Err(Refusal::NoDomain(domain));
-    }
+    };
     let unauthorized = |problem: &str| Refusal::Unauthorized {
         domain: domain.clone(),
         problem: problem.to_owned(),
@@ -260,15 +260,11 @@ async fn take_form(
         submission::new_form(parsed, &domain, generate_form_id, received_on);
     form.app_id = app_id;
     form.attachments = received.attachments;
-    let repeaters = snapshot
-        .domain(&domain)
-        .map(|objects| objects.repeater_list.clone())
-        .unwrap_or_default();
     let submission = Submission {
         form,
         xml: received.xml,
         case_blocks,
-        repeaters,
+        repeaters: objects.repeater_list.clone(),
     };
     let committed = app.store.commit_submission(submission).await;
     match committed.map_err(|error| {

@@ -126,11 +126,6 @@ impl Remote {
             .collect()
     }
 
-    /// Every request, in arrival order.
-    pub fn all_requests(&self) -> Vec<Received> {
-        self.seen.lock().unwrap().clone()
-    }
-
     /// Waits until `path` got at least `n` requests; returns them (those
     /// that came when `timeout` passes first).
     pub async fn wait(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
