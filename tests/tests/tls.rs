@@ -36,6 +36,20 @@ fn files(pairs: &[(&str, &std::path::Path)]) -> String {
         .collect()
 }
 
+/// Connection "mutual" to `remote`'s `/mutual`: trusts `pki`'s CA and
+/// presents its client certificate.
+fn mutual_connection(pki: &TestPki, remote: &TlsRemote) -> String {
+    connection(
+        "mutual",
+        &remote.url("/mutual"),
+        &files(&[
+            ("ca_file", &pki.ca_file),
+            ("client_cert", &pki.client.cert_file),
+            ("client_key", &pki.client.key_file),
+        ]),
+    )
+}
+
 /// Waits until the repeater has one record in `state`; returns it with its attempts.
 async fn settled(client: &Client, repeater: &str, state: &str) -> Value {
     let records = client
@@ -126,15 +140,7 @@ async fn mutual_tls_presents_the_client_certificate_and_the_remote_verifies_it()
         &remote.url("/anonymous"),
         &files(&[("ca_file", &pki.ca_file)]),
     ));
-    config.push_str(&connection(
-        "mutual",
-        &remote.url("/mutual"),
-        &files(&[
-            ("ca_file", &pki.ca_file),
-            ("client_cert", &pki.client.cert_file),
-            ("client_key", &pki.client.key_file),
-        ]),
-    ));
+    config.push_str(&mutual_connection(&pki, &remote));
     config.push_str(&form_repeater("to-anonymous", "anonymous"));
     config.push_str(&form_repeater("to-mutual", "mutual"));
     let gateway = Gateway::start(&config).await;
@@ -177,15 +183,7 @@ async fn a_connections_client_is_reused_and_rebuilt_when_the_connection_changes(
     let pki = TestPki::new("reuse");
     let remote = TlsRemote::start(&pki, ClientAuth::Required).await;
     let mut config = demo_config(&[], "");
-    config.push_str(&connection(
-        "mutual",
-        &remote.url("/mutual"),
-        &files(&[
-            ("ca_file", &pki.ca_file),
-            ("client_cert", &pki.client.cert_file),
-            ("client_key", &pki.client.key_file),
-        ]),
-    ));
+    config.push_str(&mutual_connection(&pki, &remote));
     config.push_str(&form_repeater("to-mutual", "mutual"));
     let gateway = Gateway::start(&config).await;
     // One after the other: the second send starts once the first is done.
@@ -239,6 +237,49 @@ async fn a_connections_client_is_reused_and_rebuilt_when_the_connection_changes(
     assert_eq!(
         arrived[0].client_certificate.as_deref(),
         Some(pki.client.der.as_slice())
+    );
+
+    // The files renewed in place (as certbot does): the next send reads them.
+    let third = pki.issue(
+        "client-third",
+        &[],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    std::fs::copy(&third.cert_file, &renewed.cert_file).unwrap();
+    std::fs::copy(&third.key_file, &renewed.key_file).unwrap();
+    let (status, _) = gateway
+        .submit("demo", &generated_form("reuse-4", "c1", "t"), None)
+        .await;
+    assert_eq!(status, 201);
+    let arrived = remote.wait("/mutual", 4, WAIT).await;
+    assert_eq!(arrived.len(), 4);
+    assert_eq!(
+        arrived[3].client_certificate.as_deref(),
+        Some(third.der.as_slice())
+    );
+
+    // A file gone since the connection was checked fails the record (to be
+    // retried) with an error naming it.
+    std::fs::remove_file(&pki.ca_file).unwrap();
+    let (status, _) = gateway
+        .submit("demo", &generated_form("reuse-5", "c1", "t"), None)
+        .await;
+    assert_eq!(status, 201);
+    let failed = gateway
+        .wait_records("demo", "repeater=to-mutual&state=failed", 1, "failed", WAIT)
+        .await;
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    let record = gateway
+        .record("demo", failed[0]["id"].as_str().unwrap())
+        .await;
+    // Nothing was sent, so no attempt is kept: the record says why.
+    assert_eq!(record["attempts"], json!([]), "{record:#}");
+    assert_eq!(
+        record["last_error"],
+        format!(
+            "connection failed: ca_file: cannot read {}: No such file or directory (os error 2)",
+            pki.ca_file.display()
+        )
     );
     gateway.stop().await;
 }
