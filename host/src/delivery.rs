@@ -205,7 +205,8 @@ impl Delivery {
         };
         let guarded = origin == Origin::Domain;
         // A TLS file that went missing since the connection was checked fails
-        // the attempt like a failed handshake: retried, and the error names it.
+        // the send before anything is sent, like a failed handshake: retried,
+        // and the record's error names the key and the file.
         let client = match self.clients.get(connection, guarded) {
             Ok(client) => client,
             Err(problem) => {
