@@ -120,8 +120,12 @@ fn key_mismatch(certificate_file: &Path, error: rustls::Error) -> String {
 mod tests {
     use super::*;
 
+    fn unit_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("repeatd-tls-unit-{}", std::process::id()))
+    }
+
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("repeatd-tls-unit-{}", std::process::id()));
+        let dir = unit_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, contents).unwrap();
@@ -174,6 +178,7 @@ mod tests {
                 .contains("is not valid PEM: "),
             "broken PEM is refused whatever is looked for in it"
         );
+        let _ = std::fs::remove_dir_all(unit_dir());
     }
 
     #[test]
