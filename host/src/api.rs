@@ -103,6 +103,10 @@ pub trait CatalogObject: Sized + Send + 'static {
     /// Reads a request body, naming the field at fault.
     fn read(value: Value) -> Result<Self, FieldError>;
     fn validate(&self) -> Result<(), FieldError>;
+    /// Refuses what `access` may not set, before anything else is checked.
+    fn check_access(&self, _access: Access) -> Result<(), ApiError> {
+        Ok(())
+    }
     fn name_mut(&mut self) -> &mut String;
     /// How the catalog holds one.
     type Stored;
@@ -214,6 +218,7 @@ async fn put_object<K: CatalogObject>(
 ) -> Result<Response, ApiError> {
     let mut object = parse_spec(body, K::read)?;
     take_name_from_url(object.name_mut(), url_name)?;
+    object.check_access(access.access)?;
     object.validate().map_err(field_error)?;
     let replace = url_name.is_some();
     let put = Put {
@@ -289,9 +294,24 @@ impl CatalogObject for ConnectionSpec {
         value
     }
 
+    /// The TLS files name files on the gateway's host: a domain token may not
+    /// point at them (nor learn, from the check, which files exist there).
+    fn check_access(&self, access: Access) -> Result<(), ApiError> {
+        if access == Access::Domain
+            && let Some(key) = self.tls_file_keys().next()
+        {
+            return Err(ApiError::invalid(
+                key,
+                "names a file on the gateway's host; only the config file or the admin token may set it",
+            ));
+        }
+        Ok(())
+    }
+
     async fn save(self, put: Put<'_>) -> Result<Option<Value>, ApiError> {
         let (app, access) = (put.app, put.access);
         check_connection_reach(app, access.access, &self)?;
+        self.warn_if_unverified(&access.domain);
         let origin = match access.access {
             Access::Admin => Origin::Admin,
             Access::Domain => Origin::Domain,

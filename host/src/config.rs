@@ -37,6 +37,7 @@ use crate::plugins::PluginLimits;
 use crate::record::RetryPolicy;
 use crate::repeater::RepeaterSpec;
 use crate::secrets::Secret;
+use crate::tls::ServeTls;
 use crate::units;
 
 /// The environment variable that sets the admin token, overriding the file.
@@ -66,6 +67,9 @@ pub struct Config {
     /// Where error e-mails go; none are sent without it.
     #[serde(deserialize_with = "field::optional_table")]
     pub smtp: Option<SmtpConfig>,
+    /// Serve HTTPS on `listen` with this certificate and key.
+    #[serde(deserialize_with = "field::optional_table")]
+    pub tls: Option<ServeTls>,
     #[serde(deserialize_with = "field::table")]
     pub retry: RetryPolicy,
     #[serde(deserialize_with = "field::table")]
@@ -92,6 +96,7 @@ impl Default for Config {
             plugin_dir: PathBuf::from("plugins.d"),
             admin_token: None,
             smtp: None,
+            tls: None,
             retry: RetryPolicy::default(),
             plugins: PluginLimits::default(),
             delivery: DeliveryConfig::default(),
@@ -594,6 +599,9 @@ impl Config {
             .map_err(|error| error.within("retry"))?;
         if let Some(smtp) = &self.smtp {
             smtp.validate().map_err(|error| error.within("smtp"))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|error| error.within("tls"))?;
         }
         self.plugins
             .validate()

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -16,6 +17,7 @@ use crate::field::{
     is_email_address, key_path,
 };
 use crate::secrets::Secret;
+use crate::tls::ClientTls;
 use crate::units;
 
 /// Header names a connection may not set because repeatd owns them.
@@ -48,8 +50,17 @@ pub struct ConnectionSpec {
         with = "units::optional_duration"
     )]
     pub timeout: Option<Duration>,
+    /// Accept any certificate (testing only; warned about at start-up).
     #[serde(default)]
     pub skip_cert_verify: bool,
+    /// A PEM bundle trusted for this connection instead of the built-in roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: a PEM certificate chain and its key, both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl ConnectionSpec {
@@ -69,7 +80,43 @@ impl ConnectionSpec {
         }
     }
 
-    /// Checks the values; field names are relative to the connection.
+    /// How this connection speaks TLS.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            skip_cert_verify: self.skip_cert_verify,
+        }
+    }
+
+    /// The keys of the TLS files it sets (`ca_file`, `client_cert`, `client_key`).
+    pub fn tls_file_keys(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("ca_file", &self.ca_file),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ]
+        .into_iter()
+        .filter(|(_, file)| file.is_some())
+        .map(|(key, _)| key)
+    }
+
+    /// The warning `skip_cert_verify` calls for, logged at start-up and
+    /// whenever the API saves such a connection.
+    pub fn warn_if_unverified(&self, domain: &str) {
+        if self.skip_cert_verify {
+            tracing::warn!(
+                domain,
+                connection = %self.name,
+                "connection \"{}\" of domain \"{domain}\" has skip_cert_verify = true: any TLS certificate is accepted, so its traffic can be intercepted",
+                self.name
+            );
+        }
+    }
+
+    /// Checks the values; field names are relative to the connection. The
+    /// TLS files are read (and must hold what their key says).
     pub fn validate(&self) -> Result<(), FieldError> {
         check_object_name(&self.name).map_err(|problem| FieldError::new("name", problem))?;
         check_http_url(&self.url).map_err(|problem| FieldError::new("url", problem))?;
@@ -101,7 +148,8 @@ impl ConnectionSpec {
         if self.timeout == Some(Duration::ZERO) {
             return Err(FieldError::new("timeout", "must be longer than zero"));
         }
-        self.auth.validate().map_err(|error| error.within("auth"))
+        self.auth.validate().map_err(|error| error.within("auth"))?;
+        self.tls().validate()
     }
 }
 

@@ -21,7 +21,7 @@ use crate::auth::{self, AuthError, TokenCache};
 use crate::catalog::Origin;
 use crate::clock::Clock;
 use crate::connection::{AuthSpec, ConnectionSpec};
-use crate::egress::{self, EgressPolicy, GuardedResolver};
+use crate::egress::{self, Clients, EgressPolicy};
 use crate::plugins::{self, Payload, PluginError, PluginHost};
 use crate::record::{self, Attempt, DeliveryError, Outcome, PayloadRef, RepeatRecord};
 use crate::repeater::{HttpMethod, PayloadKind, RepeaterSpec};
@@ -47,12 +47,8 @@ pub enum SendResult {
 
 /// The HTTP side of the gateway.
 pub struct Delivery {
-    client: reqwest::Client,
-    insecure_client: reqwest::Client,
-    /// The same two for connections made with a domain token.
-    guarded_client: reqwest::Client,
-    guarded_insecure_client: reqwest::Client,
-    egress: Arc<EgressPolicy>,
+    /// Each connection's client (its TLS settings, the egress guard).
+    clients: Clients,
     plugins: Arc<PluginHost>,
     tokens: TokenCache,
     default_timeout: Duration,
@@ -65,27 +61,6 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-fn build_client(
-    skip_cert_verify: bool,
-    guard: Option<&Arc<EgressPolicy>>,
-) -> reqwest::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(policy) = guard {
-        builder = builder
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
-            .no_proxy();
-    }
-    builder
-        .pool_max_idle_per_host(256)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .danger_accept_invalid_certs(skip_cert_verify)
-        .user_agent(concat!("repeatd/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 impl Delivery {
     pub fn new(
         plugins: Arc<PluginHost>,
@@ -94,11 +69,7 @@ impl Delivery {
     ) -> anyhow::Result<Delivery> {
         let egress = Arc::new(EgressPolicy::new(config.allowed_networks.clone()));
         Ok(Delivery {
-            client: build_client(false, None)?,
-            insecure_client: build_client(true, None)?,
-            guarded_client: build_client(false, Some(&egress))?,
-            guarded_insecure_client: build_client(true, Some(&egress))?,
-            egress,
+            clients: Clients::new(egress)?,
             plugins,
             tokens: TokenCache::new(clock),
             default_timeout: config.default_timeout,
@@ -108,7 +79,7 @@ impl Delivery {
 
     /// The policy for connections made with a domain token.
     pub fn egress(&self) -> &EgressPolicy {
-        &self.egress
+        self.clients.policy()
     }
 
     pub fn tokens(&self) -> &TokenCache {
@@ -233,14 +204,20 @@ impl Delivery {
             HttpMethod::Put => reqwest::Method::PUT,
         };
         let guarded = origin == Origin::Domain;
+        // A TLS file that went missing since the connection was checked fails
+        // the send before anything is sent, like a failed handshake: retried,
+        // and the record's error names the key and the file.
+        let client = match self.clients.get(connection, guarded) {
+            Ok(client) => client,
+            Err(problem) => {
+                return failed(DeliveryError::Tls {
+                    causes: format!(": {problem}"),
+                });
+            }
+        };
         let exchange = Exchange {
-            client: match (guarded, connection.skip_cert_verify) {
-                (false, false) => &self.client,
-                (false, true) => &self.insecure_client,
-                (true, false) => &self.guarded_client,
-                (true, true) => &self.guarded_insecure_client,
-            },
-            guard: guarded.then_some(&*self.egress),
+            client: &client,
+            guard: guarded.then_some(&**self.clients.policy()),
             method,
             url,
             headers,
@@ -414,7 +391,8 @@ impl Delivery {
 
 impl Delivery {
     /// An OAuth2 access token, fetched over the connection's own client (so
-    /// the token URL is held to the same egress policy and certificate setting).
+    /// the token URL is held to the same egress policy and TLS settings:
+    /// `ca_file`, the client certificate and `skip_cert_verify` apply to it too).
     async fn oauth2_token(
         &self,
         exchange: &Exchange<'_>,
@@ -575,37 +553,72 @@ fn describe_error(error: &reqwest::Error, timeout: Duration) -> DeliveryError {
         };
     }
     let causes = auth::causes(error);
-    if !error.is_connect() {
-        DeliveryError::Request { causes }
-    } else if is_tls_failure(error) {
-        DeliveryError::Tls { causes }
-    } else {
+    // Before the connect/request split: under TLS 1.3 a remote refuses a
+    // missing client certificate after the client's side of the handshake,
+    // so the refusal arrives with the answer.
+    if let Some(tls_error) = tls_failure_in(error) {
+        let causes = match tls_hint(tls_error) {
+            Some(hint) => format!(": {hint}{causes}"),
+            None => causes,
+        };
+        return DeliveryError::Tls { causes };
+    }
+    if error.is_connect() {
         DeliveryError::Connect { causes }
+    } else {
+        DeliveryError::Request { causes }
     }
 }
 
-/// Whether rustls is among the causes (a certificate or handshake failure).
-fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The rustls error among the causes (a certificate or handshake failure).
+fn tls_failure_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(cause) = current {
-        if is_rustls_error(cause) {
-            return true;
+        if let Some(tls_error) = rustls_error(cause) {
+            return Some(tls_error);
         }
         current = cause.source();
     }
-    false
+    None
 }
 
 /// rustls hands its error up inside an `io::Error` (sometimes inside another),
 /// whose `source` skips it, so each `io::Error` is looked into.
-fn is_rustls_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    if error.is::<rustls::Error>() {
-        return true;
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls_error) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls_error);
     }
     error
         .downcast_ref::<std::io::Error>()
         .and_then(std::io::Error::get_ref)
-        .is_some_and(|inner| is_rustls_error(inner))
+        .and_then(|inner| rustls_error(inner))
+}
+
+/// What a TLS failure means for the operator, and the connection key that
+/// usually fixes it (rustls' own words follow in the causes).
+fn tls_hint(error: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription, CertificateError};
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some(
+            "the remote's certificate is not trusted (unknown issuer); set ca_file to the CA that signed it",
+        ),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => Some("the remote's certificate is not valid for the connection's host name"),
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => Some("the remote's certificate has expired"),
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            Some("the remote requires a client certificate; set client_cert and client_key")
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate,
+        ) => Some("the remote refused the client certificate"),
+        _ => None,
+    }
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date, read at `now`. Any number
@@ -691,6 +704,10 @@ mod tests {
         }
     }
 
+    fn connection(url: &str) -> ConnectionSpec {
+        ConnectionSpec::from_json(serde_json::json!({ "name": "remote", "url": url })).unwrap()
+    }
+
     /// A remote that answers a TLS handshake with plain text.
     async fn not_tls() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -708,7 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn network_failures_are_typed_by_what_went_wrong() {
-        let client = build_client(false, None).unwrap();
+        let client = egress::client_for(&connection("https://127.0.0.1:1/in"), None).unwrap();
         let timeout = Duration::from_secs(5);
         let tls = client.get(not_tls().await).send().await.unwrap_err();
         let failure = describe_error(&tls, timeout);

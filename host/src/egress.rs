@@ -6,12 +6,15 @@
 //! [`GuardedResolver`] filters what DNS answers at send time (so a name that
 //! later resolves to `127.0.0.1` is still refused), and [`EgressPolicy::check_url`]
 //! covers URLs whose host is an IP literal, which never reach a resolver.
-//! Pure policy plus one resolver; `delivery` builds the clients that use it.
+//! The policy, its resolver, and the clients connections send over
+//! ([`Clients`], [`client_for`]: each connection's TLS settings and guard).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
+mod clients;
 mod network;
+pub use clients::{Clients, client_for};
 pub use network::IpNet;
 
 /// Why an address may not be reached.

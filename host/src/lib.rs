@@ -30,6 +30,7 @@
 //! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
 //!   and token checks the JSON endpoints share.
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
+//! - [`tls`]: the PEM files of connections and `[tls]`, and HTTPS on `listen`.
 //!
 //! `run` wires them together for a listener the caller binds, so tests run
 //! the real gateway on `127.0.0.1:0`.
@@ -64,6 +65,7 @@ pub mod sink;
 pub mod store;
 pub mod submission;
 pub mod time;
+pub mod tls;
 pub mod units;
 pub mod xform;
 
@@ -254,6 +256,11 @@ pub async fn start_with_clock(
         .await??
     };
     let catalog = Arc::new(catalog);
+    for domain in catalog.snapshot().domains.values() {
+        for stored in domain.connections.values() {
+            stored.spec.warn_if_unverified(&domain.name);
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let delivery = Arc::new(Delivery::new(plugins.clone(), &config.delivery, clock)?);
     let notifier =
@@ -286,17 +293,28 @@ pub async fn start_with_clock(
     Ok((state, token_source))
 }
 
-/// Serves HTTP until `shutdown`, then drains the scheduler.
+/// Serves HTTP (HTTPS with `[tls]`) until `shutdown`, then drains the scheduler.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    match &state.config.tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?,
+        Some(tls) => {
+            let acceptor = tls
+                .acceptor()
+                .map_err(|error| anyhow::anyhow!("tls.{error}"))?;
+            axum::serve(tls::HttpsListener::new(listener, acceptor)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving HTTPS")?
+        }
+    }
     state.scheduler.shutdown(SHUTDOWN_GRACE).await;
     state.notifier.shutdown(EMAIL_SHUTDOWN_GRACE).await;
     // Joins the plugin host's threads (the watcher may be compiling a file).

@@ -145,6 +145,11 @@ fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             .await
             .map_err(|error| anyhow::anyhow!("listen: cannot listen on {listen}: {error}"))?;
         let data_dir = config.data_dir.clone();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (state, token_source) = repeatd::start(config).await?;
         match &token_source {
             repeatd::AdminTokenSource::Configured => {
@@ -157,7 +162,7 @@ fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             }
         }
         eprintln!(
-            "repeatd: listening on http://{} (data in {})",
+            "repeatd: listening on {scheme}://{} (data in {})",
             listener.local_addr()?,
             data_dir.display()
         );

@@ -231,6 +231,7 @@ fn the_rules_see_every_module() {
         "clock",
         "config",
         "catalog",
+        "tls",
     ] {
         assert!(
             modules.contains_key(expected),
@@ -268,6 +269,17 @@ fn only_delivery_and_auth_reach_the_network() {
         &["delivery", "auth", "egress"],
         "only `delivery` and `auth` reach the network",
     );
+}
+
+#[test]
+fn only_tls_reads_pem_and_serves_tls() {
+    for word in ["rustls_pki_types", "tokio_rustls"] {
+        only_in(
+            word,
+            &["tls"],
+            "the TLS files are read and checked in one place, and HTTPS is served by `tls`",
+        );
+    }
 }
 
 #[test]

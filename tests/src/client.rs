@@ -16,6 +16,8 @@ use crate::wait::wait_for;
 #[derive(Debug, Clone)]
 pub struct Client {
     addr: SocketAddr,
+    /// `http`, or `https` for a gateway with `[tls]`.
+    scheme: &'static str,
     http: reqwest::Client,
 }
 
@@ -26,7 +28,21 @@ impl Client {
             .no_proxy()
             .build()
             .expect("building an HTTP client");
-        Client { addr, http }
+        Client {
+            addr,
+            scheme: "http",
+            http,
+        }
+    }
+
+    /// A client of a gateway serving HTTPS (`[tls]`) at `addr`, over `http`
+    /// (which must trust the gateway's certificate).
+    pub fn https(addr: SocketAddr, http: reqwest::Client) -> Client {
+        Client {
+            addr,
+            scheme: "https",
+            http,
+        }
     }
 
     /// Where the gateway listens.
@@ -35,7 +51,7 @@ impl Client {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// The underlying HTTP client, for requests the helpers do not cover.

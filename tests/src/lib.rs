@@ -10,6 +10,8 @@
 //! - [`daemon`]: the built binary in its own process ([`Daemon`], [`Launch`]);
 //! - [`wait`]: [`eventually`], waiting on a condition rather than a clock;
 //! - [`remote`]: a remote whose every answer a closure decides;
+//! - [`tls`]: a private CA made per test and an HTTPS remote that may
+//!   require a client certificate;
 //! - [`load`]: the load harness behind `repeatd-load`.
 
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +32,7 @@ pub mod fixture_session;
 mod http;
 pub mod load;
 pub mod remote;
+pub mod tls;
 pub mod virtual_time;
 pub mod wait;
 

@@ -221,6 +221,7 @@ fn the_example_file_parses_and_documents_every_key() {
     let sections = [
         keys_of::<Config>(),
         keys_of::<SmtpConfig>(),
+        keys_of::<crate::tls::ServeTls>(),
         keys_of::<RetryPolicy>(),
         keys_of::<PluginLimits>(),
         keys_of::<DeliveryConfig>(),
@@ -233,6 +234,7 @@ fn the_example_file_parses_and_documents_every_key() {
     for key in sections.iter().flatten().filter(|key| {
         ![
             "smtp",
+            "tls",
             "retry",
             "plugins",
             "delivery",
@@ -1511,6 +1513,9 @@ fn connection_json_round_trips_with_every_auth_type() {
             headers: BTreeMap::from([("X-Source".into(), "repeatd".into())]),
             timeout: Some(Duration::from_secs(90)),
             skip_cert_verify: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         };
         spec.validate().unwrap();
         let json = serde_json::to_value(&spec).unwrap();
