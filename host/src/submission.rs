@@ -516,9 +516,9 @@ pub(crate) mod tests {
     }
 
     /// `f1` as a later POST carried it: these attachments, more parts or not.
-    fn part(attachments: &[Attachment], more_parts_follow: bool) -> StoredForm {
+    fn part(attachments: Vec<Attachment>, more_parts_follow: bool) -> StoredForm {
         StoredForm {
-            attachments: attachments.to_vec(),
+            attachments,
             awaiting_parts: more_parts_follow,
             received_on: "2026-01-02T03:05:00.000000Z".into(),
             ..form("f1")
@@ -526,9 +526,9 @@ pub(crate) mod tests {
     }
 
     /// `f1` as its first POST stored it, awaiting more parts.
-    fn first_part(attachments: &[Attachment]) -> StoredForm {
+    fn first_part(attachments: Vec<Attachment>) -> StoredForm {
         StoredForm {
-            attachments: attachments.to_vec(),
+            attachments,
             awaiting_parts: true,
             ..form("f1")
         }
@@ -543,10 +543,10 @@ pub(crate) mod tests {
             attachment("b.jpg", 20),
             attachment("c.jpg", 30),
         );
-        let mut stored = first_part(&[a.clone(), b.clone()]);
+        let mut stored = first_part(vec![a.clone(), b.clone()]);
         // Collect's next POST: the same XML, the attachments that did not fit,
         // and (here) one of the first POST's again, with another size.
-        let later = part(&[attachment("b.jpg", 999), c.clone()], false);
+        let later = part(vec![attachment("b.jpg", 999), c.clone()], false);
         assert_eq!(
             later_post(&mut stored, XML, &later, XML),
             LaterPost::AttachmentsAdded(1)
@@ -557,7 +557,7 @@ pub(crate) mod tests {
         assert_eq!(stored.received_on, "2026-01-02T03:04:05.000000Z");
 
         // Once complete, the same XML with yet another attachment is a duplicate.
-        let after_the_end = part(&[attachment("d.jpg", 40)], false);
+        let after_the_end = part(vec![attachment("d.jpg", 40)], false);
         assert_eq!(
             later_post(&mut stored, XML, &after_the_end, XML),
             LaterPost::Duplicate
@@ -572,8 +572,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_middle_part_keeps_the_form_awaiting_parts() {
-        let mut stored = first_part(&[attachment("a.jpg", 10)]);
-        let middle = part(&[attachment("b.jpg", 20)], true);
+        let mut stored = first_part(vec![attachment("a.jpg", 10)]);
+        let middle = part(vec![attachment("b.jpg", 20)], true);
         assert_eq!(
             later_post(&mut stored, XML, &middle, XML),
             LaterPost::AttachmentsAdded(1)
@@ -585,31 +585,31 @@ pub(crate) mod tests {
     fn without_new_attachments_or_with_other_xml_a_later_post_is_a_duplicate() {
         let a = attachment("a.jpg", 10);
         let cases = [
-            ("no new attachment", part(&[a.clone()], false), XML),
-            ("no attachment at all", part(&[], false), XML),
+            ("no new attachment", part(vec![a.clone()], false), XML),
+            ("no attachment at all", part(vec![], false), XML),
             (
                 "other XML",
-                part(&[attachment("b.jpg", 20)], false),
+                part(vec![attachment("b.jpg", 20)], false),
                 b"<data><meta><instanceID>f1</instanceID></meta><x/></data>".as_slice(),
             ),
         ];
         for (what, later, later_xml) in cases {
-            let mut stored = first_part(&[a.clone()]);
+            let mut stored = first_part(vec![a.clone()]);
             assert_eq!(
                 later_post(&mut stored, XML, &later, later_xml),
                 LaterPost::Duplicate,
                 "{what}"
             );
-            assert_eq!(stored.attachments, [a.clone()], "{what}");
+            assert_eq!(stored.attachments, vec![a.clone()], "{what}");
             assert!(stored.awaiting_parts, "{what}: still awaiting its parts");
             assert_eq!(stored.n_duplicates, 1, "{what}");
         }
         // A form no POST said more would follow takes no parts.
         let mut complete = StoredForm {
             awaiting_parts: false,
-            ..first_part(&[a.clone()])
+            ..first_part(vec![a.clone()])
         };
-        let later = part(&[attachment("b.jpg", 20)], false);
+        let later = part(vec![attachment("b.jpg", 20)], false);
         assert_eq!(
             later_post(&mut complete, XML, &later, XML),
             LaterPost::Duplicate
