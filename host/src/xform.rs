@@ -208,6 +208,20 @@ pub fn decode_xml(xml: &[u8]) -> Result<Cow<'_, str>, XFormError> {
     }
 }
 
+/// `body` as text for people to read: decoded as [`decode_xml`] reads XML when
+/// `content_type` is XML and the body decodes, else as UTF-8 with any invalid
+/// bytes replaced.
+pub fn body_text<'b>(content_type: &str, body: &'b [u8]) -> Cow<'b, str> {
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let is_xml = media_type.eq_ignore_ascii_case("text/xml")
+        || media_type.eq_ignore_ascii_case("application/xml")
+        || media_type.to_ascii_lowercase().ends_with("+xml");
+    match is_xml.then(|| decode_xml(body)) {
+        Some(Ok(text)) => text,
+        _ => String::from_utf8_lossy(body),
+    }
+}
+
 /// The encoding of a document without a byte-order mark.
 fn unmarked_encoding(xml: &[u8]) -> Result<&'static Encoding, XFormError> {
     // `<?` in UTF-16 without a mark.
@@ -1681,6 +1695,18 @@ mod tests {
             "{}",
             error_of(&unpaired_surrogate)
         );
+    }
+
+    #[test]
+    fn a_body_is_shown_as_text_in_its_own_encoding_when_it_is_xml() {
+        let latin1 = b"<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\xE9</d>";
+        let decoded = "<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\u{e9}</d>";
+        assert_eq!(body_text("text/xml", latin1), decoded);
+        assert_eq!(body_text("Application/XML; charset=x", latin1), decoded);
+        assert_eq!(body_text("application/atom+xml", latin1), decoded);
+        let lossy = "<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\u{FFFD}</d>";
+        assert_eq!(body_text("application/json", latin1), lossy);
+        assert_eq!(body_text("text/xml", b"\xFF<d/>"), "\u{FFFD}<d/>");
     }
 
     #[test]
