@@ -187,7 +187,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// `HEAD /a/{domain}/receiver`: OpenRosa clients ask before they submit.
 /// The same checks as a `POST` ([`authenticate`]): 404, 401 or 204.
-pub async fn receiver_head(
+async fn receiver_head(
     State(app): State<Arc<AppState>>,
     Path(domain): Path<String>,
     headers: HeaderMap,
@@ -195,7 +195,7 @@ pub async fn receiver_head(
     head(&app, domain, &headers).await
 }
 
-pub async fn receiver_head_for_app(
+async fn receiver_head_for_app(
     State(app): State<Arc<AppState>>,
     Path((domain, _app_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -210,7 +210,7 @@ async fn head(app: &AppState, domain: String, headers: &HeaderMap) -> Response {
     }
 }
 
-pub async fn receive(
+async fn receive(
     State(app): State<Arc<AppState>>,
     Path(domain): Path<String>,
     headers: HeaderMap,
@@ -219,7 +219,7 @@ pub async fn receive(
     receive_form(app, domain, None, headers, body).await
 }
 
-pub async fn receive_for_app(
+async fn receive_for_app(
     State(app): State<Arc<AppState>>,
     Path((domain, app_id)): Path<(String, String)>,
     headers: HeaderMap,
