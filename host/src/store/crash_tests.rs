@@ -4,8 +4,8 @@
 //! behind is opened again and must hold each operation wholly or not at all
 //! (a form with its case changes, records, state counts and due index; an
 //! attempt with its record's new state; a later part's attachments), must
-//! hold every operation that was
-//! answered before the cut, and must take new submissions.
+//! hold every operation that was answered before the cut, and must take new
+//! submissions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -4,8 +4,8 @@
 //! The store decides nothing about the product: it persists what others
 //! decided, through named operations (commit a submission as
 //! `submission::plan` plans it, or add a later part's attachments to its
-//! form, commit an attempt outcome, apply an operator
-//! action, put objects, put notification states), and answers reads.
+//! form; commit an attempt outcome, apply an operator action, put objects,
+//! put notification states), and answers reads.
 //!
 //! Writes go through one writer thread (`writer`) that groups whatever jobs
 //! are waiting into a single write transaction committed with
