@@ -2,6 +2,13 @@
 //! submissions from devices (raw XML or OpenRosa multipart), and
 //! `POST /api/v1/domains/{domain}/apps/{app_id}/events` takes app changes.
 //!
+//! The receiver speaks OpenRosa 1.0 as ODK Collect and CommCare do: every
+//! answer carries `X-OpenRosa-Version` and `X-OpenRosa-Accept-Content-Length`
+//! (the body size limit, [`routes`]); `HEAD` checks credentials exactly as
+//! `POST` does, before a device uploads a large body; a submission split over
+//! several POSTs (`*isIncomplete*`) adds each later part's attachments to the
+//! form the first part stored.
+//!
 //! A submission is authenticated, read within the size limit, parsed and
 //! checked completely before anything is stored; then the form, its case
 //! changes and its repeat records are committed together and only then is
@@ -10,13 +17,16 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use base64::Engine as _;
 
 use crate::AppState;
+use crate::catalog::DomainObjects;
 use crate::endpoint::{ApiError, DomainAccess};
 use crate::model::Attachment;
 use crate::record::AppChange;
@@ -26,11 +36,49 @@ use crate::xform;
 
 const OPENROSA_VERSION: &str = "1.0";
 
+/// The multipart part by which a device says more POSTs of this submission
+/// follow (OpenRosa; ODK Collect sends it as `yes`).
+const INCOMPLETE_PART: &str = "*isIncomplete*";
+
 /// Argon2 password checks under way at once. Each takes about 19 MiB and tens
 /// of milliseconds: unbounded, a burst of devices whose credentials are not
 /// cached yet (after a start or any catalog change), or a flood of wrong
 /// passwords, runs hundreds at once and the gateway's memory grows with them.
 static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// The receiver routes, `POST` and `HEAD` on `/a/{domain}/receiver` and
+/// `/a/{domain}/receiver/{app_id}`; every answer they give (successes,
+/// refusals, a method they do not take) carries the OpenRosa headers.
+pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/a/{domain}/receiver", post(receive).head(receiver_head))
+        .route(
+            "/a/{domain}/receiver/{app_id}",
+            post(receive_for_app).head(receiver_head_for_app),
+        )
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            |State(app): State<Arc<AppState>>, response: Response| async move {
+                with_openrosa_headers(response, app.config.ingest.max_body_bytes)
+            },
+        ))
+}
+
+/// `response` with the headers OpenRosa 1.0 asks of every answer: the
+/// version, and the largest body this receiver takes (Collect splits a
+/// submission whose attachments would exceed it over several POSTs).
+fn with_openrosa_headers(mut response: Response, accept_content_length: u64) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-openrosa-version",
+        HeaderValue::from_static(OPENROSA_VERSION),
+    );
+    headers.insert(
+        "x-openrosa-accept-content-length",
+        HeaderValue::from(accept_content_length),
+    );
+    response
+}
 
 /// An OpenRosa response: what CommCare and ODK Collect expect back.
 fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
@@ -39,14 +87,9 @@ fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
         xml_escape(message)
     );
     let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/xml; charset=utf-8"),
-    );
-    headers.insert(
-        "x-openrosa-version",
-        HeaderValue::from_static(OPENROSA_VERSION),
     );
     response
 }
@@ -142,22 +185,32 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((username.to_owned(), password.to_owned()))
 }
 
-/// `HEAD` on the receiver: OpenRosa clients ask before they submit.
-pub async fn receiver_head(State(app): State<Arc<AppState>>) -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        "x-openrosa-version",
-        HeaderValue::from_static(OPENROSA_VERSION),
-    );
-    headers.insert(
-        "x-openrosa-accept-content-length",
-        HeaderValue::from(app.config.ingest.max_body_bytes),
-    );
-    response
+/// `HEAD /a/{domain}/receiver`: OpenRosa clients ask before they submit.
+/// The same checks as a `POST` ([`authenticate`]): 404, 401 or 204.
+async fn receiver_head(
+    State(app): State<Arc<AppState>>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    head(&app, domain, &headers).await
 }
 
-pub async fn receive(
+async fn receiver_head_for_app(
+    State(app): State<Arc<AppState>>,
+    Path((domain, _app_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    head(&app, domain, &headers).await
+}
+
+async fn head(app: &AppState, domain: String, headers: &HeaderMap) -> Response {
+    match authenticate(app, domain, headers).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn receive(
     State(app): State<Arc<AppState>>,
     Path(domain): Path<String>,
     headers: HeaderMap,
@@ -166,7 +219,7 @@ pub async fn receive(
     receive_form(app, domain, None, headers, body).await
 }
 
-pub async fn receive_for_app(
+async fn receive_for_app(
     State(app): State<Arc<AppState>>,
     Path((domain, app_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -179,6 +232,8 @@ pub async fn receive_for_app(
 struct Received {
     xml: Vec<u8>,
     attachments: Vec<Attachment>,
+    /// The device said more POSTs of this submission follow.
+    more_parts_follow: bool,
 }
 
 async fn receive_form(
@@ -201,14 +256,13 @@ async fn receive_form(
     }
 }
 
-/// Authenticates, reads, parses and commits one submission.
-async fn take_form(
+/// The project space `domain`, when `headers` carry HTTP Basic credentials
+/// of one of its submitters: the one check of `POST` and `HEAD`.
+async fn authenticate(
     app: &AppState,
     domain: String,
-    app_id: Option<String>,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
+) -> Result<Arc<DomainObjects>, Refusal> {
     let snapshot = app.catalog.snapshot();
     let Some(objects) = snapshot.domain(&domain) else {
         return Err(Refusal::NoDomain(domain));
@@ -242,6 +296,18 @@ async fn take_form(
             "wrong username or password for this project space",
         ));
     }
+    Ok(objects.clone())
+}
+
+/// Authenticates, reads, parses and commits one submission.
+async fn take_form(
+    app: &AppState,
+    domain: String,
+    app_id: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let objects = authenticate(app, domain.clone(), headers).await?;
 
     let limit = app.config.ingest.max_body_bytes as usize;
     let bytes = axum::body::to_bytes(body, limit)
@@ -260,6 +326,7 @@ async fn take_form(
         submission::new_form(parsed, &domain, generate_form_id, received_on);
     form.app_id = app_id;
     form.attachments = received.attachments;
+    form.awaiting_parts = received.more_parts_follow;
     let submission = Submission {
         form,
         xml: received.xml,
@@ -277,6 +344,20 @@ async fn take_form(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             app.scheduler.registered(&registered);
             Ok(openrosa(StatusCode::CREATED, "submit_success", "   √   "))
+        }
+        IngestResult::AttachmentsAdded { n_added } => {
+            let attachments = if n_added == 1 {
+                "attachment"
+            } else {
+                "attachments"
+            };
+            Ok(openrosa(
+                StatusCode::CREATED,
+                "submit_success",
+                &format!(
+                    "   √   ({n_added} {attachments} added to the form received before; it was not processed again)"
+                ),
+            ))
         }
         IngestResult::Duplicate => {
             app.metrics
@@ -302,6 +383,7 @@ async fn read_body(content_type: &str, bytes: Bytes) -> Result<Received, Refusal
         "" | "text/xml" | "application/xml" => Ok(Received {
             xml: bytes.to_vec(),
             attachments: Vec::new(),
+            more_parts_follow: false,
         }),
         "multipart/form-data" => read_multipart(content_type, bytes).await,
         other => Err(Refusal::Unreadable {
@@ -321,6 +403,7 @@ async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, Re
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut xml = None;
     let mut attachments = Vec::new();
+    let mut more_parts_follow = false;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -344,6 +427,8 @@ async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, Re
                 ));
             }
             xml = Some(content.to_vec());
+        } else if name == INCOMPLETE_PART {
+            more_parts_follow = content.trim_ascii().eq_ignore_ascii_case(b"yes");
         } else {
             attachments.push(Attachment {
                 name: file_name.unwrap_or(name),
@@ -354,7 +439,11 @@ async fn read_multipart(content_type: &str, bytes: Bytes) -> Result<Received, Re
     }
     let xml =
         xml.ok_or_else(|| bad("multipart body has no part named xml_submission_file".into()))?;
-    Ok(Received { xml, attachments })
+    Ok(Received {
+        xml,
+        attachments,
+        more_parts_follow,
+    })
 }
 
 /// A random form id, for forms that carry none (32 hex digits, as CommCare's).
@@ -435,7 +524,7 @@ mod tests {
     use super::*;
 
     async fn answer(refusal: Refusal) -> (StatusCode, HeaderMap, String) {
-        let response = refusal.into_response();
+        let response = with_openrosa_headers(refusal.into_response(), 10_000_000);
         let status = response.status();
         let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -457,6 +546,7 @@ mod tests {
         assert_eq!(body, message("body is larger than the limit of 10 bytes"));
         assert_eq!(headers[header::CONTENT_TYPE], "text/xml; charset=utf-8");
         assert_eq!(headers["x-openrosa-version"], OPENROSA_VERSION);
+        assert_eq!(headers["x-openrosa-accept-content-length"], "10000000");
         assert!(headers.get(header::WWW_AUTHENTICATE).is_none());
 
         let (status, _, body) = answer(Refusal::NoDomain("a<b".into())).await;

@@ -157,14 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route(
-            "/a/{domain}/receiver",
-            post(ingest::receive).head(ingest::receiver_head),
-        )
-        .route(
-            "/a/{domain}/receiver/{app_id}",
-            post(ingest::receive_for_app).head(ingest::receiver_head),
-        )
+        .merge(ingest::routes(&state))
         .route(
             &format!("{domain}/apps/{{app_id}}/events"),
             post(ingest::app_event),

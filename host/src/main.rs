@@ -304,7 +304,8 @@ fn plugin_run(
                 }
                 println!("Idempotency-Key: <the repeat record's id>");
                 println!();
-                println!("{}", String::from_utf8_lossy(&request.body));
+                let body = repeatd::xform::body_text(&request.content_type, &request.body);
+                println!("{body}");
             }
         }
     }

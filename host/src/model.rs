@@ -83,6 +83,11 @@ pub struct StoredForm {
     /// Cases the form touched, in document order, each once.
     pub case_ids: Vec<String>,
     pub attachments: Vec<Attachment>,
+    /// The last POST of this form said more parts follow (OpenRosa's
+    /// `*isIncomplete*`, as Collect splits a submission with large
+    /// attachments): a later POST of the same XML adds its attachments.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_parts: bool,
     /// A device log: stored, never forwarded.
     pub is_device_report: bool,
     /// How often the same form id was submitted again (answered 201, not processed).

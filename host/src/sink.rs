@@ -26,7 +26,11 @@ pub fn describe(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
         ));
     }
     out.push('\n');
-    out.push_str(&String::from_utf8_lossy(body));
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    out.push_str(&crate::xform::body_text(content_type, body));
     if !body.ends_with(b"\n") {
         out.push('\n');
     }
@@ -95,5 +99,15 @@ mod tests {
             text,
             "POST /in\nquery: app_id=1\ncontent-type: text/xml\n\n<x/>\n----\n"
         );
+    }
+
+    #[test]
+    fn an_xml_body_is_printed_as_the_text_its_encoding_says() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/xml".parse().unwrap());
+        let uri: Uri = "/in".parse().unwrap();
+        let latin1 = b"<?xml version='1.0' encoding='ISO-8859-1'?><x>\xE7a</x>\n";
+        let text = describe(&Method::POST, &uri, &headers, latin1);
+        assert!(text.contains("<x>\u{e7}a</x>\n----"), "{text}");
     }
 }

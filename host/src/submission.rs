@@ -5,7 +5,9 @@
 //! out the cases as they stand after the form (CommCare's rules, in `cases`)
 //! and which repeat records to register (the repeater filters, in `filters`).
 //! App changes are planned the same way by [`plan_app_change`]; a parsed
-//! form becomes the form to store by [`new_form`]. `store` reads
+//! form becomes the form to store by [`new_form`]; a POST of a form id the
+//! domain already has (a duplicate, or a later part of a submission split
+//! over several POSTs) changes the stored form as [`later_post`] says. `store` reads
 //! the existing cases inside its write transaction, calls these functions and
 //! persists what they return; it decides nothing itself.
 
@@ -73,8 +75,8 @@ pub struct SubmissionPlan<'a> {
 }
 
 /// A newly received form as the store keeps it, and its case blocks: before
-/// planning (no case ids yet), with no app id and no attachments (the
-/// caller adds what the request carried). `fallback_id` names a form that
+/// planning (no case ids yet), with no app id, no attachments and not
+/// awaiting parts (the caller adds what the request carried). `fallback_id` names a form that
 /// carries no id of its own.
 pub fn new_form(
     parsed: ParsedForm,
@@ -96,11 +98,60 @@ pub fn new_form(
         meta: parsed.meta,
         case_ids: Vec::new(),
         attachments: Vec::new(),
+        awaiting_parts: false,
         is_device_report,
         n_duplicates: 0,
         last_duplicate_on: None,
     };
     (form, parsed.case_blocks)
+}
+
+/// What a POST of a form id the domain already has did to the stored form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaterPost {
+    /// A later part of a split submission: its attachments (this many, each
+    /// of a name the form did not have) were added; nothing is processed or
+    /// forwarded again.
+    AttachmentsAdded(usize),
+    /// The same form again: counted, nothing else changes.
+    Duplicate,
+}
+
+/// Applies a POST of `later` (with `later_xml`) to `stored`, the form the
+/// domain already has under that id (its XML `stored_xml`). It is a later part
+/// of a submission split over several POSTs, as ODK Collect sends one whose
+/// attachments exceed the receiver's `X-OpenRosa-Accept-Content-Length`, when
+/// the stored form awaits parts (the previous POST carried `*isIncomplete*`),
+/// the XML is the same, byte for byte, and the POST brings attachments of
+/// names the form does not have: those are added (an attachment already known
+/// keeps its first POST's content type and size) and the form awaits parts as
+/// long as `later` says more follow. Anything else is a duplicate.
+pub fn later_post(
+    stored: &mut StoredForm,
+    stored_xml: &[u8],
+    later: &StoredForm,
+    later_xml: &[u8],
+) -> LaterPost {
+    let mut added = 0;
+    if stored.awaiting_parts && stored_xml == later_xml {
+        for attachment in &later.attachments {
+            if !stored
+                .attachments
+                .iter()
+                .any(|known| known.name == attachment.name)
+            {
+                stored.attachments.push(attachment.clone());
+                added += 1;
+            }
+        }
+    }
+    if added == 0 {
+        stored.n_duplicates += 1;
+        stored.last_duplicate_on = Some(later.received_on.clone());
+        return LaterPost::Duplicate;
+    }
+    stored.awaiting_parts = later.awaiting_parts;
+    LaterPost::AttachmentsAdded(added)
 }
 
 /// The distinct case ids `blocks` name, in the order first named: the cases
@@ -208,7 +259,7 @@ pub fn plan_app_change<'a>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::FormMeta;
+    use crate::model::{Attachment, FormMeta};
     use crate::repeater::CaseEvents;
     use crate::xform::CreateBlock;
 
@@ -225,6 +276,7 @@ pub(crate) mod tests {
             },
             case_ids: Vec::new(),
             attachments: Vec::new(),
+            awaiting_parts: false,
             is_device_report: false,
             n_duplicates: 0,
             last_duplicate_on: None,
@@ -453,5 +505,115 @@ pub(crate) mod tests {
                 },
             }]
         );
+    }
+
+    fn attachment(name: &str, size: u64) -> Attachment {
+        Attachment {
+            name: name.into(),
+            content_type: "image/jpeg".into(),
+            size,
+        }
+    }
+
+    /// `f1` as a later POST carried it: these attachments, more parts or not.
+    fn part(attachments: Vec<Attachment>, more_parts_follow: bool) -> StoredForm {
+        StoredForm {
+            attachments,
+            awaiting_parts: more_parts_follow,
+            received_on: "2026-01-02T03:05:00.000000Z".into(),
+            ..form("f1")
+        }
+    }
+
+    /// `f1` as its first POST stored it, awaiting more parts.
+    fn first_part(attachments: Vec<Attachment>) -> StoredForm {
+        StoredForm {
+            attachments,
+            awaiting_parts: true,
+            ..form("f1")
+        }
+    }
+
+    const XML: &[u8] = b"<data><meta><instanceID>f1</instanceID></meta></data>";
+
+    #[test]
+    fn a_later_part_of_a_split_submission_adds_its_new_attachments() {
+        let (a, b, c) = (
+            attachment("a.jpg", 10),
+            attachment("b.jpg", 20),
+            attachment("c.jpg", 30),
+        );
+        let mut stored = first_part(vec![a.clone(), b.clone()]);
+        // Collect's next POST: the same XML, the attachments that did not fit,
+        // and (here) one of the first POST's again, with another size.
+        let later = part(vec![attachment("b.jpg", 999), c.clone()], false);
+        assert_eq!(
+            later_post(&mut stored, XML, &later, XML),
+            LaterPost::AttachmentsAdded(1)
+        );
+        assert_eq!(stored.attachments, [a, b, c], "b.jpg keeps its first size");
+        assert!(!stored.awaiting_parts, "the last part ends the submission");
+        assert_eq!(stored.n_duplicates, 0);
+        assert_eq!(stored.received_on, "2026-01-02T03:04:05.000000Z");
+
+        // Once complete, the same XML with yet another attachment is a duplicate.
+        let after_the_end = part(vec![attachment("d.jpg", 40)], false);
+        assert_eq!(
+            later_post(&mut stored, XML, &after_the_end, XML),
+            LaterPost::Duplicate
+        );
+        assert_eq!(stored.attachments.len(), 3);
+        assert_eq!(stored.n_duplicates, 1);
+        assert_eq!(
+            stored.last_duplicate_on.as_deref(),
+            Some("2026-01-02T03:05:00.000000Z")
+        );
+    }
+
+    #[test]
+    fn a_middle_part_keeps_the_form_awaiting_parts() {
+        let mut stored = first_part(vec![attachment("a.jpg", 10)]);
+        let middle = part(vec![attachment("b.jpg", 20)], true);
+        assert_eq!(
+            later_post(&mut stored, XML, &middle, XML),
+            LaterPost::AttachmentsAdded(1)
+        );
+        assert!(stored.awaiting_parts);
+    }
+
+    #[test]
+    fn without_new_attachments_or_with_other_xml_a_later_post_is_a_duplicate() {
+        let a = attachment("a.jpg", 10);
+        let cases = [
+            ("no new attachment", part(vec![a.clone()], false), XML),
+            ("no attachment at all", part(vec![], false), XML),
+            (
+                "other XML",
+                part(vec![attachment("b.jpg", 20)], false),
+                b"<data><meta><instanceID>f1</instanceID></meta><x/></data>".as_slice(),
+            ),
+        ];
+        for (what, later, later_xml) in cases {
+            let mut stored = first_part(vec![a.clone()]);
+            assert_eq!(
+                later_post(&mut stored, XML, &later, later_xml),
+                LaterPost::Duplicate,
+                "{what}"
+            );
+            assert_eq!(stored.attachments, vec![a.clone()], "{what}");
+            assert!(stored.awaiting_parts, "{what}: still awaiting its parts");
+            assert_eq!(stored.n_duplicates, 1, "{what}");
+        }
+        // A form no POST said more would follow takes no parts.
+        let mut complete = StoredForm {
+            awaiting_parts: false,
+            ..first_part(vec![a.clone()])
+        };
+        let later = part(vec![attachment("b.jpg", 20)], false);
+        assert_eq!(
+            later_post(&mut complete, XML, &later, XML),
+            LaterPost::Duplicate
+        );
+        assert_eq!(complete.attachments, [a]);
     }
 }

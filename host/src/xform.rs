@@ -4,8 +4,11 @@
 //! also decides which bodies are rejected (empty, not well-formed, no root, a case
 //! block without `case_id`, content after the root) and names the problem.
 //!
-//! The parser reads quick-xml events straight from the request body, never builds
-//! a tree of the whole form and allocates only for the values it keeps. What it
+//! A form may come in any encoding its byte-order mark or XML declaration names
+//! ([`decode_xml`], the one rule for reading a form's bytes as text); an unknown
+//! one is refused by name. The parser reads quick-xml events straight from the
+//! decoded text (the request body itself when it is UTF-8), never builds a tree
+//! of the whole form and allocates only for the values it keeps. What it
 //! accepts follows CommCare HQ's receiver (`couchforms`, `casexml.apps.case`):
 //! - `meta` is the root's child named `meta` in any namespace (HQ strips
 //!   namespaces before it looks; real forms use `http://openrosa.org/jr/xforms`,
@@ -28,6 +31,7 @@
 
 use std::borrow::Cow;
 
+use encoding_rs::{DecoderResult, Encoding, REPLACEMENT, UTF_8, UTF_16BE, UTF_16LE};
 use quick_xml::encoding::EncodingError;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::name::ResolveResult;
@@ -127,6 +131,14 @@ pub enum XFormError {
     MoreThanOneRoot { line: usize, column: usize },
     #[error("text after the root element at line {line}, column {column}")]
     TextAfterRoot { line: usize, column: usize },
+    #[error("unknown XML encoding \"{0}\"")]
+    UnknownEncoding(String),
+    #[error("XML encoding \"{0}\" is not supported")]
+    UnsupportedEncoding(String),
+    #[error(
+        "the XML declaration names encoding \"{0}\", but the body is not UTF-16: it has no byte-order mark"
+    )]
+    Utf16WithoutMark(String),
     #[error("case block {block_number} has no case_id")]
     CaseBlockWithoutCaseId { block_number: usize },
     #[error("case block {block_number} has an index `{identifier}` without a case_type")]
@@ -138,24 +150,131 @@ pub enum XFormError {
 
 /// Parses a submission body. See the module documentation for what is accepted.
 pub fn parse_form(xml: &[u8]) -> Result<ParsedForm, XFormError> {
-    if xml.iter().all(u8::is_ascii_whitespace) {
+    let text = decode_xml(xml)?;
+    if text.bytes().all(|byte| byte.is_ascii_whitespace()) {
         return Err(XFormError::EmptyBody);
     }
-    if let Err(utf8_error) = std::str::from_utf8(xml) {
-        let (line, column) = line_and_column(xml, utf8_error.valid_up_to());
-        return Err(XFormError::NotWellFormed {
-            line,
-            column,
-            problem: "invalid UTF-8".to_owned(),
-        });
-    }
-    const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
-    let body_offset = if xml.starts_with(BYTE_ORDER_MARK) {
-        BYTE_ORDER_MARK.len()
-    } else {
-        0
+    FormParser::new(text.as_bytes()).run()
+}
+
+/// The text of a submitted XML document, without its byte-order mark: the one
+/// way a form's bytes are read as text (parsing, and anything that shows the
+/// XML). A byte-order mark (UTF-8, UTF-16 LE or BE) decides the encoding; else
+/// UTF-16 without a mark is recognised by its first bytes, as XML 1.0 appendix
+/// F describes; else the XML declaration's `encoding`, looked up among the
+/// WHATWG labels (`ISO-8859-1`, `latin1`, `Windows-1252`, `Shift_JIS`, …);
+/// else UTF-8. The bytes themselves are kept and forwarded as submitted.
+pub fn decode_xml(xml: &[u8]) -> Result<Cow<'_, str>, XFormError> {
+    let (encoding, body) = match Encoding::for_bom(xml) {
+        Some((encoding, mark_length)) => (encoding, &xml[mark_length..]),
+        None => (unmarked_encoding(xml)?, xml),
     };
-    FormParser::new(xml, body_offset).run()
+    if encoding == UTF_8 {
+        return match std::str::from_utf8(body) {
+            Ok(text) => Ok(Cow::Borrowed(text)),
+            Err(utf8_error) => {
+                let (line, column) = line_and_column(body, utf8_error.valid_up_to());
+                Err(XFormError::NotWellFormed {
+                    line,
+                    column,
+                    problem: "invalid UTF-8".to_owned(),
+                })
+            }
+        };
+    }
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let mut text = String::with_capacity(
+        decoder
+            .max_utf8_buffer_length_without_replacement(body.len())
+            .unwrap_or(body.len()),
+    );
+    let mut read = 0;
+    loop {
+        let (result, n_read) =
+            decoder.decode_to_string_without_replacement(&body[read..], &mut text, true);
+        read += n_read;
+        match result {
+            DecoderResult::InputEmpty => return Ok(Cow::Owned(text)),
+            DecoderResult::OutputFull => text.reserve(body.len() - read + 16),
+            DecoderResult::Malformed(..) => {
+                let (line, column) = line_and_column(text.as_bytes(), text.len());
+                return Err(XFormError::NotWellFormed {
+                    line,
+                    column,
+                    problem: format!("invalid {}", encoding.name()),
+                });
+            }
+        }
+    }
+}
+
+/// `body` as text for people to read: decoded as [`decode_xml`] reads XML when
+/// `content_type` is XML and the body decodes, else as UTF-8 with any invalid
+/// bytes replaced.
+pub fn body_text<'b>(content_type: &str, body: &'b [u8]) -> Cow<'b, str> {
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let is_xml = media_type.eq_ignore_ascii_case("text/xml")
+        || media_type.eq_ignore_ascii_case("application/xml")
+        || media_type.to_ascii_lowercase().ends_with("+xml");
+    match is_xml.then(|| decode_xml(body)) {
+        Some(Ok(text)) => text,
+        _ => String::from_utf8_lossy(body),
+    }
+}
+
+/// The encoding of a document without a byte-order mark.
+fn unmarked_encoding(xml: &[u8]) -> Result<&'static Encoding, XFormError> {
+    // `<?` in UTF-16 without a mark.
+    match xml.get(..4) {
+        Some([0x3C, 0x00, 0x3F, 0x00]) => return Ok(UTF_16LE),
+        Some([0x00, 0x3C, 0x00, 0x3F]) => return Ok(UTF_16BE),
+        _ => {}
+    }
+    let Some(label) = declared_encoding(xml) else {
+        return Ok(UTF_8);
+    };
+    match Encoding::for_label(label.as_bytes()) {
+        None => Err(XFormError::UnknownEncoding(label.to_owned())),
+        Some(encoding) if encoding == REPLACEMENT => {
+            Err(XFormError::UnsupportedEncoding(label.to_owned()))
+        }
+        // The declaration was read as single bytes: the body cannot be UTF-16.
+        Some(encoding) if encoding == UTF_16LE || encoding == UTF_16BE => {
+            Err(XFormError::Utf16WithoutMark(label.to_owned()))
+        }
+        Some(encoding) => Ok(encoding),
+    }
+}
+
+/// The `encoding` of an XML declaration at the very start of `xml`, read as
+/// ASCII (every encoding a declaration can name without a byte-order mark
+/// writes it so). `None` when there is no declaration or it names none; a
+/// declaration that is not well-formed is left to the parser to report.
+fn declared_encoding(xml: &[u8]) -> Option<&str> {
+    /// A declaration is a few dozen bytes; one longer than this is not looked into.
+    const MAX_DECLARATION: usize = 1024;
+    let rest = xml.strip_prefix(b"<?xml")?;
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let head = &rest[..rest.len().min(MAX_DECLARATION)];
+    let end = head.windows(2).position(|pair| pair == b"?>")?;
+    let mut declaration = std::str::from_utf8(&head[..end]).ok()?;
+    // Pseudo-attributes: name, `=`, a quoted value.
+    loop {
+        declaration = declaration.trim_start();
+        let (name, after_name) = declaration.split_once('=')?;
+        let after_equals = after_name.trim_start();
+        let quote = after_equals
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'')?;
+        let (value, after_value) = after_equals[1..].split_once(quote)?;
+        if name.trim() == "encoding" {
+            return Some(value.trim());
+        }
+        declaration = after_value;
+    }
 }
 
 /// A meta field recognised by its lower-cased local name.
@@ -256,10 +375,8 @@ struct BlockInProgress {
 
 struct FormParser<'i> {
     reader: NsReader<&'i [u8]>,
-    /// The whole input, for line and column numbers.
+    /// The whole decoded input, for line and column numbers.
     source: &'i [u8],
-    /// Offset of `reader`'s input within `source` (a byte-order mark is skipped).
-    body_offset: usize,
     depth: usize,
     root_namespace: Option<Vec<u8>>,
     root_name: Option<String>,
@@ -280,8 +397,8 @@ struct FormParser<'i> {
 }
 
 impl<'i> FormParser<'i> {
-    fn new(source: &'i [u8], body_offset: usize) -> Self {
-        let mut reader = NsReader::from_reader(&source[body_offset..]);
+    fn new(source: &'i [u8]) -> Self {
+        let mut reader = NsReader::from_reader(source);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
@@ -289,7 +406,6 @@ impl<'i> FormParser<'i> {
         FormParser {
             reader,
             source,
-            body_offset,
             depth: 0,
             root_namespace: None,
             root_name: None,
@@ -311,11 +427,11 @@ impl<'i> FormParser<'i> {
 
     fn run(mut self) -> Result<ParsedForm, XFormError> {
         loop {
-            let event_start = self.body_offset + self.reader.buffer_position() as usize;
+            let event_start = self.reader.buffer_position() as usize;
             let (resolution, event) = match self.reader.read_resolved_event() {
                 Ok(resolved) => resolved,
                 Err(error) => {
-                    let position = self.body_offset + self.reader.error_position() as usize;
+                    let position = self.reader.error_position() as usize;
                     return Err(self.not_well_formed(position, error.to_string()));
                 }
             };
@@ -777,7 +893,7 @@ impl<'i> FormParser<'i> {
     }
 
     fn current_offset(&self) -> usize {
-        self.body_offset + self.reader.buffer_position() as usize
+        self.reader.buffer_position() as usize
     }
 
     fn not_well_formed(&self, position: usize, problem: String) -> XFormError {
@@ -1472,6 +1588,148 @@ mod tests {
             nested_meta.form_id(),
             None,
             "meta is only looked for under the root"
+        );
+    }
+
+    /// A form whose one case block sets `name` to `value`, declaring `encoding`.
+    fn form_declaring(encoding: &str, value: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding='{encoding}' ?>\n<data xmlns=\"http://example.org/enc\"><n0:case xmlns:n0=\"http://commcarehq.org/case/transaction/v2\" case_id=\"c1\"><n0:update><n0:name>{value}</n0:name></n0:update></n0:case><meta><instanceID>f-{value}</instanceID></meta></data>"
+        )
+    }
+
+    fn name_property(form: &ParsedForm) -> &str {
+        &form.case_blocks[0].update[0].1
+    }
+
+    fn utf16(text: &str, little_endian: bool, mark: bool) -> Vec<u8> {
+        let units = mark
+            .then_some(0xFEFF)
+            .into_iter()
+            .chain(text.encode_utf16());
+        units
+            .flat_map(|unit| match little_endian {
+                true => unit.to_le_bytes(),
+                false => unit.to_be_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_declared_single_byte_encoding_is_decoded_for_parsing() {
+        let latin1 = form_declaring("ISO-8859-1", "Jos\u{e9} M\u{fc}ller");
+        let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&latin1);
+        assert!(!unmappable);
+        assert!(bytes.contains(&0xE9), "é is one byte in Latin-1");
+        let form = parse_form(&bytes).unwrap();
+        assert_eq!(name_property(&form), "Jos\u{e9} M\u{fc}ller");
+        assert_eq!(form.form_id(), Some("f-Jos\u{e9} M\u{fc}ller"));
+        assert_eq!(decode_xml(&bytes).unwrap(), latin1);
+
+        // Windows-1252's own characters (0x80 is the euro sign), label in any case.
+        let mut cp1252 = form_declaring("windows-1252", "5 EUR").into_bytes();
+        let at = cp1252.windows(3).position(|w| w == b"EUR").unwrap();
+        cp1252.splice(at..at + 3, [0x80]);
+        assert_eq!(name_property(&parse_form(&cp1252).unwrap()), "5 \u{20ac}");
+        let shouting = form_declaring("LATIN1", "\u{e7}a");
+        let (shouting, _, _) = encoding_rs::WINDOWS_1252.encode(&shouting);
+        assert_eq!(name_property(&parse_form(&shouting).unwrap()), "\u{e7}a");
+    }
+
+    #[test]
+    fn utf16_with_a_byte_order_mark_or_recognisable_without_one_is_decoded() {
+        let text = form_declaring("UTF-16", "\u{4e2d}\u{6587} caf\u{e9}");
+        for (little_endian, mark) in [(true, true), (false, true), (true, false), (false, false)] {
+            let bytes = utf16(&text, little_endian, mark);
+            let form = parse_form(&bytes)
+                .unwrap_or_else(|e| panic!("le {little_endian} mark {mark}: {e}"));
+            assert_eq!(name_property(&form), "\u{4e2d}\u{6587} caf\u{e9}");
+            assert_eq!(
+                decode_xml(&bytes).unwrap(),
+                text,
+                "the mark is not part of the text"
+            );
+        }
+        // A UTF-8 byte-order mark without a declaration is honoured too.
+        let marked = [b"\xEF\xBB\xBF".as_slice(), "<d>\u{e9}</d>".as_bytes()].concat();
+        assert_eq!(decode_xml(&marked).unwrap(), "<d>\u{e9}</d>");
+        // The mark wins over a declaration that says otherwise.
+        let marked = [
+            b"\xEF\xBB\xBF".as_slice(),
+            form_declaring("ISO-8859-1", "\u{e9}").as_bytes(),
+        ]
+        .concat();
+        assert_eq!(name_property(&parse_form(&marked).unwrap()), "\u{e9}");
+    }
+
+    #[test]
+    fn an_unknown_or_impossible_encoding_is_refused_by_name() {
+        assert_eq!(
+            error_of(form_declaring("klingon", "x").as_bytes()),
+            "unknown XML encoding \"klingon\""
+        );
+        assert_eq!(
+            error_of(form_declaring("hz-gb-2312", "x").as_bytes()),
+            "XML encoding \"hz-gb-2312\" is not supported"
+        );
+        assert_eq!(
+            error_of(form_declaring("UTF-16", "x").as_bytes()),
+            "the XML declaration names encoding \"UTF-16\", but the body is not UTF-16: it has no byte-order mark"
+        );
+        // Bytes that are not of the declared encoding: where, and which encoding.
+        let mut shift_jis = form_declaring("Shift_JIS", "ab").into_bytes();
+        let at = shift_jis.windows(2).position(|w| w == b"ab").unwrap();
+        shift_jis.splice(at..at + 2, [0x82, 0x20]);
+        assert_eq!(
+            error_of(&shift_jis),
+            "not well-formed XML at line 2, column 133: invalid Shift_JIS"
+        );
+        let unpaired_surrogate = [
+            utf16("<d>", true, true),
+            vec![0x00, 0xD8],
+            utf16("</d>", true, false),
+        ]
+        .concat();
+        assert!(
+            error_of(&unpaired_surrogate).ends_with("invalid UTF-16LE"),
+            "{}",
+            error_of(&unpaired_surrogate)
+        );
+    }
+
+    #[test]
+    fn a_body_is_shown_as_text_in_its_own_encoding_when_it_is_xml() {
+        let latin1 = b"<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\xE9</d>";
+        let decoded = "<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\u{e9}</d>";
+        assert_eq!(body_text("text/xml", latin1), decoded);
+        assert_eq!(body_text("Application/XML; charset=x", latin1), decoded);
+        assert_eq!(body_text("application/atom+xml", latin1), decoded);
+        let lossy = "<?xml version='1.0' encoding='ISO-8859-1'?><d>Jos\u{FFFD}</d>";
+        assert_eq!(body_text("application/json", latin1), lossy);
+        assert_eq!(body_text("text/xml", b"\xFF<d/>"), "\u{FFFD}<d/>");
+    }
+
+    #[test]
+    fn only_a_declaration_at_the_start_names_the_encoding() {
+        // Not a declaration: UTF-8 is assumed, and Latin-1 bytes are then invalid.
+        let late = b"<d><?xml version='1.0' encoding='ISO-8859-1'?>\xE9</d>";
+        assert!(
+            error_of(late).ends_with("invalid UTF-8"),
+            "{}",
+            error_of(late)
+        );
+        assert_eq!(declared_encoding(b"<?xml version=\"1.0\"?><d/>"), None);
+        assert_eq!(
+            declared_encoding(b"<?xml-stylesheet encoding='x'?><d/>"),
+            None
+        );
+        assert_eq!(
+            declared_encoding(b"<?xml version = '1.0'  encoding = \" latin1 \" standalone='yes'?>"),
+            Some("latin1")
+        );
+        assert_eq!(
+            declared_encoding(b"<?xml version='1.0' encoding='never closed"),
+            None
         );
     }
 

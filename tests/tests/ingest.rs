@@ -161,9 +161,15 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_leaves_no_trace() {
     let client = reqwest::Client::new();
     let url = gateway.url("/a/demo/receiver");
 
-    // HEAD: what OpenRosa clients ask before submitting.
+    // HEAD: what OpenRosa clients ask before submitting (as a submitter;
+    // `openrosa.rs` has the refusals).
     for path in ["/a/demo/receiver", "/a/demo/receiver/some-app"] {
-        let response = client.head(gateway.url(path)).send().await.unwrap();
+        let response = client
+            .head(gateway.url(path))
+            .basic_auth("danny", Some("pw"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), 204, "{path}");
         let header = |name: &str| {
             response
@@ -226,6 +232,11 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_leaves_no_trace() {
         form_touching_cases("bad-broken-part", "<open>").as_bytes(),
     )]);
     let not_well_formed = "<?xml version='1.0' ?>\n<data xmlns=\"urn:bad\">\n  <meta><instanceID>bad-not-well-formed</instanceID></meta>\n  <item>open\n</data>\n";
+    let unknown_encoding = form_touching_cases("bad-unknown-encoding", "").replacen(
+        "<?xml version='1.0' ?>",
+        "<?xml version='1.0' encoding='klingon' ?>",
+        1,
+    );
     let no_case_id = form_touching_cases(
         "bad-no-case-id",
         r#"<n0:case xmlns:n0="http://commcarehq.org/case/transaction/v2" date_modified="2024-02-01T10:00:00.000000Z" user_id="u2"><n0:close/></n0:case>"#,
@@ -276,6 +287,15 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_leaves_no_trace() {
             status: 400,
             phrases: vec!["no root element"],
             form_id: "",
+        },
+        BadSubmission {
+            what: "unknown XML encoding",
+            target: url.clone(),
+            body: unknown_encoding.into_bytes(),
+            content_type: "text/xml".into(),
+            status: 400,
+            phrases: vec!["unknown XML encoding \"klingon\""],
+            form_id: "bad-unknown-encoding",
         },
         BadSubmission {
             what: "case block without case_id",
@@ -362,6 +382,12 @@ async fn bad_input_gets_a_4xx_naming_the_problem_and_leaves_no_trace() {
             reply.body.starts_with(OPENROSA_ERROR),
             "{what}: an OpenRosa error: {}",
             reply.body
+        );
+        assert_eq!(reply.header("x-openrosa-version"), Some("1.0"), "{what}");
+        assert_eq!(
+            reply.header("x-openrosa-accept-content-length"),
+            Some(MAX_BODY_BYTES.to_string().as_str()),
+            "{what}"
         );
         for phrase in phrases {
             let phrase = phrase

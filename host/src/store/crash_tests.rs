@@ -3,8 +3,9 @@
 //! after its N-th write, for every N the workload reaches. The file left
 //! behind is opened again and must hold each operation wholly or not at all
 //! (a form with its case changes, records, state counts and due index; an
-//! attempt with its record's new state), must hold every operation that was
-//! answered before the cut, and must take new submissions.
+//! attempt with its record's new state; a later part's attachments), must
+//! hold every operation that was answered before the cut, and must take new
+//! submissions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,8 @@ struct Answered {
     second: Option<u64>,
     /// A successful attempt on f1's form record.
     attempt: Option<u64>,
+    /// A later part of f1 (it awaited parts) adds an attachment.
+    later_part: Option<u64>,
 }
 
 /// Runs the workload until it ends or an operation fails; returns what it
@@ -162,11 +165,9 @@ async fn workload(backend: &CrashBackend) -> Answered {
         return answered;
     };
     answered.opened = Some(backend.writes());
-    if store
-        .commit_submission(submission("f1", "c1", "new"))
-        .await
-        .is_err()
-    {
+    let mut first = submission("f1", "c1", "new");
+    first.form.awaiting_parts = true;
+    if store.commit_submission(first).await.is_err() {
         return answered;
     }
     answered.first = Some(backend.writes());
@@ -190,10 +191,25 @@ async fn workload(backend: &CrashBackend) -> Answered {
     };
     let attempt = answered_200(record.registered_at + 1);
     let result = attempt_result(seq, Outcome::Success { status: 200 }, Some(&attempt));
-    if store.commit_attempt(result).await.is_ok() {
-        answered.attempt = Some(backend.writes());
+    if store.commit_attempt(result).await.is_err() {
+        return answered;
+    }
+    answered.attempt = Some(backend.writes());
+    let mut later_part = submission("f1", "c1", "unused");
+    later_part.form.attachments = vec![photo()];
+    if store.commit_submission(later_part).await.is_ok() {
+        answered.later_part = Some(backend.writes());
     }
     answered
+}
+
+/// The attachment f1's later part brings.
+fn photo() -> crate::model::Attachment {
+    crate::model::Attachment {
+        name: "photo.jpg".into(),
+        content_type: "image/jpeg".into(),
+        size: 2_048,
+    }
 }
 
 /// Whether `answered_at` happened before a cut right after the `cut`-th
@@ -245,6 +261,7 @@ struct Found {
     first: bool,
     second: bool,
     attempt: bool,
+    later_part: bool,
 }
 
 fn found(store: &Store, context: &str) -> Found {
@@ -294,11 +311,20 @@ fn found(store: &Store, context: &str) -> Found {
         usize::from(attempt),
         "{context}: an attempt is there with its outcome or not at all"
     );
+    let f1 = store.form("demo", "f1").unwrap();
+    let later_part = f1
+        .as_ref()
+        .is_some_and(|form| form.attachments == [photo()]);
+    assert!(
+        f1.is_none_or(|form| form.awaiting_parts != later_part && form.n_duplicates == 0),
+        "{context}: f1 awaits its part or has it, never half"
+    );
     assert_indexes_agree(store, context);
     Found {
         first,
         second,
         attempt,
+        later_part,
     }
 }
 
@@ -322,6 +348,7 @@ async fn check_image(image: &[u8], cut: u64, answered: &Answered, context: &str)
         ("f1", answered.first, held.first),
         ("f2", answered.second, held.second),
         ("the attempt", answered.attempt, held.attempt),
+        ("f1's later part", answered.later_part, held.later_part),
     ] {
         if before_cut(answered_at, cut) {
             assert!(is_held, "{context}: {what} was answered but is lost");
@@ -349,14 +376,14 @@ async fn check_image(image: &[u8], cut: u64, answered: &Answered, context: &str)
 async fn crash_at_every_write(how: Cut) {
     let probe = CrashBackend::default();
     let complete = workload(&probe).await;
-    let total = complete.attempt.expect("the workload runs to the end");
+    let total = complete.later_part.expect("the workload runs to the end");
     // Two cuts past the end: the last operation's sync, then nothing lost.
     for cut in 0..=total + 2 {
         let backend = CrashBackend::cut_after(cut, how);
         let answered = workload(&backend).await;
         if how == Cut::IoError && cut <= total {
             assert!(
-                answered.attempt.is_none(),
+                answered.later_part.is_none(),
                 "cut after {cut} writes: a failing disk is reported"
             );
         }

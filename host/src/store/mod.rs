@@ -3,8 +3,9 @@
 //!
 //! The store decides nothing about the product: it persists what others
 //! decided, through named operations (commit a submission as
-//! `submission::plan` plans it, commit an attempt outcome, apply an operator
-//! action, put objects, put notification states), and answers reads.
+//! `submission::plan` plans it, or add a later part's attachments to its
+//! form; commit an attempt outcome, apply an operator action, put objects,
+//! put notification states), and answers reads.
 //!
 //! Writes go through one writer thread (`writer`) that groups whatever jobs
 //! are waiting into a single write transaction committed with
@@ -104,6 +105,11 @@ pub enum IngestResult {
     Accepted {
         /// (repeater id, due micros) of every record registered.
         registered: Vec<(u64, i64)>,
+    },
+    /// A later part of a submission split over several POSTs: this many
+    /// attachments were added to the stored form.
+    AttachmentsAdded {
+        n_added: usize,
     },
     Duplicate,
 }
@@ -318,7 +324,9 @@ impl Store {
 
     /// Stores a form, its case changes and the repeat records of every
     /// repeater that wants it (as `submission::plan` decides), in one
-    /// transaction; or counts a duplicate of a stored form.
+    /// transaction; or, for a form id the domain has, adds a later part's
+    /// attachments to the stored form or counts a duplicate (as
+    /// `submission::later_post` decides), in one transaction too.
     pub async fn commit_submission(
         &self,
         submission: Submission,

@@ -187,6 +187,42 @@ async fn a_duplicate_form_is_counted_and_changes_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_later_part_adds_its_attachments_to_the_stored_form_and_nothing_else() {
+    let store = memory_store();
+    let attachment = |name: &str| crate::model::Attachment {
+        name: name.into(),
+        content_type: "image/jpeg".into(),
+        size: 10,
+    };
+    let mut first = submission("f1", "c1", "new");
+    first.form.attachments = vec![attachment("a.jpg")];
+    first.form.awaiting_parts = true;
+    store.commit_submission(first).await.unwrap();
+    let records_before = all_records(&store);
+    let case_before = store.case("demo", "c1").unwrap();
+
+    let mut last = submission("f1", "c1", "changed");
+    last.form.attachments = vec![attachment("b.jpg")];
+    let result = store.commit_submission(last).await.unwrap();
+    assert_eq!(result, IngestResult::AttachmentsAdded { n_added: 1 });
+
+    let stored = store.form("demo", "f1").unwrap().unwrap();
+    assert_eq!(
+        stored.attachments,
+        [attachment("a.jpg"), attachment("b.jpg")]
+    );
+    assert!(!stored.awaiting_parts);
+    assert_eq!(stored.n_duplicates, 0);
+    assert_eq!(stored.case_ids, ["c1"], "planned once, at the first part");
+    assert_eq!(store.case("demo", "c1").unwrap(), case_before);
+    assert_eq!(all_records(&store), records_before, "no new records");
+    assert_eq!(
+        store.form_xml("demo", "f1").unwrap().as_deref(),
+        Some(b"<data id=\"f1\"/>".as_slice())
+    );
+}
+
+#[tokio::test]
 async fn a_later_form_updates_the_stored_case() {
     let store = store_with_forms(1).await;
     let update = Submission {

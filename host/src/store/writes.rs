@@ -18,7 +18,7 @@ use super::tables::{
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
 use crate::model::{Case, StoredForm};
 use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
-use crate::submission::{self, PlannedRecord, Submission};
+use crate::submission::{self, LaterPost, PlannedRecord, Submission};
 
 /// Stores a new form as `submission::plan` says, or counts a duplicate.
 pub(super) fn commit_submission(
@@ -38,10 +38,7 @@ pub(super) fn commit_submission(
     let existing = forms.get(key)?.map(|v| v.value().to_vec());
     if let Some(existing) = existing {
         let mut stored: StoredForm = decode(&existing, || format!("form {}", form.form_id))?;
-        stored.n_duplicates += 1;
-        stored.last_duplicate_on = Some(form.received_on.clone());
-        forms.insert(key, encode(&stored).as_slice())?;
-        return Ok(IngestResult::Duplicate);
+        return add_to_stored_form(txn, &mut forms, &mut stored, &form, &xml);
     }
 
     let mut cases = txn.open_table(CASES)?;
@@ -66,6 +63,31 @@ pub(super) fn commit_submission(
     let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or(now);
     let registered = register(txn, next_seq, &plan.records, received_micros)?;
     Ok(IngestResult::Accepted { registered })
+}
+
+/// A POST of a form the domain has: adds a later part's attachments to the
+/// stored form, or counts a duplicate, as `submission::later_post` says; no
+/// case and no record is touched.
+fn add_to_stored_form(
+    txn: &WriteTransaction,
+    forms: &mut redb::Table<(&str, &str), &[u8]>,
+    stored: &mut StoredForm,
+    later: &StoredForm,
+    later_xml: &[u8],
+) -> Result<IngestResult, StoreError> {
+    let key = (stored.domain.as_str(), stored.form_id.as_str());
+    let xml_table = txn.open_table(FORM_XML)?;
+    let stored_xml = xml_table.get(key)?;
+    let stored_xml = stored_xml.as_ref().map_or(&[][..], |bytes| bytes.value());
+    let result = submission::later_post(stored, stored_xml, later, later_xml);
+    forms.insert(
+        (stored.domain.as_str(), stored.form_id.as_str()),
+        encode(&*stored).as_slice(),
+    )?;
+    Ok(match result {
+        LaterPost::AttachmentsAdded(n_added) => IngestResult::AttachmentsAdded { n_added },
+        LaterPost::Duplicate => IngestResult::Duplicate,
+    })
 }
 
 /// Registers planned records due at `now`; returns (repeater id, due micros)
