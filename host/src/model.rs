@@ -85,7 +85,8 @@ pub struct StoredForm {
     pub attachments: Vec<Attachment>,
     /// The last POST of this form said more parts follow (OpenRosa's
     /// `*isIncomplete*`, as Collect splits a submission with large
-    /// attachments): a later POST of the same XML adds its attachments.
+    /// attachments). Shown, not needed: a later POST of the same XML adds
+    /// its attachments either way (`submission::later_post`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaiting_parts: bool,
     /// A device log: stored, never forwarded.

@@ -121,11 +121,13 @@ pub enum LaterPost {
 /// domain already has under that id (its XML `stored_xml`). It is a later part
 /// of a submission split over several POSTs, as ODK Collect sends one whose
 /// attachments exceed the receiver's `X-OpenRosa-Accept-Content-Length`, when
-/// the stored form awaits parts (the previous POST carried `*isIncomplete*`),
 /// the XML is the same, byte for byte, and the POST brings attachments of
 /// names the form does not have: those are added (an attachment already known
 /// keeps its first POST's content type and size) and the form awaits parts as
-/// long as `later` says more follow. Anything else is a duplicate.
+/// long as `later` says more follow (`*isIncomplete*`). SPEC section 4 asks
+/// for the attachments whether or not the earlier POST announced more parts:
+/// not every client sends `*isIncomplete*`, and a part is never processed
+/// again either way. Anything else is a duplicate.
 pub fn later_post(
     stored: &mut StoredForm,
     stored_xml: &[u8],
@@ -133,7 +135,7 @@ pub fn later_post(
     later_xml: &[u8],
 ) -> LaterPost {
     let mut added = 0;
-    if stored.awaiting_parts && stored_xml == later_xml {
+    if stored_xml == later_xml {
         for attachment in &later.attachments {
             if !stored
                 .attachments
@@ -556,10 +558,10 @@ pub(crate) mod tests {
         assert_eq!(stored.n_duplicates, 0);
         assert_eq!(stored.received_on, "2026-01-02T03:04:05.000000Z");
 
-        // Once complete, the same XML with yet another attachment is a duplicate.
-        let after_the_end = part(vec![attachment("d.jpg", 40)], false);
+        // The same part again is a duplicate.
+        let again = part(vec![c.clone()], false);
         assert_eq!(
-            later_post(&mut stored, XML, &after_the_end, XML),
+            later_post(&mut stored, XML, &again, XML),
             LaterPost::Duplicate
         );
         assert_eq!(stored.attachments.len(), 3);
@@ -604,16 +606,19 @@ pub(crate) mod tests {
             assert!(stored.awaiting_parts, "{what}: still awaiting its parts");
             assert_eq!(stored.n_duplicates, 1, "{what}");
         }
-        // A form no POST said more would follow takes no parts.
+        // A form no POST said more would follow still takes a later part's
+        // attachments: not every client announces its parts.
         let mut complete = StoredForm {
             awaiting_parts: false,
             ..first_part(vec![a.clone()])
         };
-        let later = part(vec![attachment("b.jpg", 20)], false);
+        let b = attachment("b.jpg", 20);
+        let later = part(vec![b.clone()], false);
         assert_eq!(
             later_post(&mut complete, XML, &later, XML),
-            LaterPost::Duplicate
+            LaterPost::AttachmentsAdded(1)
         );
-        assert_eq!(complete.attachments, [a]);
+        assert_eq!(complete.attachments, [a, b]);
+        assert_eq!(complete.n_duplicates, 0);
     }
 }
