@@ -559,7 +559,7 @@ pub(crate) mod tests {
         assert_eq!(stored.received_on, "2026-01-02T03:04:05.000000Z");
 
         // The same part again is a duplicate.
-        let again = part(vec![c.clone()], false);
+        let again = part(vec![attachment("c.jpg", 30)], false);
         assert_eq!(
             later_post(&mut stored, XML, &again, XML),
             LaterPost::Duplicate
