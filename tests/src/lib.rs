@@ -10,6 +10,7 @@
 //! - [`daemon`]: the built binary in its own process ([`Daemon`], [`Launch`]);
 //! - [`wait`]: [`eventually`], waiting on a condition rather than a clock;
 //! - [`remote`]: a remote whose every answer a closure decides;
+//! - [`raw_remote`]: a hostile remote writing bytes by hand over bare TCP;
 //! - [`load`]: the load harness behind `repeatd-load`.
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod fixture_session;
 mod http;
 pub mod load;
+pub mod raw_remote;
 pub mod remote;
 pub mod virtual_time;
 pub mod wait;
