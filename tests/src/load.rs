@@ -1182,6 +1182,7 @@ impl GatewayProcess {
             .daemon
             .http()
             .get(self.daemon.url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .context("GET /metrics")?
