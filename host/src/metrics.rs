@@ -348,6 +348,9 @@ impl Default for PluginSeries {
     }
 }
 
+/// A per-plugin counter family: name, help, and how to read it.
+type PluginCounter = (&'static str, &'static str, fn(&PluginSeries) -> u64);
+
 /// What the plugin host counts of its calls and loads, per plugin name.
 #[derive(Debug, Default)]
 pub struct PluginCalls {
@@ -394,7 +397,7 @@ impl PluginCalls {
                 .duration
                 .render(out, "repeatd_plugin_call_duration_seconds", &label(name));
         }
-        let counters: [(&str, &str, fn(&PluginSeries) -> u64); 3] = [
+        let counters: [PluginCounter; 3] = [
             (
                 "repeatd_plugin_traps_total",
                 "Plugin calls stopped by a trap (a plugin bug or its memory limit), timeouts aside.",

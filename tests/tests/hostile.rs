@@ -37,6 +37,24 @@ async fn gateway_for(remotes: &[(&str, String)], timeout: &str) -> Gateway {
     Gateway::start(&config).await
 }
 
+/// One raw remote per (repeater, steps), a gateway with a repeater to each
+/// (connection `timeout`), and the seed form submitted; the remotes in order.
+async fn remotes_with_form(
+    scripts: Vec<(&'static str, Vec<Step>)>,
+    timeout: &str,
+) -> (Vec<RawRemote>, Gateway) {
+    let mut remotes = Vec::new();
+    let mut urls = Vec::new();
+    for (name, steps) in scripts {
+        let remote = RawRemote::start(steps).await;
+        urls.push((name, remote.url("/in")));
+        remotes.push(remote);
+    }
+    let gateway = gateway_for(&urls, timeout).await;
+    submit_seed(&gateway).await;
+    (remotes, gateway)
+}
+
 /// Submits the seed form and waits until the record of `repeater` has had
 /// its first attempt and left `pending`; returns it with its attempts.
 async fn first_attempt(gateway: &Gateway, repeater: &str) -> Value {
@@ -91,18 +109,13 @@ async fn no_retry_after_sends_a_record_to_the_past_or_past_max_wait() {
         ),
         ("garbage", "soon, maybe", computed),
     ];
-    let mut remotes = Vec::new();
-    for (name, value, _) in &cases {
-        remotes.push((*name, RawRemote::start(answer_503_retry_after(value)).await));
-    }
-    let urls: Vec<(&str, String)> = remotes
+    let scripts = cases
         .iter()
-        .map(|(name, remote)| (*name, remote.url("/in")))
+        .map(|(name, value, _)| (*name, answer_503_retry_after(value)))
         .collect();
-    let gateway = gateway_for(&urls, "5s").await;
-    submit_seed(&gateway).await;
+    let (remotes, gateway) = remotes_with_form(scripts, "5s").await;
 
-    for ((name, value, (shortest, longest)), (_, remote)) in cases.iter().zip(&remotes) {
+    for ((name, value, (shortest, longest)), remote) in cases.iter().zip(&remotes) {
         let record = first_attempt(&gateway, name).await;
         assert_eq!(record["state"], "failed", "Retry-After {value:?}: {record}");
         let attempt = &record["attempts"][0];
@@ -127,7 +140,7 @@ async fn no_retry_after_sends_a_record_to_the_past_or_past_max_wait() {
     // A hot loop would hit a remote again (and cancel its record after 3
     // attempts) within this second; nothing may happen in it.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for ((name, value, _), (_, remote)) in cases.iter().zip(&remotes) {
+    for ((name, value, _), remote) in cases.iter().zip(&remotes) {
         assert_eq!(
             remote.exchanges().len(),
             1,
@@ -144,15 +157,20 @@ async fn no_retry_after_sends_a_record_to_the_past_or_past_max_wait() {
 async fn of_a_50_mb_error_body_only_the_first_64_kib_is_read_and_kept() {
     const FIFTY_MB: u64 = 50 * 1024 * 1024;
     const KEPT: usize = 64 * 1024;
-    let remote = RawRemote::start(vec![
-        Step::text(&format!(
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: {FIFTY_MB}\r\n\r\n"
-        )),
-        Step::Flood(FIFTY_MB),
-    ])
+    let (remotes, gateway) = remotes_with_form(
+        vec![(
+            "flood",
+            vec![
+                Step::text(&format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: {FIFTY_MB}\r\n\r\n"
+                )),
+                Step::Flood(FIFTY_MB),
+            ],
+        )],
+        "60s",
+    )
     .await;
-    let gateway = gateway_for(&[("flood", remote.url("/in"))], "60s").await;
-    submit_seed(&gateway).await;
+    let remote = &remotes[0];
 
     let record = first_attempt(&gateway, "flood").await;
     assert_eq!(record["state"], "failed", "{}", record["state"]);
@@ -186,25 +204,26 @@ async fn of_a_50_mb_error_body_only_the_first_64_kib_is_read_and_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_trickles_times_out_at_the_connections_timeout() {
-    let body_trickles = RawRemote::start(vec![
-        Step::text("HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n"),
-        Step::Trickle(vec![b'.'; 60], Duration::from_secs(1)),
-    ])
-    .await;
-    let head_trickles = RawRemote::start(vec![Step::Trickle(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-        Duration::from_secs(1),
-    )])
-    .await;
-    let gateway = gateway_for(
-        &[
-            ("body", body_trickles.url("/in")),
-            ("head", head_trickles.url("/in")),
+    let (_remotes, gateway) = remotes_with_form(
+        vec![
+            (
+                "body",
+                vec![
+                    Step::text("HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n"),
+                    Step::Trickle(vec![b'.'; 60], Duration::from_secs(1)),
+                ],
+            ),
+            (
+                "head",
+                vec![Step::Trickle(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                    Duration::from_secs(1),
+                )],
+            ),
         ],
         "3s",
     )
     .await;
-    submit_seed(&gateway).await;
 
     for name in ["body", "head"] {
         let record = first_attempt(&gateway, name).await;
@@ -243,16 +262,11 @@ async fn a_connection_closed_mid_answer_or_bytes_that_are_not_http_fail_the_atte
             "request failed: ",
         ),
     ];
-    let mut remotes = Vec::new();
-    for (name, bytes, _) in &cases {
-        remotes.push((*name, RawRemote::start(vec![Step::text(bytes)]).await));
-    }
-    let urls: Vec<(&str, String)> = remotes
+    let scripts = cases
         .iter()
-        .map(|(name, remote)| (*name, remote.url("/in")))
+        .map(|(name, bytes, _)| (*name, vec![Step::text(bytes)]))
         .collect();
-    let gateway = gateway_for(&urls, "5s").await;
-    submit_seed(&gateway).await;
+    let (_remotes, gateway) = remotes_with_form(scripts, "5s").await;
 
     for (name, _, error) in &cases {
         let record = first_attempt(&gateway, name).await;
@@ -275,13 +289,13 @@ async fn a_connection_closed_mid_answer_or_bytes_that_are_not_http_fail_the_atte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_not_followed_and_the_record_is_rejected() {
     let elsewhere = Receiver::start().await;
-    let remote = RawRemote::start(vec![Step::text(&format!(
+    let redirect = format!(
         "HTTP/1.1 302 Found\r\nLocation: {}\r\nContent-Length: 5\r\n\r\nmoved",
         elsewhere.url("/elsewhere")
-    ))])
-    .await;
-    let gateway = gateway_for(&[("moved", remote.url("/in"))], "5s").await;
-    submit_seed(&gateway).await;
+    );
+    let (remotes, gateway) =
+        remotes_with_form(vec![("moved", vec![Step::text(&redirect)])], "5s").await;
+    let remote = &remotes[0];
 
     let record = first_attempt(&gateway, "moved").await;
     assert_eq!(record["state"], "rejected", "{record}");
