@@ -412,8 +412,18 @@ async fn prometheus_parses_metrics_that_count_what_happened_from_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_metrics_need_no_token() {
-    let gateway = Gateway::start("[metrics]\npublic = true\n").await;
+async fn public_metrics_need_no_token_and_a_new_repeater_starts_at_zero() {
+    let mut config = String::from("[metrics]\npublic = true\n\n");
+    config.push_str(&demo_config(&[("remote", "http://127.0.0.1:9/in")], ""));
+    let gateway = Gateway::start(&config).await;
+    let (status, body) = gateway
+        .api(
+            "POST",
+            "/api/v1/domains/demo/repeaters",
+            Some(serde_json::json!({"name": "added", "kind": "form", "connection": "remote", "format": "form-xml"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let response = gateway
         .http()
         .get(gateway.url("/metrics"))
@@ -421,6 +431,20 @@ async fn public_metrics_need_no_token() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    parse_with_prometheus(&response.text().await.unwrap());
+    let parsed = parse_with_prometheus(&response.text().await.unwrap());
+    let added = [("domain", "demo"), ("repeater", "added")];
+    for state in ["pending", "failed", "succeeded"] {
+        let mut labels = added.to_vec();
+        labels.push(("state", state));
+        assert_eq!(
+            parsed.value("repeatd_records", &labels),
+            Some(0.0),
+            "{state}"
+        );
+    }
+    assert_eq!(
+        parsed.value("repeatd_send_duration_seconds_count", &added),
+        Some(0.0)
+    );
     gateway.stop().await;
 }
