@@ -53,7 +53,7 @@ impl RawExchange {
     }
 }
 
-/// A loopback TCP server answering every connection with the same steps,
+/// A loopback TCP server answering each connection with a script of steps,
 /// then closing it.
 #[derive(Clone)]
 pub struct RawRemote {
@@ -62,7 +62,14 @@ pub struct RawRemote {
 }
 
 impl RawRemote {
+    /// Every connection gets `steps`.
     pub async fn start(steps: Vec<Step>) -> RawRemote {
+        RawRemote::start_in_turn(vec![steps]).await
+    }
+
+    /// The n-th connection gets `scripts[n]`; the last script repeats.
+    pub async fn start_in_turn(scripts: Vec<Vec<Step>>) -> RawRemote {
+        assert!(!scripts.is_empty(), "a raw remote needs a script");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the raw remote");
@@ -71,12 +78,13 @@ impl RawRemote {
             exchanges: Arc::new(Mutex::new(Vec::new())),
         };
         let exchanges = remote.exchanges.clone();
-        let steps = Arc::new(steps);
+        let scripts: Vec<Arc<Vec<Step>>> = scripts.into_iter().map(Arc::new).collect();
         tokio::spawn(async move {
+            let mut n_accepted = 0;
             while let Ok((stream, _)) = listener.accept().await {
-                let exchanges = exchanges.clone();
-                let steps = steps.clone();
-                tokio::spawn(answer(stream, steps, exchanges));
+                let steps = scripts[n_accepted.min(scripts.len() - 1)].clone();
+                n_accepted += 1;
+                tokio::spawn(answer(stream, steps, exchanges.clone()));
             }
         });
         remote
