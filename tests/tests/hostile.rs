@@ -2,7 +2,8 @@
 //! an HTTP library would never send, written byte by byte. None of them may
 //! make the gateway panic, hang, wrap a wait around into the past or hold
 //! more than the 64 KiB of an answer it keeps. Each test runs the in-process
-//! gateway on the wall clock against a real remote on loopback, and checks
+//! gateway (the 50 MB one the built binary, whose memory it reads) on the
+//! wall clock against a real remote on loopback, and checks
 //! what an operator would: the record's state, its attempt's status, error
 //! and response, when it will be tried again, and what the remote saw.
 //!
