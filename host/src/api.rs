@@ -63,30 +63,54 @@ pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let counts = app.store.state_counts()?;
-    let snapshot = app.catalog.snapshot();
-    let names: std::collections::HashMap<u64, (String, String)> = snapshot
-        .repeaters()
-        .map(|r| (r.id, (r.domain.clone(), r.spec.name.clone())))
-        .collect();
-    let mut rows = Vec::new();
-    let mut queued = 0;
-    for ((repeater_id, state), count) in counts {
-        if state.is_queued() {
-            queued += count;
-        }
-        if let Some((domain, name)) = names.get(&repeater_id) {
-            rows.push((domain.clone(), name.clone(), state.as_str(), count));
+/// `GET /metrics`: the admin token only (the series name every domain and
+/// repeater), unless `[metrics] public = true`.
+pub async fn metrics(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !app.config.metrics.public {
+        let caller = Caller::from_headers(&app, &headers)?;
+        if caller.access != Access::Admin {
+            return Err(ApiError::Unauthenticated);
         }
     }
-    let oldest = app
+    let counts = app.store.state_counts()?;
+    let snapshot = app.catalog.snapshot();
+    let mut scrape = crate::metrics::Scrape::default();
+    for ((_, state), count) in &counts {
+        if state.is_queued() {
+            scrape.queued += count;
+        }
+    }
+    for repeater in snapshot.repeaters() {
+        let key = (repeater.domain.clone(), repeater.spec.name.clone());
+        for state in RecordState::ALL {
+            let count = counts.get(&(repeater.id, state)).copied().unwrap_or(0);
+            scrape
+                .records
+                .push((key.0.clone(), key.1.clone(), state.as_str(), count));
+        }
+        scrape.repeaters.push(key);
+    }
+    scrape.oldest_due_age = app
         .store
         .oldest_due()
         .ok()
         .flatten()
         .map(|at| crate::clock::between(at, app.clock.now_micros()));
-    let text = app.metrics.render(&rows, queued, oldest);
+    scrape.plugins = app
+        .plugins
+        .status()
+        .into_iter()
+        .filter(|plugin| plugin.kind.is_some())
+        .map(|plugin| plugin.name)
+        .collect();
+    let text = app.metrics.render(
+        &scrape,
+        app.plugins.call_metrics(),
+        app.notifier.email_counts(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

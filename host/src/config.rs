@@ -78,6 +78,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(deserialize_with = "field::table")]
     pub ingest: IngestConfig,
+    #[serde(deserialize_with = "field::table")]
+    pub metrics: MetricsConfig,
     #[serde(deserialize_with = "field::tables")]
     pub domains: Vec<DomainConfig>,
     #[serde(deserialize_with = "field::tables")]
@@ -101,6 +103,7 @@ impl Default for Config {
             plugins: PluginLimits::default(),
             delivery: DeliveryConfig::default(),
             ingest: IngestConfig::default(),
+            metrics: MetricsConfig::default(),
             domains: Vec::new(),
             api_tokens: Vec::new(),
             submitters: Vec::new(),
@@ -142,6 +145,14 @@ impl Default for IngestConfig {
             max_body_bytes: 10_000_000,
         }
     }
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `true`: anyone who reaches `listen`; `false` (the default): the admin token only.
+    pub public: bool,
 }
 
 /// A project space.

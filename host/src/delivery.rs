@@ -243,7 +243,7 @@ impl Delivery {
         let outcome = match result {
             Ok(answer) => {
                 attempt.status = Some(answer.status);
-                let excerpt = String::from_utf8_lossy(&answer.body).into_owned();
+                let excerpt = response_excerpt(&answer.body);
                 let outcome = record::classify_status(
                     answer.status,
                     first_line_excerpt(&excerpt),
@@ -518,6 +518,10 @@ impl Exchange<'_> {
             .filter_map(|v| v.to_str().ok())
             .find(|v| v.trim_start().to_ascii_lowercase().starts_with("digest"))
             .map(str::to_owned);
+        // Only the excerpt is read: the rest of a longer body is never
+        // taken off the socket, and dropping `response` closes the
+        // connection. The request's timeout covers this reading too, so a
+        // body that trickles ends as a timeout.
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -529,8 +533,20 @@ impl Exchange<'_> {
                     }
                 }
                 Ok(None) => break,
-                // The status is what counts; a body cut short is kept as is.
-                Err(_) => break,
+                Err(error) if error.is_timeout() => {
+                    return Err(DeliveryError::Timeout {
+                        after: self.timeout,
+                    });
+                }
+                // An answer that breaks off is no answer: the remote may not
+                // have finished with the payload, and the record's
+                // Idempotency-Key makes sending it again safe.
+                Err(error) => {
+                    return Err(DeliveryError::AnswerBrokeOff {
+                        status,
+                        causes: auth::causes(&error),
+                    });
+                }
             }
         }
         Ok(Answer {
@@ -634,6 +650,19 @@ pub fn parse_retry_after(value: &str, now: i64) -> Option<Duration> {
     }
     let at = crate::time::parse_http_date(value)?;
     Some(crate::clock::between(now, at))
+}
+
+/// The kept excerpt of a response body as text: invalid UTF-8 replaced,
+/// and still no longer than [`RESPONSE_EXCERPT_BYTES`] (a replacement
+/// character is wider than the byte it stands for).
+fn response_excerpt(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    let mut end = text.len().min(RESPONSE_EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 fn first_line_excerpt(text: &str) -> &str {
@@ -757,6 +786,16 @@ mod tests {
             record::classify_failure(&failure),
             Outcome::Retryable { status: None, .. }
         ));
+    }
+
+    #[test]
+    fn the_kept_excerpt_never_passes_its_limit() {
+        let mut body = vec![b'x'; RESPONSE_EXCERPT_BYTES - 1];
+        body.push(0xff);
+        let excerpt = response_excerpt(&body);
+        assert!(excerpt.len() <= RESPONSE_EXCERPT_BYTES, "{}", excerpt.len());
+        assert!(excerpt.starts_with("xxx"));
+        assert_eq!(response_excerpt("é".as_bytes()), "é");
     }
 
     #[test]

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{Catalog, Snapshot};
 use crate::clock::{Clock, micros};
 use crate::connection::ConnectionSpec;
+use crate::metrics::EmailCounts;
 use crate::record::{Outcome, PayloadRef, RepeatRecord};
 use crate::store::Store;
 use crate::time::format_utc;
@@ -460,6 +461,8 @@ pub fn is_reported_failure(outcome: &Outcome) -> bool {
 #[derive(Clone, Default)]
 pub struct Notifier {
     handle: Option<Arc<Handle>>,
+    /// E-mails sent and failed, for `/metrics` (0 without `[smtp]`).
+    counts: Arc<EmailCounts>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -506,7 +509,8 @@ impl Notifier {
             tracing::info!("no [smtp] section: error e-mails are off");
             return Ok(Notifier::disabled());
         };
-        let mailer = Mailer::new(smtp)?;
+        let counts = Arc::new(EmailCounts::default());
+        let mailer = Mailer::new(smtp, counts.clone())?;
         let stored = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.notifications::<Digest>())
@@ -563,7 +567,13 @@ impl Notifier {
                 store,
                 clock,
             })),
+            counts,
         })
+    }
+
+    /// The e-mails sent and failed so far.
+    pub fn email_counts(&self) -> &EmailCounts {
+        &self.counts
     }
 
     /// Reports one committed attempt of `record`, sent over `connection` of
@@ -660,10 +670,11 @@ struct Mailer {
     from: Mailbox,
     /// The server's URL without credentials, for logs.
     url: String,
+    counts: Arc<EmailCounts>,
 }
 
 impl Mailer {
-    fn new(smtp: &SmtpConfig) -> anyhow::Result<Mailer> {
+    fn new(smtp: &SmtpConfig, counts: Arc<EmailCounts>) -> anyhow::Result<Mailer> {
         let from: Mailbox = smtp.from.parse().map_err(|error| {
             anyhow::anyhow!(
                 "smtp.from: \"{}\" is not a usable sender: {error}",
@@ -691,6 +702,7 @@ impl Mailer {
             transport: builder.build(),
             from,
             url: smtp.url.clone(),
+            counts,
         })
     }
 
@@ -749,7 +761,14 @@ async fn try_send(
                 continue;
             }
         };
-        match mailer.transport.send(message).await {
+        let sent = mailer.transport.send(message).await;
+        let counter = if sent.is_ok() {
+            &mailer.counts.sent
+        } else {
+            &mailer.counts.failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match sent {
             Ok(_) => tried.delivered.push(address),
             Err(error) if error.is_permanent() => {
                 // The server's final word for this address (or sender):

@@ -27,6 +27,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::metrics::{CallEnd, PluginCalls};
 use crate::repeater::PayloadKind;
 
 mod limits;
@@ -245,6 +246,8 @@ pub struct PluginHost {
     /// Stamps `loaded_at`.
     clock: crate::clock::Clock,
     background: Arc<Background>,
+    /// Call durations, traps, timeouts and reloads, for `/metrics`.
+    call_metrics: PluginCalls,
 }
 
 /// The host's own threads, the epoch ticker and the `plugin_dir` watcher,
@@ -425,6 +428,7 @@ impl PluginHost {
             cache_dir,
             clock,
             background: Arc::default(),
+            call_metrics: PluginCalls::default(),
         };
         // Compile the built-ins side by side: each takes a while.
         let compiled: Vec<anyhow::Result<LoadedPlugin>> = std::thread::scope(|scope| {
@@ -740,6 +744,7 @@ impl PluginHost {
             Ok(plugin) => {
                 tracing::info!(plugin = name, path = %path.display(), kind = plugin.kind.label(), "plugin loaded");
                 self.install(plugin);
+                self.call_metrics.observe_reload(name);
                 Ok(true)
             }
             Err(error) => {
@@ -749,6 +754,11 @@ impl PluginHost {
                 Err(message)
             }
         }
+    }
+
+    /// What the calls and loads of every plugin came to, for `/metrics`.
+    pub fn call_metrics(&self) -> &PluginCalls {
+        &self.call_metrics
     }
 
     /// Every plugin name known, loaded or failed.
@@ -876,9 +886,17 @@ impl PluginHost {
         instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<I>,
         call: impl FnOnce(&I, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
-        let trapped = |error: wasmtime::Error| PluginError::Trapped {
-            name: name.to_owned(),
-            reason: describe_trap(&error, &self.limits),
+        let started = self.clock.instant();
+        let trapped = |error: wasmtime::Error| {
+            let end = match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => CallEnd::TimedOut,
+                _ => CallEnd::Trapped,
+            };
+            self.call_metrics.observe_call(name, started.elapsed(), end);
+            PluginError::Trapped {
+                name: name.to_owned(),
+                reason: describe_trap(&error, &self.limits),
+            }
         };
         let taken = if use_pool {
             pool.lock().expect("plugin pool").pop()
@@ -895,6 +913,8 @@ impl PluginHost {
         };
         store.set_epoch_deadline(self.deadline_ticks);
         let answer = call(&instance, &mut store).map_err(trapped)?;
+        self.call_metrics
+            .observe_call(name, started.elapsed(), CallEnd::Answered);
         let mut pool = pool.lock().expect("plugin pool");
         if use_pool && pool.len() < POOL_SIZE {
             pool.push((store, instance));

@@ -274,6 +274,10 @@ pub enum DeliveryError {
     /// The request broke off after the connection was made.
     #[error("request failed{causes}")]
     Request { causes: String },
+    /// The remote sent a status, then its answer broke off (closed or
+    /// garbled before the body's end).
+    #[error("remote answered {status}, then the answer broke off{causes}")]
+    AnswerBrokeOff { status: u16, causes: String },
     /// An auth scheme could not make its headers (a digest challenge that
     /// cannot be answered, an auth plugin that is missing or failed, a header
     /// it made that HTTP cannot carry).
@@ -309,6 +313,7 @@ pub fn classify_failure(error: &DeliveryError) -> Outcome {
         | DeliveryError::Connect { .. }
         | DeliveryError::Tls { .. }
         | DeliveryError::Request { .. }
+        | DeliveryError::AnswerBrokeOff { .. }
         | DeliveryError::AuthSchemeFailed { .. }
         | DeliveryError::TokenEndpointAnswered { .. }
         | DeliveryError::TokenEndpointFailed { .. } => Outcome::Retryable {

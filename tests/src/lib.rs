@@ -12,6 +12,8 @@
 //! - [`remote`]: a remote whose every answer a closure decides;
 //! - [`tls`]: a private CA made per test and an HTTPS remote that may
 //!   require a client certificate;
+//! - [`raw_remote`]: a hostile remote writing bytes by hand over bare TCP;
+//! - [`smtp`]: a real SMTP server (aiosmtpd) that keeps what it accepts;
 //! - [`load`]: the load harness behind `repeatd-load`.
 
 use std::collections::{HashMap, VecDeque};
@@ -31,10 +33,18 @@ pub mod daemon;
 pub mod fixture_session;
 mod http;
 pub mod load;
+pub mod raw_remote;
 pub mod remote;
 pub mod tls;
+pub mod smtp;
 pub mod virtual_time;
 pub mod wait;
+
+/// The paths of the test and example plugins `build.rs` built to components
+/// (`TRAPPING`, `LOOPING`, `STANDARD_WEBHOOKS_EXAMPLE`, …).
+pub mod wasm {
+    include!(concat!(env!("OUT_DIR"), "/wasm_components.rs"));
+}
 
 pub use client::Client;
 pub use daemon::{Daemon, Launch, Stopped};

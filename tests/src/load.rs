@@ -1081,7 +1081,7 @@ async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
 // ---- the gateway process -------------------------------------------------------------------
 
 /// A `/proc/PID/status` memory line (`VmHWM`, `VmRSS`) in MiB.
-fn status_mib(pid: &str, field: &str) -> Option<f64> {
+pub fn status_mib(pid: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: f64 = line[field.len()..]
@@ -1182,6 +1182,7 @@ impl GatewayProcess {
             .daemon
             .http()
             .get(self.daemon.url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .context("GET /metrics")?

@@ -1135,12 +1135,20 @@ async fn records_api_filters_pages_and_operator_actions() {
                 Some(bad_requests - 6.0),
             ),
             (
-                "repeatd_send_duration_seconds_count",
-                Some(good_requests + bad_requests),
+                "repeatd_send_duration_seconds_count{domain=\"demo\",repeater=\"good\"}",
+                Some(good_requests),
             ),
             (
-                "repeatd_send_duration_seconds_bucket{le=\"+Inf\"}",
-                Some(good_requests + bad_requests),
+                "repeatd_send_duration_seconds_count{domain=\"demo\",repeater=\"bad\"}",
+                Some(bad_requests),
+            ),
+            (
+                "repeatd_send_duration_seconds_bucket{domain=\"demo\",repeater=\"good\",le=\"+Inf\"}",
+                Some(good_requests),
+            ),
+            (
+                "repeatd_send_duration_seconds_bucket{domain=\"demo\",repeater=\"bad\",le=\"+Inf\"}",
+                Some(bad_requests),
             ),
         ],
     );

@@ -194,6 +194,7 @@ fn the_example_file_parses_and_documents_every_key() {
         ("127.0.0.1", 2525, SmtpTls::None)
     );
     assert_eq!(config.ingest.max_body_bytes, 10_000_000);
+    assert!(!config.metrics.public);
     assert_eq!(config.delivery.allowed_networks.len(), 2);
     assert_eq!(config.api_tokens.len(), 1);
     assert_eq!(config.submitters.len(), 1);
@@ -226,6 +227,7 @@ fn the_example_file_parses_and_documents_every_key() {
         keys_of::<PluginLimits>(),
         keys_of::<DeliveryConfig>(),
         keys_of::<IngestConfig>(),
+        keys_of::<MetricsConfig>(),
         keys_of::<ApiTokenConfig>(),
         keys_of::<SubmitterConfig>(),
         keys_of::<ConnectionSpec>(),
@@ -239,6 +241,7 @@ fn the_example_file_parses_and_documents_every_key() {
             "plugins",
             "delivery",
             "ingest",
+            "metrics",
             "domains",
             "api_tokens",
             "submitters",

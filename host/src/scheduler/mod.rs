@@ -35,7 +35,7 @@ use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::RetryPolicy;
-use crate::record::{Outcome, Verdict};
+use crate::record::{Outcome, RecordState, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
 pub use planner::Health;
@@ -572,7 +572,17 @@ impl SendTask {
                 jitter_unit: fastrand::f64() * 2.0 - 1.0,
             })
             .await;
-        if let Ok((committed_record, _)) = &committed {
+        if let Ok((committed_record, verdict)) = &committed {
+            if *verdict == Verdict::Final(RecordState::Succeeded) {
+                shared.with.metrics.observe_success(
+                    &self.repeater.domain,
+                    &spec.name,
+                    crate::clock::between(
+                        committed_record.registered_at,
+                        shared.with.clock.now_micros(),
+                    ),
+                );
+            }
             // Error e-mails (and "recovered" ones); never waits.
             shared.with.notifier.observe(
                 &self.repeater.domain,
