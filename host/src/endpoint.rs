@@ -157,10 +157,19 @@ impl Caller {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`, or of CommCare's
+/// `ApiKey <username>:<token>` (the username is not checked: the token alone
+/// says who calls). Schemes in any case.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(credentials.trim())
+    } else if scheme.eq_ignore_ascii_case("apikey") {
+        credentials.trim().split_once(':').map(|(_, key)| key)
+    } else {
+        None
+    }
 }
 
 /// The caller's token may act on the domain the URL names as `{domain}`: the

@@ -29,6 +29,7 @@
 //! - [`plugins`]: the WebAssembly host.
 //! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
 //!   and token checks the JSON endpoints share.
+//! - [`data_api`]: the CommCare HQ compatible Data API (forms, cases).
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //!
 //! `run` wires them together for a listener the caller binds, so tests run
@@ -45,6 +46,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod data_api;
 pub mod delivery;
 pub mod egress;
 pub mod email;
@@ -184,6 +186,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = object_routes::<ConnectionSpec>(routes, &format!("{domain}/connections"));
     let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
     routes
+        .merge(data_api::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

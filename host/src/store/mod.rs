@@ -19,6 +19,7 @@
 //! `Idempotency-Key`) is that number prefixed with a random per-store nonce,
 //! so two data directories never hand out the same id.
 
+mod data_index;
 mod encoding;
 mod tables;
 mod writer;
@@ -26,6 +27,8 @@ mod writes;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod data_index_tests;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +53,7 @@ use tables::*;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
+pub use data_index::{CaseScope, FormScope, ListingRange};
 
 /// redb's page cache. Its default (1 GiB) would let a large queue grow the
 /// process far past what a gateway should hold; the working set (the due
@@ -176,6 +180,21 @@ pub enum SendSource {
     Missing(String),
 }
 
+/// A page of a Data API listing and how many objects match in all.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub objects: Vec<T>,
+    pub total_count: u64,
+}
+
+/// A form of a Data API listing, with what its form object is made of.
+#[derive(Debug)]
+pub struct ListedForm {
+    pub form: StoredForm,
+    pub xml: Vec<u8>,
+    pub indexed_on: i64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -266,10 +285,23 @@ impl Store {
             txn.open_table(STATE_COUNTS)?;
             txn.open_table(OBJECTS)?;
             txn.open_table(NOTIFICATIONS)?;
+            txn.open_table(LAST_INDEXED_ON)?;
+            txn.open_table(FORM_INDEXED_ON)?;
+            txn.open_table(CASE_INDEXED_ON)?;
+            txn.open_table(FORM_LISTING)?;
+            txn.open_table(CASE_LISTING)?;
+            txn.open_table(LISTING_COUNTS)?;
             let records = txn.open_table(RECORDS)?;
             last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
+        let backfilled = data_index::backfill(&txn)?;
         txn.commit()?;
+        if backfilled > 0 {
+            tracing::info!(
+                objects = backfilled,
+                "gave the forms and cases stored before the Data API their indexed_on"
+            );
+        }
         let db = Arc::new(db);
         let writer = writer::start(&db)?;
         Ok(Store {
@@ -665,6 +697,116 @@ impl Store {
             } else {
                 last_seen.filter(|seq| *seq > 1)
             },
+        })
+    }
+
+    // ---- the Data API --------------------------------------------------------
+
+    /// A form's `indexed_on` (Unix micros).
+    pub fn form_indexed_on(&self, domain: &str, form_id: &str) -> Result<Option<i64>, StoreError> {
+        let table = self.read_table(FORM_INDEXED_ON)?;
+        Ok(table.get((domain, form_id))?.map(|v| v.value() as i64))
+    }
+
+    /// A case's `indexed_on` (Unix micros).
+    pub fn case_indexed_on(&self, domain: &str, case_id: &str) -> Result<Option<i64>, StoreError> {
+        let table = self.read_table(CASE_INDEXED_ON)?;
+        Ok(table.get((domain, case_id))?.map(|v| v.value() as i64))
+    }
+
+    /// One page of a domain's forms in `scope` (SPEC section 11), from one
+    /// read transaction: the forms kept by `keep`, skipping `offset`, at most
+    /// `limit`, each with its XML and `indexed_on`; and how many match.
+    pub fn list_forms(
+        &self,
+        domain: &str,
+        scope: &FormScope,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Option<&dyn Fn(&StoredForm, i64) -> bool>,
+    ) -> Result<Listed<ListedForm>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let forms = txn.open_table(FORMS)?;
+        let xml = txn.open_table(FORM_XML)?;
+        let read_form = |form_id: &str| -> Result<Option<StoredForm>, StoreError> {
+            match forms.get((domain, form_id))? {
+                Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
+                None => Ok(None),
+            }
+        };
+        let mut test = |form_id: &str, indexed_on: u64| -> Result<bool, StoreError> {
+            Ok(read_form(form_id)?
+                .is_some_and(|form| keep.is_some_and(|keep| keep(&form, indexed_on as i64))))
+        };
+        let listed = data_index::list(
+            &txn.open_table(FORM_LISTING)?,
+            &txn.open_table(LISTING_COUNTS)?,
+            domain,
+            &scope.key(),
+            range,
+            page,
+            keep.is_some()
+                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
+        )?;
+        let mut objects = Vec::with_capacity(listed.ids.len());
+        for (form_id, indexed_on) in listed.ids {
+            let (Some(form), Some(xml)) =
+                (read_form(&form_id)?, xml.get((domain, form_id.as_str()))?)
+            else {
+                continue;
+            };
+            objects.push(ListedForm {
+                form,
+                xml: xml.value().to_vec(),
+                indexed_on: indexed_on as i64,
+            });
+        }
+        Ok(Listed {
+            objects,
+            total_count: listed.total_count,
+        })
+    }
+
+    /// One page of a domain's cases in `scope`, as `list_forms`.
+    pub fn list_cases(
+        &self,
+        domain: &str,
+        scope: &CaseScope,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Option<&dyn Fn(&Case, i64) -> bool>,
+    ) -> Result<Listed<(Case, i64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let cases = txn.open_table(CASES)?;
+        let read_case = |case_id: &str| -> Result<Option<Case>, StoreError> {
+            match cases.get((domain, case_id))? {
+                Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
+                None => Ok(None),
+            }
+        };
+        let mut test = |case_id: &str, indexed_on: u64| -> Result<bool, StoreError> {
+            Ok(read_case(case_id)?
+                .is_some_and(|case| keep.is_some_and(|keep| keep(&case, indexed_on as i64))))
+        };
+        let listed = data_index::list(
+            &txn.open_table(CASE_LISTING)?,
+            &txn.open_table(LISTING_COUNTS)?,
+            domain,
+            &scope.key(),
+            range,
+            page,
+            keep.is_some()
+                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
+        )?;
+        let mut objects = Vec::with_capacity(listed.ids.len());
+        for (case_id, indexed_on) in listed.ids {
+            if let Some(case) = read_case(&case_id)? {
+                objects.push((case, indexed_on as i64));
+            }
+        }
+        Ok(Listed {
+            objects,
+            total_count: listed.total_count,
         })
     }
 

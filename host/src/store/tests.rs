@@ -434,10 +434,10 @@ fn record_ids_belong_to_their_store() {
 }
 
 /// A data directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub(super) fn new(name: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "repeatd-store-{name}-{}-{}",
             std::process::id(),
