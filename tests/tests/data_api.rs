@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use repeatd_tests::{ADMIN_TOKEN, Gateway, TempDir, demo_config, read_fixture};
+use repeatd_tests::{ADMIN_TOKEN, Gateway, Receiver, TempDir, demo_config, read_fixture, repeater};
 use serde_json::Value;
 
 const VISIT: &str = "http://example.org/forms/visit";
@@ -785,5 +785,45 @@ async fn paging_by_indexed_on_while_500_forms_arrive_misses_none() {
     );
     let total = get(&gateway, "/a/demo/api/v0.5/form/?limit=1").await;
     assert_eq!(total["meta"]["total_count"], 500);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_form_json_repeater_sends_the_apis_form_object() {
+    let receiver = Receiver::start().await;
+    let mut text = config();
+    text = text.replacen(
+        "[[domains]]\nname = \"other\"",
+        &format!(
+            "[[connections]]\ndomain = \"demo\"\nname = \"remote\"\nurl = \"{}\"\nauth = {{ type = \"none\" }}\n\n[[domains]]\nname = \"other\"",
+            receiver.url("/forms")
+        ),
+        1,
+    );
+    text.push_str(&repeater("json-forms", "form", "remote", "form-json", ""));
+    let gateway = Gateway::start(&text).await;
+    let (status, body) = gateway
+        .submit(
+            "demo",
+            &read_fixture("commcare-api/form_case_update.xml"),
+            Some("effb341b"),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let arrived = receiver.wait("/forms", 1, Duration::from_secs(30)).await;
+    let sent = &arrived[0];
+    assert_eq!(sent.header("content-type"), Some("application/json"));
+    let object = get(
+        &gateway,
+        "/a/demo/api/v0.5/form/f959449c-8776-42ac-b776-3f564fafc331/",
+    )
+    .await;
+    assert_eq!(sent.header("received-on"), object["received_on"].as_str());
+    // The same object as the API answers, key by key.
+    assert_eq!(sent.json(), object);
+    assert_eq!(
+        keys(&sent.json()),
+        keys(&fixture_object("commcare-api/form_list_response.json"))
+    );
     gateway.stop().await;
 }

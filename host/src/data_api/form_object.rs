@@ -234,6 +234,23 @@ pub fn form_object(
     }))
 }
 
+/// The API version whose `resource_uri` the `form-json` payload carries.
+const PAYLOAD_API_VERSION: &str = "v0.5";
+
+/// The form object as JSON text, as the `form-json` payload sends it (handed
+/// to plugins through WIT's `event-context`).
+pub fn form_object_json(
+    form: &StoredForm,
+    xml: &[u8],
+    indexed_on: i64,
+) -> Result<String, FormObjectError> {
+    let context = ObjectContext {
+        indexed_on,
+        api_version: PAYLOAD_API_VERSION,
+    };
+    Ok(form_object(form, xml, context)?.to_string())
+}
+
 /// `metadata`: the `meta` block in HQ's `Metadata` shape, device times
 /// without a zone (as HQ gives them), the version numbers read from
 /// `appVersion` (`… App v18 …`, `… version "2.31.0" …`).

@@ -173,6 +173,8 @@ pub enum SendSource {
     Form {
         form: StoredForm,
         xml: Vec<u8>,
+        /// Unix micros (SPEC section 11).
+        indexed_on: i64,
     },
     Case(Case),
     App,
@@ -617,13 +619,16 @@ impl Store {
             PayloadRef::Form { form_id } => {
                 let forms = txn.open_table(FORMS)?;
                 let xml = txn.open_table(FORM_XML)?;
+                let indexed_on = txn.open_table(FORM_INDEXED_ON)?;
                 match (
                     forms.get((domain, form_id.as_str()))?,
                     xml.get((domain, form_id.as_str()))?,
+                    indexed_on.get((domain, form_id.as_str()))?,
                 ) {
-                    (Some(form), Some(xml)) => SendSource::Form {
+                    (Some(form), Some(xml), Some(indexed_on)) => SendSource::Form {
                         form: decode(form.value(), || format!("form {form_id}"))?,
                         xml: xml.value().to_vec(),
+                        indexed_on: indexed_on.value() as i64,
                     },
                     _ => SendSource::Missing(format!("form {form_id} is not in the store")),
                 }

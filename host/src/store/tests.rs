@@ -159,7 +159,7 @@ async fn a_submission_stores_its_form_cases_and_records_together() {
         "not due before it was received"
     );
     match store.load_for_send(form_record.seq).unwrap() {
-        Some((_, SendSource::Form { form, xml })) => {
+        Some((_, SendSource::Form { form, xml, .. })) => {
             assert_eq!(form.form_id, "f1");
             assert_eq!(xml, b"<data id=\"f1\"/>");
         }
