@@ -1,6 +1,7 @@
-//! What the JSON endpoints of `api` and `ingest` share: the error answers of
-//! SPEC section 9 as one type ([`ApiError`], rendered by `IntoResponse`), and
-//! the check of the caller's bearer token: the extractor [`DomainAccess`]
+//! What the JSON endpoints of `api`, `data_api` and `ingest` share: the error
+//! answers of SPEC section 9 as one type ([`ApiError`], rendered by
+//! `IntoResponse`), and the check of the caller's token (`Bearer <token>`, or
+//! CommCare's `ApiKey <username>:<token>` for the Data API, schemes in any case): the extractor [`DomainAccess`]
 //! ("this token may act on the `{domain}` of the URL"), and [`Caller`] for
 //! the endpoints any valid token may use. A domain token asking for another domain is answered 404,
 //! exactly as a domain that does not exist.

@@ -231,6 +231,7 @@ fn the_rules_see_every_module() {
         "clock",
         "config",
         "catalog",
+        "data_api",
     ] {
         assert!(
             modules.contains_key(expected),

@@ -138,6 +138,97 @@ fn fixture_object(name: &str) -> Value {
     list["objects"][0].clone()
 }
 
+/// Runs commcare-export on `query` against `gateway` as demo's danny, pages of
+/// `batch_size`, and answers what it exported: table name → its rows, the
+/// headings first. commcare-export exits 0 even when it failed, so what it
+/// wrote is what counts.
+async fn commcare_export(
+    gateway: &Gateway,
+    query: &std::path::Path,
+    dir: &std::path::Path,
+    batch_size: usize,
+) -> Value {
+    let output = dir.join("export.zip");
+    let export = tokio::process::Command::new("commcare-export")
+        .current_dir(dir)
+        .args(["--commcare-hq", &gateway.url("")])
+        .args(["--project", "demo", "--api-version", "0.5"])
+        .args([
+            "--auth-mode",
+            "apikey",
+            "--username",
+            "danny",
+            "--password",
+            "demo-token",
+        ])
+        .arg("--query")
+        .arg(query)
+        .args(["--batch-size", &batch_size.to_string(), "--no-logfile"])
+        .arg("--output-format")
+        .arg("csv")
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .await
+        .expect("running commcare-export");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&export.stdout),
+        String::from_utf8_lossy(&export.stderr)
+    );
+    // One CSV file per table, in a zip.
+    let read = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import csv, io, json, sys, zipfile\n\
+             book = zipfile.ZipFile(sys.argv[1])\n\
+             print(json.dumps({name.removesuffix('.csv'): list(csv.reader(io.TextIOWrapper(book.open(name), 'utf-8'))) for name in book.namelist()}))",
+        )
+        .arg(&output)
+        .output()
+        .await
+        .expect("running python3");
+    assert!(
+        read.status.success(),
+        "commcare-export wrote no export ({}): {log}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    serde_json::from_slice(&read.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_readmes_commcare_export_query_exports_the_seed_form_and_its_case() {
+    let gateway = Gateway::start(&config()).await;
+    let (status, body) = gateway.submit("demo", repeatd_tests::SEED_FORM, None).await;
+    assert_eq!(status, 201, "{body}");
+    let dir = TempDir::new("readme-export");
+    let query = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/commcare-export/query.json");
+    let tables = commcare_export(&gateway, &query, dir.path(), 100).await;
+    let received_on =
+        get(&gateway, "/a/demo/api/v0.5/form/").await["objects"][0]["received_on"].clone();
+    assert_eq!(
+        tables["tree_planting"],
+        serde_json::json!([
+            ["form_id", "received_on", "species", "user"],
+            [repeatd_tests::SEED_FORM_ID, received_on, "Baobab", "danny"],
+        ])
+    );
+    assert_eq!(
+        tables["trees"],
+        serde_json::json!([
+            ["case_id", "name", "owner", "closed"],
+            [
+                repeatd_tests::SEED_CASE_ID,
+                "Baobab",
+                "3a9f1c07e2b84d65a0c7f2e91b4d8c36",
+                "False"
+            ],
+        ])
+    );
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn commcare_export_exports_forms_by_xmlns_and_cases_by_type_over_many_pages() {
     let gateway = Gateway::start(&config()).await;
@@ -194,59 +285,11 @@ book.save(r"{}")
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let output = dir.path().join("export.zip");
-    let export = tokio::process::Command::new("commcare-export")
-        .current_dir(dir.path())
-        .args(["--commcare-hq", &gateway.url("")])
-        .args(["--project", "demo", "--api-version", "0.5"])
-        .args([
-            "--auth-mode",
-            "apikey",
-            "--username",
-            "danny",
-            "--password",
-            "demo-token",
-        ])
-        .args(["--query", query.to_str().unwrap()])
-        // Pages of 4: the 23 visits and 23 patients take six pages or more each.
-        .args(["--batch-size", "4", "--no-logfile"])
-        .args([
-            "--output-format",
-            "csv",
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .expect("running commcare-export");
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&export.stdout),
-        String::from_utf8_lossy(&export.stderr)
-    );
-    // commcare-export exits 0 even when it failed: read what it exported,
-    // one CSV file per table in a zip.
-    let read = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import csv, io, json, sys, zipfile\n\
-             book = zipfile.ZipFile(sys.argv[1])\n\
-             print(json.dumps({name: list(csv.reader(io.TextIOWrapper(book.open(name), 'utf-8'))) for name in book.namelist()}))",
-        )
-        .arg(&output)
-        .output()
-        .await
-        .expect("running python3");
-    assert!(
-        read.status.success(),
-        "no export ({}): {log}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let tables: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let tables = commcare_export(&gateway, &query, dir.path(), 4).await;
     let table = |name: &str| -> (Value, Vec<Value>) {
-        let rows = tables[format!("{name}.csv")]
+        let rows = tables[name]
             .as_array()
-            .unwrap_or_else(|| panic!("no table {name}: {tables}\n{log}"))
+            .unwrap_or_else(|| panic!("no table {name}: {tables}"))
             .clone();
         (rows[0].clone(), rows[1..].to_vec())
     };

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -118,15 +119,45 @@ fn envelope(
     })
 }
 
+/// A list request the caller may make: its domain, API version, path and
+/// query.
+struct ListRequest {
+    domain: String,
+    version: String,
+    uri: Uri,
+    params: Params,
+}
+
+impl FromRequestParts<Arc<AppState>> for ListRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let Path((domain, version)) = Path::<(String, String)>::from_request_parts(parts, app)
+            .await
+            .map_err(|rejection| ApiError::NotFound(rejection.body_text()))?;
+        access(app, &parts.headers, &domain, &version)?;
+        Ok(ListRequest {
+            domain,
+            version,
+            params: Params::parse(parts.uri.query()),
+            uri: parts.uri.clone(),
+        })
+    }
+}
+
 async fn list_forms(
     State(app): State<Arc<AppState>>,
-    Path((domain, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(raw): RawQuery,
+    request: ListRequest,
 ) -> Result<Json<Value>, ApiError> {
-    access(&app, &headers, &domain, &version)?;
-    let params = Params::parse(raw.as_deref());
+    let ListRequest {
+        domain,
+        version,
+        uri,
+        params,
+    } = request;
     let query = FormQuery::parse(&params)?;
     let store = app.store.clone();
     let body = blocking(move || {
@@ -287,13 +318,14 @@ async fn get_form_attachment(
 
 async fn list_cases(
     State(app): State<Arc<AppState>>,
-    Path((domain, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(raw): RawQuery,
+    request: ListRequest,
 ) -> Result<Json<Value>, ApiError> {
-    access(&app, &headers, &domain, &version)?;
-    let params = Params::parse(raw.as_deref());
+    let ListRequest {
+        domain,
+        version,
+        uri,
+        params,
+    } = request;
     let query = CaseQuery::parse(&params)?;
     let store = app.store.clone();
     let body = blocking(move || {

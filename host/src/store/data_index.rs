@@ -29,14 +29,15 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
 
-use super::StoreError;
 use super::encoding::decode;
 use super::tables::{
     CASE_INDEXED_ON, CASE_LISTING, CASES, FORM_INDEXED_ON, FORM_LISTING, FORMS, LAST_INDEXED_ON,
     LISTING_COUNTS, META,
 };
+use super::{Listed, StoreError};
 use crate::model::{Case, StoredForm};
 
 /// The `META` key saying that every form and case has its `indexed_on`.
@@ -275,15 +276,71 @@ impl ListingRange {
 /// One page of a listing: (id, indexed_on) of the objects on it, and how many
 /// objects match in all.
 #[derive(Debug)]
-pub struct ListedIds {
+struct ListedIds {
     pub ids: Vec<(String, u64)>,
     pub total_count: u64,
+}
+
+/// A listing's tables: the objects ((domain, id) → encoded value) and its
+/// entries; `what` names an object for errors ("form").
+pub(super) struct Listing {
+    pub objects: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+    pub entries: TableDefinition<'static, (&'static str, &'static str, u64, u64), &'static str>,
+    pub what: &'static str,
+}
+
+impl Listing {
+    /// One page of `scope`: the objects `keep` keeps, with their
+    /// `indexed_on`, and how many match in all.
+    pub(super) fn page<T: DeserializeOwned>(
+        &self,
+        txn: &ReadTransaction,
+        domain: &str,
+        scope: &str,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Option<&dyn Fn(&T, i64) -> bool>,
+    ) -> Result<Listed<(T, i64)>, StoreError> {
+        let objects = txn.open_table(self.objects)?;
+        let read = |id: &str| -> Result<Option<T>, StoreError> {
+            match objects.get((domain, id))? {
+                Some(bytes) => Ok(Some(decode(bytes.value(), || {
+                    format!("{} {id}", self.what)
+                })?)),
+                None => Ok(None),
+            }
+        };
+        let mut test = |id: &str, indexed_on: u64| -> Result<bool, StoreError> {
+            Ok(read(id)?
+                .is_some_and(|object| keep.is_some_and(|keep| keep(&object, indexed_on as i64))))
+        };
+        let listed = list(
+            &txn.open_table(self.entries)?,
+            &txn.open_table(LISTING_COUNTS)?,
+            domain,
+            scope,
+            range,
+            page,
+            keep.is_some()
+                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
+        )?;
+        let mut found = Vec::with_capacity(listed.ids.len());
+        for (id, indexed_on) in listed.ids {
+            if let Some(object) = read(&id)? {
+                found.push((object, indexed_on as i64));
+            }
+        }
+        Ok(Listed {
+            objects: found,
+            total_count: listed.total_count,
+        })
+    }
 }
 
 /// Reads a page of a listing. `keep` decides on each candidate (id,
 /// indexed_on): it reads and tests the object; without it every entry of the range matches, and
 /// objects are never read here.
-pub(super) fn list(
+fn list(
     listing: &impl ReadableTable<(&'static str, &'static str, u64, u64), &'static str>,
     counts: &impl ReadableTable<(&'static str, &'static str), u64>,
     domain: &str,

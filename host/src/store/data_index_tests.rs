@@ -13,6 +13,28 @@ fn all_forms(store: &Store, range: &ListingRange) -> Listed<ListedForm> {
         .unwrap()
 }
 
+/// demo's cases in `scope`, as (ids, total_count).
+fn cases_in(store: &Store, scope: CaseScope) -> (Vec<String>, u64) {
+    let listed = store
+        .list_cases("demo", &scope, &ListingRange::default(), (0, 10), None)
+        .unwrap();
+    let ids = listed
+        .objects
+        .iter()
+        .map(|(case, _)| case.case_id.clone())
+        .collect();
+    (ids, listed.total_count)
+}
+
+/// `store` after forms f1..=fn, each creating case c1, c2, ….
+async fn with_forms(store: Store, n: usize) -> Store {
+    for n in 1..=n {
+        let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
+        store.commit_submission(form).await.unwrap();
+    }
+    store
+}
+
 fn form_ids(listed: &Listed<ListedForm>) -> Vec<String> {
     listed
         .objects
@@ -25,11 +47,7 @@ fn form_ids(listed: &Listed<ListedForm>) -> Vec<String> {
 async fn indexed_on_grows_strictly_even_when_the_clock_stands_still() {
     // Every form of these tests has the same received_on, and commits within
     // the same microsecond are likely: the order still holds.
-    let store = memory_store();
-    for n in 1..=5 {
-        let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
-        store.commit_submission(form).await.unwrap();
-    }
+    let store = with_forms(memory_store(), 5).await;
     let listed = all_forms(&store, &ListingRange::default());
     assert_eq!(form_ids(&listed), ["f1", "f2", "f3", "f4", "f5"]);
     assert_eq!(listed.total_count, 5);
@@ -59,50 +77,18 @@ async fn a_changed_case_moves_to_the_end_of_the_listing_and_between_types() {
     store.commit_submission(update).await.unwrap();
     let after = store.case_indexed_on("demo", "c1").unwrap().unwrap();
     assert!(after > before);
-    let all = store
-        .list_cases(
-            "demo",
-            &CaseScope::All,
-            &ListingRange::default(),
-            (0, 10),
-            None,
-        )
-        .unwrap();
-    let ids: Vec<&str> = all
-        .objects
-        .iter()
-        .map(|(c, _)| c.case_id.as_str())
-        .collect();
-    assert_eq!(ids, ["c2", "c1"]);
-    assert_eq!(all.total_count, 2);
-    let of_type = |case_type: &str| {
-        let listed = store
-            .list_cases(
-                "demo",
-                &CaseScope::Type(case_type.into()),
-                &ListingRange::default(),
-                (0, 10),
-                None,
-            )
-            .unwrap();
-        let ids: Vec<String> = listed
-            .objects
-            .iter()
-            .map(|(c, _)| c.case_id.clone())
-            .collect();
-        (ids, listed.total_count)
-    };
+    assert_eq!(
+        cases_in(&store, CaseScope::All),
+        (vec!["c2".to_owned(), "c1".to_owned()], 2)
+    );
+    let of_type = |case_type: &str| cases_in(&store, CaseScope::Type(case_type.into()));
     assert_eq!(of_type("patient"), (vec!["c2".to_owned()], 1));
     assert_eq!(of_type("visited"), (vec!["c1".to_owned()], 1));
 }
 
 #[tokio::test]
 async fn listings_page_by_offset_and_by_range_and_count_what_matches() {
-    let store = memory_store();
-    for n in 1..=6 {
-        let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
-        store.commit_submission(form).await.unwrap();
-    }
+    let store = with_forms(memory_store(), 6).await;
     let everything = all_forms(&store, &ListingRange::default());
     let third = everything.objects[2].indexed_on;
     let page = store
@@ -169,13 +155,7 @@ async fn listings_page_by_offset_and_by_range_and_count_what_matches() {
 #[tokio::test]
 async fn a_store_written_before_the_indexes_gets_them_when_opened() {
     let dir = TempDir::new("backfill");
-    {
-        let store = Store::open(&dir.0).unwrap();
-        for n in 1..=3 {
-            let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
-            store.commit_submission(form).await.unwrap();
-        }
-    }
+    with_forms(Store::open(&dir.0).unwrap(), 3).await;
     // Make it the file an earlier repeatd wrote: no index tables, no marker.
     {
         let db = Database::open(dir.0.join("repeatd.redb")).unwrap();
@@ -198,16 +178,7 @@ async fn a_store_written_before_the_indexes_gets_them_when_opened() {
     let listed = all_forms(&store, &ListingRange::default());
     assert_eq!(form_ids(&listed), ["f1", "f2", "f3"]);
     assert_eq!(listed.total_count, 3);
-    let cases = store
-        .list_cases(
-            "demo",
-            &CaseScope::All,
-            &ListingRange::default(),
-            (0, 10),
-            None,
-        )
-        .unwrap();
-    assert_eq!(cases.total_count, 3);
+    assert_eq!(cases_in(&store, CaseScope::All).1, 3);
     // New forms come after the backfilled ones.
     let form = submission("f4", "c4", "new");
     store.commit_submission(form).await.unwrap();

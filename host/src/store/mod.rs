@@ -731,40 +731,23 @@ impl Store {
         keep: Option<&dyn Fn(&StoredForm, i64) -> bool>,
     ) -> Result<Listed<ListedForm>, StoreError> {
         let txn = self.db.begin_read()?;
-        let forms = txn.open_table(FORMS)?;
+        let listing = data_index::Listing {
+            objects: FORMS,
+            entries: FORM_LISTING,
+            what: "form",
+        };
+        let listed = listing.page(&txn, domain, &scope.key(), range, page, keep)?;
         let xml = txn.open_table(FORM_XML)?;
-        let read_form = |form_id: &str| -> Result<Option<StoredForm>, StoreError> {
-            match forms.get((domain, form_id))? {
-                Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
-                None => Ok(None),
+        let mut objects = Vec::with_capacity(listed.objects.len());
+        for (form, indexed_on) in listed.objects {
+            if let Some(xml) = xml.get((domain, form.form_id.as_str()))? {
+                let xml = xml.value().to_vec();
+                objects.push(ListedForm {
+                    form,
+                    xml,
+                    indexed_on,
+                });
             }
-        };
-        let mut test = |form_id: &str, indexed_on: u64| -> Result<bool, StoreError> {
-            Ok(read_form(form_id)?
-                .is_some_and(|form| keep.is_some_and(|keep| keep(&form, indexed_on as i64))))
-        };
-        let listed = data_index::list(
-            &txn.open_table(FORM_LISTING)?,
-            &txn.open_table(LISTING_COUNTS)?,
-            domain,
-            &scope.key(),
-            range,
-            page,
-            keep.is_some()
-                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
-        )?;
-        let mut objects = Vec::with_capacity(listed.ids.len());
-        for (form_id, indexed_on) in listed.ids {
-            let (Some(form), Some(xml)) =
-                (read_form(&form_id)?, xml.get((domain, form_id.as_str()))?)
-            else {
-                continue;
-            };
-            objects.push(ListedForm {
-                form,
-                xml: xml.value().to_vec(),
-                indexed_on: indexed_on as i64,
-            });
         }
         Ok(Listed {
             objects,
@@ -782,37 +765,12 @@ impl Store {
         keep: Option<&dyn Fn(&Case, i64) -> bool>,
     ) -> Result<Listed<(Case, i64)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let cases = txn.open_table(CASES)?;
-        let read_case = |case_id: &str| -> Result<Option<Case>, StoreError> {
-            match cases.get((domain, case_id))? {
-                Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
-                None => Ok(None),
-            }
+        let listing = data_index::Listing {
+            objects: CASES,
+            entries: CASE_LISTING,
+            what: "case",
         };
-        let mut test = |case_id: &str, indexed_on: u64| -> Result<bool, StoreError> {
-            Ok(read_case(case_id)?
-                .is_some_and(|case| keep.is_some_and(|keep| keep(&case, indexed_on as i64))))
-        };
-        let listed = data_index::list(
-            &txn.open_table(CASE_LISTING)?,
-            &txn.open_table(LISTING_COUNTS)?,
-            domain,
-            &scope.key(),
-            range,
-            page,
-            keep.is_some()
-                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
-        )?;
-        let mut objects = Vec::with_capacity(listed.ids.len());
-        for (case_id, indexed_on) in listed.ids {
-            if let Some(case) = read_case(&case_id)? {
-                objects.push((case, indexed_on as i64));
-            }
-        }
-        Ok(Listed {
-            objects,
-            total_count: listed.total_count,
-        })
+        listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
 
     // ---- configured objects ------------------------------------------------
