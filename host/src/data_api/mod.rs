@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::endpoint::{ApiError, Caller, DomainAccess};
 use crate::model::{Case, StoredForm};
-use crate::store::{CaseScope, FormScope, ListingRange, Store};
+use crate::store::{CaseScope, FormScope, Keep, ListingRange, Store};
 use form_object::ObjectContext;
 use query::{CaseQuery, FormOrder, FormQuery, Page, Params};
 
@@ -214,7 +214,7 @@ fn form_page(
         FormScope::Xmlns(_) => query.app_id.is_some() || !query.received_on.is_whole(),
         FormScope::AppId(_) | FormScope::All => !query.received_on.is_whole(),
     };
-    let keep: Option<&dyn Fn(&StoredForm, i64) -> bool> =
+    let keep: Keep<'_, StoredForm> =
         needs_check.then_some(&check as &dyn Fn(&StoredForm, i64) -> bool);
     let listed = store.list_forms(
         domain,
@@ -331,7 +331,7 @@ async fn list_cases(
     let body = blocking(move || {
         let (scope, range) = query.scope_and_range();
         let check = |case: &Case, indexed_on: i64| query.matches(case, indexed_on);
-        let keep: Option<&dyn Fn(&Case, i64) -> bool> = query
+        let keep: Keep<'_, Case> = query
             .needs_check()
             .then_some(&check as &dyn Fn(&Case, i64) -> bool);
         let listed = store.list_cases(

@@ -281,6 +281,13 @@ struct ListedIds {
     pub total_count: u64,
 }
 
+/// Which objects of a listing to keep, given each one and its `indexed_on`
+/// (`None`: every object of the range).
+pub type Keep<'a, T> = Option<&'a dyn Fn(&T, i64) -> bool>;
+
+/// Which entries to keep, given (id, indexed_on); it reads the object.
+type KeepEntry<'a> = Option<&'a mut dyn FnMut(&str, u64) -> Result<bool, StoreError>>;
+
 /// A listing's tables: the objects ((domain, id) → encoded value) and its
 /// entries; `what` names an object for errors ("form").
 pub(super) struct Listing {
@@ -299,7 +306,7 @@ impl Listing {
         scope: &str,
         range: &ListingRange,
         page: (usize, usize),
-        keep: Option<&dyn Fn(&T, i64) -> bool>,
+        keep: Keep<'_, T>,
     ) -> Result<Listed<(T, i64)>, StoreError> {
         let objects = txn.open_table(self.objects)?;
         let read = |id: &str| -> Result<Option<T>, StoreError> {
@@ -347,7 +354,7 @@ fn list(
     scope: &str,
     range: &ListingRange,
     (offset, limit): (usize, usize),
-    mut keep: Option<&mut dyn FnMut(&str, u64) -> Result<bool, StoreError>>,
+    mut keep: KeepEntry<'_>,
 ) -> Result<ListedIds, StoreError> {
     let Some((start, end)) = range.bounds() else {
         return Ok(ListedIds {

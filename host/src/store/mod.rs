@@ -53,7 +53,7 @@ use tables::*;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
-pub use data_index::{CaseScope, FormScope, ListingRange};
+pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
 
 /// redb's page cache. Its default (1 GiB) would let a large queue grow the
 /// process far past what a gateway should hold; the working set (the due
@@ -728,7 +728,7 @@ impl Store {
         scope: &FormScope,
         range: &ListingRange,
         page: (usize, usize),
-        keep: Option<&dyn Fn(&StoredForm, i64) -> bool>,
+        keep: Keep<'_, StoredForm>,
     ) -> Result<Listed<ListedForm>, StoreError> {
         let txn = self.db.begin_read()?;
         let listing = data_index::Listing {
@@ -762,7 +762,7 @@ impl Store {
         scope: &CaseScope,
         range: &ListingRange,
         page: (usize, usize),
-        keep: Option<&dyn Fn(&Case, i64) -> bool>,
+        keep: Keep<'_, Case>,
     ) -> Result<Listed<(Case, i64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let listing = data_index::Listing {
