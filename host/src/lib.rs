@@ -236,7 +236,7 @@ pub async fn start_with_clock(
     for declared in &config.repeaters {
         if !plugins.is_loaded(&declared.spec.format) {
             anyhow::bail!(
-                "repeaters: repeater \"{}\" of domain \"{}\": format: no payload format plugin \"{}\" (built-ins: form-xml, case-xml, case-json, form-stub, app-schema; or put {}.wasm in {})",
+                "repeaters: repeater \"{}\" of domain \"{}\": format: no payload format plugin \"{}\" (built-ins: form-xml, form-json, case-xml, case-json, form-stub, app-schema; or put {}.wasm in {})",
                 declared.spec.name,
                 declared.domain,
                 declared.spec.format,

@@ -286,19 +286,20 @@ book.save(r"{}")
         String::from_utf8_lossy(&made.stderr)
     );
     let tables = commcare_export(&gateway, &query, dir.path(), 4).await;
-    let table = |name: &str| -> (Value, Vec<Value>) {
+    // (headings, rows, the first column of the rows)
+    let table = |name: &str| -> (Value, Vec<Value>, BTreeSet<String>) {
         let rows = tables[name]
             .as_array()
             .unwrap_or_else(|| panic!("no table {name}: {tables}"))
             .clone();
-        (rows[0].clone(), rows[1..].to_vec())
+        let first_column = rows[1..]
+            .iter()
+            .map(|row| row[0].as_str().unwrap().to_owned())
+            .collect();
+        (rows[0].clone(), rows[1..].to_vec(), first_column)
     };
-    let (headings, rows) = table("visits");
+    let (headings, rows, exported) = table("visits");
     assert_eq!(headings, serde_json::json!(["form_id", "case_id", "user"]));
-    let exported: BTreeSet<String> = rows
-        .iter()
-        .map(|row| row[0].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(rows.len(), 23, "each visit exactly once: {rows:?}");
     assert_eq!(exported, visit_ids);
     for row in &rows {
@@ -306,12 +307,8 @@ book.save(r"{}")
         assert_eq!(row[1], form_id.replace("visit", "patient"));
         assert_eq!(row[2], "u1");
     }
-    let (headings, rows) = table("patients");
+    let (headings, rows, exported) = table("patients");
     assert_eq!(headings, serde_json::json!(["case_id", "name", "owner"]));
-    let exported: BTreeSet<String> = rows
-        .iter()
-        .map(|row| row[0].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(rows.len(), 23, "each patient exactly once: {rows:?}");
     assert_eq!(exported, patient_ids);
     for row in &rows {
