@@ -25,8 +25,9 @@ use nested_cargo::{
 
 /// The built-in payload plugins: each is a crate of the plugins workspace and
 /// is embedded under its crate name.
-const BUILTIN_PLUGINS: [&str; 5] = [
+const BUILTIN_PLUGINS: [&str; 6] = [
     "form-xml",
+    "form-json",
     "case-xml",
     "case-json",
     "form-stub",

@@ -33,6 +33,7 @@ const TEST_PLUGINS: &[(&str, &str)] = &[
     ("hungry", "HUNGRY"),
     ("trapping", "TRAPPING"),
     ("next-minor", "NEXT_MINOR"),
+    ("previous-minor", "PREVIOUS_MINOR"),
     ("next-major", "NEXT_MAJOR"),
     ("wrong-world", "WRONG_WORLD"),
 ];
@@ -50,6 +51,7 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
 /// The built-in plugins `host/build.rs` builds: (crate, constant).
 const BUILTINS: &[(&str, &str)] = &[
     ("form-xml", "BUILTIN_FORM_XML"),
+    ("form-json", "BUILTIN_FORM_JSON"),
     ("case-xml", "BUILTIN_CASE_XML"),
     ("case-json", "BUILTIN_CASE_JSON"),
     ("form-stub", "BUILTIN_FORM_STUB"),

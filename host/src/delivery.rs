@@ -100,11 +100,29 @@ impl Delivery {
         let Some(plugin) = self.plugins.get(&repeater.format) else {
             return SendResult::PluginMissing(repeater.format.clone());
         };
+        let mut form_object = None;
         let event = match (&record.payload, source) {
             (_, SendSource::Missing(reason)) => {
                 return failed(DeliveryError::PluginFailed { reason });
             }
-            (PayloadRef::Form { .. }, SendSource::Form { form, xml }) => {
+            (
+                PayloadRef::Form { .. },
+                SendSource::Form {
+                    form,
+                    xml,
+                    indexed_on,
+                },
+            ) => {
+                if plugin.wants_form_object() {
+                    match crate::data_api::form_object::form_object_json(&form, &xml, indexed_on) {
+                        Ok(json) => form_object = Some(json),
+                        Err(error) => {
+                            return failed(DeliveryError::PluginFailed {
+                                reason: error.to_string(),
+                            });
+                        }
+                    }
+                }
                 plugins::form_event(&form, xml)
             }
             (PayloadRef::Case { .. }, SendSource::Case(case)) => plugins::case_event(&case),
@@ -143,7 +161,7 @@ impl Delivery {
         let payload = match self
             .plugins
             .clone()
-            .build_payload_off_runtime(plugin, record.kind, event, settings)
+            .build_payload_off_runtime(plugin, record.kind, event, form_object, settings)
             .await
         {
             Ok(payload) => payload,

@@ -1,6 +1,7 @@
-//! What the JSON endpoints of `api` and `ingest` share: the error answers of
-//! SPEC section 9 as one type ([`ApiError`], rendered by `IntoResponse`), and
-//! the check of the caller's bearer token: the extractor [`DomainAccess`]
+//! What the JSON endpoints of `api`, `data_api` and `ingest` share: the error
+//! answers of SPEC section 9 as one type ([`ApiError`], rendered by
+//! `IntoResponse`), and the check of the caller's token (`Bearer <token>`, or
+//! CommCare's `ApiKey <username>:<token>` for the Data API, schemes in any case): the extractor [`DomainAccess`]
 //! ("this token may act on the `{domain}` of the URL"), and [`Caller`] for
 //! the endpoints any valid token may use. A domain token asking for another domain is answered 404,
 //! exactly as a domain that does not exist.
@@ -157,10 +158,19 @@ impl Caller {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`, or of CommCare's
+/// `ApiKey <username>:<token>` (the username is not checked: the token alone
+/// says who calls). Schemes in any case.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(credentials.trim())
+    } else if scheme.eq_ignore_ascii_case("apikey") {
+        credentials.trim().split_once(':').map(|(_, key)| key)
+    } else {
+        None
+    }
 }
 
 /// The caller's token may act on the domain the URL names as `{domain}`: the

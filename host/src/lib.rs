@@ -29,6 +29,7 @@
 //! - [`plugins`]: the WebAssembly host.
 //! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
 //!   and token checks the JSON endpoints share.
+//! - [`data_api`]: the CommCare HQ compatible Data API (forms, cases).
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //! - [`tls`]: the PEM files of connections and `[tls]`, and HTTPS on `listen`.
 //!
@@ -46,6 +47,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod data_api;
 pub mod delivery;
 pub mod egress;
 pub mod email;
@@ -179,6 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = object_routes::<ConnectionSpec>(routes, &format!("{domain}/connections"));
     let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
     routes
+        .merge(data_api::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -228,7 +231,7 @@ pub async fn start_with_clock(
     for declared in &config.repeaters {
         if !plugins.is_loaded(&declared.spec.format) {
             anyhow::bail!(
-                "repeaters: repeater \"{}\" of domain \"{}\": format: no payload format plugin \"{}\" (built-ins: form-xml, case-xml, case-json, form-stub, app-schema; or put {}.wasm in {})",
+                "repeaters: repeater \"{}\" of domain \"{}\": format: no payload format plugin \"{}\" (built-ins: form-xml, form-json, case-xml, case-json, form-stub, app-schema; or put {}.wasm in {})",
                 declared.spec.name,
                 declared.domain,
                 declared.spec.format,

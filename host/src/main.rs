@@ -282,7 +282,12 @@ fn plugin_run(
         .collect::<anyhow::Result<Vec<(&str, &str)>>>()?;
     let settings = plugins::pairs(settings);
     for (index, event) in events.iter().enumerate() {
-        let payload = host.build_payload(&loaded, kind, event, &settings)?;
+        let form_object = match loaded.wants_form_object() {
+            true => repeatd::sample::form_object(&bytes, event)
+                .map_err(|problem| anyhow::anyhow!("{}: {problem}", event_file.display()))?,
+            false => None,
+        };
+        let payload = host.build_payload(&loaded, kind, event, form_object, &settings)?;
         if index > 0 {
             println!();
         }

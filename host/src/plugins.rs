@@ -112,6 +112,14 @@ struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: CallLimits,
+    /// What `event-context.form-object` answers during a `build` call.
+    form_object: Option<String>,
+}
+
+impl bindings::format::repeatd::plugin::event_context::Host for CallState {
+    fn form_object(&mut self) -> Option<String> {
+        self.form_object.clone()
+    }
 }
 
 /// The limits of one store: `StoreLimits`, except that a plugin asking for
@@ -202,7 +210,18 @@ pub struct LoadedPlugin {
     pub hash: String,
     /// Unix micros.
     pub loaded_at: i64,
+    /// It imports `event-context` (WIT 1.1): its events need the form object.
+    wants_form_object: bool,
     instances: Instances,
+}
+
+impl LoadedPlugin {
+    /// Whether a form event for this plugin should come with the Data API's
+    /// form object (only plugins that ask for it get one: making it parses
+    /// the XML).
+    pub fn wants_form_object(&self) -> bool {
+        self.wants_form_object
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -411,6 +430,10 @@ impl PluginHost {
         let engine = Engine::new(&engine_config(&limits))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::format::repeatd::plugin::event_context::add_to_linker::<
+            CallState,
+            wasmtime::component::HasSelf<CallState>,
+        >(&mut linker, |state| state)?;
         let ticks = limits
             .timeout
             .as_micros()
@@ -554,12 +577,17 @@ impl PluginHost {
             )
         })?;
         let loaded_at = self.clock.now_micros();
+        let wants_form_object = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(import_name, _)| import_name.starts_with("repeatd:plugin/event-context@"));
         let loaded = |kind, instances| LoadedPlugin {
             name: name.to_owned(),
             kind,
             source,
             hash,
             loaded_at,
+            wants_form_object,
             instances,
         };
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
@@ -647,6 +675,7 @@ impl PluginHost {
                     .build(),
                 memory_cap: self.limits.memory,
             },
+            form_object: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -800,15 +829,18 @@ impl PluginHost {
     }
 
     /// Runs a payload format on one event, on a live instance from the
-    /// plugin's pool when one is free.
+    /// plugin's pool when one is free. `form_object` is what the plugin's
+    /// `event-context.form-object` answers (the Data API's form object of a
+    /// form event, as JSON; see [`LoadedPlugin::wants_form_object`]).
     pub fn build_payload(
         &self,
         plugin: &LoadedPlugin,
         kind: PayloadKind,
         event: &Event,
+        form_object: Option<String>,
         settings: &[Pair],
     ) -> Result<Payload, PluginError> {
-        self.build_payload_on(plugin, kind, event, settings, Instance::Pooled)
+        self.build_payload_on(plugin, kind, event, form_object, settings, Instance::Pooled)
     }
 
     /// `build_payload` for async callers: the call runs on tokio's blocking
@@ -821,12 +853,15 @@ impl PluginHost {
         plugin: Arc<LoadedPlugin>,
         kind: PayloadKind,
         event: Event,
+        form_object: Option<String>,
         settings: Vec<Pair>,
     ) -> Result<Payload, PluginError> {
         let name = plugin.name.clone();
-        tokio::task::spawn_blocking(move || self.build_payload(&plugin, kind, &event, &settings))
-            .await
-            .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
+        tokio::task::spawn_blocking(move || {
+            self.build_payload(&plugin, kind, &event, form_object, &settings)
+        })
+        .await
+        .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
     }
 
     /// `sign` for async callers, off the runtime like `build_payload_off_runtime`.
@@ -848,6 +883,7 @@ impl PluginHost {
         plugin: &LoadedPlugin,
         kind: PayloadKind,
         event: &Event,
+        form_object: Option<String>,
         settings: &[Pair],
         instance: Instance,
     ) -> Result<Payload, PluginError> {
@@ -864,12 +900,16 @@ impl PluginHost {
             instance == Instance::Pooled,
             |store| pre.instantiate(store),
             |instance, store| {
-                instance.repeatd_plugin_format().call_build(
-                    store,
+                store.data_mut().form_object = form_object;
+                let answer = instance.repeatd_plugin_format().call_build(
+                    &mut *store,
                     to_wit_kind(kind),
                     event,
                     settings,
-                )
+                );
+                // A pooled instance must not see this form's object again.
+                store.data_mut().form_object = None;
+                answer
             },
         )
     }

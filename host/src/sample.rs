@@ -34,6 +34,28 @@ fn planned(bytes: &[u8], domain: &str) -> Result<SubmissionPlan<'static>, String
     Ok(submission::plan(form, &blocks, BTreeMap::new(), &[]))
 }
 
+/// The Data API's form object for a form event made from the form file
+/// `bytes` (its id, domain, app and received-on time as the event has them),
+/// as `form-json` and other plugins that ask for it get it; `None` for other
+/// events.
+pub fn form_object(bytes: &[u8], event: &Event) -> Result<Option<String>, String> {
+    let Event::Form(event_form) = event else {
+        return Ok(None);
+    };
+    let parsed = crate::xform::parse_form(bytes).map_err(|e| e.to_string())?;
+    let (mut form, _) = submission::new_form(
+        parsed,
+        &event_form.domain,
+        || event_form.form_id.clone(),
+        event_form.received_on.clone(),
+    );
+    form.app_id = event_form.app_id.clone();
+    let indexed_on = crate::time::parse_timestamp(&form.received_on).unwrap_or_default();
+    crate::data_api::form_object::form_object_json(&form, bytes, indexed_on)
+        .map(Some)
+        .map_err(|error| error.to_string())
+}
+
 fn form_events(bytes: &[u8], kind: PayloadKind, domain: &str) -> Result<Vec<Event>, String> {
     let planned = planned(bytes, domain)?;
     match kind {

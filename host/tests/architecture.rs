@@ -232,6 +232,7 @@ fn the_rules_see_every_module() {
         "config",
         "catalog",
         "tls",
+        "data_api",
     ] {
         assert!(
             modules.contains_key(expected),

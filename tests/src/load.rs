@@ -2121,7 +2121,7 @@ fn plugin_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             Vec::new()
         };
         let call = |i: usize| -> anyhow::Result<usize> {
-            match host.build_payload(&plugin, kind, &events[i % events.len()], &settings) {
+            match host.build_payload(&plugin, kind, &events[i % events.len()], None, &settings) {
                 Ok(Payload::Send(request)) if !request.body.is_empty() => Ok(request.body.len()),
                 Ok(Payload::Send(_)) => anyhow::bail!("{format} built an empty body"),
                 Ok(Payload::Nothing) => {

@@ -93,13 +93,13 @@ fn plugin_cost_per_payload() {
         };
         let pooled = per_call(|| {
             check(
-                host.build_payload(&plugin, kind, &event, &settings)
+                host.build_payload(&plugin, kind, &event, None, &settings)
                     .unwrap(),
             )
         });
         let fresh = per_call(|| {
             check(
-                host.build_payload_on(&plugin, kind, &event, &settings, Instance::Fresh)
+                host.build_payload_on(&plugin, kind, &event, None, &settings, Instance::Fresh)
                     .unwrap(),
             )
         });
@@ -121,6 +121,7 @@ fn plugin_cost_per_payload() {
                                     plugin.clone(),
                                     kind,
                                     event.clone(),
+                                    None,
                                     settings.clone(),
                                 )
                                 .await

@@ -473,22 +473,29 @@ async fn a_broken_replacement_is_reported_and_the_previous_version_keeps_serving
         .await;
     }
 
-    // A component of a newer minor version of the interfaces loads.
-    let next_minor = component(wasm::NEXT_MINOR);
-    std::fs::write(&file, &next_minor).unwrap();
-    wait_plugin(
-        &gateway,
-        "custom",
-        WAIT,
-        "loading the 1.1 component",
-        |status| {
-            status["hash"] == sha256_hex(&next_minor).as_str() && status["last_error"].is_null()
-        },
-    )
-    .await;
-    submit_new_form(&gateway, "minor").await;
-    let arrived = receiver.wait("/custom", n_sent + 1, WAIT).await;
-    assert_eq!(arrived[n_sent].text(), "next-minor");
+    // A component of the first minor version of the interfaces (1.0,
+    // without what 1.1 added) loads, and so does one of a newer minor version.
+    for (source, version, body) in [
+        (wasm::PREVIOUS_MINOR, "1.0", "previous-minor"),
+        (wasm::NEXT_MINOR, "1.2", "next-minor"),
+    ] {
+        let bytes = component(source);
+        std::fs::write(&file, &bytes).unwrap();
+        wait_plugin(
+            &gateway,
+            "custom",
+            WAIT,
+            &format!("loading the {version} component"),
+            |status| {
+                status["hash"] == sha256_hex(&bytes).as_str() && status["last_error"].is_null()
+            },
+        )
+        .await;
+        submit_new_form(&gateway, body).await;
+        n_sent += 1;
+        let arrived = receiver.wait("/custom", n_sent, WAIT).await;
+        assert_eq!(arrived[n_sent - 1].text(), body);
+    }
     gateway.stop().await;
 }
 
@@ -868,8 +875,9 @@ fn named_copy(dir: &Path, name: &str, source: &str) -> String {
     path.display().to_string()
 }
 
-const BUILTINS: [(&str, &str, &str); 5] = [
+const BUILTINS: [(&str, &str, &str); 6] = [
     ("form-xml", wasm::BUILTIN_FORM_XML, "form"),
+    ("form-json", wasm::BUILTIN_FORM_JSON, "form"),
     ("case-xml", wasm::BUILTIN_CASE_XML, "case"),
     ("case-json", wasm::BUILTIN_CASE_JSON, "case"),
     ("form-stub", wasm::BUILTIN_FORM_STUB, "form-stub"),
@@ -1034,6 +1042,38 @@ fn plugin_run_prints_the_spec_request_of_each_builtin() {
             "POST {url}\nContent-Type: application/json\nReceived-On: {received_on}\nIdempotency-Key: <the repeat record's id>\n\n\
              {{\"received_on\":\"{received_on}\",\"form_id\":\"{SEED_FORM_ID}\",\"case_ids\":[\"{SEED_CASE_ID}\"]}}\n"
         )
+    );
+
+    // form-json: the Data API's form object, Received-On.
+    let file = named_copy(dir.path(), "form-json", wasm::BUILTIN_FORM_JSON);
+    let stdout = repeatd_ok(&[
+        "plugin",
+        "run",
+        &file,
+        "--event",
+        &seed,
+        "--app-id",
+        SEED_APP_ID,
+        "--url",
+        url,
+    ]);
+    let received_on = timestamp_header(&stdout, "Received-On").to_owned();
+    let (head, body) = printed_request(&stdout);
+    assert_eq!(
+        head[..2],
+        [
+            format!("POST {url}").as_str(),
+            "Content-Type: application/json"
+        ]
+    );
+    let object: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(object["id"], SEED_FORM_ID);
+    assert_eq!(object["app_id"], SEED_APP_ID);
+    assert_eq!(object["received_on"], received_on.as_str());
+    assert_eq!(object["form"]["meta"]["instanceID"], SEED_FORM_ID);
+    assert_eq!(
+        object["resource_uri"],
+        format!("/a/demo/api/v0.5/form/{SEED_FORM_ID}/")
     );
 
     // app-schema: the app id (saved) or the build id (built), text/xml.

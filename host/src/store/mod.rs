@@ -20,6 +20,7 @@
 //! `Idempotency-Key`) is that number prefixed with a random per-store nonce,
 //! so two data directories never hand out the same id.
 
+mod data_index;
 mod encoding;
 mod tables;
 mod writer;
@@ -27,6 +28,8 @@ mod writes;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod data_index_tests;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +54,7 @@ use tables::*;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
+pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
 
 /// redb's page cache. Its default (1 GiB) would let a large queue grow the
 /// process far past what a gateway should hold; the working set (the due
@@ -175,11 +179,28 @@ pub enum SendSource {
     Form {
         form: StoredForm,
         xml: Vec<u8>,
+        /// Unix micros (SPEC section 11).
+        indexed_on: i64,
     },
     Case(Case),
     App,
     /// The form or case is gone (it never should be): the record is rejected.
     Missing(String),
+}
+
+/// A page of a Data API listing and how many objects match in all.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub objects: Vec<T>,
+    pub total_count: u64,
+}
+
+/// A form of a Data API listing, with what its form object is made of.
+#[derive(Debug)]
+pub struct ListedForm {
+    pub form: StoredForm,
+    pub xml: Vec<u8>,
+    pub indexed_on: i64,
 }
 
 #[derive(Clone)]
@@ -272,10 +293,23 @@ impl Store {
             txn.open_table(STATE_COUNTS)?;
             txn.open_table(OBJECTS)?;
             txn.open_table(NOTIFICATIONS)?;
+            txn.open_table(LAST_INDEXED_ON)?;
+            txn.open_table(FORM_INDEXED_ON)?;
+            txn.open_table(CASE_INDEXED_ON)?;
+            txn.open_table(FORM_LISTING)?;
+            txn.open_table(CASE_LISTING)?;
+            txn.open_table(LISTING_COUNTS)?;
             let records = txn.open_table(RECORDS)?;
             last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
+        let backfilled = data_index::backfill(&txn)?;
         txn.commit()?;
+        if backfilled > 0 {
+            tracing::info!(
+                objects = backfilled,
+                "gave the forms and cases stored before the Data API their indexed_on"
+            );
+        }
         let db = Arc::new(db);
         let writer = writer::start(&db)?;
         Ok(Store {
@@ -593,13 +627,16 @@ impl Store {
             PayloadRef::Form { form_id } => {
                 let forms = txn.open_table(FORMS)?;
                 let xml = txn.open_table(FORM_XML)?;
+                let indexed_on = txn.open_table(FORM_INDEXED_ON)?;
                 match (
                     forms.get((domain, form_id.as_str()))?,
                     xml.get((domain, form_id.as_str()))?,
+                    indexed_on.get((domain, form_id.as_str()))?,
                 ) {
-                    (Some(form), Some(xml)) => SendSource::Form {
+                    (Some(form), Some(xml), Some(indexed_on)) => SendSource::Form {
                         form: decode(form.value(), || format!("form {form_id}"))?,
                         xml: xml.value().to_vec(),
+                        indexed_on: indexed_on.value() as i64,
                     },
                     _ => SendSource::Missing(format!("form {form_id} is not in the store")),
                 }
@@ -674,6 +711,74 @@ impl Store {
                 last_seen.filter(|seq| *seq > 1)
             },
         })
+    }
+
+    // ---- the Data API --------------------------------------------------------
+
+    /// A form's `indexed_on` (Unix micros).
+    pub fn form_indexed_on(&self, domain: &str, form_id: &str) -> Result<Option<i64>, StoreError> {
+        let table = self.read_table(FORM_INDEXED_ON)?;
+        Ok(table.get((domain, form_id))?.map(|v| v.value() as i64))
+    }
+
+    /// A case's `indexed_on` (Unix micros).
+    pub fn case_indexed_on(&self, domain: &str, case_id: &str) -> Result<Option<i64>, StoreError> {
+        let table = self.read_table(CASE_INDEXED_ON)?;
+        Ok(table.get((domain, case_id))?.map(|v| v.value() as i64))
+    }
+
+    /// One page of a domain's forms in `scope` (SPEC section 11), from one
+    /// read transaction: the forms kept by `keep`, skipping `offset`, at most
+    /// `limit`, each with its XML and `indexed_on`; and how many match.
+    pub fn list_forms(
+        &self,
+        domain: &str,
+        scope: &FormScope,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Keep<'_, StoredForm>,
+    ) -> Result<Listed<ListedForm>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let listing = data_index::Listing {
+            objects: FORMS,
+            entries: FORM_LISTING,
+            what: "form",
+        };
+        let listed = listing.page(&txn, domain, &scope.key(), range, page, keep)?;
+        let xml = txn.open_table(FORM_XML)?;
+        let mut objects = Vec::with_capacity(listed.objects.len());
+        for (form, indexed_on) in listed.objects {
+            if let Some(xml) = xml.get((domain, form.form_id.as_str()))? {
+                let xml = xml.value().to_vec();
+                objects.push(ListedForm {
+                    form,
+                    xml,
+                    indexed_on,
+                });
+            }
+        }
+        Ok(Listed {
+            objects,
+            total_count: listed.total_count,
+        })
+    }
+
+    /// One page of a domain's cases in `scope`, as `list_forms`.
+    pub fn list_cases(
+        &self,
+        domain: &str,
+        scope: &CaseScope,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Keep<'_, Case>,
+    ) -> Result<Listed<(Case, i64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let listing = data_index::Listing {
+            objects: CASES,
+            entries: CASE_LISTING,
+            what: "case",
+        };
+        listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
 
     // ---- configured objects ------------------------------------------------

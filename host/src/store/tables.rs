@@ -36,3 +36,24 @@ pub(super) const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> =
 /// e-mail about (see `email`).
 pub(super) const NOTIFICATIONS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("notifications");
+/// domain → the last `indexed_on` (Unix micros) handed out in it: every form
+/// and case change gets a larger one (see `data_index`).
+pub(super) const LAST_INDEXED_ON: TableDefinition<&str, u64> =
+    TableDefinition::new("last_indexed_on");
+/// (domain, form id) → the form's `indexed_on`.
+pub(super) const FORM_INDEXED_ON: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("form_indexed_on");
+/// (domain, case id) → the case's `indexed_on` (of its latest change).
+pub(super) const CASE_INDEXED_ON: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("case_indexed_on");
+/// (domain, scope, order key, indexed_on) → form id: the Data API's form
+/// listings, one key range per scope (see `data_index::FormScope`).
+pub(super) const FORM_LISTING: TableDefinition<(&str, &str, u64, u64), &str> =
+    TableDefinition::new("form_listing");
+/// (domain, scope, order key, indexed_on) → case id, as `FORM_LISTING`.
+pub(super) const CASE_LISTING: TableDefinition<(&str, &str, u64, u64), &str> =
+    TableDefinition::new("case_listing");
+/// (domain, listing scope) → how many entries the scope has, so that an
+/// unfiltered `total_count` costs one read.
+pub(super) const LISTING_COUNTS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("listing_counts");

@@ -159,7 +159,7 @@ async fn a_submission_stores_its_form_cases_and_records_together() {
         "not due before it was received"
     );
     match store.load_for_send(form_record.seq).unwrap() {
-        Some((_, SendSource::Form { form, xml })) => {
+        Some((_, SendSource::Form { form, xml, .. })) => {
             assert_eq!(form.form_id, "f1");
             assert_eq!(xml, b"<data id=\"f1\"/>");
         }
@@ -470,10 +470,10 @@ fn record_ids_belong_to_their_store() {
 }
 
 /// A data directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub(super) fn new(name: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "repeatd-store-{name}-{}-{}",
             std::process::id(),

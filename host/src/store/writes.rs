@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
+use super::data_index;
 use super::encoding::{decode, encode};
 use super::tables::{
     ATTEMPTS, CASES, DOMAIN_RECORDS, DUE, FORM_XML, FORMS, META, NOTIFICATIONS, OBJECTS,
@@ -49,10 +50,13 @@ pub(super) fn commit_submission(
             stored_cases.insert(case_id.to_owned(), case);
         }
     }
+    let cases_before = stored_cases.clone();
     let plan = submission::plan(form, &case_blocks, stored_cases, &repeaters);
     let form = &plan.form;
     let key = (form.domain.as_str(), form.form_id.as_str());
+    data_index::index_form(txn, form, now)?;
     for case in &plan.cases {
+        data_index::index_case(txn, cases_before.get(&case.case_id), case, now)?;
         cases.insert(
             (form.domain.as_str(), case.case_id.as_str()),
             encode(case).as_slice(),

@@ -1,0 +1,397 @@
+//! The indexes behind the Data API (SPEC section 11): every form and case
+//! gets an `indexed_on` when it is stored or changed, strictly increasing
+//! within its domain (the last one handed out is kept per domain; a new one is
+//! the later of now and that plus one microsecond), written in the same
+//! transaction as the submission that caused it. Because the store has one
+//! writer and a group commit becomes visible at once, a reader that has seen
+//! `indexed_on` = t has also seen everything below t: paging by
+//! `indexed_on_start` misses nothing while forms arrive.
+//!
+//! Listings are key ranges of `FORM_LISTING` and `CASE_LISTING`, keyed
+//! (domain, scope, order key, indexed_on). A scope is one way of narrowing
+//! the list that has its own entries: all forms, forms of one `xmlns`, of one
+//! `app_id`, all forms by `received_on`; all cases, cases of one type, all
+//! cases by `server_date_modified`. A page is a range read from the requested
+//! start: its cost depends on the page size, not on how deep it is, when the
+//! client pages by `indexed_on_start` (commcare-export does). An `offset`
+//! skips index keys without decoding their objects. `total_count` of a whole
+//! scope is one read of `LISTING_COUNTS`; of a time range it counts the
+//! range's keys (no object is decoded). Other filters (forms: `case_id`
+//! aside, which the API answers from the case's `xform_ids`; cases:
+//! `owner_id`, `user_id`, `closed`, `date_modified`) are checked on each
+//! object of the scope's range, so their cost grows with the objects they
+//! skip; the range filters narrow that scan.
+//!
+//! Stores written before these indexes existed are indexed once when they
+//! are opened (`backfill`): forms in `received_on` order, cases in
+//! `server_date_modified` order, each from its own time, made strictly
+//! increasing per domain.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+
+use super::encoding::decode;
+use super::tables::{
+    CASE_INDEXED_ON, CASE_LISTING, CASES, FORM_INDEXED_ON, FORM_LISTING, FORMS, LAST_INDEXED_ON,
+    LISTING_COUNTS, META,
+};
+use super::{Listed, StoreError};
+use crate::model::{Case, StoredForm};
+
+/// The `META` key saying that every form and case has its `indexed_on`.
+const INDEXED_KEY: &str = "data_api_indexed";
+
+/// A set of forms with entries of its own, ordered by the key it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormScope {
+    /// Every form, by `indexed_on`.
+    All,
+    /// Forms of one `xmlns`, by `indexed_on`.
+    Xmlns(String),
+    /// Forms of one app, by `indexed_on`.
+    AppId(String),
+    /// Every form, by `received_on`.
+    ByReceivedOn,
+}
+
+impl FormScope {
+    pub(super) fn key(&self) -> String {
+        match self {
+            FormScope::All => "form".into(),
+            FormScope::Xmlns(xmlns) => format!("form/xmlns/{xmlns}"),
+            FormScope::AppId(app_id) => format!("form/app/{app_id}"),
+            FormScope::ByReceivedOn => "form/received".into(),
+        }
+    }
+}
+
+/// A set of cases with entries of its own, ordered by the key it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseScope {
+    /// Every case, by `indexed_on`.
+    All,
+    /// Cases of one type, by `indexed_on`.
+    Type(String),
+    /// Every case, by `server_date_modified`.
+    ByServerDateModified,
+}
+
+impl CaseScope {
+    pub(super) fn key(&self) -> String {
+        match self {
+            CaseScope::All => "case".into(),
+            CaseScope::Type(case_type) => format!("case/type/{case_type}"),
+            CaseScope::ByServerDateModified => "case/modified".into(),
+        }
+    }
+}
+
+/// Unix micros of a stored server time, as an order key.
+fn order_key(timestamp: &str, fallback: u64) -> u64 {
+    crate::time::parse_timestamp(timestamp).map_or(fallback, |micros| micros.max(0) as u64)
+}
+
+/// The next `indexed_on` of `domain`: later than every one before it.
+fn next_indexed_on(txn: &WriteTransaction, domain: &str, now: i64) -> Result<u64, StoreError> {
+    let mut last = txn.open_table(LAST_INDEXED_ON)?;
+    let previous = last.get(domain)?.map_or(0, |v| v.value());
+    let next = (now.max(0) as u64).max(previous + 1);
+    last.insert(domain, next)?;
+    Ok(next)
+}
+
+fn add_count(
+    txn: &WriteTransaction,
+    domain: &str,
+    scope: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let mut counts = txn.open_table(LISTING_COUNTS)?;
+    let n = counts.get((domain, scope))?.map_or(0, |v| v.value());
+    counts.insert((domain, scope), n.saturating_add_signed(delta))?;
+    Ok(())
+}
+
+fn form_entries(form: &StoredForm, indexed_on: u64) -> Vec<(String, u64)> {
+    let mut entries = vec![
+        (FormScope::All.key(), indexed_on),
+        (FormScope::Xmlns(form.xmlns.clone()).key(), indexed_on),
+        (
+            FormScope::ByReceivedOn.key(),
+            order_key(&form.received_on, indexed_on),
+        ),
+    ];
+    if let Some(app_id) = &form.app_id {
+        entries.push((FormScope::AppId(app_id.clone()).key(), indexed_on));
+    }
+    entries
+}
+
+fn case_entries(case: &Case, indexed_on: u64) -> Vec<(String, u64)> {
+    vec![
+        (CaseScope::All.key(), indexed_on),
+        (CaseScope::Type(case.case_type.clone()).key(), indexed_on),
+        (
+            CaseScope::ByServerDateModified.key(),
+            order_key(&case.server_date_modified, indexed_on),
+        ),
+    ]
+}
+
+/// Gives a newly stored form its `indexed_on` and its listing entries.
+pub(super) fn index_form(
+    txn: &WriteTransaction,
+    form: &StoredForm,
+    now: i64,
+) -> Result<(), StoreError> {
+    let indexed_on = next_indexed_on(txn, &form.domain, now)?;
+    put_form(txn, form, indexed_on)
+}
+
+fn put_form(txn: &WriteTransaction, form: &StoredForm, indexed_on: u64) -> Result<(), StoreError> {
+    let domain = form.domain.as_str();
+    txn.open_table(FORM_INDEXED_ON)?
+        .insert((domain, form.form_id.as_str()), indexed_on)?;
+    let mut listing = txn.open_table(FORM_LISTING)?;
+    for (scope, key) in form_entries(form, indexed_on) {
+        listing.insert(
+            (domain, scope.as_str(), key, indexed_on),
+            form.form_id.as_str(),
+        )?;
+        add_count(txn, domain, &scope, 1)?;
+    }
+    Ok(())
+}
+
+/// Gives a case that a form created or changed a new `indexed_on` and moves
+/// its listing entries; `before` is the case as it was stored.
+pub(super) fn index_case(
+    txn: &WriteTransaction,
+    before: Option<&Case>,
+    case: &Case,
+    now: i64,
+) -> Result<(), StoreError> {
+    let domain = case.domain.as_str();
+    let indexed_on = next_indexed_on(txn, domain, now)?;
+    let previous = txn
+        .open_table(CASE_INDEXED_ON)?
+        .get((domain, case.case_id.as_str()))?
+        .map(|v| v.value());
+    if let (Some(before), Some(previous)) = (before, previous) {
+        let mut listing = txn.open_table(CASE_LISTING)?;
+        for (scope, key) in case_entries(before, previous) {
+            listing.remove((domain, scope.as_str(), key, previous))?;
+            add_count(txn, domain, &scope, -1)?;
+        }
+    }
+    put_case(txn, case, indexed_on)
+}
+
+fn put_case(txn: &WriteTransaction, case: &Case, indexed_on: u64) -> Result<(), StoreError> {
+    let domain = case.domain.as_str();
+    txn.open_table(CASE_INDEXED_ON)?
+        .insert((domain, case.case_id.as_str()), indexed_on)?;
+    let mut listing = txn.open_table(CASE_LISTING)?;
+    for (scope, key) in case_entries(case, indexed_on) {
+        listing.insert(
+            (domain, scope.as_str(), key, indexed_on),
+            case.case_id.as_str(),
+        )?;
+        add_count(txn, domain, &scope, 1)?;
+    }
+    Ok(())
+}
+
+/// Indexes every form and case of a store written before the Data API's
+/// indexes existed; does nothing once done. Returns how many objects it
+/// indexed.
+pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    if txn.open_table(META)?.get(INDEXED_KEY)?.is_some() {
+        return Ok(0);
+    }
+    // Per domain, (time, id) in order: the order the objects were stored in.
+    let mut forms: BTreeMap<String, Vec<(u64, StoredForm)>> = BTreeMap::new();
+    for entry in txn.open_table(FORMS)?.iter()? {
+        let (key, value) = entry?;
+        let (domain, form_id) = key.value();
+        let form: StoredForm = decode(value.value(), || format!("form {form_id}"))?;
+        let at = order_key(&form.received_on, 0);
+        forms.entry(domain.to_owned()).or_default().push((at, form));
+    }
+    let mut cases: BTreeMap<String, Vec<(u64, Case)>> = BTreeMap::new();
+    for entry in txn.open_table(CASES)?.iter()? {
+        let (key, value) = entry?;
+        let (domain, case_id) = key.value();
+        let case: Case = decode(value.value(), || format!("case {case_id}"))?;
+        let at = order_key(&case.server_date_modified, 0);
+        cases.entry(domain.to_owned()).or_default().push((at, case));
+    }
+    let mut indexed = 0;
+    for (_, mut domain_forms) in forms {
+        domain_forms.sort_by(|a, b| (a.0, &a.1.form_id).cmp(&(b.0, &b.1.form_id)));
+        for (at, form) in domain_forms {
+            let indexed_on = next_indexed_on(txn, &form.domain, at as i64)?;
+            put_form(txn, &form, indexed_on)?;
+            indexed += 1;
+        }
+    }
+    for (_, mut domain_cases) in cases {
+        domain_cases.sort_by(|a, b| (a.0, &a.1.case_id).cmp(&(b.0, &b.1.case_id)));
+        for (at, case) in domain_cases {
+            let indexed_on = next_indexed_on(txn, &case.domain, at as i64)?;
+            put_case(txn, &case, indexed_on)?;
+            indexed += 1;
+        }
+    }
+    txn.open_table(META)?.insert(INDEXED_KEY, 1)?;
+    Ok(indexed)
+}
+
+/// Which entries of a listing to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListingRange {
+    /// Inclusive lower bound on the scope's order key (Unix micros).
+    pub start: Option<i64>,
+    /// Exclusive upper bound.
+    pub end: Option<i64>,
+    /// Newest first.
+    pub descending: bool,
+}
+
+impl ListingRange {
+    fn bounds(&self) -> Option<(u64, u64)> {
+        let start = self.start.map_or(0, |at| at.max(0) as u64);
+        let end = self.end.map_or(u64::MAX, |at| at.max(0) as u64);
+        (start < end).then_some((start, end))
+    }
+
+    /// Neither bound is set.
+    pub fn is_whole(&self) -> bool {
+        self.start.is_none() && self.end.is_none()
+    }
+}
+
+/// One page of a listing: (id, indexed_on) of the objects on it, and how many
+/// objects match in all.
+#[derive(Debug)]
+struct ListedIds {
+    pub ids: Vec<(String, u64)>,
+    pub total_count: u64,
+}
+
+/// Which objects of a listing to keep, given each one and its `indexed_on`
+/// (`None`: every object of the range).
+pub type Keep<'a, T> = Option<&'a dyn Fn(&T, i64) -> bool>;
+
+/// Which entries to keep, given (id, indexed_on); it reads the object.
+type KeepEntry<'a> = Option<&'a mut dyn FnMut(&str, u64) -> Result<bool, StoreError>>;
+
+/// A listing's tables: the objects ((domain, id) → encoded value) and its
+/// entries; `what` names an object for errors ("form").
+pub(super) struct Listing {
+    pub objects: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+    pub entries: TableDefinition<'static, (&'static str, &'static str, u64, u64), &'static str>,
+    pub what: &'static str,
+}
+
+impl Listing {
+    /// One page of `scope`: the objects `keep` keeps, with their
+    /// `indexed_on`, and how many match in all.
+    pub(super) fn page<T: DeserializeOwned>(
+        &self,
+        txn: &ReadTransaction,
+        domain: &str,
+        scope: &str,
+        range: &ListingRange,
+        page: (usize, usize),
+        keep: Keep<'_, T>,
+    ) -> Result<Listed<(T, i64)>, StoreError> {
+        let objects = txn.open_table(self.objects)?;
+        let read = |id: &str| -> Result<Option<T>, StoreError> {
+            match objects.get((domain, id))? {
+                Some(bytes) => Ok(Some(decode(bytes.value(), || {
+                    format!("{} {id}", self.what)
+                })?)),
+                None => Ok(None),
+            }
+        };
+        let mut test = |id: &str, indexed_on: u64| -> Result<bool, StoreError> {
+            Ok(read(id)?
+                .is_some_and(|object| keep.is_some_and(|keep| keep(&object, indexed_on as i64))))
+        };
+        let listed = list(
+            &txn.open_table(self.entries)?,
+            &txn.open_table(LISTING_COUNTS)?,
+            domain,
+            scope,
+            range,
+            page,
+            keep.is_some()
+                .then_some(&mut test as &mut dyn FnMut(&str, u64) -> _),
+        )?;
+        let mut found = Vec::with_capacity(listed.ids.len());
+        for (id, indexed_on) in listed.ids {
+            if let Some(object) = read(&id)? {
+                found.push((object, indexed_on as i64));
+            }
+        }
+        Ok(Listed {
+            objects: found,
+            total_count: listed.total_count,
+        })
+    }
+}
+
+/// Reads a page of a listing. `keep` decides on each candidate (id,
+/// indexed_on): it reads and tests the object; without it every entry of the range matches, and
+/// objects are never read here.
+fn list(
+    listing: &impl ReadableTable<(&'static str, &'static str, u64, u64), &'static str>,
+    counts: &impl ReadableTable<(&'static str, &'static str), u64>,
+    domain: &str,
+    scope: &str,
+    range: &ListingRange,
+    (offset, limit): (usize, usize),
+    mut keep: KeepEntry<'_>,
+) -> Result<ListedIds, StoreError> {
+    let Some((start, end)) = range.bounds() else {
+        return Ok(ListedIds {
+            ids: Vec::new(),
+            total_count: 0,
+        });
+    };
+    let entries = listing.range((domain, scope, start, 0)..(domain, scope, end, 0))?;
+    let entries: Box<dyn Iterator<Item = _>> = if range.descending {
+        Box::new(entries.rev())
+    } else {
+        Box::new(entries)
+    };
+    let mut ids = Vec::new();
+    let mut matched = 0usize;
+    let counted_apart = keep.is_none() && range.is_whole();
+    for entry in entries {
+        let (key, value) = entry?;
+        let id = value.value();
+        let indexed_on = key.value().3;
+        if let Some(keep) = keep.as_mut()
+            && !keep(id, indexed_on)?
+        {
+            continue;
+        }
+        if matched >= offset && ids.len() < limit {
+            ids.push((id.to_owned(), indexed_on));
+        }
+        matched += 1;
+        if counted_apart && ids.len() >= limit {
+            break;
+        }
+    }
+    let total_count = if counted_apart {
+        counts.get((domain, scope))?.map_or(0, |v| v.value())
+    } else {
+        matched as u64
+    };
+    Ok(ListedIds { ids, total_count })
+}
