@@ -35,8 +35,8 @@ mod http;
 pub mod load;
 pub mod raw_remote;
 pub mod remote;
-pub mod tls;
 pub mod smtp;
+pub mod tls;
 pub mod virtual_time;
 pub mod wait;
 

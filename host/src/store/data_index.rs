@@ -150,6 +150,29 @@ pub(super) fn index_form(
     put_form(txn, form, indexed_on)
 }
 
+/// Gives a stored form that changed (a later part's attachments) a new
+/// `indexed_on` and moves its listing entries, so that a client paging by
+/// `indexed_on_start` sees it again.
+pub(super) fn reindex_form(
+    txn: &WriteTransaction,
+    form: &StoredForm,
+    now: i64,
+) -> Result<(), StoreError> {
+    let domain = form.domain.as_str();
+    let previous = txn
+        .open_table(FORM_INDEXED_ON)?
+        .get((domain, form.form_id.as_str()))?
+        .map(|v| v.value());
+    if let Some(previous) = previous {
+        let mut listing = txn.open_table(FORM_LISTING)?;
+        for (scope, key) in form_entries(form, previous) {
+            listing.remove((domain, scope.as_str(), key, previous))?;
+            add_count(txn, domain, &scope, -1)?;
+        }
+    }
+    index_form(txn, form, now)
+}
+
 fn put_form(txn: &WriteTransaction, form: &StoredForm, indexed_on: u64) -> Result<(), StoreError> {
     let domain = form.domain.as_str();
     txn.open_table(FORM_INDEXED_ON)?

@@ -187,3 +187,23 @@ async fn a_store_written_before_the_indexes_gets_them_when_opened() {
     let last_two = &listed.objects[2..];
     assert!(last_two[0].indexed_on < last_two[1].indexed_on);
 }
+
+#[tokio::test]
+async fn a_form_that_gains_a_later_parts_attachments_moves_to_the_end_of_the_listing() {
+    let store = with_forms(memory_store(), 2).await;
+    let before = store.form_indexed_on("demo", "f1").unwrap().unwrap();
+    let mut later = submission("f1", "c1", "new");
+    later.form.attachments = vec![crate::model::Attachment {
+        name: "b.jpg".into(),
+        content_type: "image/jpeg".into(),
+        size: 20,
+    }];
+    let result = store.commit_submission(later).await.unwrap();
+    assert_eq!(result, IngestResult::AttachmentsAdded { n_added: 1 });
+
+    let after = store.form_indexed_on("demo", "f1").unwrap().unwrap();
+    assert!(after > before, "{before} then {after}");
+    let listed = all_forms(&store, &ListingRange::default());
+    assert_eq!(form_ids(&listed), ["f2", "f1"], "listed once, last");
+    assert_eq!(listed.total_count, 2, "counted once");
+}

@@ -39,7 +39,7 @@ pub(super) fn commit_submission(
     let existing = forms.get(key)?.map(|v| v.value().to_vec());
     if let Some(existing) = existing {
         let mut stored: StoredForm = decode(&existing, || format!("form {}", form.form_id))?;
-        return add_to_stored_form(txn, &mut forms, &mut stored, &form, &xml);
+        return add_to_stored_form(txn, &mut forms, &mut stored, &form, &xml, now);
     }
 
     let mut cases = txn.open_table(CASES)?;
@@ -78,12 +78,16 @@ fn add_to_stored_form(
     stored: &mut StoredForm,
     later: &StoredForm,
     later_xml: &[u8],
+    now: i64,
 ) -> Result<IngestResult, StoreError> {
     let key = (stored.domain.as_str(), stored.form_id.as_str());
     let xml_table = txn.open_table(FORM_XML)?;
     let stored_xml = xml_table.get(key)?;
     let stored_xml = stored_xml.as_ref().map_or(&[][..], |bytes| bytes.value());
     let result = submission::later_post(stored, stored_xml, later, later_xml);
+    if let LaterPost::AttachmentsAdded(_) = result {
+        data_index::reindex_form(txn, stored, now)?;
+    }
     forms.insert(
         (stored.domain.as_str(), stored.form_id.as_str()),
         encode(&*stored).as_slice(),
