@@ -516,15 +516,21 @@ async fn replacing_a_plugin_while_sends_are_in_flight_loses_nothing() {
             "form",
             "rx",
             "custom",
-            &format!("max_workers = 2\n{FAST_RETRY}"),
+            &format!("max_workers = 2\npaused = true\n{FAST_RETRY}"),
         ),
     );
     let gateway = Gateway::start_in(dir, &config).await;
 
+    // Queued while paused, so that the first two sends start together however
+    // long the submissions take on a loaded machine.
     let mut forms = Vec::new();
     for _ in 0..N_FORMS {
         forms.push(submit_new_form(&gateway, "in-flight").await);
     }
+    let (status, body) = gateway
+        .api("POST", "/api/v1/domains/demo/repeaters/custom/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
     // Two sends are under way (the receiver holds each for 400 ms): swap.
     assert_eq!(receiver.wait("/slow", 2, WAIT).await.len(), 2);
     std::fs::write(plugin_file(&gateway, "custom.wasm"), &version_2).unwrap();
