@@ -29,6 +29,8 @@
 //! - [`plugins`]: the WebAssembly host.
 //! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
 //!   and token checks the JSON endpoints share.
+//! - [`console`]: the operator console under `/console/`, pages over the
+//!   same operations as [`api`].
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //!
 //! `run` wires them together for a listener the caller binds, so tests run
@@ -45,6 +47,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod delivery;
 pub mod egress;
 pub mod email;
@@ -185,7 +188,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
     routes
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
 }
 
 /// Opens the store, loads plugins and objects, starts the scheduler and

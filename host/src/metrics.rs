@@ -63,6 +63,22 @@ impl Metrics {
         histogram.sum_seconds += seconds;
     }
 
+    /// Per domain, the attempts so far that succeeded and those that failed
+    /// (retryable or rejected), for the console's Overview.
+    pub fn attempt_totals(&self) -> BTreeMap<String, (u64, u64)> {
+        let attempts = self.attempts.lock().expect("metrics lock");
+        let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((domain, _, outcome), count) in attempts.iter() {
+            let entry = totals.entry(domain.clone()).or_default();
+            match *outcome {
+                "success" => entry.0 += count,
+                "retryable" | "rejected" => entry.1 += count,
+                _ => {}
+            }
+        }
+        totals
+    }
+
     /// Renders everything. `records` are (domain, repeater, state, count);
     /// `queued` and `oldest_due_age` describe the queue as a whole.
     pub fn render(
