@@ -489,7 +489,7 @@ async fn a_post_without_the_anti_forgery_token_changes_nothing() {
 /// over loopback, the median of 21 loads. Prints the figures; asserts only
 /// that every page answered 200.
 ///
-/// `cargo test --release -p repeatd-tests --test console -- --ignored --nocapture console_pages_with_a_million_queued_records`
+/// `cargo test -p repeatd-tests --test console -- --ignored --nocapture console_pages_with_a_million_queued_records`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: minutes of filling; run by hand for BENCHMARKS.md"]
 async fn console_pages_with_a_million_queued_records() {
