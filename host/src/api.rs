@@ -453,17 +453,20 @@ pub async fn repeater_action(
     access: DomainAccess,
     Path((_, name, action)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let paused = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "no repeater action \"{other}\" (pause, resume)"
-            )));
-        }
-    };
+    let paused = pauses(&action)?;
     set_paused(&app, &access.domain, &name, paused).await?;
     Ok(Json(json!({ "repeater": name, "paused": paused })))
+}
+
+/// Whether a repeater action (`pause`, `resume`) pauses.
+pub fn pauses(action: &str) -> Result<bool, ApiError> {
+    match action {
+        "pause" => Ok(true),
+        "resume" => Ok(false),
+        other => Err(ApiError::NotFound(format!(
+            "no repeater action \"{other}\" (pause, resume)"
+        ))),
+    }
 }
 
 /// Pauses or resumes a repeater and lets the scheduler see it.

@@ -118,6 +118,41 @@ async fn wait_text(browser: &Browser, css: &str, wanted: &str) {
     .await;
 }
 
+/// An HTTP client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with the session cookie `cookie`.
+async fn get_as(http: &reqwest::Client, url: &str, cookie: &str) -> reqwest::Response {
+    http.get(url).header("cookie", cookie).send().await.unwrap()
+}
+
+/// Waits until the page's notice (what the last change did) contains
+/// `wanted`: a click answers before the page it leads to has loaded.
+async fn notice_reads(browser: &Browser, wanted: &str) {
+    eventually(&format!("a notice with {wanted:?}"), WAIT, || async {
+        let notices = browser
+            .client
+            .find_all(fantoccini::Locator::Css("p.notice"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = String::new();
+        for notice in notices {
+            seen = notice.text().await.unwrap_or_default();
+            if seen.contains(wanted) {
+                return Ok(());
+            }
+        }
+        Err(seen)
+    })
+    .await;
+}
+
 /// No script of a page ran: the title is the console's and no alert opened.
 async fn assert_no_script_ran(browser: &Browser) {
     let (title, alert) = browser.title_and_alert().await;
@@ -199,7 +234,7 @@ async fn an_operator_follows_failed_records_to_their_fix() {
     // Resend after the remote is fixed: it succeeds.
     healthy.store(true, Ordering::SeqCst);
     browser.click("form.actions button[value$=' resend']").await;
-    assert!(browser.text("p.notice").await.contains("resent"));
+    notice_reads(&browser, "resent").await;
     browser.open(&record_page).await;
     wait_text(&browser, "dl.facts .state", "succeeded").await;
     let attempts = browser
@@ -242,12 +277,7 @@ async fn an_operator_follows_failed_records_to_their_fix() {
     browser.click(".bulk a[href$='action=requeue']").await;
     assert_eq!(browser.text("strong.count").await, "5 record(s)");
     browser.click("form button.primary").await;
-    assert!(
-        browser
-            .text("p.notice")
-            .await
-            .contains("Requeue 5 record(s)")
-    );
+    notice_reads(&browser, "Requeue 5 record(s)").await;
     browser
         .open(&format!("{base}/console/d/demo/forwarding"))
         .await;
@@ -260,7 +290,7 @@ async fn an_operator_follows_failed_records_to_their_fix() {
     browser
         .click("form[action$='/repeaters/forms/pause'] button")
         .await;
-    assert!(browser.text("p.notice").await.contains("forms paused"));
+    notice_reads(&browser, "forms paused").await;
     assert_eq!(
         gateway.get("/api/v1/domains/demo/repeaters/forms").await.1["paused"],
         true
@@ -269,6 +299,7 @@ async fn an_operator_follows_failed_records_to_their_fix() {
     browser
         .click("form[action$='/repeaters/forms/resume'] button")
         .await;
+    notice_reads(&browser, "forms resumed").await;
     assert_eq!(
         gateway.get("/api/v1/domains/demo/repeaters/forms").await.1["paused"],
         false
@@ -306,20 +337,146 @@ async fn an_operator_follows_failed_records_to_their_fix() {
     let old_session = format!("repeatd_console={}", cookie.value());
     browser.click("form.sign-out button").await;
     assert!(browser.url().await.ends_with("/console/sign-in"));
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let answer = http
-        .get(format!("{base}/console/d/demo/forwarding"))
-        .header("cookie", &old_session)
-        .send()
-        .await
-        .unwrap();
+    let http = no_redirects();
+    let answer = get_as(
+        &http,
+        &format!("{base}/console/d/demo/forwarding"),
+        &old_session,
+    )
+    .await;
     assert_eq!(answer.status(), 303);
     assert_eq!(answer.headers()["location"], "/console/sign-in");
     browser.close().await;
     gateway.stop().await;
+}
+
+/// Replaces the editor's JSON with `json` and saves it.
+async fn save_in_editor(browser: &Browser, json: &str) {
+    let editor = browser.find("form.editor textarea").await;
+    editor.clear().await.unwrap();
+    editor.send_keys(json).await.unwrap();
+    browser.click("form.editor button.primary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_edits_connections_and_repeaters_and_reads_the_overview() {
+    let (remote, healthy) = flaky_remote().await;
+    healthy.store(true, Ordering::SeqCst);
+    let gateway = Gateway::start(&config(&remote)).await;
+    let base = format!("http://{}", gateway.addr);
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, ADMIN_TOKEN).await;
+
+    // A new connection with a password.
+    browser
+        .open(&format!("{base}/console/d/demo/connections"))
+        .await;
+    browser.click("a.button-link.primary").await;
+    let url = format!("http://{}/vault", remote.addr);
+    save_in_editor(
+        &browser,
+        &format!(r#"{{"name": "vault", "url": "{url}", "auth": {{"type": "basic", "username": "ann", "password": "s3cret"}}}}"#),
+    )
+    .await;
+    notice_reads(&browser, "Saved the connection.").await;
+    let row = browser.text("table.connections tbody tr:last-child").await;
+    assert!(
+        row.contains("vault") && row.contains("basic") && row.contains("no repeater"),
+        "{row}"
+    );
+
+    // Its editor masks the password; saving it unchanged keeps it.
+    browser
+        .click("a[href$='edit/connections?name=vault']")
+        .await;
+    let shown = browser
+        .find("form.editor textarea")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        shown.contains("********") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    save_in_editor(&browser, &shown.replace("/vault", "/vault2")).await;
+    browser
+        .click("form[action$='/connections/vault/test'] button")
+        .await;
+    assert!(browser.text("p.test-result").await.contains("HTTP 200"));
+    let test = remote.requests("/vault2");
+    assert_eq!(test.len(), 1, "one request");
+    let expected = format!("Basic {}", base64_of("ann:s3cret"));
+    assert_eq!(
+        test[0].header("authorization"),
+        Some(expected.as_str()),
+        "the stored password was kept"
+    );
+
+    // A repeater with filters, refused first for a format that is not loaded.
+    browser
+        .open(&format!("{base}/console/d/demo/forwarding"))
+        .await;
+    browser.click("a.button-link.primary").await;
+    let audit = r#"{"name": "audit", "kind": "case", "connection": "vault", "format": "nope", "case_types": ["patient"], "case_events": "create", "max_workers": 2}"#;
+    save_in_editor(&browser, audit).await;
+    assert_eq!(
+        browser.text("p.error").await,
+        "format: no payload format plugin \"nope\" is loaded"
+    );
+    save_in_editor(&browser, &audit.replace("\"nope\"", "\"case-json\"")).await;
+    notice_reads(&browser, "Saved the repeater.").await;
+    let (_, saved) = gateway.get("/api/v1/domains/demo/repeaters/audit").await;
+    assert_eq!(saved["case_types"], serde_json::json!(["patient"]));
+    assert_eq!(saved["case_events"], "create");
+    assert_eq!(saved["max_workers"], 2);
+
+    // A connection in use is not deleted; once its repeater is gone, it is.
+    browser
+        .open(&format!("{base}/console/d/demo/delete/connections/vault"))
+        .await;
+    browser.click("form button.danger").await;
+    notice_reads(&browser, "Not deleted: connection \"vault\" is used by repeater \"audit\"; change those repeaters first.").await;
+    browser
+        .open(&format!("{base}/console/d/demo/forwarding"))
+        .await;
+    browser.click("a[href$='delete/repeaters/audit']").await;
+    browser.click("form button.danger").await;
+    notice_reads(&browser, "Deleted audit; 0 queued record(s) cancelled.").await;
+    browser
+        .open(&format!("{base}/console/d/demo/delete/connections/vault"))
+        .await;
+    browser.click("form button.danger").await;
+    notice_reads(&browser, "Deleted vault.").await;
+
+    // The Overview counts this hour's deliveries: one form, two repeaters.
+    let (status, answer) = gateway
+        .submit("demo", &form_with_html("form-o", "case-o"), None)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    browser.open(&format!("{base}/console/d/demo/")).await;
+    wait_text(&browser, "figure.chart-deliveries strong.figure", "2").await;
+    assert_eq!(
+        browser.text("figure.chart-failures strong.figure").await,
+        "0"
+    );
+    assert_eq!(
+        browser
+            .client
+            .find_all(fantoccini::Locator::Css("figure.chart svg"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    browser.close().await;
+    gateway.stop().await;
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 const DEMO_TOKEN: &str = "demo-token-0123456789";
@@ -392,12 +549,7 @@ async fn http_session(http: &reqwest::Client, base: &str, token: &str) -> (Strin
         assert!(set_cookie.contains(part), "{set_cookie} lacks {part}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let page = http
-        .get(format!("{base}/console/d/demo/forwarding"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = get_as(&http, &format!("{base}/console/d/demo/forwarding"), &cookie).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     let marker = "name=\"csrf\" value=\"";
@@ -414,10 +566,7 @@ async fn a_post_without_the_anti_forgery_token_changes_nothing() {
     let (remote, _) = flaky_remote().await;
     let gateway = Gateway::start(&config(&remote)).await;
     let base = format!("http://{}", gateway.addr);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = no_redirects();
     let (cookie, csrf) = http_session(&http, &base, ADMIN_TOKEN).await;
     let pause = format!("{base}/console/d/demo/repeaters/forms/pause");
     for form in [vec![], vec![("csrf", "0123456789abcdef")]] {
@@ -454,12 +603,7 @@ async fn a_post_without_the_anti_forgery_token_changes_nothing() {
         "/console/d/demo/forwarding",
         "/console/d/demo/records",
     ] {
-        let answer = http
-            .get(format!("{base}{path}"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let answer = get_as(&http, &format!("{base}{path}"), &cookie).await;
         let headers = answer.headers();
         let policy = headers["content-security-policy"].to_str().unwrap();
         assert!(
@@ -542,14 +686,10 @@ async fn console_pages_with_a_million_queued_records() {
         FORMS * 4,
         started.elapsed().as_secs_f64()
     );
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let http = no_redirects();
     let (cookie, _) = http_session(&http, &base, ADMIN_TOKEN).await;
-    let first = gateway.records("demo", "limit=1").await;
-    let record_id = first[0]["id"].as_str().unwrap().to_owned();
+    let (_, first) = gateway.get("/api/v1/domains/demo/records?limit=1").await;
+    let record_id = first["records"][0]["id"].as_str().unwrap().to_owned();
     let pages = [
         (
             "Data Forwarding (counts)",
@@ -589,12 +729,7 @@ async fn console_pages_with_a_million_queued_records() {
         let mut times = Vec::new();
         for _ in 0..21 {
             let at = std::time::Instant::now();
-            let answer = http
-                .get(format!("{base}{path}"))
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .unwrap();
+            let answer = get_as(&http, &format!("{base}{path}"), &cookie).await;
             assert_eq!(answer.status(), 200, "{path}");
             answer.bytes().await.unwrap();
             times.push(at.elapsed().as_secs_f64() * 1000.0);

@@ -181,16 +181,7 @@ pub async fn repeater_action(
 ) -> Result<Response, ConsoleError> {
     let (visit, access, _) = console.posted(&headers, Some(&domain), &body)?;
     let access = access.expect("a domain was checked");
-    let paused = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "no repeater action \"{other}\" (pause, resume)"
-            ))
-            .into());
-        }
-    };
+    let paused = api::pauses(&action)?;
     api::set_paused(&console.app, &access.domain, &name, paused).await?;
     console.sessions.notify(
         &visit.session_id,

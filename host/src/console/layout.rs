@@ -62,12 +62,7 @@ impl Page<'_> {
         let body = html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (self.title) " · repeatd" }
-                    link rel="stylesheet" href="/console/console.css";
-                }
+                (head(self.title))
                 body {
                     header.top {
                         a.brand href="/console/" { "repeatd" }
@@ -111,6 +106,18 @@ impl Page<'_> {
     }
 }
 
+/// Every page's `<head>`.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · repeatd" }
+            link rel="stylesheet" href="/console/console.css";
+        }
+    }
+}
+
 /// The sign-in page, with what went wrong last time.
 pub fn sign_in(problem: Option<&str>) -> Response {
     let status = if problem.is_some() {
@@ -121,12 +128,7 @@ pub fn sign_in(problem: Option<&str>) -> Response {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · repeatd" }
-                link rel="stylesheet" href="/console/console.css";
-            }
+            (head("Sign in"))
             body.sign-in {
                 main {
                     h1 { "repeatd" }
@@ -215,16 +217,17 @@ impl IntoResponse for ConsoleError {
                 StatusCode::FORBIDDEN,
                 "this form is missing its anti-forgery token or it is not this session's: nothing was changed; reload the page and try again".to_owned(),
             ),
-            ConsoleError::Api(error) => (error.status(), ConsoleError::describe(&error)),
+            ConsoleError::Api(error) => {
+                if let ApiError::Internal(problem) = &error {
+                    tracing::error!(%problem, "console request failed");
+                }
+                (error.status(), ConsoleError::describe(&error))
+            }
         };
         let body = html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { (status.as_u16()) " · repeatd" }
-                    link rel="stylesheet" href="/console/console.css";
-                }
+                (head(&status.as_u16().to_string()))
                 body {
                     header.top { a.brand href="/console/" { "repeatd" } }
                     main {

@@ -297,17 +297,35 @@ pub async fn act(
     let page = console.page(&visit, Some(&access.domain), "Confirm");
     let content = html! {
         p.confirm { (action_label(action)) " " strong { (ids.len()) " ticked record(s)" } "?" }
-        form method="post" action=(page.link("records/act")) {
-            (page.csrf_field())
-            (query.hidden_fields())
+        (confirm_form(&page, "records/act", &query, action, ids.len() as u64, &back, html! {
             input type="hidden" name="confirmed" value="yes";
             @for id in &ids { input type="hidden" name="id" value=(id); }
-            button.primary type="submit" name="action" value=(query.action) { (action_label(action)) " " (ids.len()) " record(s)" }
+        }))
+    };
+    Ok(page.render(content))
+}
+
+/// The form that carries out a confirmed action on `count` records: the
+/// filter, the action and `extra` fields, posted to `path`.
+fn confirm_form(
+    page: &Page<'_>,
+    path: &str,
+    query: &ListQuery,
+    action: OperatorAction,
+    count: u64,
+    back: &str,
+    extra: Markup,
+) -> Markup {
+    html! {
+        form method="post" action=(page.link(path)) {
+            (page.csrf_field())
+            (query.hidden_fields())
+            (extra)
+            button.primary type="submit" name="action" value=(query.action) { (action_label(action)) " " (count) " record(s)" }
             " "
             a.button-link href=(back) { "Go back" }
         }
-    };
-    Ok(page.render(content))
+    }
 }
 
 /// The confirmation before a bulk action: what it does and to how many.
@@ -328,14 +346,7 @@ pub async fn confirm_bulk(
             (action_label(action)) " " (query.describe()) ": "
             strong.count { (count) " record(s)" } " will be " (action_done(action)) "."
         }
-        form method="post" action=(page.link("records/bulk")) {
-            (page.csrf_field())
-            (query.hidden_fields())
-            input type="hidden" name="action" value=(query.action);
-            button.primary type="submit" { (action_label(action)) " " (count) " record(s)" }
-            " "
-            a.button-link href=(back) { "Go back" }
-        }
+        (confirm_form(&page, "records/bulk", &query, action, count, &back, html! {}))
     };
     Ok(page.render(content))
 }
