@@ -29,7 +29,7 @@ use crate::endpoint::{Access, ApiError, Caller, DomainAccess};
 use crate::field::FieldError;
 use crate::record::{OperatorAction, RecordState, RepeatRecord};
 use crate::repeater::RepeaterSpec;
-use crate::store::RecordFilter;
+use crate::store::{RecordFilter, RecordPage};
 use crate::submission::RepeaterRef;
 
 fn field_error(problem: FieldError) -> ApiError {
@@ -545,9 +545,7 @@ pub async fn list_records(
         }
     };
     let cursor = parse_cursor(query.cursor.as_deref())?;
-    let page = app
-        .store
-        .list_records(&access.domain, &filter, limit, cursor)?;
+    let page = list_matching(&app, &access.domain, &filter, limit, cursor)?;
     Ok(Json(json!({
         "records": page.records.iter().map(|r| record_json(&app, r)).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
@@ -563,6 +561,28 @@ pub fn parse_cursor(text: Option<&str>) -> Result<Option<u64>, ApiError> {
             .map(Some)
             .map_err(|_| ApiError::bad_request("cursor", "is not a cursor this API handed out")),
     }
+}
+
+/// One page of a domain's records that `filter` matches, newest first. A
+/// state no record of the filter's repeaters is in answers at once from the
+/// state counters instead of walking the listing index.
+pub fn list_matching(
+    app: &AppState,
+    domain: &str,
+    filter: &RecordFilter,
+    limit: usize,
+    cursor: Option<u64>,
+) -> Result<RecordPage, ApiError> {
+    if filter.state.is_some()
+        && filter.payload_id.is_none()
+        && count_matching(app, domain, filter)? == 0
+    {
+        return Ok(RecordPage {
+            records: Vec::new(),
+            next_cursor: None,
+        });
+    }
+    Ok(app.store.list_records(domain, filter, limit, cursor)?)
 }
 
 /// How many of a domain's records `filter` matches, from the store's

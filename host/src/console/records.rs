@@ -143,11 +143,8 @@ pub async fn list(
     let (visit, access) = console.domain_visit(&headers, &domain)?;
     let filter = query.filter()?;
     let cursor = api::parse_cursor(Some(&query.cursor))?;
-    let page_of_records = console
-        .app
-        .store
-        .list_records(&access.domain, &filter, PAGE_SIZE, cursor)
-        .map_err(crate::endpoint::ApiError::from)?;
+    let page_of_records =
+        api::list_matching(&console.app, &access.domain, &filter, PAGE_SIZE, cursor)?;
     let snapshot = console.app.catalog.snapshot();
     let repeater_names: Vec<String> = snapshot
         .domain(&access.domain)
