@@ -549,7 +549,7 @@ async fn http_session(http: &reqwest::Client, base: &str, token: &str) -> (Strin
         assert!(set_cookie.contains(part), "{set_cookie} lacks {part}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let page = get_as(&http, &format!("{base}/console/d/demo/forwarding"), &cookie).await;
+    let page = get_as(http, &format!("{base}/console/d/demo/forwarding"), &cookie).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     let marker = "name=\"csrf\" value=\"";
