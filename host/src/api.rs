@@ -29,7 +29,7 @@ use crate::endpoint::{Access, ApiError, Caller, DomainAccess};
 use crate::field::FieldError;
 use crate::record::{OperatorAction, RecordState, RepeatRecord};
 use crate::repeater::RepeaterSpec;
-use crate::store::RecordFilter;
+use crate::store::{RecordFilter, RecordPage};
 use crate::submission::RepeaterRef;
 
 fn field_error(problem: FieldError) -> ApiError {
@@ -39,7 +39,7 @@ fn field_error(problem: FieldError) -> ApiError {
 /// A connection or repeater body, read by the config reader so that errors
 /// name their field (`retry.min_wait`, `auth.type`); an error about the body
 /// as a whole names `body`.
-fn parse_spec<T>(body: &Bytes, read: fn(Value) -> Result<T, FieldError>) -> Result<T, ApiError> {
+fn parse_spec<T>(body: &[u8], read: fn(Value) -> Result<T, FieldError>) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("body", format!("not valid JSON: {e}")))?;
     read(value).map_err(|problem| {
@@ -141,12 +141,12 @@ pub trait CatalogObject: Sized + Send + 'static {
     /// Checks what only this kind checks and saves the object; returns it as
     /// the API shows it.
     fn save(self, put: Put<'_>) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
-    /// Deletes one; returns the answer.
+    /// Deletes one; returns what the API answers (`None`: nothing, 204).
     fn delete(
         app: &AppState,
         domain: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Response, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
 }
 
 /// A create or replace request, as `CatalogObject::save` gets it.
@@ -230,27 +230,20 @@ pub async fn delete_object<K: CatalogObject>(
     access: DomainAccess,
     Path((_, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    K::delete(&app, &access.domain, &name).await
+    Ok(match K::delete(&app, &access.domain, &name).await? {
+        Some(answer) => Json(answer).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
-/// Creates (`url_name` `None`) or replaces the object the body describes.
 async fn put_object<K: CatalogObject>(
     app: &AppState,
     access: &DomainAccess,
     body: &Bytes,
     url_name: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let mut object = parse_spec(body, K::read)?;
-    take_name_from_url(object.name_mut(), url_name)?;
-    object.check_access(access.access)?;
-    object.validate().map_err(field_error)?;
+    let shown = save_object::<K>(app, access, body, url_name).await?;
     let replace = url_name.is_some();
-    let put = Put {
-        app,
-        access,
-        replace,
-    };
-    let shown = object.save(put).await?;
     let status = if replace {
         StatusCode::OK
     } else {
@@ -260,6 +253,27 @@ async fn put_object<K: CatalogObject>(
         Some(shown) => (status, Json(shown)).into_response(),
         None => status.into_response(),
     })
+}
+
+/// Creates (`url_name` `None`) or replaces the object the JSON `body`
+/// describes, after every check; returns it as the API shows it. The API's
+/// POST and PUT and the console's editor both save through this.
+pub async fn save_object<K: CatalogObject>(
+    app: &AppState,
+    access: &DomainAccess,
+    body: &[u8],
+    url_name: Option<&str>,
+) -> Result<Option<Value>, ApiError> {
+    let mut object = parse_spec(body, K::read)?;
+    take_name_from_url(object.name_mut(), url_name)?;
+    object.check_access(access.access)?;
+    object.validate().map_err(field_error)?;
+    let put = Put {
+        app,
+        access,
+        replace: url_name.is_some(),
+    };
+    object.save(put).await
 }
 
 /// A body may leave out `name` on PUT (the URL names the object); if it
@@ -352,9 +366,9 @@ impl CatalogObject for ConnectionSpec {
             .map(|stored| Self::show(app, stored)))
     }
 
-    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Response, ApiError> {
+    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Option<Value>, ApiError> {
         app.catalog.delete_connection(domain, name).await?;
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(None)
     }
 }
 
@@ -438,10 +452,12 @@ impl CatalogObject for RepeaterSpec {
         Ok(Some(repeater_json(put.app, id, &self)))
     }
 
-    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Response, ApiError> {
+    async fn delete(app: &AppState, domain: &str, name: &str) -> Result<Option<Value>, ApiError> {
         let id = app.catalog.delete_repeater(domain, name).await?;
         let cancelled = app.store.cancel_repeater_records(id).await?;
-        Ok(Json(json!({ "deleted": name, "records_cancelled": cancelled })).into_response())
+        Ok(Some(
+            json!({ "deleted": name, "records_cancelled": cancelled }),
+        ))
     }
 }
 
@@ -481,20 +497,32 @@ pub async fn repeater_action(
     access: DomainAccess,
     Path((_, name, action)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let paused = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "no repeater action \"{other}\" (pause, resume)"
-            )));
-        }
-    };
-    app.catalog
-        .set_paused(&access.domain, &name, paused)
-        .await?;
-    app.scheduler.wake();
+    let paused = pauses(&action)?;
+    set_paused(&app, &access.domain, &name, paused).await?;
     Ok(Json(json!({ "repeater": name, "paused": paused })))
+}
+
+/// Whether a repeater action (`pause`, `resume`) pauses.
+pub fn pauses(action: &str) -> Result<bool, ApiError> {
+    match action {
+        "pause" => Ok(true),
+        "resume" => Ok(false),
+        other => Err(ApiError::NotFound(format!(
+            "no repeater action \"{other}\" (pause, resume)"
+        ))),
+    }
+}
+
+/// Pauses or resumes a repeater and lets the scheduler see it.
+pub async fn set_paused(
+    app: &AppState,
+    domain: &str,
+    name: &str,
+    paused: bool,
+) -> Result<(), ApiError> {
+    app.catalog.set_paused(domain, name, paused).await?;
+    app.scheduler.wake();
+    Ok(())
 }
 
 // ---- records ----------------------------------------------------------------------
@@ -524,7 +552,8 @@ pub struct RecordQuery {
     cursor: Option<String>,
 }
 
-fn parse_filter(
+/// A record filter from its query text; an empty value filters nothing.
+pub fn parse_filter(
     state: Option<&str>,
     repeater: Option<String>,
     payload_id: Option<String>,
@@ -559,23 +588,85 @@ pub async fn list_records(
             ));
         }
     };
-    let cursor =
-        match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-            None => None,
-            Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                ApiError::bad_request("cursor", "is not a cursor this API handed out")
-            })?),
-        };
-    let page = app
-        .store
-        .list_records(&access.domain, &filter, limit, cursor)?;
+    let cursor = parse_cursor(query.cursor.as_deref())?;
+    let page = list_matching(&app, &access.domain, &filter, limit, cursor)?;
     Ok(Json(json!({
         "records": page.records.iter().map(|r| record_json(&app, r)).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
     })))
 }
 
-fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, ApiError> {
+/// A listing's `cursor` parameter: the `next_cursor` of an earlier page.
+pub fn parse_cursor(text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match text.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("cursor", "is not a cursor this API handed out")),
+    }
+}
+
+/// One page of a domain's records that `filter` matches, newest first. A
+/// state no record of the filter's repeaters is in answers at once from the
+/// state counters instead of walking the listing index.
+pub fn list_matching(
+    app: &AppState,
+    domain: &str,
+    filter: &RecordFilter,
+    limit: usize,
+    cursor: Option<u64>,
+) -> Result<RecordPage, ApiError> {
+    if filter.state.is_some()
+        && filter.payload_id.is_none()
+        && count_matching(app, domain, filter)? == 0
+    {
+        return Ok(RecordPage {
+            records: Vec::new(),
+            next_cursor: None,
+        });
+    }
+    Ok(app.store.list_records(domain, filter, limit, cursor)?)
+}
+
+/// How many of a domain's records `filter` matches, from the store's
+/// per-repeater state counters (a payload id narrows through its index).
+pub fn count_matching(
+    app: &AppState,
+    domain: &str,
+    filter: &RecordFilter,
+) -> Result<u64, ApiError> {
+    if filter.payload_id.is_some() {
+        let page = app.store.list_records(domain, filter, 100_000, None)?;
+        return Ok(page.records.len() as u64);
+    }
+    let snapshot = app.catalog.snapshot();
+    let Some(objects) = snapshot.domain(domain) else {
+        return Ok(0);
+    };
+    let ids: Vec<u64> = objects
+        .repeaters
+        .values()
+        .filter(|r| {
+            filter
+                .repeater
+                .as_deref()
+                .is_none_or(|name| r.spec.name == name)
+        })
+        .map(|r| r.id)
+        .collect();
+    let counts = app.store.state_counts()?;
+    Ok(counts
+        .iter()
+        .filter(|((id, state), _)| {
+            ids.contains(id) && filter.state.is_none_or(|wanted| wanted == *state)
+        })
+        .map(|(_, count)| count)
+        .sum())
+}
+
+/// A domain's record by its public id (404 for another domain's).
+pub fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, ApiError> {
     let missing = || ApiError::NotFound(format!("no record \"{id}\" in domain \"{domain}\""));
     let seq = app.store.parse_record_id(id).ok_or_else(missing)?;
     match app.store.record(seq)? {
@@ -615,13 +706,44 @@ pub async fn record_action(
     Path((_, id, action)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let action: OperatorAction = action.parse().map_err(ApiError::NotFound)?;
-    let record = find_record(&app, &access.domain, &id)?;
+    let record = act_on_record(&app, &access.domain, &id, action).await?;
+    Ok(Json(record_json(&app, &record)))
+}
+
+/// Resends, cancels or requeues one record and wakes the scheduler for it.
+pub async fn act_on_record(
+    app: &AppState,
+    domain: &str,
+    id: &str,
+    action: OperatorAction,
+) -> Result<RepeatRecord, ApiError> {
+    let record = find_record(app, domain, id)?;
     let record = app.store.operator_action(record.seq, action).await?;
     if let Some(at) = record.next_attempt_at {
         app.scheduler
             .operator_released(&[(record.repeater_id, record.seq, at)]);
     }
-    Ok(Json(record_json(&app, &record)))
+    Ok(record)
+}
+
+/// Resends, cancels or requeues every record of `domain` that `filter`
+/// matches; returns how many changed.
+pub async fn act_on_matching(
+    app: &AppState,
+    domain: &str,
+    filter: RecordFilter,
+    action: OperatorAction,
+) -> Result<usize, ApiError> {
+    let changed = app
+        .store
+        .bulk_action(domain.to_owned(), filter, action)
+        .await?;
+    let due: Vec<(u64, u64, i64)> = changed
+        .iter()
+        .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, r.seq, at)))
+        .collect();
+    app.scheduler.operator_released(&due);
+    Ok(changed.len())
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,15 +777,8 @@ pub async fn bulk_action(
         body.filter.repeater,
         body.filter.payload_id,
     )?;
-    let changed = app.store.bulk_action(access.domain, filter, action).await?;
-    let due: Vec<(u64, u64, i64)> = changed
-        .iter()
-        .filter_map(|r| r.next_attempt_at.map(|at| (r.repeater_id, r.seq, at)))
-        .collect();
-    app.scheduler.operator_released(&due);
-    Ok(Json(
-        json!({ "action": body.action, "changed": changed.len() }),
-    ))
+    let changed = act_on_matching(&app, &access.domain, filter, action).await?;
+    Ok(Json(json!({ "action": body.action, "changed": changed })))
 }
 
 // ---- forms, cases, plugins ----------------------------------------------------------

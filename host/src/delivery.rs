@@ -97,13 +97,133 @@ impl Delivery {
         connection: &ConnectionSpec,
         origin: Origin,
     ) -> SendResult {
+        let prepared = match self
+            .prepare(record_id, record, source, repeater, connection)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(NotSent::PluginMissing(name)) => return SendResult::PluginMissing(name),
+            Err(NotSent::Nothing) => {
+                return SendResult::Done {
+                    outcome: Outcome::Empty,
+                    attempt: None,
+                };
+            }
+            Err(NotSent::Failed(error)) => return failed(error),
+        };
+        let PreparedRequest {
+            method,
+            url,
+            headers,
+            body,
+        } = prepared;
+        let exchange = match self.exchange(connection, origin, method, url, headers, body) {
+            Ok(exchange) => exchange,
+            Err(error) => return failed(error),
+        };
+        self.attempt(record_id, &exchange, repeater, connection)
+            .await
+    }
+
+    /// Sends one `GET` to the connection's URL with its headers and
+    /// authentication, through the same client and egress guard a delivery
+    /// uses (the console's "Test connection"). Returns the status and the
+    /// start of the answer.
+    pub async fn test_connection(
+        &self,
+        connection: &ConnectionSpec,
+        origin: Origin,
+    ) -> Result<(u16, String), DeliveryError> {
+        let url = reqwest::Url::parse(&connection.url).map_err(|error| {
+            DeliveryError::RequestInvalid {
+                reason: format!("connection url {}: {error}", connection.url),
+            }
+        })?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &connection.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.insert(name, value);
+                }
+                _ => {
+                    return Err(DeliveryError::RequestInvalid {
+                        reason: format!("header {name:?} is not a valid HTTP header"),
+                    });
+                }
+            }
+        }
+        let exchange = self.exchange(
+            connection,
+            origin,
+            reqwest::Method::GET,
+            url,
+            headers,
+            Vec::new(),
+        )?;
+        let answer = self
+            .exchange_with_auth(&exchange, &connection.auth, "connection-test")
+            .await?;
+        Ok((
+            answer.status,
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ))
+    }
+
+    /// An exchange over the client `connection` and `origin` call for: one
+    /// made with a domain token goes through the egress guard. A TLS file
+    /// that went missing since the connection was checked fails it before
+    /// anything is sent, like a failed handshake: retried, and the error
+    /// names the key and the file.
+    fn exchange(
+        &self,
+        connection: &ConnectionSpec,
+        origin: Origin,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Exchange<'_>, DeliveryError> {
+        let guarded = origin == Origin::Domain;
+        let client =
+            self.clients
+                .get(connection, guarded)
+                .map_err(|problem| DeliveryError::Tls {
+                    causes: format!(": {problem}"),
+                })?;
+        Ok(Exchange {
+            client,
+            guard: guarded.then_some(&**self.clients.policy()),
+            method,
+            url,
+            headers,
+            body,
+            timeout: connection.timeout.unwrap_or(self.default_timeout),
+            clock: self.clock,
+        })
+    }
+
+    /// The request an attempt at `record` would make now (the payload built
+    /// from the form or case as it stands, the connection's headers and the
+    /// `Idempotency-Key`), before authentication is added; or why nothing
+    /// would be sent. The console shows it on a record's page.
+    pub async fn prepare(
+        &self,
+        record_id: &str,
+        record: &RepeatRecord,
+        source: SendSource,
+        repeater: &RepeaterSpec,
+        connection: &ConnectionSpec,
+    ) -> Result<PreparedRequest, NotSent> {
         let Some(plugin) = self.plugins.get(&repeater.format) else {
-            return SendResult::PluginMissing(repeater.format.clone());
+            return Err(NotSent::PluginMissing(repeater.format.clone()));
         };
         let mut form_object = None;
         let event = match (&record.payload, source) {
             (_, SendSource::Missing(reason)) => {
-                return failed(DeliveryError::PluginFailed { reason });
+                return Err(NotSent::Failed(DeliveryError::PluginFailed { reason }));
             }
             (
                 PayloadRef::Form { .. },
@@ -117,9 +237,9 @@ impl Delivery {
                     match crate::data_api::form_object::form_object_json(&form, &xml, indexed_on) {
                         Ok(json) => form_object = Some(json),
                         Err(error) => {
-                            return failed(DeliveryError::PluginFailed {
+                            return Err(NotSent::Failed(DeliveryError::PluginFailed {
                                 reason: error.to_string(),
-                            });
+                            }));
                         }
                     }
                 }
@@ -135,11 +255,11 @@ impl Delivery {
                 SendSource::App,
             ) => plugins::app_event(&record.domain, app_id, *change, build_id.as_deref()),
             (payload, _) => {
-                return failed(DeliveryError::PluginFailed {
+                return Err(NotSent::Failed(DeliveryError::PluginFailed {
                     reason: format!(
                         "record payload {payload:?} does not match what the store holds"
                     ),
-                });
+                }));
             }
         };
         let mut settings: Vec<(&str, &str)> = repeater
@@ -165,28 +285,23 @@ impl Delivery {
             .await
         {
             Ok(payload) => payload,
-            Err(PluginError::Missing(name)) => return SendResult::PluginMissing(name),
+            Err(PluginError::Missing(name)) => return Err(NotSent::PluginMissing(name)),
             Err(error) => {
-                return failed(DeliveryError::PluginFailed {
+                return Err(NotSent::Failed(DeliveryError::PluginFailed {
                     reason: error.to_string(),
-                });
+                }));
             }
         };
         let request = match payload {
             Payload::Send(request) => request,
-            Payload::Nothing => {
-                return SendResult::Done {
-                    outcome: Outcome::Empty,
-                    attempt: None,
-                };
-            }
+            Payload::Nothing => return Err(NotSent::Nothing),
         };
         let mut url = match reqwest::Url::parse(&connection.url) {
             Ok(url) => url,
             Err(error) => {
-                return failed(DeliveryError::RequestInvalid {
+                return Err(NotSent::Failed(DeliveryError::RequestInvalid {
                     reason: format!("connection url {}: {error}", connection.url),
-                });
+                }));
             }
         };
         if !request.query.is_empty() {
@@ -215,38 +330,33 @@ impl Delivery {
         }
         put("idempotency-key", record_id);
         if let Some(reason) = header_problem {
-            return failed(DeliveryError::RequestInvalid { reason });
+            return Err(NotSent::Failed(DeliveryError::RequestInvalid { reason }));
         }
         let method = match repeater.method {
             HttpMethod::Post => reqwest::Method::POST,
             HttpMethod::Put => reqwest::Method::PUT,
         };
-        let guarded = origin == Origin::Domain;
-        // A TLS file that went missing since the connection was checked fails
-        // the send before anything is sent, like a failed handshake: retried,
-        // and the record's error names the key and the file.
-        let client = match self.clients.get(connection, guarded) {
-            Ok(client) => client,
-            Err(problem) => {
-                return failed(DeliveryError::Tls {
-                    causes: format!(": {problem}"),
-                });
-            }
-        };
-        let exchange = Exchange {
-            client: &client,
-            guard: guarded.then_some(&**self.clients.policy()),
+        Ok(PreparedRequest {
             method,
             url,
             headers,
             body: request.body,
-            timeout: connection.timeout.unwrap_or(self.default_timeout),
-            clock: self.clock,
-        };
+        })
+    }
+
+    /// Sends a prepared exchange with the connection's authentication and
+    /// classifies the answer.
+    async fn attempt(
+        &self,
+        record_id: &str,
+        exchange: &Exchange<'_>,
+        repeater: &RepeaterSpec,
+        connection: &ConnectionSpec,
+    ) -> SendResult {
         let started_at = self.clock.now_micros();
         let started = self.clock.instant();
         let result = self
-            .exchange_with_auth(&exchange, &connection.auth, record_id)
+            .exchange_with_auth(exchange, &connection.auth, record_id)
             .await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut attempt = Attempt {
@@ -430,7 +540,7 @@ impl Delivery {
             })?;
         }
         self.tokens
-            .token(exchange.client, auth_spec)
+            .token(&exchange.client, auth_spec)
             .await
             .map_err(auth_failure)
     }
@@ -457,6 +567,27 @@ fn auth_failure(error: AuthError) -> DeliveryError {
     }
 }
 
+/// A request as [`Delivery::prepare`] builds it: what would go to the remote,
+/// less the authentication added when it is sent.
+#[derive(Debug)]
+pub struct PreparedRequest {
+    pub method: reqwest::Method,
+    pub url: reqwest::Url,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Why [`Delivery::prepare`] built no request.
+#[derive(Debug)]
+pub enum NotSent {
+    /// The repeater's format plugin is not loaded.
+    PluginMissing(String),
+    /// The format plugin decided there is nothing to send (`empty`).
+    Nothing,
+    /// Building the request failed.
+    Failed(DeliveryError),
+}
+
 /// An attempt that ended before anything was sent.
 fn failed(error: DeliveryError) -> SendResult {
     SendResult::Done {
@@ -467,7 +598,7 @@ fn failed(error: DeliveryError) -> SendResult {
 
 /// One prepared HTTP request, sendable more than once.
 struct Exchange<'a> {
-    client: &'a reqwest::Client,
+    client: reqwest::Client,
     /// Set for connections made with a domain token.
     guard: Option<&'a EgressPolicy>,
     method: reqwest::Method,

@@ -30,6 +30,8 @@
 //! - [`api`], [`metrics`]: the admin API; [`endpoint`]: the error answers
 //!   and token checks the JSON endpoints share.
 //! - [`data_api`]: the CommCare HQ compatible Data API (forms, cases).
+//! - [`console`]: the operator console under `/console/`, pages over the
+//!   same operations as [`api`].
 //! - [`sink`]: `repeatd sink`, a receiver that prints what it gets.
 //! - [`tls`]: the PEM files of connections and `[tls]`, and HTTPS on `listen`.
 //!
@@ -47,6 +49,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod data_api;
 pub mod delivery;
 pub mod egress;
@@ -183,7 +186,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     routes
         .merge(data_api::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
 }
 
 /// Opens the store, loads plugins and objects, starts the scheduler and

@@ -166,6 +166,10 @@ fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             listener.local_addr()?,
             data_dir.display()
         );
+        eprintln!(
+            "repeatd: console at http://{}/console/ (sign in with the admin token)",
+            listener.local_addr()?
+        );
         repeatd::serve(state, listener, shutdown_signal()).await
     })
 }

@@ -204,6 +204,24 @@ impl Metrics {
             .observe(waited);
     }
 
+    /// Per domain, the attempts so far that succeeded and those that failed
+    /// (retryable or rejected), for the console's Overview.
+    pub fn attempt_totals(&self) -> BTreeMap<String, (u64, u64)> {
+        let repeaters = self.repeaters.lock().expect("metrics lock");
+        let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((domain, _), series) in repeaters.iter() {
+            let entry = totals.entry(domain.clone()).or_default();
+            for (outcome, count) in &series.attempts {
+                match *outcome {
+                    "success" => entry.0 += count,
+                    "retryable" | "rejected" => entry.1 += count,
+                    _ => {}
+                }
+            }
+        }
+        totals
+    }
+
     /// Renders everything; `plugins` and `emails` are the plugin host's and
     /// the notifier's counts.
     pub fn render(&self, scrape: &Scrape, plugins: &PluginCalls, emails: &EmailCounts) -> String {

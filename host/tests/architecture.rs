@@ -233,6 +233,7 @@ fn the_rules_see_every_module() {
         "catalog",
         "tls",
         "data_api",
+        "console",
     ] {
         assert!(
             modules.contains_key(expected),
@@ -316,6 +317,27 @@ fn ingest_never_calls_delivery_or_the_admin_api() {
             "ingest",
             other,
             "ingest only registers records and wakes the scheduler; it answers through `endpoint`",
+        );
+    }
+}
+
+#[test]
+fn the_console_changes_things_only_through_the_apis_functions() {
+    // Reads (counts, listings, a record) are its own; every change is the
+    // function the admin API's handler calls, so each rule has one home.
+    for change in [
+        "operator_action",
+        "bulk_action",
+        "put_repeater",
+        "put_connection",
+        "delete_repeater",
+        "delete_connection",
+        "cancel_repeater_records",
+    ] {
+        never_in(
+            "console",
+            change,
+            "the console is a front over the admin API's operations (`api`)",
         );
     }
 }

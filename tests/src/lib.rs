@@ -6,6 +6,7 @@
 //! # Layout
 //! - this file: the scriptable [`Receiver`], the in-process [`Gateway`] and
 //!   config snippets;
+//! - [`browser`]: headless Chromium over WebDriver, for the console;
 //! - [`client`]: HTTP calls to a running gateway (submit, admin API, records);
 //! - [`daemon`]: the built binary in its own process ([`Daemon`], [`Launch`]);
 //! - [`wait`]: [`eventually`], waiting on a condition rather than a clock;
@@ -28,6 +29,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use serde_json::Value;
 
+pub mod browser;
 pub mod client;
 pub mod daemon;
 pub mod fixture_session;
