@@ -607,9 +607,9 @@ pub fn parse_cursor(text: Option<&str>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// One page of a domain's records that `filter` matches, newest first. A
-/// state no record of the filter's repeaters is in answers at once from the
-/// state counters instead of walking the listing index.
+/// One page of a domain's records that `filter` matches, newest first (a
+/// filter by state reads only matching records, from the store's state
+/// index).
 pub fn list_matching(
     app: &AppState,
     domain: &str,
@@ -617,15 +617,6 @@ pub fn list_matching(
     limit: usize,
     cursor: Option<u64>,
 ) -> Result<RecordPage, ApiError> {
-    if filter.state.is_some()
-        && filter.payload_id.is_none()
-        && count_matching(app, domain, filter)? == 0
-    {
-        return Ok(RecordPage {
-            records: Vec::new(),
-            next_cursor: None,
-        });
-    }
     Ok(app.store.list_records(domain, filter, limit, cursor)?)
 }
 

@@ -656,6 +656,28 @@ async fn console_pages_with_a_million_queued_records() {
     ))
     .await;
     let base = format!("http://{}", gateway.addr);
+    // A few of the oldest records fail (r0 tries each once, against a port
+    // that refuses, and waits before trying again), so that `failed` is a
+    // state only old records are in.
+    for n in 0..3 {
+        let xml = repeatd_tests::generated_form(
+            &format!("early-form-{n}"),
+            &format!("early-case-{n}"),
+            "patient",
+        );
+        let (status, answer) = gateway.submit("demo", &xml, None).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let resume = "/api/v1/domains/demo/repeaters/r0/resume";
+    let (status, answer) = gateway.api("POST", resume, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let failed = gateway
+        .wait_records("demo", "repeater=r0", 3, "failed", WAIT)
+        .await;
+    assert_eq!(failed.len(), 3, "r0's first records fail: {failed:?}");
+    let pause = "/api/v1/domains/demo/repeaters/r0/pause";
+    let (status, answer) = gateway.api("POST", pause, None).await;
+    assert_eq!(status, 200, "{answer}");
     let started = std::time::Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -721,8 +743,16 @@ async fn console_pages_with_a_million_queued_records() {
         ),
         ("Overview", "/console/d/demo/".to_owned()),
         (
-            "Repeat Records, state=failed (none)",
+            "Repeat Records, state=cancelled (none)",
+            "/console/d/demo/records?state=cancelled".to_owned(),
+        ),
+        (
+            "Repeat Records, state=failed (3 old records)",
             "/console/d/demo/records?state=failed".to_owned(),
+        ),
+        (
+            "Repeat Records, repeater+state=failed (3 old records)",
+            "/console/d/demo/records?repeater=r0&state=failed".to_owned(),
         ),
     ];
     for (label, path) in pages {

@@ -2,10 +2,10 @@
 //! the store runs on a storage backend that loses power, or starts failing,
 //! after its N-th write, for every N the workload reaches. The file left
 //! behind is opened again and must hold each operation wholly or not at all
-//! (a form with its case changes, records, state counts and due index; an
-//! attempt with its record's new state; a later part's attachments), must
-//! hold every operation that was answered before the cut, and must take new
-//! submissions.
+//! (a form with its case changes, records, state counts, state index and
+//! due index; an attempt with its record's new state; a later part's
+//! attachments), must hold every operation that was answered before the cut,
+//! and must take new submissions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use redb::StorageBackend;
 use redb::backends::InMemoryBackend;
 
+use super::state_index_tests::assert_state_index_agrees;
 use super::tests::{answered_200, attempt_result, submission};
 use super::*;
 
@@ -253,6 +254,7 @@ fn assert_indexes_agree(store: &Store, context: &str) {
     let mut counts = store.state_counts().unwrap();
     counts.retain(|_, n| *n > 0);
     assert_eq!(counts, expected_counts, "{context}: the state counts");
+    assert_state_index_agrees(store, context);
 }
 
 /// What of the workload a reopened store holds, checked to be whole.

@@ -14,7 +14,8 @@
 //! forms share one fsync under load. A job's result is handed back only after
 //! its transaction is durable. Reads use their own read transactions and never
 //! wait for the writer. Tables are in `tables`, value encodings in `encoding`,
-//! what each write does inside its transaction in `writes`.
+//! what each write does inside its transaction in `writes`, the records by
+//! state (counts and listing index) in `state_index`.
 //!
 //! Records are keyed by a sequence number; their public id (also the
 //! `Idempotency-Key`) is that number prefixed with a random per-store nonce,
@@ -22,6 +23,7 @@
 
 mod data_index;
 mod encoding;
+mod state_index;
 mod tables;
 mod writer;
 mod writes;
@@ -30,6 +32,8 @@ mod writes;
 mod crash_tests;
 #[cfg(test)]
 mod data_index_tests;
+#[cfg(test)]
+mod state_index_tests;
 #[cfg(test)]
 mod tests;
 
@@ -291,6 +295,7 @@ impl Store {
             txn.open_table(DOMAIN_RECORDS)?;
             txn.open_table(PAYLOAD_RECORDS)?;
             txn.open_table(STATE_COUNTS)?;
+            txn.open_table(STATE_RECORDS)?;
             txn.open_table(OBJECTS)?;
             txn.open_table(NOTIFICATIONS)?;
             txn.open_table(LAST_INDEXED_ON)?;
@@ -303,11 +308,18 @@ impl Store {
             last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
         let backfilled = data_index::backfill(&txn)?;
+        let records_indexed = state_index::backfill(&txn)?;
         txn.commit()?;
         if backfilled > 0 {
             tracing::info!(
                 objects = backfilled,
                 "gave the forms and cases stored before the Data API their indexed_on"
+            );
+        }
+        if records_indexed > 0 {
+            tracing::info!(
+                records = records_indexed,
+                "indexed the records stored before the state index by state"
             );
         }
         let db = Arc::new(db);
@@ -656,7 +668,9 @@ impl Store {
     }
 
     /// One page of a domain's records, newest first. `cursor` is the
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page. A filter by state reads the state
+    /// index (only matching records); otherwise the domain's or the payload
+    /// id's index is walked, at most `MAX_SCANNED` entries a page.
     pub fn list_records(
         &self,
         domain: &str,
@@ -668,6 +682,35 @@ impl Store {
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let upper = cursor.unwrap_or(u64::MAX);
+        if let (Some(state), None) = (filter.state, filter.payload_id.as_deref()) {
+            // Only matching records are read, so no cap is needed.
+            let seqs = state_index::newest_in_state(
+                &txn,
+                domain,
+                state,
+                filter.repeater.as_deref(),
+                upper,
+                limit,
+            )?;
+            let mut page = Vec::with_capacity(seqs.len());
+            for &seq in &seqs {
+                if let Some(bytes) = records.get(seq)? {
+                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    if filter.matches(&record) {
+                        page.push(record);
+                    }
+                }
+            }
+            let full = seqs.len() >= limit;
+            return Ok(RecordPage {
+                records: page,
+                next_cursor: if full {
+                    seqs.last().copied().filter(|seq| *seq > 1)
+                } else {
+                    None
+                },
+            });
+        }
         // The newest seqs first, from the index the filter narrows best.
         let payload_index;
         let domain_index;

@@ -29,6 +29,10 @@ pub(super) const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> =
 /// (repeater id, state) → how many records are in that state.
 pub(super) const STATE_COUNTS: TableDefinition<(u64, &str), u64> =
     TableDefinition::new("state_counts");
+/// (domain, state, repeater name, seq): a domain's records by state, for
+/// listings filtered by state; moves with `STATE_COUNTS` (see `state_index`).
+pub(super) const STATE_RECORDS: TableDefinition<(&str, &str, &str, u64), ()> =
+    TableDefinition::new("state_records");
 /// (kind, domain, name) → an object declared in the config or through the API.
 pub(super) const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("objects");

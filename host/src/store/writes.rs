@@ -1,8 +1,8 @@
 //! What the store's write operations do inside a write transaction. Each
 //! function here persists a decision made elsewhere (a submission plan, an
 //! attempt's outcome through `record`, an operator's action) and keeps the
-//! indexes in step: the due index and the state counts move with every
-//! record written, in the same transaction.
+//! indexes in step: the due index, the state counts and the state index
+//! move with every record written, in the same transaction.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
-use super::data_index;
 use super::encoding::{decode, encode};
 use super::tables::{
     ATTEMPTS, CASES, DOMAIN_RECORDS, DUE, FORM_XML, FORMS, META, NOTIFICATIONS, OBJECTS,
-    PAYLOAD_RECORDS, RECORDS, STATE_COUNTS,
+    PAYLOAD_RECORDS, RECORDS,
 };
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
+use super::{data_index, state_index};
 use crate::model::{Case, StoredForm};
 use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::submission::{self, LaterPost, PlannedRecord, Submission};
@@ -271,8 +271,8 @@ pub(super) fn read_record(txn: &WriteTransaction, seq: u64) -> Result<RepeatReco
     decode(bytes.value(), || format!("record {seq}"))
 }
 
-/// Writes a record and keeps the due index and the state counts in step with
-/// it. `before` is the record as stored (`None` for a new one).
+/// Writes a record and keeps the due index, the state counts and the state
+/// index in step with it. `before` is the record as stored (`None` for a new one).
 fn write_record(
     txn: &WriteTransaction,
     before: Option<&RepeatRecord>,
@@ -287,17 +287,5 @@ fn write_record(
     if let Some(at) = record.next_attempt_at {
         due.insert((record.repeater_id, at.max(0) as u64, record.seq), ())?;
     }
-    let mut counts = txn.open_table(STATE_COUNTS)?;
-    let old_state = before.map(|b| b.state);
-    if old_state != Some(record.state) {
-        if let Some(old) = old_state {
-            let key = (record.repeater_id, old.as_str());
-            let n = counts.get(key)?.map_or(0, |v| v.value());
-            counts.insert(key, n.saturating_sub(1))?;
-        }
-        let key = (record.repeater_id, record.state.as_str());
-        let n = counts.get(key)?.map_or(0, |v| v.value());
-        counts.insert(key, n + 1)?;
-    }
-    Ok(())
+    state_index::move_record(txn, before, record)
 }
