@@ -431,7 +431,11 @@ impl Scheduler {
                 let policy = scheduler.shared.with.retry_defaults;
                 scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
             }
+            // `finished` woke the task while this send still held its slot:
+            // had it looked before the slot came free, with every slot taken,
+            // it would sleep with due records queued. The free slot wakes it.
             drop(permit);
+            scheduler.wake();
         });
     }
 
