@@ -1197,6 +1197,53 @@ impl GatewayProcess {
             .ok_or_else(|| anyhow::anyhow!("/metrics has no sample {name}"))
     }
 
+    /// The records of `demo` not delivered yet, one line each (repeater,
+    /// state, attempts, last error), for a failure message: why a payload is
+    /// missing. At most `limit` lines.
+    async fn undelivered(&self, limit: usize) -> String {
+        let answer = async {
+            self.daemon
+                .http()
+                .get(self.daemon.url("/api/v1/domains/demo/records?limit=10000"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await?
+                .text()
+                .await
+        }
+        .await;
+        let body = match answer {
+            Ok(body) => body,
+            Err(error) => return format!("(listing records: {error})"),
+        };
+        let Ok(listing) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return format!("(listing records: {body})");
+        };
+        let records = listing["records"].as_array().cloned().unwrap_or_default();
+        let lines: Vec<String> = records
+            .iter()
+            .filter(|record| record["state"] != "succeeded")
+            .take(limit)
+            .map(|record| {
+                format!(
+                    "{} {} {}: {}, {} attempts, next {}, last error {}",
+                    record["repeater"],
+                    record["payload_id"],
+                    record["id"],
+                    record["state"],
+                    record["n_attempts"],
+                    record["next_attempt_at"],
+                    record["last_error"]
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            "(every record succeeded)".to_owned()
+        } else {
+            lines.join("\n")
+        }
+    }
+
     /// `POST /api/v1/domains/demo/repeaters/{name}/{action}`.
     async fn repeater_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
         let response = self
@@ -1598,8 +1645,9 @@ impl<'a> Bench<'a> {
                 let got = self.tally.stats(forms.clone()).count;
                 self.payloads_expected += expected_here;
                 self.payloads_delivered += got;
+                let undelivered = gateway.undelivered(20).await;
                 self.fail(format!(
-                    "payloads missing: {got} of {expected_here} arrived for forms {forms:?}, none for {} s; gateway log:\n{}",
+                    "payloads missing: {got} of {expected_here} arrived for forms {forms:?}, none for {} s; records not delivered:\n{undelivered}\ngateway log:\n{}",
                     STALL.as_secs(),
                     gateway.log_tail()
                 ));
