@@ -134,26 +134,10 @@ impl Delivery {
         connection: &ConnectionSpec,
         origin: Origin,
     ) -> Result<(u16, String), DeliveryError> {
-        let url = reqwest::Url::parse(&connection.url).map_err(|error| {
-            DeliveryError::RequestInvalid {
-                reason: format!("connection url {}: {error}", connection.url),
-            }
-        })?;
+        let url = connection_url(connection)?;
         let mut headers = HeaderMap::new();
         for (name, value) in &connection.headers {
-            match (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                (Ok(name), Ok(value)) => {
-                    headers.insert(name, value);
-                }
-                _ => {
-                    return Err(DeliveryError::RequestInvalid {
-                        reason: format!("header {name:?} is not a valid HTTP header"),
-                    });
-                }
-            }
+            put_header(&mut headers, name, value)?;
         }
         let exchange = self.exchange(
             connection,
@@ -296,14 +280,7 @@ impl Delivery {
             Payload::Send(request) => request,
             Payload::Nothing => return Err(NotSent::Nothing),
         };
-        let mut url = match reqwest::Url::parse(&connection.url) {
-            Ok(url) => url,
-            Err(error) => {
-                return Err(NotSent::Failed(DeliveryError::RequestInvalid {
-                    reason: format!("connection url {}: {error}", connection.url),
-                }));
-            }
-        };
+        let mut url = connection_url(connection).map_err(NotSent::Failed)?;
         if !request.query.is_empty() {
             let mut query = url.query_pairs_mut();
             for pair in &request.query {
@@ -311,15 +288,12 @@ impl Delivery {
             }
         }
         let mut headers = HeaderMap::new();
+        // Every header is tried; the last invalid one is reported.
         let mut header_problem = None;
-        let mut put = |name: &str, value: &str| match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.insert(name, value);
+        let mut put = |name: &str, value: &str| {
+            if let Err(error) = put_header(&mut headers, name, value) {
+                header_problem = Some(error);
             }
-            _ => header_problem = Some(format!("header {name:?} is not a valid HTTP header")),
         };
         put("content-type", &request.content_type);
         for pair in &request.headers {
@@ -329,8 +303,8 @@ impl Delivery {
             put(name, value);
         }
         put("idempotency-key", record_id);
-        if let Some(reason) = header_problem {
-            return Err(NotSent::Failed(DeliveryError::RequestInvalid { reason }));
+        if let Some(error) = header_problem {
+            return Err(NotSent::Failed(error));
         }
         let method = match repeater.method {
             HttpMethod::Post => reqwest::Method::POST,
@@ -593,6 +567,29 @@ fn failed(error: DeliveryError) -> SendResult {
     SendResult::Done {
         outcome: record::classify_failure(&error),
         attempt: None,
+    }
+}
+
+/// The connection's URL, or why it is not one.
+fn connection_url(connection: &ConnectionSpec) -> Result<reqwest::Url, DeliveryError> {
+    reqwest::Url::parse(&connection.url).map_err(|error| DeliveryError::RequestInvalid {
+        reason: format!("connection url {}: {error}", connection.url),
+    })
+}
+
+/// Sets one request header, or says that it is not a valid HTTP header.
+fn put_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), DeliveryError> {
+    match (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(name), Ok(value)) => {
+            headers.insert(name, value);
+            Ok(())
+        }
+        _ => Err(DeliveryError::RequestInvalid {
+            reason: format!("header {name:?} is not a valid HTTP header"),
+        }),
     }
 }
 
