@@ -140,6 +140,23 @@ fn case_entries(case: &Case, indexed_on: u64) -> Vec<(String, u64)> {
     ]
 }
 
+/// Takes an object's listing `entries` under `indexed_on` out of `listing`
+/// and its counts, before it is listed again under a new one.
+fn remove_entries(
+    txn: &WriteTransaction,
+    listing: TableDefinition<(&str, &str, u64, u64), &str>,
+    domain: &str,
+    entries: Vec<(String, u64)>,
+    indexed_on: u64,
+) -> Result<(), StoreError> {
+    let mut listing = txn.open_table(listing)?;
+    for (scope, key) in entries {
+        listing.remove((domain, scope.as_str(), key, indexed_on))?;
+        add_count(txn, domain, &scope, -1)?;
+    }
+    Ok(())
+}
+
 /// Gives a newly stored form its `indexed_on` and its listing entries.
 pub(super) fn index_form(
     txn: &WriteTransaction,
@@ -164,11 +181,13 @@ pub(super) fn reindex_form(
         .get((domain, form.form_id.as_str()))?
         .map(|v| v.value());
     if let Some(previous) = previous {
-        let mut listing = txn.open_table(FORM_LISTING)?;
-        for (scope, key) in form_entries(form, previous) {
-            listing.remove((domain, scope.as_str(), key, previous))?;
-            add_count(txn, domain, &scope, -1)?;
-        }
+        remove_entries(
+            txn,
+            FORM_LISTING,
+            domain,
+            form_entries(form, previous),
+            previous,
+        )?;
     }
     index_form(txn, form, now)
 }
@@ -203,11 +222,13 @@ pub(super) fn index_case(
         .get((domain, case.case_id.as_str()))?
         .map(|v| v.value());
     if let (Some(before), Some(previous)) = (before, previous) {
-        let mut listing = txn.open_table(CASE_LISTING)?;
-        for (scope, key) in case_entries(before, previous) {
-            listing.remove((domain, scope.as_str(), key, previous))?;
-            add_count(txn, domain, &scope, -1)?;
-        }
+        remove_entries(
+            txn,
+            CASE_LISTING,
+            domain,
+            case_entries(before, previous),
+            previous,
+        )?;
     }
     put_case(txn, case, indexed_on)
 }
