@@ -12,12 +12,16 @@ cargo test --manifest-path plugins/Cargo.toml
 cargo test --manifest-path examples/payload-plugin/Cargo.toml
 cargo test --manifest-path examples/auth-plugin/Cargo.toml
 
+# The gateway's tests run in the release profile: its dependencies (wasmtime,
+# Cranelift) are then compiled once for the tests, for the binary a user runs
+# and for CI's acceptance check (`cargo build --release`), instead of once per
+# profile; a cold build of them takes most of CI's time on a small machine.
 # The crash and CLI tests run the real binary; `cargo test` builds only the
 # test targets, so build it first (it shares every artifact with the tests).
-cargo build -p repeatd --bin repeatd
+cargo build --release -p repeatd --bin repeatd
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --release --workspace --no-fail-fast
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --release --workspace --no-fail-fast
 fi
