@@ -419,10 +419,12 @@ impl Catalog {
         };
         let password_key = self.verification_key(domain, username, password);
         let known = || {
-            self.verified
-                .lock()
-                .expect("verified lock")
-                .contains(domain, username, hash, &password_key)
+            self.verified.lock().expect("verified lock").contains(
+                domain,
+                username,
+                hash,
+                &password_key,
+            )
         };
         if known() {
             return true;

@@ -338,8 +338,7 @@ self cost; the perf data and reports stay in --profile-dir.";
                 }
                 "--mixed-steps" => options.mixed_steps = number(value(&mut iter, &arg)?, &arg)?,
                 "--mixed-max-rate" => {
-                    options.mixed_max_rate =
-                        number::<f64>(value(&mut iter, &arg)?, &arg)?.max(1.0)
+                    options.mixed_max_rate = number::<f64>(value(&mut iter, &arg)?, &arg)?.max(1.0)
                 }
                 "--mixed-duration" => {
                     options.mixed_duration =
@@ -2144,7 +2143,9 @@ async fn flow(
         forms as f64,
         steady.then_some(targets::INGEST_CPU),
     );
-    let recording = bench.profile_start(&gateway, profile::Phase::Delivery).await;
+    let recording = bench
+        .profile_start(&gateway, profile::Phase::Delivery)
+        .await;
     let resumed = Instant::now();
     let cpu_before = gateway.cpu_seconds();
     let writer = gateway.writer_mark();
@@ -2385,7 +2386,8 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(targets::RESTART),
     );
     bench.figure(
-        Figure::new(scenario, "RSS once serving", gateway.rss_mib(), "MiB").target(targets::PEAK_RSS),
+        Figure::new(scenario, "RSS once serving", gateway.rss_mib(), "MiB")
+            .target(targets::PEAK_RSS),
     );
     match gateway.metric("repeatd_queue_depth").await {
         Ok(depth) if depth as u64 != queued && driven.refused == 0 => {

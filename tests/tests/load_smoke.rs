@@ -77,7 +77,10 @@ fn every_scenario_accepts_every_form_and_delivers_every_payload() {
         ("steady", "delivered payloads/s, draining a backlog"),
         ("steady", "gateway CPU per 1,000 payloads, delivery only"),
         ("steady", "submission-to-arrival p50 at 200 forms/s"),
-        ("mixed", "sustained: forms/s submitted while every repeater delivers"),
+        (
+            "mixed",
+            "sustained: forms/s submitted while every repeater delivers",
+        ),
         ("fanout", "accepted forms/s, delivery paused"),
         ("restart", "data on disk per form (data dir, allocated)"),
         ("restart", "start to /healthz 200 with 400 queued"),

@@ -168,8 +168,8 @@ impl Bench<'_> {
                     tokio::time::sleep(WATCH_EVERY).await;
                     let elapsed = started.elapsed();
                     let due_before_limit = elapsed.saturating_sub(limit).as_secs_f64() * rate;
-                    let old = planned.start
-                        + (due_before_limit as u64).min(planned.end - planned.start);
+                    let old =
+                        planned.start + (due_before_limit as u64).min(planned.end - planned.start);
                     let missing_old = tally
                         .expected(planned.start..old)
                         .saturating_sub(tally.unique() - arrived_before);
@@ -225,9 +225,9 @@ impl Bench<'_> {
         let (cpu_after, own_after) = (gateway.cpu_seconds(), own_cpu_seconds());
         let stats = self.tally.stats(forms.clone());
         let first_due = self.tally.submitted_at[forms.start as usize].load(Ordering::Relaxed);
-        let seconds = stats.last.map_or(f64::NAN, |last| {
-            last.saturating_sub(first_due) as f64 / 1e9
-        });
+        let seconds = stats
+            .last
+            .map_or(f64::NAN, |last| last.saturating_sub(first_due) as f64 / 1e9);
         Step {
             rate,
             expected: self.tally.expected(forms.clone()),

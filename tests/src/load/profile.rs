@@ -128,10 +128,9 @@ impl Recording {
 
     /// Stops recording (SIGINT, perf writes its file and exits).
     pub(super) async fn stop(mut self) -> anyhow::Result<Profile> {
-        let pid = self
-            .perf
-            .id()
-            .ok_or_else(|| anyhow::anyhow!("perf record exited early; see {}", self.log.display()))?;
+        let pid = self.perf.id().ok_or_else(|| {
+            anyhow::anyhow!("perf record exited early; see {}", self.log.display())
+        })?;
         let status = tokio::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])
             .status()
@@ -187,7 +186,14 @@ impl Profile {
 /// inclusive cost (`children`) or by self cost.
 fn perf_report(data: &Path, children: bool) -> anyhow::Result<String> {
     let output = std::process::Command::new("perf")
-        .args(["report", "--stdio", "--sort", "comm,dso,symbol", "-g", "none"])
+        .args([
+            "report",
+            "--stdio",
+            "--sort",
+            "comm,dso,symbol",
+            "-g",
+            "none",
+        ])
         .arg(if children {
             "--children"
         } else {
