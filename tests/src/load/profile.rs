@@ -220,14 +220,33 @@ fn samples_line(report: &str) -> Option<&str> {
         .map(|line| line.trim_start_matches("# ").trim())
 }
 
+/// Frames every thread's stack starts with (thread start, closures' shims,
+/// inlined copies of the frame below): inclusive cost says nothing of them.
+const WRAPPER_FRAMES: [&str; 9] = [
+    "(inlined)",
+    "clone3",
+    "start_thread",
+    "thread_start",
+    "__rust_begin_short_backtrace",
+    "call_once",
+    "catch_unwind",
+    "do_call<",
+    "{{vtable.shim}}",
+];
+
 /// The first `n` rows of a `perf report --stdio` listing, without its
-/// header comments and blank lines, and with runs of spaces shortened.
+/// header comments, blank lines and wrapper frames, with runs of spaces
+/// shortened.
 fn top_rows(report: &str, n: usize) -> Vec<String> {
     report
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter(|line| !WRAPPER_FRAMES.iter().any(|frame| line.contains(frame)))
         .take(n)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|line| {
+            let row = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            row.trim_end_matches(" - -").to_owned()
+        })
         .collect()
 }
 
@@ -265,7 +284,7 @@ mod tests {
 
     #[test]
     fn perf_report_rows_are_read_without_the_header() {
-        let report = "# To display the perf.data header info, please use --header\n#\n# Samples: 12K of event 'cpu-clock'\n# Event count (approx.): 24048096000\n#\n# Children      Self  Command  Shared Object  Symbol\n# ........  ........  .......  .............  ......\n#\n    41.20%     0.10%  store-writer  repeatd   [.] repeatd::store::writer::run\n    12.00%    12.00%  tokio-rt-worker  libc.so.6  [.] malloc\n\n#\n# (Tip: ...)\n";
+        let report = "# To display the perf.data header info, please use --header\n#\n# Samples: 12K of event 'cpu-clock'\n# Event count (approx.): 24048096000\n#\n# Children      Self  Command  Shared Object  Symbol\n# ........  ........  .......  .............  ......\n#\n    74.18%     0.00%  store-writer  libc.so.6  [.] start_thread - -\n    74.18%     0.00%  store-writer  repeatd  [.] run (inlined) - -\n    41.20%     0.10%  store-writer  repeatd   [.] repeatd::store::writer::run - -\n    12.00%    12.00%  tokio-rt-worker  libc.so.6  [.] malloc\n\n#\n# (Tip: ...)\n";
         assert_eq!(
             samples_line(report),
             Some("Samples: 12K of event 'cpu-clock'")
