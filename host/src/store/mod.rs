@@ -495,6 +495,20 @@ impl Store {
             .await
     }
 
+    /// Commits the outcomes of many attempts in one job of the next group
+    /// commit (one hand-over to the writer for the lot, not one each), and
+    /// answers once that commit is durable: for each attempt, in order, the
+    /// record as committed, or why that one was not (a record that is gone).
+    /// A storage failure fails them all: none of them is committed.
+    pub async fn commit_attempts(
+        &self,
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<Result<(RepeatRecord, Verdict), StoreError>>, StoreError> {
+        let clock = self.clock;
+        self.write(move |txn| writes::commit_attempts(txn, results, clock.now_micros()))
+            .await
+    }
+
     /// Applies an operator's action to one record. Returns the record after it.
     pub async fn operator_action(
         &self,
