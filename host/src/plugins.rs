@@ -192,12 +192,15 @@ impl CallMeter {
     fn start(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         self.ran_nanos.store(0, Relaxed);
-        self.resumed_at_nanos.store(Self::thread_cpu_nanos(), Relaxed);
+        self.resumed_at_nanos
+            .store(Self::thread_cpu_nanos(), Relaxed);
     }
 
     fn resume(&self) {
-        self.resumed_at_nanos
-            .store(Self::thread_cpu_nanos(), std::sync::atomic::Ordering::Relaxed);
+        self.resumed_at_nanos.store(
+            Self::thread_cpu_nanos(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn pause(&self) {
@@ -211,7 +214,8 @@ impl CallMeter {
     /// What the call has run so far, including the current poll.
     fn ran_so_far(&self) -> Duration {
         use std::sync::atomic::Ordering::Relaxed;
-        let this_poll = Self::thread_cpu_nanos().saturating_sub(self.resumed_at_nanos.load(Relaxed));
+        let this_poll =
+            Self::thread_cpu_nanos().saturating_sub(self.resumed_at_nanos.load(Relaxed));
         Duration::from_nanos(self.ran_nanos.load(Relaxed).saturating_add(this_poll))
     }
 }
@@ -1064,7 +1068,15 @@ impl PluginHost {
         // A pooled instance must not see this form's object again.
         store.data_mut().form_object = None;
         let answer = answer.map_err(|error| self.trapped(name, started.elapsed(), error))?;
-        self.answered(name, started.elapsed(), async_pool, true, store, instance, answer)
+        self.answered(
+            name,
+            started.elapsed(),
+            async_pool,
+            true,
+            store,
+            instance,
+            answer,
+        )
     }
 
     /// `sign` for async callers, on the caller's task like `build_payload_async`.
@@ -1106,7 +1118,15 @@ impl PluginHost {
         )
         .await
         .map_err(|error| self.trapped(name, started.elapsed(), error))?;
-        let headers = self.answered(name, started.elapsed(), async_pool, true, store, instance, answer)?;
+        let headers = self.answered(
+            name,
+            started.elapsed(),
+            async_pool,
+            true,
+            store,
+            instance,
+            answer,
+        )?;
         Ok(from_auth_pairs(headers))
     }
 
@@ -1160,23 +1180,27 @@ impl PluginHost {
             Some(live) => live,
             None => {
                 let mut store = self.new_store(Calling::Sync);
-                let instance =
-                    instantiate(&mut store).map_err(|error| self.trapped(name, started.elapsed(), error))?;
+                let instance = instantiate(&mut store)
+                    .map_err(|error| self.trapped(name, started.elapsed(), error))?;
                 (store, instance)
             }
         };
         arm(&mut store);
-        let answer = call(&instance, &mut store).map_err(|error| self.trapped(name, started.elapsed(), error))?;
-        self.answered(name, started.elapsed(), pool, use_pool, store, instance, answer)
+        let answer = call(&instance, &mut store)
+            .map_err(|error| self.trapped(name, started.elapsed(), error))?;
+        self.answered(
+            name,
+            started.elapsed(),
+            pool,
+            use_pool,
+            store,
+            instance,
+            answer,
+        )
     }
 
     /// A call that trapped, counted and described; its instance is dropped.
-    fn trapped(
-        &self,
-        name: &str,
-        took: Duration,
-        error: wasmtime::Error,
-    ) -> PluginError {
+    fn trapped(&self, name: &str, took: Duration, error: wasmtime::Error) -> PluginError {
         let end = match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => CallEnd::TimedOut,
             _ => CallEnd::Trapped,

@@ -41,7 +41,7 @@ use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::RetryPolicy;
-use crate::record::{Outcome, RecordState, RepeatRecord, Verdict};
+use crate::record::{Outcome, RecordState, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
 pub use planner::Health;
@@ -334,7 +334,7 @@ impl Scheduler {
                 let connection = snapshot
                     .domain(&lane.repeater.domain)
                     .and_then(|domain| domain.connections.get(&spec.connection))
-                    .map(|connection| Arc::new(connection.clone()));
+                    .cloned();
                 let view = LaneView {
                     paused: spec.paused,
                     ready: connection.is_some() && self.shared.with.plugins.is_loaded(&spec.format),
@@ -570,7 +570,7 @@ impl Scheduler {
     fn committed(
         &self,
         sent: &SentOutcome,
-        committed: Result<(RepeatRecord, Verdict), crate::store::StoreError>,
+        committed: crate::store::CommittedAttempt,
     ) -> Option<i64> {
         let shared = &self.shared;
         match committed {

@@ -163,6 +163,10 @@ pub struct AttemptResult {
     pub jitter_unit: f64,
 }
 
+/// What committing one attempt's outcome came to: the record as committed
+/// and what happens to it next, or why that one was not committed.
+pub type CommittedAttempt = Result<(RepeatRecord, Verdict), StoreError>;
+
 /// A connection's pending notification state as (domain, connection, value);
 /// a value that cannot be decoded is handed back as its error.
 pub type StoredNotification<T> = (String, String, Result<T, StoreError>);
@@ -503,7 +507,7 @@ impl Store {
     pub async fn commit_attempts(
         &self,
         results: Vec<AttemptResult>,
-    ) -> Result<Vec<Result<(RepeatRecord, Verdict), StoreError>>, StoreError> {
+    ) -> Result<Vec<CommittedAttempt>, StoreError> {
         let clock = self.clock;
         self.write(move |txn| writes::commit_attempts(txn, results, clock.now_micros()))
             .await

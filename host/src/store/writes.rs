@@ -193,11 +193,13 @@ pub(super) fn commit_attempts(
     txn: &WriteTransaction,
     results: Vec<AttemptResult>,
     now: i64,
-) -> Result<Vec<Result<(RepeatRecord, Verdict), StoreError>>, StoreError> {
+) -> Result<Vec<super::CommittedAttempt>, StoreError> {
     let mut committed = Vec::with_capacity(results.len());
     for result in results {
         match commit_attempt(txn, result, now) {
-            Err(error @ (StoreError::Storage(_) | StoreError::Corrupt { .. })) => return Err(error),
+            Err(error @ (StoreError::Storage(_) | StoreError::Corrupt { .. })) => {
+                return Err(error);
+            }
             answer => committed.push(answer),
         }
     }
