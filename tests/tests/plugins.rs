@@ -1199,10 +1199,9 @@ async fn the_plugin_hosts_threads_end_when_the_gateway_stops() {
 /// On a runtime of one thread, a task beside the call keeps running.
 #[test]
 fn a_looping_plugin_called_from_async_code_yields_the_runtime_until_stopped() {
-    let host = repeatd::plugins::PluginHost::without_builtins(
-        repeatd::plugins::PluginLimits::default(),
-    )
-    .unwrap();
+    let host =
+        repeatd::plugins::PluginHost::without_builtins(repeatd::plugins::PluginLimits::default())
+            .unwrap();
     let plugin = Arc::new(
         host.load(
             "looping",
