@@ -163,6 +163,10 @@ pub struct AttemptResult {
     pub jitter_unit: f64,
 }
 
+/// What committing one attempt's outcome came to: the record as committed
+/// and what happens to it next, or why that one was not committed.
+pub type CommittedAttempt = Result<(RepeatRecord, Verdict), StoreError>;
+
 /// A connection's pending notification state as (domain, connection, value);
 /// a value that cannot be decoded is handed back as its error.
 pub type StoredNotification<T> = (String, String, Result<T, StoreError>);
@@ -492,6 +496,20 @@ impl Store {
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
         let clock = self.clock;
         self.write(move |txn| writes::commit_attempt(txn, result, clock.now_micros()))
+            .await
+    }
+
+    /// Commits the outcomes of many attempts in one job of the next group
+    /// commit (one hand-over to the writer for the lot, not one each), and
+    /// answers once that commit is durable: for each attempt, in order, the
+    /// record as committed, or why that one was not (a record that is gone).
+    /// A storage failure fails them all: none of them is committed.
+    pub async fn commit_attempts(
+        &self,
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<CommittedAttempt>, StoreError> {
+        let clock = self.clock;
+        self.write(move |txn| writes::commit_attempts(txn, results, clock.now_micros()))
             .await
     }
 

@@ -185,6 +185,27 @@ pub(super) fn commit_attempt(
     Ok((record, verdict))
 }
 
+/// Commits the outcomes of many attempts, each as `commit_attempt` does. A
+/// record that is gone fails only its own entry (nothing was written for
+/// it); a storage or decoding failure fails the whole job, so that the
+/// writer rolls the group commit back rather than keep part of an attempt.
+pub(super) fn commit_attempts(
+    txn: &WriteTransaction,
+    results: Vec<AttemptResult>,
+    now: i64,
+) -> Result<Vec<super::CommittedAttempt>, StoreError> {
+    let mut committed = Vec::with_capacity(results.len());
+    for result in results {
+        match commit_attempt(txn, result, now) {
+            Err(error @ (StoreError::Storage(_) | StoreError::Corrupt { .. })) => {
+                return Err(error);
+            }
+            answer => committed.push(answer),
+        }
+    }
+    Ok(committed)
+}
+
 /// Applies `action` to each record of `seqs` that still matches `filter`
 /// (every record, without one); returns the records it changed.
 pub(super) fn apply_operator(
