@@ -142,7 +142,13 @@ pub(super) fn index_form(
     let indexed_on = tables.next_indexed_on(&form.domain, now)?;
     stamp_indexed_on(value, indexed_on);
     let entries = form_entries(form, indexed_on);
-    tables.list(ListingKind::Forms, &form.domain, &form.form_id, entries, indexed_on)?;
+    tables.list(
+        ListingKind::Forms,
+        &form.domain,
+        &form.form_id,
+        entries,
+        indexed_on,
+    )?;
     Ok(indexed_on)
 }
 
@@ -164,7 +170,13 @@ pub(super) fn reindex_form(
     )?;
     let indexed_on = tables.next_indexed_on(&form.domain, now)?;
     let entries = form_entries(form, indexed_on);
-    tables.list(ListingKind::Forms, &form.domain, &form.form_id, entries, indexed_on)?;
+    tables.list(
+        ListingKind::Forms,
+        &form.domain,
+        &form.form_id,
+        entries,
+        indexed_on,
+    )?;
     Ok(indexed_on)
 }
 
@@ -182,10 +194,21 @@ pub(super) fn index_case(
     let indexed_on = tables.next_indexed_on(domain, now)?;
     stamp_indexed_on(value, indexed_on);
     if let Some(before) = before {
-        tables.unlist(ListingKind::Cases, domain, before.entries, before.indexed_on)?;
+        tables.unlist(
+            ListingKind::Cases,
+            domain,
+            before.entries,
+            before.indexed_on,
+        )?;
     }
     let entries = case_entries(case, indexed_on);
-    tables.list(ListingKind::Cases, domain, &case.case_id, entries, indexed_on)
+    tables.list(
+        ListingKind::Cases,
+        domain,
+        &case.case_id,
+        entries,
+        indexed_on,
+    )
 }
 
 /// Indexes every form and case of a store written before the Data API's

@@ -439,7 +439,9 @@ mod tests {
         );
         let record = decode_record(7, &[ENCODING_VERSION, 0xff]).unwrap_err();
         assert!(
-            record.to_string().starts_with("store: record 7 is not readable: "),
+            record
+                .to_string()
+                .starts_with("store: record 7 is not readable: "),
             "{record}"
         );
     }
@@ -480,7 +482,12 @@ mod tests {
             let bytes = encode_record(&record);
             assert_eq!(decode_record(41, &bytes).unwrap(), record);
             let json = encode_json(&record);
-            assert!(bytes.len() * 4 < json.len(), "{} vs {}", bytes.len(), json.len());
+            assert!(
+                bytes.len() * 4 < json.len(),
+                "{} vs {}",
+                bytes.len(),
+                json.len()
+            );
         }
     }
 

@@ -56,7 +56,11 @@ fn write_schema_1_store(dir: &Path, n: usize, before: Before) {
             let mut form = submission(&format!("f{i}"), &format!("c{i}"), "new");
             form.form.received_on = format!("2026-01-02T03:04:{:02}.000000Z", i);
             form.case_blocks
-                .push(crate::submission::tests::update_block("c1", "visits", &i.to_string()));
+                .push(crate::submission::tests::update_block(
+                    "c1",
+                    "visits",
+                    &i.to_string(),
+                ));
             let existing = stored_cases
                 .iter()
                 .filter(|(id, _)| form.case_blocks.iter().any(|b| b.case_id == **id))
@@ -65,7 +69,9 @@ fn write_schema_1_store(dir: &Path, n: usize, before: Before) {
             let plan =
                 crate::submission::plan(form.form, &form.case_blocks, existing, &form.repeaters);
             let key = ("demo", plan.form.form_id.as_str());
-            forms.insert(key, encode_json(&plan.form).as_slice()).unwrap();
+            forms
+                .insert(key, encode_json(&plan.form).as_slice())
+                .unwrap();
             xml.insert(key, form.xml.as_slice()).unwrap();
             if before == Before::Schema2 {
                 form_indexed_on.insert(key, 1_000 + i as u64).unwrap();
@@ -89,7 +95,9 @@ fn write_schema_1_store(dir: &Path, n: usize, before: Before) {
                     planned.payload.clone(),
                     1_767_323_045_000_000,
                 );
-                records.insert(seq, encode_json(&record).as_slice()).unwrap();
+                records
+                    .insert(seq, encode_json(&record).as_slice())
+                    .unwrap();
                 due.insert((record.repeater_id, 1_767_323_045_000_000, seq), ())
                     .unwrap();
                 domain_records.insert(("demo", seq), ()).unwrap();
@@ -97,7 +105,10 @@ fn write_schema_1_store(dir: &Path, n: usize, before: Before) {
                     .insert(("demo", record.payload.payload_id(), seq), ())
                     .unwrap();
                 let state_key = (record.repeater_id, "pending");
-                let count = state_counts.get(state_key).unwrap().map_or(0, |v| v.value());
+                let count = state_counts
+                    .get(state_key)
+                    .unwrap()
+                    .map_or(0, |v| v.value());
                 state_counts.insert(state_key, count + 1).unwrap();
                 if before == Before::Schema2 {
                     state_records
@@ -135,7 +146,11 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
             None,
         )
         .unwrap();
-    let ids: Vec<&str> = listed.objects.iter().map(|f| f.form.form_id.as_str()).collect();
+    let ids: Vec<&str> = listed
+        .objects
+        .iter()
+        .map(|f| f.form.form_id.as_str())
+        .collect();
     assert_eq!(ids, ["f1", "f2", "f3"]);
     assert_eq!(listed.total_count, 3);
     assert_eq!(listed.objects[1].xml, b"<data id=\"f2\"/>");
@@ -157,19 +172,30 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
         ..RecordFilter::default()
     };
     let page = store.list_records("demo", &pending, 50, None).unwrap();
-    assert_eq!(page.records.len(), 3 + 5, "a form record each, a case record per case touched");
+    assert_eq!(
+        page.records.len(),
+        3 + 5,
+        "a form record each, a case record per case touched"
+    );
     let form_record = page
         .records
         .iter()
         .find(|r| r.payload.payload_id() == "f2")
         .unwrap();
-    let Some((_, SendSource::Form { xml, indexed_on, .. })) =
-        store.load_for_send(form_record.seq).unwrap()
+    let Some((
+        _,
+        SendSource::Form {
+            xml, indexed_on, ..
+        },
+    )) = store.load_for_send(form_record.seq).unwrap()
     else {
         panic!("f2's record sends f2");
     };
     assert_eq!(xml, b"<data id=\"f2\"/>");
-    assert_eq!(Some(indexed_on), store.form_indexed_on("demo", "f2").unwrap());
+    assert_eq!(
+        Some(indexed_on),
+        store.form_indexed_on("demo", "f2").unwrap()
+    );
     assert_eq!(store.state_counts().unwrap()[&(2, RecordState::Pending)], 5);
 
     // The old tables are gone; new forms come after the old ones and change
@@ -193,7 +219,10 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
     assert_eq!(c1.xform_ids, ["f1", "f2", "f3", "f4"]);
     assert_eq!(
         store.case_indexed_on("demo", "c1").unwrap(),
-        store.form_indexed_on("demo", "f4").unwrap().map(|at| at + 1)
+        store
+            .form_indexed_on("demo", "f4")
+            .unwrap()
+            .map(|at| at + 1)
     );
     let seqs: Vec<u64> = store
         .list_records("demo", &pending, 50, None)

@@ -304,7 +304,11 @@ impl Store {
             let mut tables = WriteTables::open(&txn)?;
             backfilled = data_index::backfill(&mut tables)?;
             records_indexed = state_index::backfill(&mut tables)?;
-            last_seq = tables.records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
+            last_seq = tables
+                .records
+                .last()?
+                .map(|(key, _)| key.value())
+                .unwrap_or(0);
             tables.finish()?;
         }
         txn.commit()?;

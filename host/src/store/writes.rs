@@ -45,7 +45,10 @@ pub(super) fn commit_submission(
     for case_id in submission::case_ids(&case_blocks) {
         if let Some(bytes) = tables.cases.get((form.domain.as_str(), case_id))? {
             let (case, indexed_on) = decode_case(bytes.value(), case_id)?;
-            listed_before.insert(case_id.to_owned(), data_index::case_listed(&case, indexed_on));
+            listed_before.insert(
+                case_id.to_owned(),
+                data_index::case_listed(&case, indexed_on),
+            );
             stored_cases.insert(case_id.to_owned(), case);
         }
     }
@@ -216,7 +219,10 @@ pub(super) fn queued_of_repeater(
     limit: usize,
 ) -> Result<Vec<u64>, StoreError> {
     let mut seqs = Vec::new();
-    for entry in tables.due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
+    for entry in tables
+        .due
+        .range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))?
+    {
         seqs.push(entry?.0.value().2);
         if seqs.len() >= limit {
             break;
