@@ -228,8 +228,8 @@ fn assert_indexes_agree(store: &Store, context: &str) {
     let mut expected_due = HashSet::new();
     let mut expected_counts: BTreeMap<(u64, RecordState), u64> = BTreeMap::new();
     for entry in records.iter().unwrap() {
-        let (_, value) = entry.unwrap();
-        let record: RepeatRecord = decode(value.value(), || "record".into()).unwrap();
+        let (key, value) = entry.unwrap();
+        let record = decode_record(key.value(), value.value()).unwrap();
         if let Some(at) = record.next_attempt_at {
             expected_due.insert((record.repeater_id, at as u64, record.seq));
         }

@@ -23,8 +23,10 @@
 
 mod data_index;
 mod encoding;
+mod migration;
 mod state_index;
 mod tables;
+mod write_tables;
 mod writer;
 mod writes;
 
@@ -32,6 +34,8 @@ mod writes;
 mod crash_tests;
 #[cfg(test)]
 mod data_index_tests;
+#[cfg(test)]
+mod migration_tests;
 #[cfg(test)]
 mod state_index_tests;
 #[cfg(test)]
@@ -53,8 +57,9 @@ use crate::record::RetryPolicy;
 use crate::record::{
     AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord, Verdict,
 };
-use encoding::decode;
+use encoding::{decode, decode_case, decode_form, decode_record, indexed_on_of};
 use tables::*;
+use write_tables::WriteTables;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
@@ -265,19 +270,17 @@ impl Store {
     fn start(db: Database, path: PathBuf) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         let nonce;
-        let last_seq;
+        let from_schema_1;
         {
             let mut meta = txn.open_table(META)?;
             let found_version = meta.get("schema_version")?.map(|v| v.value());
-            match found_version {
-                Some(found) if found != SCHEMA_VERSION => {
-                    return Err(StoreError::SchemaVersion { path, found });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-            }
+            from_schema_1 = match found_version {
+                None => false,
+                Some(SCHEMA_VERSION) => false,
+                Some(1) => true,
+                Some(found) => return Err(StoreError::SchemaVersion { path, found }),
+            };
+            meta.insert("schema_version", SCHEMA_VERSION)?;
             let existing_nonce = meta.get("nonce")?.map(|v| v.value());
             nonce = match existing_nonce {
                 Some(nonce) => nonce,
@@ -290,30 +293,35 @@ impl Store {
                     nonce
                 }
             };
-            // Create every table so that readers never meet a missing one.
-            txn.open_table(FORMS)?;
-            txn.open_table(FORM_XML)?;
-            txn.open_table(CASES)?;
-            txn.open_table(DUE)?;
-            txn.open_table(ATTEMPTS)?;
-            txn.open_table(DOMAIN_RECORDS)?;
-            txn.open_table(PAYLOAD_RECORDS)?;
-            txn.open_table(STATE_COUNTS)?;
-            txn.open_table(STATE_RECORDS)?;
-            txn.open_table(OBJECTS)?;
-            txn.open_table(NOTIFICATIONS)?;
-            txn.open_table(LAST_INDEXED_ON)?;
-            txn.open_table(FORM_INDEXED_ON)?;
-            txn.open_table(CASE_INDEXED_ON)?;
-            txn.open_table(FORM_LISTING)?;
-            txn.open_table(CASE_LISTING)?;
-            txn.open_table(LISTING_COUNTS)?;
-            let records = txn.open_table(RECORDS)?;
-            last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
-        let backfilled = data_index::backfill(&txn)?;
-        let records_indexed = state_index::backfill(&txn)?;
+        let migrated = if from_schema_1 {
+            migration::from_schema_1(&txn)?
+        } else {
+            0
+        };
+        let backfilled;
+        let records_indexed;
+        let last_seq;
+        {
+            // Opening them creates every table, so that readers never meet
+            // a missing one.
+            let mut tables = WriteTables::open(&txn)?;
+            backfilled = data_index::backfill(&mut tables)?;
+            records_indexed = state_index::backfill(&mut tables)?;
+            last_seq = tables
+                .records
+                .last()?
+                .map(|(key, _)| key.value())
+                .unwrap_or(0);
+            tables.finish()?;
+        }
         txn.commit()?;
+        if migrated > 0 {
+            tracing::info!(
+                objects = migrated,
+                "rewrote the forms and cases of a schema 1 store as schema {SCHEMA_VERSION} has them"
+            );
+        }
         if backfilled > 0 {
             tracing::info!(
                 objects = backfilled,
@@ -383,8 +391,12 @@ impl Store {
     ) -> Result<IngestResult, StoreError> {
         let next_seq = self.next_seq.clone();
         let clock = self.clock;
-        self.write(move |txn| {
-            writes::commit_submission(txn, &next_seq, submission, clock.now_micros())
+        // The costly part of encoding the form, on the caller's task rather
+        // than the writer's, which every submission waits for.
+        let compressed_xml = encoding::compress_xml(&submission.xml);
+        self.write(move |tables| {
+            let now = clock.now_micros();
+            writes::commit_submission(tables, &next_seq, submission, &compressed_xml, now)
         })
         .await
     }
@@ -399,14 +411,14 @@ impl Store {
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let next_seq = self.next_seq.clone();
         let clock = self.clock;
-        self.write(move |txn| {
+        self.write(move |tables| {
             let planned = crate::submission::plan_app_change(
                 &repeaters,
                 &app_id,
                 change,
                 build_id.as_deref(),
             );
-            writes::register(txn, &next_seq, &planned, clock.now_micros())
+            writes::register(tables, &next_seq, &planned, clock.now_micros())
         })
         .await
     }
@@ -495,7 +507,7 @@ impl Store {
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
         let clock = self.clock;
-        self.write(move |txn| writes::commit_attempt(txn, result, clock.now_micros()))
+        self.write(move |tables| writes::commit_attempt(tables, result, clock.now_micros()))
             .await
     }
 
@@ -520,13 +532,13 @@ impl Store {
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
         let clock = self.clock;
-        self.write(move |txn| {
+        self.write(move |tables| {
             let now = clock.now_micros();
-            let mut changed = writes::apply_operator(txn, &[seq], None, action, now)?;
+            let mut changed = writes::apply_operator(tables, &[seq], None, action, now)?;
             match changed.pop() {
                 Some(record) => Ok(record),
                 // Unchanged (cancelling a record that is not queued).
-                None => writes::read_record(txn, seq),
+                None => writes::read_record(tables, seq),
             }
         })
         .await
@@ -542,14 +554,21 @@ impl Store {
     ) -> Result<Vec<RepeatRecord>, StoreError> {
         let seqs: Vec<u64> = {
             let txn = self.db.begin_read()?;
-            let index = txn.open_table(DOMAIN_RECORDS)?;
+            let mut candidates = state_index::newest(
+                &txn,
+                &domain,
+                filter.state,
+                filter.repeater.as_deref(),
+                u64::MAX,
+                usize::MAX,
+            )?;
+            // Oldest first, as they were registered.
+            candidates.reverse();
             let records = txn.open_table(RECORDS)?;
             let mut seqs = Vec::new();
-            for entry in index.range((domain.as_str(), 0)..=(domain.as_str(), u64::MAX))? {
-                let (key, _) = entry?;
-                let seq = key.value().1;
+            for seq in candidates {
                 if let Some(bytes) = records.get(seq)? {
-                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    let record = decode_record(seq, bytes.value())?;
                     if filter.matches(&record) {
                         seqs.push(seq);
                     }
@@ -563,9 +582,9 @@ impl Store {
             let filter = filter.clone();
             let clock = self.clock;
             let mut done = self
-                .write(move |txn| {
+                .write(move |tables| {
                     let now = clock.now_micros();
-                    writes::apply_operator(txn, &chunk, Some(&filter), action, now)
+                    writes::apply_operator(tables, &chunk, Some(&filter), action, now)
                 })
                 .await?;
             changed.append(&mut done);
@@ -579,12 +598,12 @@ impl Store {
         let clock = self.clock;
         loop {
             let n = self
-                .write(move |txn| {
+                .write(move |tables| {
                     let seqs =
-                        writes::queued_of_repeater(txn, repeater_id, RECORDS_PER_TRANSACTION)?;
+                        writes::queued_of_repeater(tables, repeater_id, RECORDS_PER_TRANSACTION)?;
                     let now = clock.now_micros();
                     let cancelled =
-                        writes::apply_operator(txn, &seqs, None, OperatorAction::Cancel, now)?;
+                        writes::apply_operator(tables, &seqs, None, OperatorAction::Cancel, now)?;
                     Ok(cancelled.len() as u64)
                 })
                 .await?;
@@ -600,7 +619,7 @@ impl Store {
     pub fn record(&self, seq: u64) -> Result<Option<RepeatRecord>, StoreError> {
         let table = self.read_table(RECORDS)?;
         match table.get(seq)? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("record {seq}"))?)),
+            Some(bytes) => Ok(Some(decode_record(seq, bytes.value())?)),
             None => Ok(None),
         }
     }
@@ -620,22 +639,23 @@ impl Store {
     pub fn form(&self, domain: &str, form_id: &str) -> Result<Option<StoredForm>, StoreError> {
         let table = self.read_table(FORMS)?;
         match table.get((domain, form_id))? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
+            Some(bytes) => Ok(Some(decode_form(domain, form_id, bytes.value())?.form)),
             None => Ok(None),
         }
     }
 
     pub fn form_xml(&self, domain: &str, form_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let table = self.read_table(FORM_XML)?;
-        Ok(table
-            .get((domain, form_id))?
-            .map(|bytes| bytes.value().to_vec()))
+        let table = self.read_table(FORMS)?;
+        match table.get((domain, form_id))? {
+            Some(bytes) => Ok(Some(decode_form(domain, form_id, bytes.value())?.xml()?)),
+            None => Ok(None),
+        }
     }
 
     pub fn case(&self, domain: &str, case_id: &str) -> Result<Option<Case>, StoreError> {
         let table = self.read_table(CASES)?;
         match table.get((domain, case_id))? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
+            Some(bytes) => Ok(Some(decode_case(bytes.value(), case_id)?.0)),
             None => Ok(None),
         }
     }
@@ -651,32 +671,27 @@ impl Store {
         let Some(bytes) = records.get(seq)? else {
             return Ok(None);
         };
-        let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+        let record = decode_record(seq, bytes.value())?;
         let domain = record.domain.as_str();
         let source = match &record.payload {
             PayloadRef::Form { form_id } => {
                 let forms = txn.open_table(FORMS)?;
-                let xml = txn.open_table(FORM_XML)?;
-                let indexed_on = txn.open_table(FORM_INDEXED_ON)?;
-                match (
-                    forms.get((domain, form_id.as_str()))?,
-                    xml.get((domain, form_id.as_str()))?,
-                    indexed_on.get((domain, form_id.as_str()))?,
-                ) {
-                    (Some(form), Some(xml), Some(indexed_on)) => SendSource::Form {
-                        form: decode(form.value(), || format!("form {form_id}"))?,
-                        xml: xml.value().to_vec(),
-                        indexed_on: indexed_on.value() as i64,
-                    },
-                    _ => SendSource::Missing(format!("form {form_id} is not in the store")),
+                match forms.get((domain, form_id.as_str()))? {
+                    Some(value) => {
+                        let stored = decode_form(domain, form_id, value.value())?;
+                        SendSource::Form {
+                            xml: stored.xml()?,
+                            indexed_on: stored.indexed_on as i64,
+                            form: stored.form,
+                        }
+                    }
+                    None => SendSource::Missing(format!("form {form_id} is not in the store")),
                 }
             }
             PayloadRef::Case { case_id } => {
                 let cases = txn.open_table(CASES)?;
                 match cases.get((domain, case_id.as_str()))? {
-                    Some(case) => {
-                        SendSource::Case(decode(case.value(), || format!("case {case_id}"))?)
-                    }
+                    Some(case) => SendSource::Case(decode_case(case.value(), case_id)?.0),
                     None => SendSource::Missing(format!("case {case_id} is not in the store")),
                 }
             }
@@ -686,9 +701,10 @@ impl Store {
     }
 
     /// One page of a domain's records, newest first. `cursor` is the
-    /// `next_cursor` of the previous page. A filter by state reads the state
-    /// index (only matching records); otherwise the domain's or the payload
-    /// id's index is walked, at most `MAX_SCANNED` entries a page.
+    /// `next_cursor` of the previous page. Without a payload id the state
+    /// index is read (only records of the state and repeater asked for, if
+    /// any); with one, the payload id's index is walked, at most
+    /// `MAX_SCANNED` entries a page.
     pub fn list_records(
         &self,
         domain: &str,
@@ -700,12 +716,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let upper = cursor.unwrap_or(u64::MAX);
-        if let (Some(state), None) = (filter.state, filter.payload_id.as_deref()) {
+        if filter.payload_id.is_none() {
             // Only matching records are read, so no cap is needed.
-            let seqs = state_index::newest_in_state(
+            let seqs = state_index::newest(
                 &txn,
                 domain,
-                state,
+                filter.state,
                 filter.repeater.as_deref(),
                 upper,
                 limit,
@@ -713,7 +729,7 @@ impl Store {
             let mut page = Vec::with_capacity(seqs.len());
             for &seq in &seqs {
                 if let Some(bytes) = records.get(seq)? {
-                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    let record = decode_record(seq, bytes.value())?;
                     if filter.matches(&record) {
                         page.push(record);
                     }
@@ -729,30 +745,20 @@ impl Store {
                 },
             });
         }
-        // The newest seqs first, from the index the filter narrows best.
-        let payload_index;
-        let domain_index;
-        let seqs: Box<dyn Iterator<Item = Result<u64, redb::StorageError>>> =
-            match filter.payload_id.as_deref() {
-                Some(payload_id) => {
-                    payload_index = txn.open_table(PAYLOAD_RECORDS)?;
-                    let range = payload_index
-                        .range((domain, payload_id, 0)..(domain, payload_id, upper))?;
-                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().2)))
-                }
-                None => {
-                    domain_index = txn.open_table(DOMAIN_RECORDS)?;
-                    let range = domain_index.range((domain, 0)..(domain, upper))?;
-                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().1)))
-                }
-            };
+        // The payload id's records, newest first.
+        let payload_id = filter.payload_id.as_deref().unwrap_or_default();
+        let payload_index = txn.open_table(PAYLOAD_RECORDS)?;
+        let seqs = payload_index
+            .range((domain, payload_id, 0)..(domain, payload_id, upper))?
+            .rev()
+            .map(|entry| entry.map(|(key, _)| key.value().2));
         let mut page = Vec::new();
         let mut scanned = 0;
         let mut last_seen = None;
         for seq in seqs {
             let seq = seq?;
             if let Some(bytes) = records.get(seq)? {
-                let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                let record = decode_record(seq, bytes.value())?;
                 if filter.matches(&record) {
                     page.push(record);
                 }
@@ -778,14 +784,24 @@ impl Store {
 
     /// A form's `indexed_on` (Unix micros).
     pub fn form_indexed_on(&self, domain: &str, form_id: &str) -> Result<Option<i64>, StoreError> {
-        let table = self.read_table(FORM_INDEXED_ON)?;
-        Ok(table.get((domain, form_id))?.map(|v| v.value() as i64))
+        let table = self.read_table(FORMS)?;
+        match table.get((domain, form_id))? {
+            Some(value) => Ok(Some(
+                indexed_on_of(value.value(), || format!("form {form_id}"))? as i64,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// A case's `indexed_on` (Unix micros).
     pub fn case_indexed_on(&self, domain: &str, case_id: &str) -> Result<Option<i64>, StoreError> {
-        let table = self.read_table(CASE_INDEXED_ON)?;
-        Ok(table.get((domain, case_id))?.map(|v| v.value() as i64))
+        let table = self.read_table(CASES)?;
+        match table.get((domain, case_id))? {
+            Some(value) => Ok(Some(
+                indexed_on_of(value.value(), || format!("case {case_id}"))? as i64,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// One page of a domain's forms in `scope` (SPEC section 11), from one
@@ -803,14 +819,14 @@ impl Store {
         let listing = data_index::Listing {
             objects: FORMS,
             entries: FORM_LISTING,
-            what: "form",
+            decode: |domain, form_id, value| Ok(decode_form(domain, form_id, value)?.form),
         };
         let listed = listing.page(&txn, domain, &scope.key(), range, page, keep)?;
-        let xml = txn.open_table(FORM_XML)?;
+        let forms = txn.open_table(FORMS)?;
         let mut objects = Vec::with_capacity(listed.objects.len());
         for (form, indexed_on) in listed.objects {
-            if let Some(xml) = xml.get((domain, form.form_id.as_str()))? {
-                let xml = xml.value().to_vec();
+            if let Some(value) = forms.get((domain, form.form_id.as_str()))? {
+                let xml = decode_form(domain, &form.form_id, value.value())?.xml()?;
                 objects.push(ListedForm {
                     form,
                     xml,
@@ -837,7 +853,7 @@ impl Store {
         let listing = data_index::Listing {
             objects: CASES,
             entries: CASE_LISTING,
-            what: "case",
+            decode: |_, case_id, value| Ok(decode_case(value, case_id)?.0),
         };
         listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
@@ -861,13 +877,13 @@ impl Store {
 
     /// Writes several objects (and deletions, as `None`) in one transaction.
     pub async fn put_objects(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
-        self.write(move |txn| writes::put_objects(txn, &changes))
+        self.write(move |tables| writes::put_objects(tables, &changes))
             .await
     }
 
     /// Like `put_objects`, for start-up.
     pub fn put_objects_blocking(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
-        self.write_blocking(move |txn| writes::put_objects(txn, &changes))
+        self.write_blocking(move |tables| writes::put_objects(tables, &changes))
     }
 
     // ---- pending error e-mails ---------------------------------------------
@@ -895,7 +911,7 @@ impl Store {
         &self,
         changes: Vec<(String, String, Option<T>)>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| writes::put_notifications(txn, &changes))
+        self.write(move |tables| writes::put_notifications(tables, &changes))
             .await
     }
 

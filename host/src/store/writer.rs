@@ -1,12 +1,14 @@
 //! The group-commit writer: one thread that takes every job waiting, runs
-//! them in one write transaction, commits it with `Durability::Immediate` and
-//! only then answers each job. Only the store's own named operations hand it
+//! them in one write transaction (its tables opened once for all of them,
+//! `WriteTables`), commits it with `Durability::Immediate` and only then
+//! answers each job. Only the store's own named operations hand it
 //! jobs (`Store::write`, `Store::write_blocking` are private to `store`).
 
 use std::sync::{Arc, Weak, mpsc};
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, Durability};
 
+use super::write_tables::WriteTables;
 use super::{Store, StoreError};
 
 /// How many jobs one group commit takes at most.
@@ -15,7 +17,7 @@ const MAX_JOBS_PER_COMMIT: usize = 2_048;
 type Completion = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
 /// A job returns its completion and whether it may have left partial writes
 /// behind (a storage error part-way): then the whole batch is abandoned.
-pub(super) type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
+pub(super) type Job = Box<dyn FnOnce(&mut WriteTables<'_>) -> (Completion, bool) + Send>;
 
 /// Starts the writer thread for `db`. It holds the database only weakly: the
 /// file must close when the last `Store` is dropped, not whenever the thread
@@ -37,7 +39,7 @@ impl Store {
     pub(super) async fn write<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.enqueue(job, move |result| {
@@ -50,7 +52,7 @@ impl Store {
     pub(super) fn write_blocking<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel(1);
         self.enqueue(job, move |result| {
@@ -66,10 +68,10 @@ impl Store {
     ) -> Result<(), StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
-        let boxed: Job = Box::new(move |txn| {
-            let result = job(txn);
+        let boxed: Job = Box::new(move |tables| {
+            let result = job(tables);
             // Logical refusals (no such record) are returned before any write;
             // a storage or decoding error may strike after some.
             let poisoned = matches!(
@@ -106,28 +108,7 @@ fn run(db: &Weak<Database>, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        let committed = (|| -> Result<(), StoreError> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            let mut poisoned = false;
-            for job in batch.drain(..) {
-                let (completion, job_poisoned) = job(&txn);
-                completions.push(completion);
-                poisoned |= job_poisoned;
-            }
-            if poisoned {
-                // Dropping the transaction discards every write of the batch,
-                // so a half-applied job never becomes durable.
-                txn.abort()?;
-                return Err(StoreError::Storage(
-                    "a job of this group commit failed part-way; the whole group was rolled back"
-                        .into(),
-                ));
-            }
-            txn.commit()?;
-            Ok(())
-        })()
-        .map_err(|error| {
+        let committed = commit_group(&db, batch, &mut completions).map_err(|error| {
             tracing::error!(%error, "group commit failed; its jobs are refused");
             Arc::new(error.to_string())
         });
@@ -138,4 +119,33 @@ fn run(db: &Weak<Database>, jobs: &mpsc::Receiver<Job>) {
             done(committed.clone());
         }
     }
+}
+
+/// Runs `batch` in one durable transaction, collecting each job's completion.
+fn commit_group(
+    db: &Database,
+    batch: Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut tables = WriteTables::open(&txn)?;
+    let mut poisoned = false;
+    for job in batch {
+        let (completion, job_poisoned) = job(&mut tables);
+        completions.push(completion);
+        poisoned |= job_poisoned;
+    }
+    if poisoned {
+        // Dropping the transaction discards every write of the batch, so a
+        // half-applied job never becomes durable.
+        drop(tables);
+        txn.abort()?;
+        return Err(StoreError::Storage(
+            "a job of this group commit failed part-way; the whole group was rolled back".into(),
+        ));
+    }
+    tables.finish()?;
+    txn.commit()?;
+    Ok(())
 }
