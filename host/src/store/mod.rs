@@ -521,7 +521,7 @@ impl Store {
         results: Vec<AttemptResult>,
     ) -> Result<Vec<CommittedAttempt>, StoreError> {
         let clock = self.clock;
-        self.write(move |txn| writes::commit_attempts(txn, results, clock.now_micros()))
+        self.write(move |tables| writes::commit_attempts(tables, results, clock.now_micros()))
             .await
     }
 

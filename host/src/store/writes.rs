@@ -193,13 +193,13 @@ pub(super) fn commit_attempt(
 /// it); a storage or decoding failure fails the whole job, so that the
 /// writer rolls the group commit back rather than keep part of an attempt.
 pub(super) fn commit_attempts(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     results: Vec<AttemptResult>,
     now: i64,
 ) -> Result<Vec<super::CommittedAttempt>, StoreError> {
     let mut committed = Vec::with_capacity(results.len());
     for result in results {
-        match commit_attempt(txn, result, now) {
+        match commit_attempt(tables, result, now) {
             Err(error @ (StoreError::Storage(_) | StoreError::Corrupt { .. })) => {
                 return Err(error);
             }
