@@ -29,6 +29,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::connection::ConnectionSpec;
 use crate::delivery::DeliveryConfig;
+use crate::retention::RetentionConfig;
 use crate::email::SmtpConfig;
 use crate::field::{
     self, FREE_FORM_TABLES, FieldError, Origin, check_not_empty, env_reference, key_path,
@@ -80,6 +81,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(deserialize_with = "field::table")]
     pub metrics: MetricsConfig,
+    #[serde(deserialize_with = "field::table")]
+    pub retention: RetentionConfig,
     #[serde(deserialize_with = "field::tables")]
     pub domains: Vec<DomainConfig>,
     #[serde(deserialize_with = "field::tables")]
@@ -104,6 +107,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             ingest: IngestConfig::default(),
             metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
             domains: Vec::new(),
             api_tokens: Vec::new(),
             submitters: Vec::new(),

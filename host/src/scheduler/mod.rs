@@ -35,7 +35,7 @@ use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::RetryPolicy;
-use crate::record::{Outcome, RecordState, Verdict};
+use crate::record::{Outcome, RecordState, RepeatRecord, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
 pub use planner::Health;
@@ -310,6 +310,11 @@ impl Scheduler {
     /// Sends whatever is due and may be sent; returns when to look again.
     fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
         let now = self.shared.with.clock.now_micros();
+        // A store that cannot write could not record what a send did: no
+        // send starts until it writes again (records stay as they are).
+        if self.shared.with.store.write_failure().is_some() {
+            return Ok(Some(self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)));
+        }
         let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut connections = Vec::with_capacity(lanes.len());
@@ -486,6 +491,29 @@ struct SendTask {
 }
 
 impl SendTask {
+    /// Commits what a send did. While the store cannot write, the outcome is
+    /// kept here and committed once it can, so that the record is not sent
+    /// twice; only shutting down gives up (the record is then sent again
+    /// after the restart, under the same `Idempotency-Key`).
+    async fn commit_when_writable(
+        &self,
+        result: AttemptResult,
+    ) -> Result<(RepeatRecord, Verdict), crate::store::StoreError> {
+        let shared = &self.scheduler.shared;
+        loop {
+            let committed = shared.with.store.commit_attempt(result.clone()).await;
+            let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            if committed.is_ok() || stopping || shared.with.store.write_failure().is_none() {
+                return committed;
+            }
+            while shared.with.store.write_failure().is_some()
+                && !shared.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                shared.with.clock.sleep(RETRY_AFTER_HOST_FAILURE).await;
+            }
+        }
+    }
+
     async fn run(self) {
         let shared = &self.scheduler.shared;
         let spec = &self.repeater.spec;
@@ -565,10 +593,8 @@ impl SendTask {
             );
         }
         let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
-        let committed = shared
-            .with
-            .store
-            .commit_attempt(AttemptResult {
+        let committed = self
+            .commit_when_writable(AttemptResult {
                 seq: self.seq,
                 outcome: outcome.clone(),
                 attempt,

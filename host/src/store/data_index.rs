@@ -192,6 +192,27 @@ pub(super) fn reindex_form(
     index_form(txn, form, now)
 }
 
+/// Takes a deleted form (retention) out of every listing and its counts;
+/// returns whether it was indexed.
+pub(super) fn unindex_form(txn: &WriteTransaction, form: &StoredForm) -> Result<bool, StoreError> {
+    let domain = form.domain.as_str();
+    let indexed_on = txn
+        .open_table(FORM_INDEXED_ON)?
+        .remove((domain, form.form_id.as_str()))?
+        .map(|v| v.value());
+    let Some(indexed_on) = indexed_on else {
+        return Ok(false);
+    };
+    remove_entries(
+        txn,
+        FORM_LISTING,
+        domain,
+        form_entries(form, indexed_on),
+        indexed_on,
+    )?;
+    Ok(true)
+}
+
 fn put_form(txn: &WriteTransaction, form: &StoredForm, indexed_on: u64) -> Result<(), StoreError> {
     let domain = form.domain.as_str();
     txn.open_table(FORM_INDEXED_ON)?

@@ -22,8 +22,11 @@
 //! so two data directories never hand out the same id.
 
 mod data_index;
+mod database;
 mod encoding;
+mod retention;
 mod state_index;
+mod stats;
 mod tables;
 mod writer;
 mod writes;
@@ -32,6 +35,8 @@ mod writes;
 mod crash_tests;
 #[cfg(test)]
 mod data_index_tests;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod state_index_tests;
 #[cfg(test)]
@@ -43,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 
-use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -59,6 +64,9 @@ use tables::*;
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
 pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
+pub use database::WriteFailure;
+pub use retention::{OldestKept, RetainedForms};
+pub use stats::DomainStats;
 
 /// redb's page cache. Its default (1 GiB) would let a large queue grow the
 /// process far past what a gateway should hold; the working set (the due
@@ -152,7 +160,7 @@ pub struct RecordPage {
 }
 
 /// The result of one attempt, to be committed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub seq: u64,
     pub outcome: Outcome,
@@ -209,7 +217,7 @@ pub struct ListedForm {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<database::SharedDatabase>,
     writer: mpsc::Sender<writer::Job>,
     nonce: u64,
     next_seq: Arc<AtomicU64>,
@@ -238,7 +246,7 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path)
+        Store::start(db, path.clone(), Some(path))
     }
 
     /// Opens a store on another storage backend (tests: one that fails or
@@ -253,12 +261,13 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path)
+        Store::start(db, path, None)
     }
 
     /// Checks the schema version, creates what a new file lacks and starts
-    /// the writer thread.
-    fn start(db: Database, path: PathBuf) -> Result<Store, StoreError> {
+    /// the writer thread; `reopen` is the file to open again after a failed
+    /// write (`None`: the database is kept as it is).
+    fn start(db: Database, path: PathBuf, reopen: Option<PathBuf>) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         let nonce;
         let last_seq;
@@ -304,12 +313,24 @@ impl Store {
             txn.open_table(FORM_LISTING)?;
             txn.open_table(CASE_LISTING)?;
             txn.open_table(LISTING_COUNTS)?;
+            txn.open_table(FINAL_RECORDS)?;
+            txn.open_table(FINAL_SINCE)?;
+            txn.open_table(DOMAIN_COUNTS)?;
             let records = txn.open_table(RECORDS)?;
             last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
         let backfilled = data_index::backfill(&txn)?;
         let records_indexed = state_index::backfill(&txn)?;
+        let finals_indexed = retention::backfill(&txn)?;
+        let counted = stats::backfill(&txn)?;
         txn.commit()?;
+        if finals_indexed > 0 || counted > 0 {
+            tracing::info!(
+                records = finals_indexed,
+                counted,
+                "indexed the final records and counted the domains of a store from before retention"
+            );
+        }
         if backfilled > 0 {
             tracing::info!(
                 objects = backfilled,
@@ -322,7 +343,7 @@ impl Store {
                 "indexed the records stored before the state index by state"
             );
         }
-        let db = Arc::new(db);
+        let db = Arc::new(database::SharedDatabase::new(db, reopen));
         let writer = writer::start(&db)?;
         Ok(Store {
             db,
@@ -824,6 +845,62 @@ impl Store {
         listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
 
+    // ---- retention and stats ------------------------------------------------
+
+    /// Deletes up to `limit` records that have been in the final `state`
+    /// since `cutoff` (Unix micros) or earlier, with their attempts and every
+    /// index entry naming them, in one transaction; returns how many.
+    pub async fn retain_records(
+        &self,
+        state: RecordState,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(move |txn| retention::delete_records(txn, state, cutoff, limit))
+            .await
+    }
+
+    /// Looks at up to `limit` forms of `domain` stored from `start` to
+    /// `cutoff` (by `indexed_on`) and deletes, with their XML and listing
+    /// entries, those that no `pending` or `failed` record needs; one
+    /// transaction.
+    pub async fn retain_forms(
+        &self,
+        domain: &str,
+        cutoff: i64,
+        start: u64,
+        limit: usize,
+    ) -> Result<RetainedForms, StoreError> {
+        let domain = domain.to_owned();
+        self.write(move |txn| retention::delete_forms(txn, &domain, cutoff, start, limit))
+            .await
+    }
+
+    /// Every domain that has stored a form.
+    pub fn form_domains(&self) -> Result<Vec<String>, StoreError> {
+        form_domains_in(&self.db.begin_read()?)
+    }
+
+    /// The oldest of what retention keeps.
+    pub fn oldest_kept(&self) -> Result<OldestKept, StoreError> {
+        retention::oldest_kept(&self.db.begin_read()?)
+    }
+
+    /// A domain's figures: records per state, forms, cases, XML bytes.
+    pub fn domain_stats(&self, domain: &str) -> Result<DomainStats, StoreError> {
+        stats::domain_stats(&self.db.begin_read()?, domain)
+    }
+
+    /// The size of the store's file, in bytes (`None` when it cannot be read).
+    pub fn file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|meta| meta.len())
+    }
+
+    /// Why the store cannot write now (`None`: it can).
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.db.write_failure()
+    }
+
     // ---- configured objects ------------------------------------------------
 
     /// Every stored object of one kind, as (domain, name, bytes).
@@ -889,4 +966,14 @@ impl Store {
     pub async fn allocate_repeater_id(&self) -> Result<u64, StoreError> {
         self.write(writes::allocate_repeater_id).await
     }
+}
+
+/// Every domain that has stored a form (each has handed out an `indexed_on`).
+fn form_domains_in(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
+    let table = txn.open_table(LAST_INDEXED_ON)?;
+    let mut domains = Vec::new();
+    for entry in table.iter()? {
+        domains.push(entry?.0.value().to_owned());
+    }
+    Ok(domains)
 }

@@ -69,6 +69,21 @@ pub(super) fn move_record(
     Ok(())
 }
 
+/// Takes a deleted record (retention) out of the state counts and the index.
+pub(super) fn remove_record(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), StoreError> {
+    let mut counts = txn.open_table(STATE_COUNTS)?;
+    let key = (record.repeater_id, record.state.as_str());
+    let n = counts.get(key)?.map_or(0, |v| v.value());
+    counts.insert(key, n.saturating_sub(1))?;
+    txn.open_table(STATE_RECORDS)?.remove((
+        record.domain.as_str(),
+        record.state.as_str(),
+        record.repeater.as_str(),
+        record.seq,
+    ))?;
+    Ok(())
+}
+
 /// Puts every record of a store written before the state index existed into
 /// it; does nothing once done. Returns how many records it indexed.
 pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {

@@ -16,7 +16,7 @@ use super::tables::{
     PAYLOAD_RECORDS, RECORDS,
 };
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
-use super::{data_index, state_index};
+use super::{data_index, retention, state_index, stats};
 use crate::model::{Case, StoredForm};
 use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::submission::{self, LaterPost, PlannedRecord, Submission};
@@ -64,6 +64,7 @@ pub(super) fn commit_submission(
     }
     forms.insert(key, encode(form).as_slice())?;
     txn.open_table(FORM_XML)?.insert(key, xml.as_slice())?;
+    stats::add_form_xml(txn, &form.domain, xml.len() as i64)?;
     let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or(now);
     let registered = register(txn, next_seq, &plan.records, received_micros)?;
     Ok(IngestResult::Accepted { registered })
@@ -122,7 +123,7 @@ pub(super) fn register(
         );
         domain_records.insert((plan.domain, seq), ())?;
         payload_records.insert((plan.domain, record.payload.payload_id(), seq), ())?;
-        write_record(txn, None, &record)?;
+        write_record(txn, None, &record, now)?;
         registered.push((plan.repeater_id, now));
     }
     Ok(registered)
@@ -181,7 +182,7 @@ pub(super) fn commit_attempt(
         txn.open_table(ATTEMPTS)?
             .insert((record.seq, attempt.number), encode(&attempt).as_slice())?;
     }
-    write_record(txn, Some(&before), &record)?;
+    write_record(txn, Some(&before), &record, now)?;
     Ok((record, verdict))
 }
 
@@ -202,7 +203,7 @@ pub(super) fn apply_operator(
         }
         let mut record = before.clone();
         if record::apply_operator(&mut record, action, now) {
-            write_record(txn, Some(&before), &record)?;
+            write_record(txn, Some(&before), &record, now)?;
             changed.push(record);
         }
     }
@@ -271,12 +272,15 @@ pub(super) fn read_record(txn: &WriteTransaction, seq: u64) -> Result<RepeatReco
     decode(bytes.value(), || format!("record {seq}"))
 }
 
-/// Writes a record and keeps the due index, the state counts and the state
-/// index in step with it. `before` is the record as stored (`None` for a new one).
+/// Writes a record and keeps the due index, the state counts, the state
+/// index, the domain's counts and retention's index of final records in step
+/// with it. `before` is the record as stored (`None` for a new one); `now`
+/// is when it is written.
 fn write_record(
     txn: &WriteTransaction,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
+    now: i64,
 ) -> Result<(), StoreError> {
     txn.open_table(RECORDS)?
         .insert(record.seq, encode(record).as_slice())?;
@@ -287,5 +291,7 @@ fn write_record(
     if let Some(at) = record.next_attempt_at {
         due.insert((record.repeater_id, at.max(0) as u64, record.seq), ())?;
     }
-    state_index::move_record(txn, before, record)
+    state_index::move_record(txn, before, record)?;
+    stats::move_record(txn, before, record)?;
+    retention::track(txn, before, record, now)
 }
