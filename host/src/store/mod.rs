@@ -399,11 +399,12 @@ impl Store {
         submission: Submission,
     ) -> Result<IngestResult, StoreError> {
         let next_seq = self.next_seq.clone();
-        let clock = self.clock;
-        self.write(move |txn| {
-            writes::commit_submission(txn, &next_seq, submission, clock.now_micros())
-        })
-        .await
+        // "Now" is read here, on the caller's side of the runtime: the writer
+        // thread is outside it, where a clock that follows tokio's paused
+        // time would read the wall's.
+        let now = self.clock.now_micros();
+        self.write(move |txn| writes::commit_submission(txn, &next_seq, submission, now))
+            .await
     }
 
     /// Registers one `app-schema` record per app-schema repeater of the domain.
@@ -415,7 +416,7 @@ impl Store {
         build_id: Option<String>,
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let next_seq = self.next_seq.clone();
-        let clock = self.clock;
+        let now = self.clock.now_micros();
         self.write(move |txn| {
             let planned = crate::submission::plan_app_change(
                 &repeaters,
@@ -423,7 +424,7 @@ impl Store {
                 change,
                 build_id.as_deref(),
             );
-            writes::register(txn, &next_seq, &planned, clock.now_micros())
+            writes::register(txn, &next_seq, &planned, now)
         })
         .await
     }
@@ -511,8 +512,8 @@ impl Store {
         &self,
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
-        let clock = self.clock;
-        self.write(move |txn| writes::commit_attempt(txn, result, clock.now_micros()))
+        let now = self.clock.now_micros();
+        self.write(move |txn| writes::commit_attempt(txn, result, now))
             .await
     }
 
@@ -522,9 +523,8 @@ impl Store {
         seq: u64,
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
-        let clock = self.clock;
+        let now = self.clock.now_micros();
         self.write(move |txn| {
-            let now = clock.now_micros();
             let mut changed = writes::apply_operator(txn, &[seq], None, action, now)?;
             match changed.pop() {
                 Some(record) => Ok(record),
@@ -564,10 +564,9 @@ impl Store {
         for chunk in seqs.chunks(RECORDS_PER_TRANSACTION) {
             let chunk = chunk.to_vec();
             let filter = filter.clone();
-            let clock = self.clock;
+            let now = self.clock.now_micros();
             let mut done = self
                 .write(move |txn| {
-                    let now = clock.now_micros();
                     writes::apply_operator(txn, &chunk, Some(&filter), action, now)
                 })
                 .await?;
@@ -579,13 +578,12 @@ impl Store {
     /// Cancels every queued record of a repeater (when it is deleted).
     pub async fn cancel_repeater_records(&self, repeater_id: u64) -> Result<u64, StoreError> {
         let mut total = 0;
-        let clock = self.clock;
         loop {
+            let now = self.clock.now_micros();
             let n = self
                 .write(move |txn| {
                     let seqs =
                         writes::queued_of_repeater(txn, repeater_id, RECORDS_PER_TRANSACTION)?;
-                    let now = clock.now_micros();
                     let cancelled =
                         writes::apply_operator(txn, &seqs, None, OperatorAction::Cancel, now)?;
                     Ok(cancelled.len() as u64)
