@@ -29,7 +29,6 @@ use toml::de::{DeTable, DeValue};
 
 use crate::connection::ConnectionSpec;
 use crate::delivery::DeliveryConfig;
-use crate::retention::RetentionConfig;
 use crate::email::SmtpConfig;
 use crate::field::{
     self, FREE_FORM_TABLES, FieldError, Origin, check_not_empty, env_reference, key_path,
@@ -37,6 +36,7 @@ use crate::field::{
 use crate::plugins::PluginLimits;
 use crate::record::RetryPolicy;
 use crate::repeater::RepeaterSpec;
+use crate::retention::RetentionConfig;
 use crate::secrets::Secret;
 use crate::tls::ServeTls;
 use crate::units;

@@ -37,6 +37,7 @@ mod http;
 pub mod load;
 pub mod raw_remote;
 pub mod remote;
+pub mod size_bench;
 pub mod smtp;
 pub mod tls;
 pub mod virtual_time;

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use redb::{ReadableTableMetadata, StorageBackend};
 use redb::backends::InMemoryBackend;
+use redb::{ReadableTableMetadata, StorageBackend};
 
 use super::state_index_tests::assert_state_index_agrees;
 use super::tests::{answered_200, attempt_result, submission};
@@ -228,8 +228,10 @@ fn assert_indexes_agree(store: &Store, context: &str) {
     let mut expected_due = HashSet::new();
     let mut expected_counts: BTreeMap<(u64, RecordState), u64> = BTreeMap::new();
     let mut expected_finals = HashSet::new();
-    let mut expected_domain_counts: BTreeMap<RecordState, u64> =
-        RecordState::ALL.into_iter().map(|state| (state, 0)).collect();
+    let mut expected_domain_counts: BTreeMap<RecordState, u64> = RecordState::ALL
+        .into_iter()
+        .map(|state| (state, 0))
+        .collect();
     for entry in records.iter().unwrap() {
         let (_, value) = entry.unwrap();
         let record: RepeatRecord = decode(value.value(), || "record".into()).unwrap();
@@ -274,7 +276,11 @@ fn assert_indexes_agree(store: &Store, context: &str) {
         .collect();
     assert_eq!(finals, expected_finals, "{context}: retention's index");
     let n_since = txn.open_table(FINAL_SINCE).unwrap().len().unwrap();
-    assert_eq!(n_since, expected_finals.len() as u64, "{context}: final_since");
+    assert_eq!(
+        n_since,
+        expected_finals.len() as u64,
+        "{context}: final_since"
+    );
     assert_eq!(
         store.domain_stats("demo").unwrap().records,
         expected_domain_counts,

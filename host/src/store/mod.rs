@@ -566,9 +566,7 @@ impl Store {
             let filter = filter.clone();
             let now = self.clock.now_micros();
             let mut done = self
-                .write(move |txn| {
-                    writes::apply_operator(txn, &chunk, Some(&filter), action, now)
-                })
+                .write(move |txn| writes::apply_operator(txn, &chunk, Some(&filter), action, now))
                 .await?;
             changed.append(&mut done);
         }

@@ -70,7 +70,10 @@ pub(super) fn move_record(
 }
 
 /// Takes a deleted record (retention) out of the state counts and the index.
-pub(super) fn remove_record(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), StoreError> {
+pub(super) fn remove_record(
+    txn: &WriteTransaction,
+    record: &RepeatRecord,
+) -> Result<(), StoreError> {
     let mut counts = txn.open_table(STATE_COUNTS)?;
     let key = (record.repeater_id, record.state.as_str());
     let n = counts.get(key)?.map_or(0, |v| v.value());
