@@ -6,8 +6,14 @@
 //! Connections are sealed with the secret key before they reach the store;
 //! submitter passwords are kept as argon2 hashes and API tokens as SHA-256
 //! digests, so the data directory holds no secret in clear.
+//!
+//! A password that matched its argon2 hash is remembered (a salted digest,
+//! in memory only) for as long as that submitter's stored hash stays the same,
+//! across catalog changes: argon2 costs tens of milliseconds and ~19 MiB per
+//! check, and pausing a repeater must not make every device pay it again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use argon2::Argon2;
@@ -136,10 +142,15 @@ pub struct Catalog {
     key: Arc<SecretKey>,
     current: RwLock<Arc<Snapshot>>,
     changes: tokio::sync::watch::Sender<Arc<Snapshot>>,
-    /// Keyed digests of (domain, user, password) already verified against
-    /// their argon2 hash: argon2 is deliberately slow, submissions are not.
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Passwords already verified against their argon2 hash: argon2 is
+    /// deliberately slow (and takes ~19 MiB a check), submissions are not.
+    verified: Mutex<VerifiedCredentials>,
     verify_salt: [u8; 16],
+    /// One lock per password being checked, so that a burst of submissions
+    /// with the same new credentials runs argon2 once, not once per request.
+    checks_in_flight: Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
+    /// Argon2 checks run since the catalog was loaded.
+    password_checks: AtomicU64,
     /// Serialises changes so that read-modify-write of the snapshot is safe.
     change_lock: tokio::sync::Mutex<()>,
 }
@@ -187,8 +198,10 @@ impl Catalog {
             key,
             current: RwLock::new(snapshot),
             changes,
-            verified: Mutex::new(HashSet::new()),
+            verified: Mutex::new(VerifiedCredentials::default()),
             verify_salt,
+            checks_in_flight: Mutex::new(HashMap::new()),
+            password_checks: AtomicU64::new(0),
             change_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -277,7 +290,10 @@ impl Catalog {
     fn reload(&self) -> Result<(), CatalogError> {
         let snapshot = Arc::new(Self::read_snapshot(&self.store, &self.key)?);
         *self.current.write().expect("catalog lock") = snapshot.clone();
-        self.verified.lock().expect("verified lock").clear();
+        self.verified
+            .lock()
+            .expect("verified lock")
+            .retain_current(&snapshot);
         self.changes.send_replace(snapshot);
         Ok(())
     }
@@ -373,17 +389,26 @@ impl Catalog {
         hasher.finalize().into()
     }
 
-    /// Whether these credentials were verified before (no argon2 work).
+    /// Whether these credentials were verified before (no argon2 work)
+    /// against the submitter's password as the current snapshot has it.
     pub fn submitter_known_good(&self, domain: &str, username: &str, password: &str) -> bool {
-        let cache_key = self.verification_key(domain, username, password);
+        let snapshot = self.snapshot();
+        let Some(hash) = snapshot
+            .domain(domain)
+            .and_then(|d| d.submitters.get(username))
+        else {
+            return false;
+        };
+        let password_key = self.verification_key(domain, username, password);
         self.verified
             .lock()
             .expect("verified lock")
-            .contains(&cache_key)
+            .contains(domain, username, hash, &password_key)
     }
 
     /// Checks a submitter's password (HTTP Basic on the receiver). Slow on
     /// first sight of a password (argon2): call it off the async runtime.
+    /// Concurrent checks of the same credentials wait for the first one.
     pub fn verify_submitter(&self, domain: &str, username: &str, password: &str) -> bool {
         let snapshot = self.snapshot();
         let Some(hash) = snapshot
@@ -392,23 +417,55 @@ impl Catalog {
         else {
             return false;
         };
-        let cache_key = self.verification_key(domain, username, password);
-        if self
-            .verified
-            .lock()
-            .expect("verified lock")
-            .contains(&cache_key)
-        {
+        let password_key = self.verification_key(domain, username, password);
+        let known = || {
+            self.verified.lock().expect("verified lock").contains(
+                domain,
+                username,
+                hash,
+                &password_key,
+            )
+        };
+        if known() {
             return true;
         }
-        let matches = password_matches(password, hash);
-        if matches {
-            self.verified
-                .lock()
-                .expect("verified lock")
-                .insert(cache_key);
+        let in_flight = self
+            .checks_in_flight
+            .lock()
+            .expect("checks lock")
+            .entry(password_key)
+            .or_default()
+            .clone();
+        let matches = {
+            let _turn = in_flight.lock().expect("check lock");
+            if known() {
+                true
+            } else {
+                self.password_checks.fetch_add(1, Ordering::Relaxed);
+                let matches = password_matches(password, hash);
+                if matches {
+                    self.verified.lock().expect("verified lock").insert(
+                        domain,
+                        username,
+                        hash,
+                        password_key,
+                    );
+                }
+                matches
+            }
+        };
+        let mut checks = self.checks_in_flight.lock().expect("checks lock");
+        // Clones are taken under this lock: two left (the map's and ours)
+        // means nobody else waits on this check.
+        if Arc::strong_count(&in_flight) == 2 {
+            checks.remove(&password_key);
         }
         matches
+    }
+
+    /// How many argon2 checks ran since the catalog was loaded.
+    pub fn password_checks(&self) -> u64 {
+        self.password_checks.load(Ordering::Relaxed)
     }
 
     // ---- changes through the API --------------------------------------------
@@ -566,6 +623,65 @@ impl Catalog {
     }
 }
 
+/// Submitters' passwords verified against their argon2 hash, per (domain,
+/// username) with the hash they were verified against. A catalog change keeps
+/// them (pausing a repeater must not cost every device an argon2 check, ~19
+/// MiB each) unless it changed or removed that submitter's password: then the
+/// entry no longer matches the snapshot's hash and is dropped.
+#[derive(Debug, Default)]
+struct VerifiedCredentials {
+    /// domain → username → what was verified.
+    by_domain: HashMap<String, HashMap<String, VerifiedSubmitter>>,
+}
+
+#[derive(Debug)]
+struct VerifiedSubmitter {
+    /// The argon2 PHC string the passwords were checked against.
+    password_hash: String,
+    /// Keyed digests (`Catalog::verification_key`) of the passwords that matched.
+    passwords: HashSet<[u8; 32]>,
+}
+
+impl VerifiedCredentials {
+    fn contains(&self, domain: &str, username: &str, hash: &str, password: &[u8; 32]) -> bool {
+        self.by_domain
+            .get(domain)
+            .and_then(|users| users.get(username))
+            .is_some_and(|verified| {
+                verified.password_hash == hash && verified.passwords.contains(password)
+            })
+    }
+
+    fn insert(&mut self, domain: &str, username: &str, hash: &str, password: [u8; 32]) {
+        let users = self.by_domain.entry(domain.to_owned()).or_default();
+        let verified = users
+            .entry(username.to_owned())
+            .or_insert_with(|| VerifiedSubmitter {
+                password_hash: hash.to_owned(),
+                passwords: HashSet::new(),
+            });
+        if verified.password_hash != hash {
+            verified.password_hash = hash.to_owned();
+            verified.passwords.clear();
+        }
+        verified.passwords.insert(password);
+    }
+
+    /// Drops what `snapshot` no longer vouches for: submitters removed or
+    /// whose password hash changed.
+    fn retain_current(&mut self, snapshot: &Snapshot) {
+        self.by_domain.retain(|domain, users| {
+            let Some(objects) = snapshot.domain(domain) else {
+                return false;
+            };
+            users.retain(|username, verified| {
+                objects.submitters.get(username) == Some(&verified.password_hash)
+            });
+            !users.is_empty()
+        });
+    }
+}
+
 impl CatalogError {
     fn not_found(kind: &'static str, domain: &str, name: &str) -> CatalogError {
         CatalogError::NotFound {
@@ -609,4 +725,147 @@ fn decode_hex32(text: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog over a real redb file in a temporary directory, with the
+    /// objects of `config_text`.
+    struct Fixture {
+        catalog: Catalog,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn config(password: &str) -> Config {
+        let text = format!(
+            r#"
+[[domains]]
+name = "demo"
+
+[[submitters]]
+domain = "demo"
+username = "danny"
+password = "{password}"
+
+[[connections]]
+domain = "demo"
+name = "to-remote"
+url = "http://127.0.0.1:9/in"
+
+[[repeaters]]
+domain = "demo"
+name = "forms"
+connection = "to-remote"
+kind = "form"
+format = "form-xml"
+"#
+        );
+        crate::config::parse(&text, "repeatd.toml").expect("the test config is valid")
+    }
+
+    fn fixture(password: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!(
+            "repeatd-catalog-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = Store::open(&dir).expect("the store opens");
+        let catalog = Catalog::load(store, Arc::new(SecretKey::from_bytes(&[3; 32])))
+            .expect("the catalog loads");
+        catalog
+            .apply_config(&config(password))
+            .expect("the config applies");
+        Fixture { catalog, dir }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn verified_credentials_survive_a_change_that_does_not_touch_them() {
+        let fixture = fixture("pw");
+        let catalog = &fixture.catalog;
+        assert!(!catalog.submitter_known_good("demo", "danny", "pw"));
+        assert!(catalog.verify_submitter("demo", "danny", "pw"));
+        assert_eq!(catalog.password_checks(), 1);
+        assert!(catalog.submitter_known_good("demo", "danny", "pw"));
+
+        catalog.set_paused("demo", "forms", true).await.unwrap();
+        catalog.set_paused("demo", "forms", false).await.unwrap();
+        catalog.apply_config(&config("pw")).unwrap();
+
+        assert!(
+            catalog.submitter_known_good("demo", "danny", "pw"),
+            "pausing a repeater and re-applying the same file keep the credential"
+        );
+        assert!(catalog.verify_submitter("demo", "danny", "pw"));
+        // apply_config compared the file's password with the stored hash
+        // itself; the submitter's own checks did not run argon2 again.
+        assert_eq!(catalog.password_checks(), 1);
+        assert!(!catalog.submitter_known_good("demo", "danny", "wrong"));
+        assert!(!catalog.verify_submitter("demo", "danny", "wrong"));
+        assert_eq!(catalog.password_checks(), 2, "a wrong password is checked");
+        assert!(!catalog.verify_submitter("demo", "danny", "wrong"));
+        assert_eq!(catalog.password_checks(), 3, "and never remembered");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_changed_password_drops_the_verified_credential() {
+        let fixture = fixture("old-pw");
+        let catalog = &fixture.catalog;
+        assert!(catalog.verify_submitter("demo", "danny", "old-pw"));
+        assert!(catalog.submitter_known_good("demo", "danny", "old-pw"));
+
+        catalog.apply_config(&config("new-pw")).unwrap();
+
+        assert!(
+            !catalog.submitter_known_good("demo", "danny", "old-pw"),
+            "the old password is no longer known good"
+        );
+        assert!(!catalog.verify_submitter("demo", "danny", "old-pw"));
+        assert!(catalog.verify_submitter("demo", "danny", "new-pw"));
+        assert!(catalog.submitter_known_good("demo", "danny", "new-pw"));
+        assert!(
+            !catalog.submitter_known_good("demo", "someone", "new-pw"),
+            "another username with the same password is another credential"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_removed_submitter_drops_the_verified_credential() {
+        let fixture = fixture("pw");
+        let catalog = &fixture.catalog;
+        assert!(catalog.verify_submitter("demo", "danny", "pw"));
+
+        catalog
+            .put_object(SUBMITTER, "demo", "danny", None)
+            .await
+            .unwrap();
+        catalog.reload().unwrap();
+
+        assert!(!catalog.submitter_known_good("demo", "danny", "pw"));
+        assert!(!catalog.verify_submitter("demo", "danny", "pw"));
+        assert!(
+            catalog.verified.lock().unwrap().by_domain.is_empty(),
+            "nothing is kept for a submitter who is gone"
+        );
+    }
+
+    #[test]
+    fn concurrent_first_checks_of_one_credential_run_argon2_once() {
+        let fixture = fixture("pw");
+        let catalog = &fixture.catalog;
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| assert!(catalog.verify_submitter("demo", "danny", "pw")));
+            }
+        });
+        assert_eq!(catalog.password_checks(), 1);
+        assert!(catalog.checks_in_flight.lock().unwrap().is_empty());
+    }
 }

@@ -264,8 +264,7 @@ impl Delivery {
         let settings = plugins::pairs(settings);
         let payload = match self
             .plugins
-            .clone()
-            .build_payload_off_runtime(plugin, record.kind, event, form_object, settings)
+            .build_payload_async(&plugin, record.kind, &event, form_object, &settings)
             .await
         {
             Ok(payload) => payload,
@@ -479,8 +478,7 @@ impl Delivery {
                     .collect();
                 let added = self
                     .plugins
-                    .clone()
-                    .sign_off_runtime(loaded, request, settings)
+                    .sign_async(&loaded, &request, &settings)
                     .await
                     .map_err(|error| DeliveryError::AuthSchemeFailed {
                         reason: error.to_string(),

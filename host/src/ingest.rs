@@ -42,7 +42,7 @@ const INCOMPLETE_PART: &str = "*isIncomplete*";
 
 /// Argon2 password checks under way at once. Each takes about 19 MiB and tens
 /// of milliseconds: unbounded, a burst of devices whose credentials are not
-/// cached yet (after a start or any catalog change), or a flood of wrong
+/// cached yet (after a start or a password change), or a flood of wrong
 /// passwords, runs hundreds at once and the gateway's memory grows with them.
 static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 

@@ -2,11 +2,22 @@
 //! WebAssembly component run here, sandboxed.
 //!
 //! One wasmtime `Engine` compiles each component once per version. A call
-//! runs in a `Store` with a memory cap (`StoreLimits`) and a CPU deadline
-//! (epoch interruption, ticked by one thread); the WASI context is empty: no
-//! preopened directories, no environment, no sockets. Live instances are kept
-//! in a small pool per plugin and reused, since a fresh instance costs tens of
+//! runs in a `Store` with a memory cap (`StoreLimits`) and a CPU deadline:
+//! one thread ticks the engine's epoch, and at each tick a call in progress
+//! checks the CPU time it has used so far (its thread's CPU clock, only while
+//! it runs: [`CallMeter`]), so a gateway under heavy load does not stop
+//! honest calls that merely waited. The WASI context is empty: no preopened
+//! directories, no environment, no sockets. Live instances are kept in a
+//! small pool per plugin and reused, since a fresh instance costs tens of
 //! microseconds; an instance that trapped is dropped, never reused.
+//!
+//! Async code (delivery) calls plugins on its own task, without a hop to
+//! another thread ([`PluginHost::build_payload_async`], [`PluginHost::sign_async`]):
+//! those calls run on instances made through async WASI bindings, and a call
+//! still running at an epoch tick yields to the runtime, so a plugin that
+//! loops holds a runtime worker for one tick at a time until its CPU time
+//! runs out. Sync callers (the CLI, the benchmark, loading) use instances of
+//! their own, made through the sync bindings.
 //!
 //! The registry maps a plugin name to its current version behind an `Arc`:
 //! swapping in a new version never disturbs calls already running on the old
@@ -44,6 +55,30 @@ pub mod bindings {
     }
     pub mod auth {
         wasmtime::component::bindgen!({ world: "outbound-auth", path: "../wit" });
+    }
+    /// `format` with async exports, for calls from async code; the types and
+    /// the host's `event-context` are `format`'s.
+    pub mod format_async {
+        wasmtime::component::bindgen!({
+            world: "payload-format",
+            path: "../wit",
+            exports: { default: async },
+            with: {
+                "repeatd:plugin/types": crate::plugins::bindings::format::repeatd::plugin::types,
+                "repeatd:plugin/event-context": crate::plugins::bindings::format::repeatd::plugin::event_context,
+            },
+        });
+    }
+    /// `auth` with async exports, for calls from async code.
+    pub mod auth_async {
+        wasmtime::component::bindgen!({
+            world: "outbound-auth",
+            path: "../wit",
+            exports: { default: async },
+            with: {
+                "repeatd:plugin/types": crate::plugins::bindings::auth::repeatd::plugin::types,
+            },
+        });
     }
 }
 
@@ -114,6 +149,87 @@ struct CallState {
     limits: CallLimits,
     /// What `event-context.form-object` answers during a `build` call.
     form_object: Option<String>,
+    /// The CPU time the current call has run.
+    meter: Arc<CallMeter>,
+    /// Whether calls on this store are async and may yield at a tick.
+    calling: Calling,
+}
+
+/// How a store's calls are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Calling {
+    /// On the caller's thread, to the end.
+    Sync,
+    /// From async code: polled by the runtime, yielding at each epoch tick.
+    Async,
+}
+
+/// The CPU time one call has used: the calling thread's CPU clock, counted
+/// only while the call runs (an async call is counted per poll, on whichever
+/// thread polls it), so neither the time it waited for the runtime after a
+/// yield nor the time other threads had the core counts against its limit.
+#[derive(Debug, Default)]
+struct CallMeter {
+    /// CPU nanoseconds run before the current poll.
+    ran_nanos: std::sync::atomic::AtomicU64,
+    /// The thread's CPU clock when the current poll began (`u64::MAX`
+    /// between polls).
+    resumed_at_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl CallMeter {
+    /// The calling thread's CPU time, in nanoseconds.
+    fn thread_cpu_nanos() -> u64 {
+        // The standard library has no thread CPU clock; rustix (already in
+        // the tree through wasmtime) reads it without `unsafe`.
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        (now.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec as u64)
+    }
+
+    /// A new call begins (and runs from now, for a sync call).
+    fn start(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ran_nanos.store(0, Relaxed);
+        self.resumed_at_nanos
+            .store(Self::thread_cpu_nanos(), Relaxed);
+    }
+
+    fn resume(&self) {
+        self.resumed_at_nanos.store(
+            Self::thread_cpu_nanos(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn pause(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ran = self.ran_so_far();
+        self.ran_nanos.store(ran.as_nanos() as u64, Relaxed);
+        // Not running: nothing more counts until the next poll.
+        self.resumed_at_nanos.store(u64::MAX, Relaxed);
+    }
+
+    /// What the call has run so far, including the current poll.
+    fn ran_so_far(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let this_poll =
+            Self::thread_cpu_nanos().saturating_sub(self.resumed_at_nanos.load(Relaxed));
+        Duration::from_nanos(self.ran_nanos.load(Relaxed).saturating_add(this_poll))
+    }
+}
+
+/// Runs `call` counting, in `meter`, only the time spent inside its polls.
+async fn metered<F: std::future::Future>(meter: &CallMeter, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|context| {
+        meter.resume();
+        let polled = call.as_mut().poll(context);
+        meter.pause();
+        polled
+    })
+    .await
 }
 
 impl bindings::format::repeatd::plugin::event_context::Host for CallState {
@@ -190,14 +306,22 @@ impl WasiView for CallState {
     }
 }
 
+/// Live instances of one plugin, ready for calls.
+type Pool<I> = Mutex<Vec<(Store<CallState>, I)>>;
+
+/// A plugin's instances: for sync calls and, apart, for async ones.
 enum Instances {
     Format {
         pre: bindings::format::PayloadFormatPre<CallState>,
-        pool: Mutex<Vec<(Store<CallState>, bindings::format::PayloadFormat)>>,
+        pool: Pool<bindings::format::PayloadFormat>,
+        async_pre: bindings::format_async::PayloadFormatPre<CallState>,
+        async_pool: Pool<bindings::format_async::PayloadFormat>,
     },
     Auth {
         pre: bindings::auth::OutboundAuthPre<CallState>,
-        pool: Mutex<Vec<(Store<CallState>, bindings::auth::OutboundAuth)>>,
+        pool: Pool<bindings::auth::OutboundAuth>,
+        async_pre: bindings::auth_async::OutboundAuthPre<CallState>,
+        async_pool: Pool<bindings::auth_async::OutboundAuth>,
     },
 }
 
@@ -251,9 +375,12 @@ pub struct PluginStatus {
 /// The plugin host: engine, linker, registry.
 pub struct PluginHost {
     engine: Engine,
+    /// WASI's sync bindings, for sync calls.
     linker: Linker<CallState>,
+    /// WASI's async bindings, for calls from async code (the sync ones block
+    /// on a runtime of their own, which must not happen on a runtime worker).
+    async_linker: Linker<CallState>,
     limits: PluginLimits,
-    deadline_ticks: u64,
     registry: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
     builtins: HashMap<String, Arc<LoadedPlugin>>,
     /// The last load failure per plugin name (cleared by a good load).
@@ -274,6 +401,8 @@ pub struct PluginHost {
 #[derive(Debug, Default)]
 struct Background {
     stopping: Mutex<bool>,
+    /// `stopping`, for the deadline check of calls still running.
+    stopped_flag: std::sync::atomic::AtomicBool,
     stopped: Condvar,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// How many of them are still running.
@@ -325,6 +454,8 @@ impl Background {
     /// Tells every thread to end; returns them, to be joined.
     fn stop(&self) -> Vec<std::thread::JoinHandle<()>> {
         *self.stopping.lock().expect("stop lock") = true;
+        self.stopped_flag
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.stopped.notify_all();
         for waker in self.watch_wakers.lock().expect("wakers lock").drain(..) {
             let _ = waker.send(());
@@ -430,20 +561,19 @@ impl PluginHost {
         let engine = Engine::new(&engine_config(&limits))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::format::repeatd::plugin::event_context::add_to_linker::<
-            CallState,
-            wasmtime::component::HasSelf<CallState>,
-        >(&mut linker, |state| state)?;
-        let ticks = limits
-            .timeout
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros())
-            .max(1) as u64;
+        let mut async_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut async_linker)?;
+        for linker in [&mut linker, &mut async_linker] {
+            bindings::format::repeatd::plugin::event_context::add_to_linker::<
+                CallState,
+                wasmtime::component::HasSelf<CallState>,
+            >(linker, |state| state)?;
+        }
         let mut host = PluginHost {
             engine,
             linker,
+            async_linker,
             limits,
-            deadline_ticks: ticks,
             registry: RwLock::new(HashMap::new()),
             builtins: HashMap::new(),
             errors: RwLock::new(HashMap::new()),
@@ -494,16 +624,15 @@ impl PluginHost {
     }
 
     /// Ends the epoch thread and the `plugin_dir` watcher and waits for them.
-    /// Calls still running have their deadline passed at once: with the
-    /// ticker gone, nothing else would stop one that loops. Must not be
-    /// called from a listener of `on_change` (the watcher runs those).
+    /// Calls still running are stopped at once (a last tick finds the host
+    /// stopping): with the ticker gone, nothing else would stop one that
+    /// loops. Must not be called from a listener of `on_change` (the watcher
+    /// runs those).
     pub fn shutdown(&self) {
         for thread in self.background.stop() {
             let _ = thread.join();
         }
-        for _ in 0..=self.deadline_ticks {
-            self.engine.increment_epoch();
-        }
+        self.engine.increment_epoch();
     }
 
     /// Compiles a component, or reads what an earlier run compiled from the
@@ -570,12 +699,20 @@ impl PluginHost {
                 first_line(&format!("{error:#}"))
             )
         })?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
+        let unavailable = |error: wasmtime::Error| {
             anyhow::anyhow!(
                 "imports what the sandbox does not offer (only WASI's defaults are available): {}",
                 first_line(&format!("{error:#}"))
             )
-        })?;
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(unavailable)?;
+        let async_instance_pre = self
+            .async_linker
+            .instantiate_pre(&component)
+            .map_err(unavailable)?;
         let loaded_at = self.clock.now_micros();
         let wants_form_object = component
             .component_type()
@@ -591,6 +728,8 @@ impl PluginHost {
             instances,
         };
         if let Ok(pre) = bindings::format::PayloadFormatPre::new(instance_pre.clone()) {
+            let async_pre =
+                bindings::format_async::PayloadFormatPre::new(async_instance_pre.clone())?;
             let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let info = instance
                 .repeatd_plugin_format()
@@ -601,9 +740,18 @@ impl PluginHost {
                 kinds: info.kinds.iter().map(|kind| from_wit_kind(*kind)).collect(),
             };
             let pool = Mutex::new(vec![(store, instance)]);
-            return Ok(loaded(kind, Instances::Format { pre, pool }));
+            return Ok(loaded(
+                kind,
+                Instances::Format {
+                    pre,
+                    pool,
+                    async_pre,
+                    async_pool: Mutex::new(Vec::new()),
+                },
+            ));
         }
         if let Ok(pre) = bindings::auth::OutboundAuthPre::new(instance_pre) {
+            let async_pre = bindings::auth_async::OutboundAuthPre::new(async_instance_pre)?;
             let (mut store, instance) = self.first_instance(|store| pre.instantiate(store))?;
             let description = instance
                 .repeatd_plugin_auth()
@@ -612,7 +760,12 @@ impl PluginHost {
             let pool = Mutex::new(vec![(store, instance)]);
             return Ok(loaded(
                 PluginKind::Auth { description },
-                Instances::Auth { pre, pool },
+                Instances::Auth {
+                    pre,
+                    pool,
+                    async_pre,
+                    async_pool: Mutex::new(Vec::new()),
+                },
             ));
         }
         let exports: Vec<String> = component
@@ -644,14 +797,14 @@ impl PluginHost {
         &self,
         instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> anyhow::Result<(Store<CallState>, T)> {
-        let mut store = self.new_store();
+        let mut store = self.new_store(Calling::Sync);
         let instance = instantiate(&mut store).map_err(|error| {
             anyhow::anyhow!(
                 "instantiating it failed: {}",
                 describe_trap(&error, &self.limits)
             )
         })?;
-        store.set_epoch_deadline(self.deadline_ticks);
+        arm(&mut store);
         Ok((store, instance))
     }
 
@@ -660,7 +813,9 @@ impl PluginHost {
         move |error| anyhow::anyhow!("{export}() failed: {}", describe_trap(&error, &self.limits))
     }
 
-    fn new_store(&self) -> Store<CallState> {
+    /// A store for calls made as `calling` says, with the CPU deadline armed
+    /// (instantiation runs guest code too).
+    fn new_store(&self, calling: Calling) -> Store<CallState> {
         let state = CallState {
             // Nothing inherited: no environment, arguments, directories,
             // sockets or standard streams.
@@ -676,11 +831,31 @@ impl PluginHost {
                 memory_cap: self.limits.memory,
             },
             form_object: None,
+            meter: Arc::default(),
+            calling,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Instantiation runs guest code too: it gets the same deadline.
-        store.set_epoch_deadline(self.deadline_ticks);
+        // At every tick during a call: stop it once it has run its CPU time
+        // (or the host is stopping), else let it go on (an async one after
+        // yielding to the runtime).
+        let timeout = self.limits.timeout;
+        let background = self.background.clone();
+        store.epoch_deadline_callback(move |context| {
+            let state = context.data();
+            if background
+                .stopped_flag
+                .load(std::sync::atomic::Ordering::SeqCst)
+                || state.meter.ran_so_far() >= timeout
+            {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(match state.calling {
+                Calling::Sync => wasmtime::UpdateDeadline::Continue(1),
+                Calling::Async => wasmtime::UpdateDeadline::Yield(1),
+            })
+        });
+        arm(&mut store);
         store
     }
 
@@ -843,38 +1018,116 @@ impl PluginHost {
         self.build_payload_on(plugin, kind, event, form_object, settings, Instance::Pooled)
     }
 
-    /// `build_payload` for async callers: the call runs on tokio's blocking
-    /// pool, never on a runtime worker. A call may take up to the CPU
-    /// deadline, which must not stall the runtime; and WASI's streams (where
-    /// a plugin's panic message goes) block on a runtime of their own, which
-    /// panics on a runtime worker thread.
-    pub async fn build_payload_off_runtime(
-        self: Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
+    /// `build_payload` for async callers: the call runs on the caller's
+    /// task, on a live instance of the plugin's async pool when one is free,
+    /// and yields to the runtime at every epoch tick it is still running at,
+    /// so it never holds a runtime worker for longer than a tick; the CPU
+    /// deadline counts only the time it ran.
+    pub async fn build_payload_async(
+        &self,
+        plugin: &LoadedPlugin,
         kind: PayloadKind,
-        event: Event,
+        event: &Event,
         form_object: Option<String>,
-        settings: Vec<Pair>,
+        settings: &[Pair],
     ) -> Result<Payload, PluginError> {
-        let name = plugin.name.clone();
-        tokio::task::spawn_blocking(move || {
-            self.build_payload(&plugin, kind, &event, form_object, &settings)
-        })
-        .await
-        .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
+        let Instances::Format {
+            async_pre,
+            async_pool,
+            ..
+        } = &plugin.instances
+        else {
+            return Err(wrong_kind(plugin, "a payload format"));
+        };
+        let started = self.clock.instant();
+        let name = plugin.name.as_str();
+        let (mut store, instance) = match take_live(async_pool, true) {
+            Some(live) => live,
+            None => {
+                let mut store = self.new_store(Calling::Async);
+                let meter = store.data().meter.clone();
+                let instance = metered(&meter, async_pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|error| self.trapped(name, started.elapsed(), error))?;
+                (store, instance)
+            }
+        };
+        arm(&mut store);
+        store.data_mut().form_object = form_object;
+        let meter = store.data().meter.clone();
+        let answer = metered(
+            &meter,
+            instance.repeatd_plugin_format().call_build(
+                &mut store,
+                to_wit_kind(kind),
+                event,
+                settings,
+            ),
+        )
+        .await;
+        // A pooled instance must not see this form's object again.
+        store.data_mut().form_object = None;
+        let answer = answer.map_err(|error| self.trapped(name, started.elapsed(), error))?;
+        self.answered(
+            name,
+            started.elapsed(),
+            async_pool,
+            true,
+            store,
+            instance,
+            answer,
+        )
     }
 
-    /// `sign` for async callers, off the runtime like `build_payload_off_runtime`.
-    pub async fn sign_off_runtime(
-        self: Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
-        request: SignRequest,
-        settings: Vec<(String, String)>,
+    /// `sign` for async callers, on the caller's task like `build_payload_async`.
+    pub async fn sign_async(
+        &self,
+        plugin: &LoadedPlugin,
+        request: &SignRequest,
+        settings: &[(String, String)],
     ) -> Result<Vec<(String, String)>, PluginError> {
-        let name = plugin.name.clone();
-        tokio::task::spawn_blocking(move || self.sign(&plugin, &request, &settings))
-            .await
-            .unwrap_or_else(|join_error| Err(host_panic(name, join_error)))
+        let Instances::Auth {
+            async_pre,
+            async_pool,
+            ..
+        } = &plugin.instances
+        else {
+            return Err(wrong_kind(plugin, "an auth plugin"));
+        };
+        let (outgoing, settings) = sign_arguments(request, settings);
+        let started = self.clock.instant();
+        let name = plugin.name.as_str();
+        let (mut store, instance) = match take_live(async_pool, true) {
+            Some(live) => live,
+            None => {
+                let mut store = self.new_store(Calling::Async);
+                let meter = store.data().meter.clone();
+                let instance = metered(&meter, async_pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|error| self.trapped(name, started.elapsed(), error))?;
+                (store, instance)
+            }
+        };
+        arm(&mut store);
+        let meter = store.data().meter.clone();
+        let answer = metered(
+            &meter,
+            instance
+                .repeatd_plugin_auth()
+                .call_sign(&mut store, &outgoing, &settings),
+        )
+        .await
+        .map_err(|error| self.trapped(name, started.elapsed(), error))?;
+        let headers = self.answered(
+            name,
+            started.elapsed(),
+            async_pool,
+            true,
+            store,
+            instance,
+            answer,
+        )?;
+        Ok(from_auth_pairs(headers))
     }
 
     /// `build_payload` on the instance `instance` says.
@@ -887,12 +1140,8 @@ impl PluginHost {
         settings: &[Pair],
         instance: Instance,
     ) -> Result<Payload, PluginError> {
-        let Instances::Format { pre, pool } = &plugin.instances else {
-            return Err(PluginError::WrongKind {
-                name: plugin.name.clone(),
-                actual: plugin.kind.label(),
-                wanted: "a payload format",
-            });
+        let Instances::Format { pre, pool, .. } = &plugin.instances else {
+            return Err(wrong_kind(plugin, "a payload format"));
         };
         self.call_pooled(
             &plugin.name,
@@ -921,40 +1170,63 @@ impl PluginHost {
     fn call_pooled<I, R>(
         &self,
         name: &str,
-        pool: &Mutex<Vec<(Store<CallState>, I)>>,
+        pool: &Pool<I>,
         use_pool: bool,
         instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<I>,
         call: impl FnOnce(&I, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
         let started = self.clock.instant();
-        let trapped = |error: wasmtime::Error| {
-            let end = match error.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => CallEnd::TimedOut,
-                _ => CallEnd::Trapped,
-            };
-            self.call_metrics.observe_call(name, started.elapsed(), end);
-            PluginError::Trapped {
-                name: name.to_owned(),
-                reason: describe_trap(&error, &self.limits),
-            }
-        };
-        let taken = if use_pool {
-            pool.lock().expect("plugin pool").pop()
-        } else {
-            None
-        };
-        let (mut store, instance) = match taken {
+        let (mut store, instance) = match take_live(pool, use_pool) {
             Some(live) => live,
             None => {
-                let mut store = self.new_store();
-                let instance = instantiate(&mut store).map_err(trapped)?;
+                let mut store = self.new_store(Calling::Sync);
+                let instance = instantiate(&mut store)
+                    .map_err(|error| self.trapped(name, started.elapsed(), error))?;
                 (store, instance)
             }
         };
-        store.set_epoch_deadline(self.deadline_ticks);
-        let answer = call(&instance, &mut store).map_err(trapped)?;
+        arm(&mut store);
+        let answer = call(&instance, &mut store)
+            .map_err(|error| self.trapped(name, started.elapsed(), error))?;
+        self.answered(
+            name,
+            started.elapsed(),
+            pool,
+            use_pool,
+            store,
+            instance,
+            answer,
+        )
+    }
+
+    /// A call that trapped, counted and described; its instance is dropped.
+    fn trapped(&self, name: &str, took: Duration, error: wasmtime::Error) -> PluginError {
+        let end = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallEnd::TimedOut,
+            _ => CallEnd::Trapped,
+        };
+        self.call_metrics.observe_call(name, took, end);
+        PluginError::Trapped {
+            name: name.to_owned(),
+            reason: describe_trap(&error, &self.limits),
+        }
+    }
+
+    /// A call that answered: counted, its instance back in `pool` (when
+    /// `use_pool`, and not past `POOL_SIZE`), the plugin's answer as ours.
+    #[allow(clippy::too_many_arguments)]
+    fn answered<I, R>(
+        &self,
+        name: &str,
+        took: Duration,
+        pool: &Pool<I>,
+        use_pool: bool,
+        store: Store<CallState>,
+        instance: I,
+        answer: Result<R, String>,
+    ) -> Result<R, PluginError> {
         self.call_metrics
-            .observe_call(name, started.elapsed(), CallEnd::Answered);
+            .observe_call(name, took, CallEnd::Answered);
         let mut pool = pool.lock().expect("plugin pool");
         if use_pool && pool.len() < POOL_SIZE {
             pool.push((store, instance));
@@ -972,35 +1244,10 @@ impl PluginHost {
         request: &SignRequest,
         settings: &[(String, String)],
     ) -> Result<Vec<(String, String)>, PluginError> {
-        let Instances::Auth { pre, pool } = &plugin.instances else {
-            return Err(PluginError::WrongKind {
-                name: plugin.name.clone(),
-                actual: plugin.kind.label(),
-                wanted: "an auth plugin",
-            });
+        let Instances::Auth { pre, pool, .. } = &plugin.instances else {
+            return Err(wrong_kind(plugin, "an auth plugin"));
         };
-        let outgoing = Outgoing {
-            method: request.method.clone(),
-            url: request.url.clone(),
-            headers: request
-                .headers
-                .iter()
-                .map(|(name, value)| AuthPair {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            body: request.body.clone(),
-            record_id: request.record_id.clone(),
-            unix_time: request.unix_time,
-        };
-        let settings: Vec<AuthPair> = settings
-            .iter()
-            .map(|(name, value)| AuthPair {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect();
+        let (outgoing, settings) = sign_arguments(request, settings);
         let headers = self.call_pooled(
             &plugin.name,
             pool,
@@ -1012,11 +1259,65 @@ impl PluginHost {
                     .call_sign(store, &outgoing, &settings)
             },
         )?;
-        Ok(headers
-            .into_iter()
-            .map(|pair| (pair.name, pair.value))
-            .collect())
+        Ok(from_auth_pairs(headers))
     }
+}
+
+/// Arms a store for the next call: its CPU time starts from zero, and the
+/// deadline check runs at the next epoch tick (and every one after).
+fn arm(store: &mut Store<CallState>) {
+    store.data().meter.start();
+    store.set_epoch_deadline(1);
+}
+
+/// A live instance from `pool` (when `use_pool`), if one is free.
+fn take_live<I>(pool: &Pool<I>, use_pool: bool) -> Option<(Store<CallState>, I)> {
+    if use_pool {
+        pool.lock().expect("plugin pool").pop()
+    } else {
+        None
+    }
+}
+
+fn wrong_kind(plugin: &LoadedPlugin, wanted: &'static str) -> PluginError {
+    PluginError::WrongKind {
+        name: plugin.name.clone(),
+        actual: plugin.kind.label(),
+        wanted,
+    }
+}
+
+/// A sign request and its settings in the WIT's shape.
+fn sign_arguments(
+    request: &SignRequest,
+    settings: &[(String, String)],
+) -> (Outgoing, Vec<AuthPair>) {
+    let outgoing = Outgoing {
+        method: request.method.clone(),
+        url: request.url.clone(),
+        headers: to_auth_pairs(&request.headers),
+        body: request.body.clone(),
+        record_id: request.record_id.clone(),
+        unix_time: request.unix_time,
+    };
+    (outgoing, to_auth_pairs(settings))
+}
+
+fn to_auth_pairs(pairs: &[(String, String)]) -> Vec<AuthPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| AuthPair {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn from_auth_pairs(pairs: Vec<AuthPair>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|pair| (pair.name, pair.value))
+        .collect()
 }
 
 /// Which instance of a plugin a call runs on.
@@ -1048,16 +1349,6 @@ pub fn builtin_component(name: &str) -> Option<&'static [u8]> {
         .iter()
         .find(|(builtin_name, _)| *builtin_name == name)
         .map(|(_, bytes)| *bytes)
-}
-
-/// A call whose host side panicked: the record fails like a trap would, and
-/// the store the call used is gone with the panic.
-fn host_panic(name: String, join_error: tokio::task::JoinError) -> PluginError {
-    tracing::error!(plugin = %name, error = %join_error, "a plugin call panicked in the host");
-    PluginError::Trapped {
-        name,
-        reason: format!("the host failed while running it: {join_error}"),
-    }
 }
 
 fn first_line(text: &str) -> String {
@@ -1318,6 +1609,50 @@ fn scan(host: &PluginHost, dir: &Path, known: &mut HashMap<PathBuf, FileStamp>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Burns `cpu` of this thread's CPU time.
+    fn spin_for(cpu: Duration) {
+        let until = CallMeter::thread_cpu_nanos() + cpu.as_nanos() as u64;
+        while CallMeter::thread_cpu_nanos() < until {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_calls_deadline_counts_only_the_cpu_time_it_ran() {
+        let meter = CallMeter::default();
+        meter.start();
+        let mut polls = 0;
+        metered(
+            &meter,
+            std::future::poll_fn(|context| {
+                polls += 1;
+                match polls {
+                    1 => {
+                        spin_for(Duration::from_millis(30));
+                        // Off the CPU inside a poll (as when the machine
+                        // is busy and the thread waits for a core).
+                        std::thread::sleep(Duration::from_millis(100));
+                        // Then waiting to be polled again (as after a yield
+                        // at an epoch tick).
+                        let waker = context.waker().clone();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(100));
+                            waker.wake();
+                        });
+                        std::task::Poll::Pending
+                    }
+                    _ => std::task::Poll::Ready(()),
+                }
+            }),
+        )
+        .await;
+        let ran = meter.ran_so_far();
+        assert!(
+            ran >= Duration::from_millis(30) && ran < Duration::from_millis(100),
+            "{ran:?}: only the 30 ms spent on the CPU count"
+        );
+    }
 
     #[test]
     fn device_times_with_an_offset_reach_plugins_in_utc() {

@@ -378,6 +378,20 @@ pub fn repeatd_binary() -> PathBuf {
     binary
 }
 
+/// `repeatd` beside the running program: where cargo puts a workspace's
+/// binaries, so a benchmark binary (`target/release/repeatd-load`) finds the
+/// gateway built with it (`repeatd` on the PATH when that cannot be told).
+/// Test binaries, one directory further down, use [`repeatd_binary`].
+pub fn repeatd_beside_this_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .map(|dir| dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX)))
+        })
+        .unwrap_or_else(|| PathBuf::from("repeatd"))
+}
+
 /// Whether `text` is a timestamp as the gateway writes them:
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), every digit a digit.
 pub fn is_timestamp(text: &str) -> bool {

@@ -38,6 +38,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+mod mixed;
+pub mod profile;
+
 use crate::daemon::cpu_seconds;
 use crate::http;
 use crate::{ADMIN_TOKEN, Daemon, Launch, TempDir, config_head, demo_config, repeater, wait_for};
@@ -64,6 +67,9 @@ pub enum Scenario {
     Steady,
     /// Ten repeaters (form-xml, case-json and form-stub in turn).
     Fanout,
+    /// The steady three while forms arrive open-loop at a fixed rate: the
+    /// highest rate whose p99 submission-to-arrival stays under 1 s.
+    Mixed,
     /// The steady three plus a form-xml repeater whose remote refuses connections.
     DeadRemote,
     /// A queue filled by paused repeaters, SIGTERM, start again, resume.
@@ -73,8 +79,9 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Steady,
+        Scenario::Mixed,
         Scenario::Fanout,
         Scenario::DeadRemote,
         Scenario::Restart,
@@ -84,6 +91,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Steady => "steady",
+            Scenario::Mixed => "mixed",
             Scenario::Fanout => "fanout",
             Scenario::DeadRemote => "dead-remote",
             Scenario::Restart => "restart",
@@ -95,7 +103,7 @@ impl Scenario {
         Scenario::ALL
             .into_iter()
             .find(|scenario| scenario.name() == text)
-            .ok_or_else(|| format!("unknown scenario \"{text}\" (steady, fanout, dead-remote, restart, plugin, all)"))
+            .ok_or_else(|| format!("unknown scenario \"{text}\" (steady, mixed, fanout, dead-remote, restart, plugin, all)"))
     }
 }
 
@@ -133,6 +141,20 @@ pub struct Options {
     pub keep: bool,
     /// `--forms` was given: every scenario uses `forms`.
     pub explicit_forms: bool,
+    /// The mixed scenario's search: the first rate tried (forms/s), how long
+    /// each tried rate runs, how many rates at most, the highest rate tried.
+    pub mixed_rate: f64,
+    pub mixed_step: Duration,
+    pub mixed_steps: usize,
+    pub mixed_max_rate: f64,
+    /// How long the run at the rate found lasts.
+    pub mixed_duration: Duration,
+    /// Open submissions at most in the mixed scenario (its workers).
+    pub mixed_concurrency: usize,
+    /// Profile the gateway with `perf` during this phase.
+    pub profile: Option<profile::Phase>,
+    /// Where profiles are written.
+    pub profile_dir: PathBuf,
 }
 
 impl Options {
@@ -156,6 +178,14 @@ impl Options {
             runs: 1,
             keep: false,
             explicit_forms: false,
+            mixed_rate: 1_000.0,
+            mixed_step: Duration::from_secs(5),
+            mixed_steps: 7,
+            mixed_max_rate: 32_000.0,
+            mixed_duration: Duration::from_secs(10),
+            mixed_concurrency: 512,
+            profile: None,
+            profile_dir: PathBuf::from("repeatd-load-profiles"),
         }
     }
 
@@ -174,6 +204,11 @@ impl Options {
             drain_window: None,
             idle: Duration::from_secs(1),
             plugin_calls: 100,
+            mixed_rate: 200.0,
+            mixed_step: Duration::from_millis(500),
+            mixed_steps: 2,
+            mixed_duration: Duration::from_secs(1),
+            mixed_concurrency: 32,
             ..Options::full(gateway)
         }
     }
@@ -191,27 +226,38 @@ impl Options {
     }
 
     pub const USAGE: &'static str = "\
-usage: repeatd-load [--scenario steady|fanout|dead-remote|restart|plugin|all]... [--smoke]
-                    [--gateway PATH] [--runs N] [--forms N] [--concurrency N]
+usage: repeatd-load [--scenario steady|mixed|fanout|dead-remote|restart|plugin|all]...
+                    [--smoke] [--gateway PATH] [--runs N] [--forms N] [--concurrency N]
                     [--latency-forms N] [--rate FORMS_PER_S] [--ceiling-requests N]
                     [--queued N] [--paused-repeaters N] [--drain-window SECONDS|all]
                     [--idle SECONDS] [--plugin-calls N] [--max-workers N] [--keep]
+                    [--mixed-rate FORMS_PER_S] [--mixed-step SECONDS] [--mixed-steps N]
+                    [--mixed-max-rate FORMS_PER_S] [--mixed-duration SECONDS]
+                    [--mixed-concurrency N]
+                    [--profile live|ingest|delivery|mixed|fill|drain] [--profile-dir DIR]
 
 Starts the gateway binary (default: `repeatd` next to this program) on loopback,
-loads it and prints one markdown table row per figure. Exits 1 on a functional
-failure (a form refused, a payload missing), never because of timing.";
+loads it and prints one markdown table row per figure, then the rows that have
+a target of issue 14 again as a table of their own. Exits 1 on a functional
+failure (a form refused, a payload missing), never because of timing.
+
+mixed: forms arrive open-loop at a fixed rate while the steady scenario's three
+repeaters deliver; starting at --mixed-rate, each rate runs --mixed-step and the
+rate doubles while p99 submission-to-arrival stays under 1 s, then bisects
+(--mixed-steps rates at most); the rate found runs --mixed-duration and is the
+figure. Pass --mixed-steps 0 to run --mixed-rate only.
+
+--profile PHASE records the gateway with `perf record -e cpu-clock` while that
+phase runs (live: steady/fan-out submitting and delivering at once; ingest:
+delivery paused; delivery: draining the backlog; mixed: the run at the rate
+found; fill and drain: restart's) and prints its top functions by inclusive and
+self cost; the perf data and reports stay in --profile-dir.";
 
     /// Parses the command line (without the program name).
     pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<(Options, bool), String> {
         let args: Vec<String> = args.into_iter().collect();
         let smoke = args.iter().any(|a| a == "--smoke");
-        let default_gateway = std::env::current_exe()
-            .ok()
-            .and_then(|exe| {
-                exe.parent()
-                    .map(|dir| dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX)))
-            })
-            .unwrap_or_else(|| PathBuf::from("repeatd"));
+        let default_gateway = crate::repeatd_beside_this_program();
         let mut options = if smoke {
             Options::smoke(default_gateway)
         } else {
@@ -277,6 +323,29 @@ failure (a form refused, a payload missing), never because of timing.";
                 "--max-workers" => {
                     options.max_workers = Some(number(value(&mut iter, &arg)?, &arg)?)
                 }
+                "--mixed-rate" => {
+                    options.mixed_rate = number::<f64>(value(&mut iter, &arg)?, &arg)?.max(1.0)
+                }
+                "--mixed-step" => {
+                    options.mixed_step =
+                        Duration::from_secs_f64(number(value(&mut iter, &arg)?, &arg)?)
+                }
+                "--mixed-steps" => options.mixed_steps = number(value(&mut iter, &arg)?, &arg)?,
+                "--mixed-max-rate" => {
+                    options.mixed_max_rate = number::<f64>(value(&mut iter, &arg)?, &arg)?.max(1.0)
+                }
+                "--mixed-duration" => {
+                    options.mixed_duration =
+                        Duration::from_secs_f64(number(value(&mut iter, &arg)?, &arg)?)
+                }
+                "--mixed-concurrency" => {
+                    options.mixed_concurrency =
+                        number::<usize>(value(&mut iter, &arg)?, &arg)?.max(1)
+                }
+                "--profile" => {
+                    options.profile = Some(profile::Phase::parse(&value(&mut iter, &arg)?)?)
+                }
+                "--profile-dir" => options.profile_dir = PathBuf::from(value(&mut iter, &arg)?),
                 other => {
                     return Err(format!(
                         "unknown argument \"{other}\"\n\n{}",
@@ -298,6 +367,74 @@ failure (a form refused, a payload missing), never because of timing.";
 
 // ---- figures and reports -------------------------------------------------------------
 
+/// A row of issue 14's target table: its text, and the bound a figure is held
+/// against to say whether it is met.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    pub text: &'static str,
+    pub bound: Bound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+    Below(f64),
+}
+
+impl Target {
+    const fn at_least(text: &'static str, value: f64) -> Target {
+        Target {
+            text,
+            bound: Bound::AtLeast(value),
+        }
+    }
+
+    const fn at_most(text: &'static str, value: f64) -> Target {
+        Target {
+            text,
+            bound: Bound::AtMost(value),
+        }
+    }
+
+    const fn below(text: &'static str, value: f64) -> Target {
+        Target {
+            text,
+            bound: Bound::Below(value),
+        }
+    }
+
+    pub fn met(&self, value: f64) -> bool {
+        match self.bound {
+            Bound::AtLeast(bound) => value >= bound,
+            Bound::AtMost(bound) => value <= bound,
+            Bound::Below(bound) => value < bound,
+        }
+    }
+}
+
+/// The targets of issue 14 ("Throughput: three times the forms and payloads
+/// per core"), one per row of its table.
+pub mod targets {
+    use super::Target;
+
+    pub const INGEST_FORMS: Target = Target::at_least("≥ 20,000", 20_000.0);
+    pub const INGEST_CPU: Target = Target::at_most("≤ 0.060 CPU s", 0.060);
+    pub const DRAIN_PAYLOADS: Target = Target::at_least("≥ 20,000", 20_000.0);
+    pub const DELIVERY_CPU: Target = Target::at_most("≤ 0.060 CPU s", 0.060);
+    pub const MIXED_FORMS: Target = Target::at_least("≥ 4,000 with p99 < 1 s", 4_000.0);
+    pub const MIXED_PAYLOADS: Target = Target::at_least("≥ 16,000", 16_000.0);
+    pub const MIXED_P99: Target = Target::below("< 1,000 ms", 1_000.0);
+    pub const MIXED_DELIVERED: Target = Target::at_least("100 %", 100.0);
+    pub const FANOUT_INGEST_FORMS: Target = Target::at_least("≥ 10,000", 10_000.0);
+    pub const P50_UNSATURATED: Target = Target::at_most("≤ 2.5 ms", 2.5);
+    pub const PEAK_RSS: Target = Target::below("< 256 MiB", 256.0);
+    pub const DISK_PER_FORM: Target = Target::at_most("≤ 5 KB", 5.0);
+    pub const RESTART: Target = Target::below("< 0.1 s", 0.1);
+    /// Issue 8's, still in force.
+    pub const PLUGIN_CALL: Target = Target::below("< 20 µs", 20.0);
+}
+
 /// One measured figure of one run.
 #[derive(Debug, Clone)]
 pub struct Figure {
@@ -307,7 +444,7 @@ pub struct Figure {
     pub unit: &'static str,
     /// The same-run ceiling this figure is compared with.
     pub ceiling: Option<f64>,
-    pub target: Option<&'static str>,
+    pub target: Option<Target>,
 }
 
 impl Figure {
@@ -327,7 +464,7 @@ impl Figure {
         self
     }
 
-    fn target(mut self, target: &'static str) -> Figure {
+    fn target(mut self, target: Target) -> Figure {
         self.target = Some(target);
         self
     }
@@ -349,8 +486,32 @@ pub struct Summary {
     pub median_ceiling: Option<f64>,
     /// The median of the per-run ratios.
     pub median_ratio: Option<f64>,
-    pub target: Option<&'static str>,
+    pub target: Option<Target>,
     pub runs: usize,
+}
+
+impl Summary {
+    /// "yes" or "no" for a figure with a target (its median against it).
+    pub fn met(&self) -> &'static str {
+        match self.target {
+            Some(target) if target.met(self.median) => "yes",
+            Some(_) => "no",
+            None => "",
+        }
+    }
+
+    fn range(&self) -> String {
+        if self.runs > 1 {
+            format!("{} – {}", format_number(self.min), format_number(self.max))
+        } else {
+            String::new()
+        }
+    }
+
+    fn ratio_text(&self) -> String {
+        self.median_ratio
+            .map_or(String::new(), |ratio| format!("{ratio:.2}"))
+    }
 }
 
 /// What a load run found.
@@ -366,6 +527,9 @@ pub struct Report {
     /// Payloads the receiver should have got, and the distinct ones it got.
     pub payloads_expected: u64,
     pub payloads_delivered: u64,
+    /// `--profile`'s recordings, and their reports in markdown.
+    pub profiles: Vec<profile::Profile>,
+    pub profile_reports: Vec<String>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -421,32 +585,48 @@ impl Report {
     /// The figures as a markdown table: one row per figure.
     pub fn markdown(&self) -> String {
         let mut out = String::from(
-            "| scenario | figure | median | min – max | ceiling (same run) | ratio | target | runs |\n|---|---|--:|--:|--:|--:|---|--:|\n",
+            "| scenario | figure | median | min – max | ceiling (same run) | ratio | target | met | runs |\n|---|---|--:|--:|--:|--:|---|---|--:|\n",
         );
         for summary in self.summaries() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 summary.scenario,
                 summary.name,
                 format_value(summary.median, summary.unit),
-                if summary.runs > 1 {
-                    format!(
-                        "{} – {}",
-                        format_number(summary.min),
-                        format_number(summary.max)
-                    )
-                } else {
-                    "".to_owned()
-                },
+                summary.range(),
                 summary
                     .median_ceiling
                     .map_or(String::new(), |c| format_value(c, summary.unit)),
-                summary
-                    .median_ratio
-                    .map_or(String::new(), |r| format!("{r:.2}")),
-                summary.target.unwrap_or(""),
+                summary.ratio_text(),
+                summary.target.map_or("", |t| t.text),
+                summary.met(),
                 summary.runs
+            );
+        }
+        out
+    }
+
+    /// Only the figures that have a target, as the target table of
+    /// BENCHMARKS.md shows them.
+    pub fn targets_markdown(&self) -> String {
+        let mut out = String::from(
+            "| target | scenario | median | min – max | ratio to ceiling | target | met |\n|---|---|--:|--:|--:|---|---|\n",
+        );
+        for summary in self.summaries() {
+            let Some(target) = summary.target else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                summary.name,
+                summary.scenario,
+                format_value(summary.median, summary.unit),
+                summary.range(),
+                summary.ratio_text(),
+                target.text,
+                summary.met()
             );
         }
         out
@@ -602,6 +782,12 @@ pub fn load_form(index: u64) -> Vec<u8> {
     xml.into_bytes()
 }
 
+/// The mean size of the generated forms `indices`, in bytes.
+pub fn mean_form_bytes(indices: Range<u64>) -> f64 {
+    let n = (indices.end - indices.start).max(1) as f64;
+    indices.map(|i| load_form(i).len() as f64).sum::<f64>() / n
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
@@ -729,9 +915,9 @@ impl Tally {
             .as_secs_f64()
     }
 
-    fn submitted(&self, index: u64) {
+    fn submitted_at(&self, index: u64, at: Instant) {
         if let Some(slot) = self.submitted_at.get(index as usize) {
-            slot.store(self.nanos(Instant::now()).max(1), Ordering::Relaxed);
+            slot.store(self.nanos(at).max(1), Ordering::Relaxed);
         }
     }
 
@@ -910,6 +1096,13 @@ struct Drive {
     indices: Range<u64>,
     concurrency: usize,
     rate: Option<f64>,
+    /// Paced open-loop: a form's submission time is when it was due, not
+    /// when a free connection sent it, so that a gateway that falls behind
+    /// shows in the latencies (no coordinated omission).
+    open_loop: bool,
+    /// Lowered to stop early: forms from here on are not sent (every form
+    /// below it that a worker already took still is).
+    end: Option<Arc<AtomicU64>>,
     expect: u16,
 }
 
@@ -943,12 +1136,16 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 }
 
 async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
+    let end = drive
+        .end
+        .clone()
+        .unwrap_or_else(|| Arc::new(AtomicU64::new(drive.indices.end)));
     let drive = Arc::new(drive);
     let next = Arc::new(AtomicU64::new(drive.indices.start));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..drive.concurrency {
-        let (drive, next, tally) = (drive.clone(), next.clone(), tally.clone());
+        let (drive, next, tally, end) = (drive.clone(), next.clone(), tally.clone(), end.clone());
         workers.push(tokio::spawn(async move {
             let mut sender: Option<Sender> = None;
             let mut driven = Driven {
@@ -960,14 +1157,20 @@ async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
             };
             let mut last_answer = started;
             loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= drive.indices.end {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                if index >= drive.indices.end.min(end.load(Ordering::SeqCst)) {
                     break;
                 }
+                let mut due = None;
                 if let Some(rate) = drive.rate {
-                    let due = started
+                    let at = started
                         + Duration::from_secs_f64((index - drive.indices.start) as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
+                    tokio::time::sleep_until(at.into()).await;
+                    if index >= end.load(Ordering::SeqCst) {
+                        // Stopped while this form waited for its time.
+                        continue;
+                    }
+                    due = Some(at);
                 }
                 let body = load_form(index);
                 let mut problem = None;
@@ -998,7 +1201,10 @@ async fn drive(drive: Drive, tally: Option<Arc<Tally>>) -> Driven {
                         continue;
                     }
                     if let Some(tally) = &tally {
-                        tally.submitted(index);
+                        match due {
+                            Some(due) if drive.open_loop => tally.submitted_at(index, due),
+                            _ => tally.submitted_at(index, Instant::now()),
+                        }
                     }
                     let sent = Instant::now();
                     let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
@@ -1112,9 +1318,20 @@ fn thread_cpu_seconds(pid: &str, name: &str) -> Option<f64> {
 
 /// Where the store's writer thread stood at some moment.
 #[derive(Debug, Clone, Copy)]
-struct WriterMark {
+pub struct WriterMark {
     at: Instant,
     cpu_seconds: Option<f64>,
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`): wall-clock figures
+/// are read beside it.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn own_cpu_seconds() -> f64 {
@@ -1123,15 +1340,20 @@ fn own_cpu_seconds() -> f64 {
 
 /// The gateway binary running as a child process, and what the harness
 /// measures of it.
-struct GatewayProcess {
+pub struct GatewayProcess {
     daemon: Daemon,
     pid: String,
 }
 
 impl GatewayProcess {
+    /// The running binary, for requests of its own.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
     /// Starts `binary serve --config config`, its log copied to `log`, and
     /// waits until `/healthz` answers 200.
-    async fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
+    pub async fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
         let daemon = Launch::new(config)
             .binary(binary)
             .log_file(log)
@@ -1144,40 +1366,40 @@ impl GatewayProcess {
     }
 
     /// The last lines of its log.
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let log = self.daemon.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    fn cpu_seconds(&self) -> f64 {
+    pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(&self.pid).unwrap_or(f64::NAN)
     }
 
     /// The store's single writer thread (`store-writer`), to tell whether it
     /// is the bottleneck: its busy share of wall time since a mark.
-    fn writer_mark(&self) -> WriterMark {
+    pub fn writer_mark(&self) -> WriterMark {
         WriterMark {
             at: Instant::now(),
             cpu_seconds: thread_cpu_seconds(&self.pid, "store-writer"),
         }
     }
 
-    fn writer_busy_percent(&self, since: WriterMark) -> Option<f64> {
+    pub fn writer_busy_percent(&self, since: WriterMark) -> Option<f64> {
         let now = thread_cpu_seconds(&self.pid, "store-writer")?;
         Some((now - since.cpu_seconds?) / since.at.elapsed().as_secs_f64().max(1e-9) * 100.0)
     }
 
-    fn peak_rss_mib(&self) -> f64 {
+    pub fn peak_rss_mib(&self) -> f64 {
         status_mib(&self.pid, "VmHWM:").unwrap_or(f64::NAN)
     }
 
-    fn rss_mib(&self) -> f64 {
+    pub fn rss_mib(&self) -> f64 {
         status_mib(&self.pid, "VmRSS:").unwrap_or(f64::NAN)
     }
 
     /// A sample of `/metrics` (the first line starting with `name`).
-    async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let text = self
             .daemon
             .http()
@@ -1200,7 +1422,7 @@ impl GatewayProcess {
     /// The records of `demo` not delivered yet, one line each (repeater,
     /// state, attempts, last error), for a failure message: why a payload is
     /// missing. At most `limit` lines.
-    async fn undelivered(&self, limit: usize) -> String {
+    pub async fn undelivered(&self, limit: usize) -> String {
         let answer = async {
             self.daemon
                 .http()
@@ -1245,7 +1467,7 @@ impl GatewayProcess {
     }
 
     /// `POST /api/v1/domains/demo/repeaters/{name}/{action}`.
-    async fn repeater_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
+    pub async fn repeater_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
         let response = self
             .daemon
             .http()
@@ -1268,40 +1490,61 @@ impl GatewayProcess {
 
     /// SIGTERM, then waits for the exit; returns how long it took and
     /// whether the process exited successfully.
-    async fn terminate(self) -> anyhow::Result<(Duration, bool)> {
+    pub async fn terminate(self) -> anyhow::Result<(Duration, bool)> {
         let stopped = self.daemon.stop().await?;
         Ok((stopped.took, stopped.status.success()))
     }
 }
 
-fn dir_size_mib(dir: &Path) -> f64 {
-    fn walk(dir: &Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
+/// How much disk a directory takes: the files' apparent sizes (what `ls`
+/// shows) and the blocks allocated to them (what `du` shows; a sparse or
+/// preallocated file differs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub apparent_bytes: u64,
+    pub allocated_bytes: u64,
+}
+
+impl DiskUsage {
+    /// Every file under `path` (or `path` itself, a file).
+    pub fn of(path: &Path) -> DiskUsage {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return DiskUsage::default();
+        };
+        if !meta.is_dir() {
+            return DiskUsage {
+                apparent_bytes: meta.len(),
+                // st_blocks counts 512-byte units whatever the block size.
+                allocated_bytes: meta.blocks() * 512,
+            };
+        }
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return DiskUsage::default();
         };
         entries
             .flatten()
-            .map(|entry| match entry.metadata() {
-                Ok(meta) if meta.is_dir() => walk(&entry.path()),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
+            .map(|entry| DiskUsage::of(&entry.path()))
+            .fold(DiskUsage::default(), |total, one| DiskUsage {
+                apparent_bytes: total.apparent_bytes + one.apparent_bytes,
+                allocated_bytes: total.allocated_bytes + one.allocated_bytes,
             })
-            .sum()
     }
-    walk(dir) as f64 / (1024.0 * 1024.0)
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 // ---- the generated config ---------------------------------------------------------------------
 
 /// One repeater of a scenario.
 #[derive(Debug, Clone)]
-struct Plan {
-    name: String,
-    kind: &'static str,
-    format: &'static str,
+pub struct Plan {
+    pub name: String,
+    pub kind: &'static str,
+    pub format: &'static str,
     /// The receiver lane it delivers to; `None`: a remote that refuses connections.
-    lane: Option<usize>,
-    paused: bool,
+    pub lane: Option<usize>,
+    pub paused: bool,
 }
 
 const FORMATS: [(&str, &str); 3] = [
@@ -1310,7 +1553,9 @@ const FORMATS: [(&str, &str); 3] = [
     ("form-stub", "form-stub"),
 ];
 
-fn healthy_plans(count: usize) -> Vec<Plan> {
+/// `count` repeaters: form-xml, case-json and form-stub in turn, each to
+/// its own receiver lane.
+pub fn healthy_plans(count: usize) -> Vec<Plan> {
     (0..count)
         .map(|i| {
             let (kind, format) = FORMATS[i % FORMATS.len()];
@@ -1325,7 +1570,9 @@ fn healthy_plans(count: usize) -> Vec<Plan> {
         .collect()
 }
 
-fn config_text(
+/// The gateway config of a scenario: `dir` for its data, the repeaters of
+/// `plans` delivering to `receiver` (or to `dead_port`, which refuses).
+pub fn config_text(
     dir: &Path,
     receiver: SocketAddr,
     dead_port: u16,
@@ -1387,6 +1634,7 @@ struct Bench<'a> {
     payloads_expected: u64,
     payloads_delivered: u64,
     n_starts: usize,
+    profiles: Vec<profile::Profile>,
 }
 
 impl<'a> Bench<'a> {
@@ -1426,6 +1674,7 @@ impl<'a> Bench<'a> {
             payloads_expected: 0,
             payloads_delivered: 0,
             n_starts: 0,
+            profiles: Vec::new(),
         })
     }
 
@@ -1435,22 +1684,34 @@ impl<'a> Bench<'a> {
 
     /// The rate at which the gateway accepted the forms of `driven`, against
     /// the submit path's ceiling.
-    fn accepted_figure(&mut self, name: impl Into<String>, driven: &Driven, submit_ceiling: f64) {
-        self.figure(
-            Figure::new(self.scenario, name, driven.per_second(), "forms/s")
-                .ceiling(submit_ceiling)
-                .target("≥ 10,000"),
-        );
+    fn accepted_figure(
+        &mut self,
+        name: impl Into<String>,
+        driven: &Driven,
+        submit_ceiling: f64,
+        target: Option<Target>,
+    ) {
+        let mut figure = Figure::new(self.scenario, name, driven.per_second(), "forms/s")
+            .ceiling(submit_ceiling);
+        figure.target = target;
+        self.figure(figure);
     }
 
     /// `cpu_seconds` spent on `n` forms (or payloads), per 1,000 of them.
     fn cpu_per_thousand_figure(&mut self, name: &str, cpu_seconds: f64, n: f64) {
-        self.figure(Figure::new(
-            self.scenario,
-            name,
-            cpu_seconds / n * 1000.0,
-            "CPU s",
-        ));
+        self.cpu_per_thousand_target(name, cpu_seconds, n, None);
+    }
+
+    fn cpu_per_thousand_target(
+        &mut self,
+        name: &str,
+        cpu_seconds: f64,
+        n: f64,
+        target: Option<Target>,
+    ) {
+        let mut figure = Figure::new(self.scenario, name, cpu_seconds / n * 1000.0, "CPU s");
+        figure.target = target;
+        self.figure(figure);
     }
 
     /// The p50 and p99 submission-to-arrival latencies of `stats` under a
@@ -1491,6 +1752,56 @@ impl<'a> Bench<'a> {
         if let Some(busy) = gateway.writer_busy_percent(writer) {
             self.figure(Figure::new(self.scenario, name, busy, "% of wall time"));
         }
+    }
+
+    /// What `data_dir` takes on disk for `forms` stored forms with
+    /// `records_per_form` records each: the directory (allocated blocks, as
+    /// `du`) per form against the target, and the redb file's allocated and
+    /// apparent sizes.
+    fn disk_figures(&mut self, data_dir: &Path, forms: u64, records_per_form: f64) {
+        let forms = forms.max(1) as f64;
+        let dir = DiskUsage::of(data_dir);
+        let redb = DiskUsage::of(&data_dir.join("repeatd.redb"));
+        let label = format_number(forms);
+        self.figure(Figure::new(
+            self.scenario,
+            format!("data dir after storing {label} forms (allocated)"),
+            dir.allocated_bytes as f64 / MIB,
+            "MiB",
+        ));
+        self.figure(
+            Figure::new(
+                self.scenario,
+                "data on disk per form (data dir, allocated)",
+                dir.allocated_bytes as f64 / forms / 1000.0,
+                "KB",
+            )
+            .target(targets::DISK_PER_FORM),
+        );
+        self.figure(Figure::new(
+            self.scenario,
+            "redb file per form, allocated",
+            redb.allocated_bytes as f64 / forms / 1000.0,
+            "KB",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            "redb file per form, apparent size",
+            redb.apparent_bytes as f64 / forms / 1000.0,
+            "KB",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            "records per form stored",
+            records_per_form,
+            "",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            "generated form size (XML), mean",
+            mean_form_bytes(0..(forms as u64).min(10_000)) / 1000.0,
+            "KB",
+        ));
     }
 
     fn fail(&mut self, problem: String) {
@@ -1553,6 +1864,8 @@ impl<'a> Bench<'a> {
             indices: 0..self.options.ceiling_requests,
             concurrency: self.options.concurrency,
             rate: None,
+            open_loop: false,
+            end: None,
             expect: 201,
         };
         Ok(self
@@ -1569,6 +1882,8 @@ impl<'a> Bench<'a> {
             indices: 0..self.options.ceiling_requests,
             concurrency,
             rate: None,
+            open_loop: false,
+            end: None,
             expect: 200,
         };
         Ok(self
@@ -1608,6 +1923,8 @@ impl<'a> Bench<'a> {
                 indices: forms.clone(),
                 concurrency,
                 rate,
+                open_loop: false,
+                end: None,
                 expect: 201,
             },
             Some(self.tally.clone()),
@@ -1697,8 +2014,16 @@ impl<'a> Bench<'a> {
     async fn conclude(mut self, gateway: GatewayProcess, report: &mut Report, rss_figure: &str) {
         self.figure(
             Figure::new(self.scenario, rss_figure, gateway.peak_rss_mib(), "MiB")
-                .target("< 256 MiB"),
+                .target(targets::PEAK_RSS),
         );
+        if let Some(load) = load_average() {
+            self.figure(Figure::new(
+                self.scenario,
+                "machine load average (1 min) at the end",
+                load,
+                "",
+            ));
+        }
         self.check_receiver();
         self.stop(gateway).await;
         self.finish(report);
@@ -1711,6 +2036,7 @@ impl<'a> Bench<'a> {
         report.forms_accepted += self.forms_accepted;
         report.payloads_expected += self.payloads_expected;
         report.payloads_delivered += self.payloads_delivered;
+        report.profiles.extend(self.profiles);
     }
 }
 
@@ -1737,18 +2063,21 @@ async fn flow(
 
     // Phase 1: submissions and deliveries at once, as in production.
     let live = 0..forms;
+    let recording = bench.profile_start(&gateway, profile::Phase::Live).await;
     let (cpu_before, own_before) = (gateway.cpu_seconds(), own_cpu_seconds());
     let driven = bench
         .submit(&gateway, live.clone(), options.concurrency, None)
         .await;
     let delivered = bench.wait_delivered(&gateway, live.clone()).await;
     let (cpu_after, own_after) = (gateway.cpu_seconds(), own_cpu_seconds());
+    bench.profile_finish(recording).await;
     let stats = bench.tally.stats(live.clone());
     let per_form = stats.count as f64 / forms as f64;
     bench.accepted_figure(
         "accepted forms/s, delivering at once",
         &driven,
         submit_ceiling,
+        None,
     );
     if delivered && let Some(last) = stats.last {
         let first_submit = bench.tally.submitted_at[live.start as usize].load(Ordering::Relaxed);
@@ -1760,8 +2089,7 @@ async fn flow(
                 stats.count as f64 / seconds,
                 "payloads/s",
             )
-            .ceiling(receiver_ceiling)
-            .target("≥ 10,000 and ≥ 0.5 of ceiling"),
+            .ceiling(receiver_ceiling),
         );
         bench.saturated_latency_figures("", &stats);
     }
@@ -1783,6 +2111,7 @@ async fn flow(
     for plan in &plans {
         gateway.repeater_action(&plan.name, "pause").await?;
     }
+    let recording = bench.profile_start(&gateway, profile::Phase::Ingest).await;
     let (driven, cpu_ingest) = bench
         .ingest(
             &gateway,
@@ -1790,12 +2119,27 @@ async fn flow(
             "store-writer thread busy, ingest only",
         )
         .await;
-    bench.accepted_figure("accepted forms/s, delivery paused", &driven, submit_ceiling);
-    bench.cpu_per_thousand_figure(
+    bench.profile_finish(recording).await;
+    let steady = scenario == Scenario::Steady;
+    bench.accepted_figure(
+        "accepted forms/s, delivery paused",
+        &driven,
+        submit_ceiling,
+        Some(if steady {
+            targets::INGEST_FORMS
+        } else {
+            targets::FANOUT_INGEST_FORMS
+        }),
+    );
+    bench.cpu_per_thousand_target(
         "gateway CPU per 1,000 forms, ingest only",
         cpu_ingest,
         forms as f64,
+        steady.then_some(targets::INGEST_CPU),
     );
+    let recording = bench
+        .profile_start(&gateway, profile::Phase::Delivery)
+        .await;
     let resumed = Instant::now();
     let cpu_before = gateway.cpu_seconds();
     let writer = gateway.writer_mark();
@@ -1804,24 +2148,25 @@ async fn flow(
     }
     let delivered = bench.wait_delivered(&gateway, backlog.clone()).await;
     let cpu_delivery = gateway.cpu_seconds() - cpu_before;
+    bench.profile_finish(recording).await;
     bench.writer_busy_figure(&gateway, writer, "store-writer thread busy, delivery only");
     let stats = bench.tally.stats(backlog.clone());
     if delivered && let Some(last) = stats.last {
         let seconds = bench.tally.seconds_since(resumed, last);
-        bench.figure(
-            Figure::new(
-                scenario,
-                "delivered payloads/s, draining a backlog",
-                stats.count as f64 / seconds,
-                "payloads/s",
-            )
-            .ceiling(receiver_ceiling)
-            .target("≥ 10,000 and ≥ 0.5 of ceiling"),
-        );
-        bench.cpu_per_thousand_figure(
+        let mut figure = Figure::new(
+            scenario,
+            "delivered payloads/s, draining a backlog",
+            stats.count as f64 / seconds,
+            "payloads/s",
+        )
+        .ceiling(receiver_ceiling);
+        figure.target = steady.then_some(targets::DRAIN_PAYLOADS);
+        bench.figure(figure);
+        bench.cpu_per_thousand_target(
             "gateway CPU per 1,000 payloads, delivery only",
             cpu_delivery,
             stats.count.max(1) as f64,
+            steady.then_some(targets::DELIVERY_CPU),
         );
     }
 
@@ -1833,15 +2178,14 @@ async fn flow(
     if bench.wait_delivered(&gateway, paced.clone()).await {
         let stats = bench.tally.stats(paced);
         let rate = format_number(options.latency_rate);
-        bench.figure(
-            Figure::new(
-                scenario,
-                format!("submission-to-arrival p50 at {rate} forms/s"),
-                stats.percentile_ms(50.0),
-                "ms",
-            )
-            .target("< 5 ms"),
+        let mut figure = Figure::new(
+            scenario,
+            format!("submission-to-arrival p50 at {rate} forms/s"),
+            stats.percentile_ms(50.0),
+            "ms",
         );
+        figure.target = steady.then_some(targets::P50_UNSATURATED);
+        bench.figure(figure);
         bench.figure(Figure::new(
             scenario,
             format!("submission-to-arrival p99 at {rate} forms/s"),
@@ -1883,7 +2227,7 @@ async fn dead_remote(options: &Options, report: &mut Report) -> anyhow::Result<(
         .await;
     let delivered = bench.wait_delivered(&gateway, all.clone()).await;
     let cpu_after = gateway.cpu_seconds();
-    bench.accepted_figure("accepted forms/s", &driven, submit_ceiling);
+    bench.accepted_figure("accepted forms/s", &driven, submit_ceiling, None);
     let stats = bench.tally.stats(all.clone());
     if delivered && let Some(last) = stats.last {
         let first_submit = bench.tally.submitted_at[0].load(Ordering::Relaxed);
@@ -1976,14 +2320,17 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let gateway = bench.start_gateway(&config).await?;
 
     let all = 0..forms;
+    let recording = bench.profile_start(&gateway, profile::Phase::Fill).await;
     let (driven, cpu_fill) = bench
         .ingest(&gateway, all.clone(), "filling: store-writer thread busy")
         .await;
+    bench.profile_finish(recording).await;
     let label = format_number(queued as f64);
     bench.accepted_figure(
         format!("filling: accepted forms/s ({paused} records each)"),
         &driven,
         submit_ceiling,
+        None,
     );
     bench.cpu_per_thousand_figure(
         "filling: gateway CPU per 1,000 forms",
@@ -2005,7 +2352,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             gateway.peak_rss_mib(),
             "MiB",
         )
-        .target("< 256 MiB"),
+        .target(targets::PEAK_RSS),
     );
     let Some(shutdown) = bench.stop(gateway).await else {
         bench.finish(report);
@@ -2017,12 +2364,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         shutdown.as_secs_f64(),
         "s",
     ));
-    bench.figure(Figure::new(
-        scenario,
-        format!("data dir with {label} queued"),
-        dir_size_mib(&bench.path.join("data")),
-        "MiB",
-    ));
+    bench.disk_figures(&bench.path.join("data"), driven.ok, paused as f64);
 
     // The cold start over the full queue.
     let started = Instant::now();
@@ -2035,10 +2377,11 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             serving.as_secs_f64(),
             "s",
         )
-        .target("< 2 s"),
+        .target(targets::RESTART),
     );
     bench.figure(
-        Figure::new(scenario, "RSS once serving", gateway.rss_mib(), "MiB").target("< 256 MiB"),
+        Figure::new(scenario, "RSS once serving", gateway.rss_mib(), "MiB")
+            .target(targets::PEAK_RSS),
     );
     match gateway.metric("repeatd_queue_depth").await {
         Ok(depth) if depth as u64 != queued && driven.refused == 0 => {
@@ -2076,9 +2419,11 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         ));
         match options.drain_window {
             Some(window) => {
+                let recording = bench.profile_start(&gateway, profile::Phase::Drain).await;
                 tokio::time::sleep_until((first_at + window).into()).await;
                 let cpu = gateway.cpu_seconds() - cpu_at_resume;
                 bench.writer_busy_figure(&gateway, writer, "draining: store-writer thread busy");
+                bench.profile_finish(recording).await;
                 let count = bench
                     .tally
                     .count_until(bench.tally.nanos(first_at + window));
@@ -2097,8 +2442,7 @@ async fn restart(options: &Options, report: &mut Report) -> anyhow::Result<()> {
                         count as f64 / window.as_secs_f64(),
                         "payloads/s",
                     )
-                    .ceiling(receiver_ceiling)
-                    .target("≥ 10,000 and ≥ 0.5 of ceiling"),
+                    .ceiling(receiver_ceiling),
                 );
             }
             None => {
@@ -2209,7 +2553,7 @@ fn plugin_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
                 micros,
                 "µs",
             )
-            .target("< 20 µs"),
+            .target(targets::PLUGIN_CALL),
         );
     }
     Ok(())
@@ -2238,6 +2582,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             let before = report.figures.len();
             let result = match scenario {
                 Scenario::Steady => runtime.block_on(flow(options, scenario, 3, &mut report)),
+                Scenario::Mixed => runtime.block_on(mixed::mixed(options, &mut report)),
                 Scenario::Fanout => runtime.block_on(flow(options, scenario, 10, &mut report)),
                 Scenario::DeadRemote => runtime.block_on(dead_remote(options, &mut report)),
                 Scenario::Restart => runtime.block_on(restart(options, &mut report)),
@@ -2258,6 +2603,17 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
                         .map_or(String::new(), |r| format!("  (ratio {r:.2})"))
                 );
             }
+        }
+    }
+    for profile in report.profiles.clone() {
+        match profile.report() {
+            Ok(text) => {
+                eprintln!("{text}");
+                report.profile_reports.push(text);
+            }
+            Err(error) => report
+                .failures
+                .push(format!("--profile {}: {error:#}", profile.label)),
         }
     }
     Ok(report)

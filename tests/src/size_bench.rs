@@ -12,6 +12,7 @@
 //! its cases, whatever retention does; this measures everything else.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct SizeOptions {
     pub retention: u64,
     /// Seconds between two samples.
     pub sample: u64,
+    /// The gateway binary to start.
+    pub gateway: PathBuf,
 }
 
 impl Default for SizeOptions {
@@ -40,13 +43,14 @@ impl Default for SizeOptions {
             seconds: 300,
             retention: 30,
             sample: 15,
+            gateway: crate::repeatd_beside_this_program(),
         }
     }
 }
 
 impl SizeOptions {
-    pub const USAGE: &'static str = "usage: repeatd-size [--rate FORMS_PER_S] [--seconds N] [--retention SECONDS] [--sample SECONDS]\n\
-        defaults: --rate 100 --seconds 300 --retention 30 --sample 15";
+    pub const USAGE: &'static str = "usage: repeatd-size [--rate FORMS_PER_S] [--seconds N] [--retention SECONDS] [--sample SECONDS] [--gateway PATH]\n\
+        defaults: --rate 100 --seconds 300 --retention 30 --sample 15 --gateway (repeatd next to this program)";
 
     /// Reads the command line (without the program name); `true` asks for help.
     pub fn parse_args(
@@ -59,6 +63,10 @@ impl SizeOptions {
                 return Ok((options, true));
             }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if flag == "--gateway" {
+                options.gateway = PathBuf::from(value);
+                continue;
+            }
             let number: u64 = value
                 .parse()
                 .map_err(|_| format!("{flag}: expected a whole number, found \"{value}\""))?;
@@ -128,7 +136,12 @@ pub async fn run(options: &SizeOptions) -> anyhow::Result<Vec<SizeSample>> {
         url = receiver.url("/in"),
         repeater = repeater("forms", "form", "remote", "form-xml", ""),
     );
-    let launch = Launch::in_dir(&dir, &config);
+    anyhow::ensure!(
+        options.gateway.exists(),
+        "{} is missing: build it first (cargo build --release -p repeatd), or name it with --gateway",
+        options.gateway.display()
+    );
+    let launch = Launch::in_dir(&dir, &config).binary(options.gateway.clone());
     let daemon = Arc::new(launch.start().await.context("starting the gateway")?);
     let file = dir.path().join("data").join("repeatd.redb");
     let accepted = Arc::new(AtomicU64::new(0));

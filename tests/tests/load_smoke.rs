@@ -55,8 +55,47 @@ fn every_scenario_accepts_every_form_and_delivers_every_payload() {
         "| restart | start to /healthz 200 with 400 queued |",
         "| restart | resume to first delivery |",
         "| plugin | case-json: time per payload |",
+        "| mixed | sustained: forms/s submitted while every repeater delivers |",
+        "| mixed | sustained: submission-to-arrival p99 |",
+        "| mixed | sustained: payloads delivered, of those due | 100 % |",
+        "| restart | data on disk per form (data dir, allocated) |",
+        "| restart | redb file per form, apparent size |",
     ] {
         assert!(table.contains(expected), "missing row {expected}:\n{table}");
+    }
+    // Every row of issue 14's target table is measured, peak memory in
+    // every scenario that runs the gateway.
+    let targets: Vec<(&str, String)> = report
+        .summaries()
+        .into_iter()
+        .filter(|summary| summary.target.is_some())
+        .map(|summary| (summary.scenario, summary.name))
+        .collect();
+    for (scenario, figure) in [
+        ("steady", "accepted forms/s, delivery paused"),
+        ("steady", "gateway CPU per 1,000 forms, ingest only"),
+        ("steady", "delivered payloads/s, draining a backlog"),
+        ("steady", "gateway CPU per 1,000 payloads, delivery only"),
+        ("steady", "submission-to-arrival p50 at 200 forms/s"),
+        (
+            "mixed",
+            "sustained: forms/s submitted while every repeater delivers",
+        ),
+        ("fanout", "accepted forms/s, delivery paused"),
+        ("restart", "data on disk per form (data dir, allocated)"),
+        ("restart", "start to /healthz 200 with 400 queued"),
+        ("steady", "gateway peak RSS"),
+        ("mixed", "gateway peak RSS"),
+        ("fanout", "gateway peak RSS"),
+        ("dead-remote", "gateway peak RSS"),
+        ("restart", "peak RSS while filling to 400 queued"),
+        ("restart", "peak RSS after restart"),
+    ] {
+        assert!(
+            targets.contains(&(scenario, figure.to_owned())),
+            "no target row for {scenario} / {figure}:\n{}",
+            report.targets_markdown()
+        );
     }
     let duplicates: f64 = report
         .figures

@@ -1,6 +1,6 @@
 //! What producing one payload through a plugin costs: each built-in format on
 //! the seed form (its case for the case formats), on the path delivery takes
-//! (a live instance from the plugin's pool, called from the blocking pool),
+//! (a live instance from the plugin's async pool, called on the sending task),
 //! on a live instance called directly, and on a fresh instance. A
 //! measurement, not an assertion: run it in release and read the table
 //! (BENCHMARKS.md, "Plugin cost per payload"):
@@ -69,7 +69,7 @@ fn plugin_cost_per_payload() {
         .build()
         .unwrap();
     println!(
-        "| format | event | delivery's path (pooled, blocking pool) | pooled instance | fresh instance |\n|---|---|---|---|---|"
+        "| format | event | delivery's path (pooled, on the task) | pooled instance | fresh instance |\n|---|---|---|---|---|"
     );
     for (format, kind, event_name) in [
         ("form-xml", PayloadKind::Form, "seed form"),
@@ -103,8 +103,8 @@ fn plugin_cost_per_payload() {
                     .unwrap(),
             )
         });
-        // Delivery calls from a task on a runtime worker; the call itself
-        // runs on the blocking pool.
+        // Delivery calls from a task on a runtime worker, and the call runs
+        // on that task (on the plugin's async instances).
         let delivery_path = runtime.block_on({
             let host = Arc::clone(&host);
             let plugin = plugin.clone();
@@ -116,14 +116,8 @@ fn plugin_cost_per_payload() {
                     for batch in 0..=BATCHES {
                         let started = Instant::now();
                         for _ in 0..CALLS_PER_BATCH {
-                            let payload = Arc::clone(&host)
-                                .build_payload_off_runtime(
-                                    plugin.clone(),
-                                    kind,
-                                    event.clone(),
-                                    None,
-                                    settings.clone(),
-                                )
+                            let payload = host
+                                .build_payload_async(&plugin, kind, &event, None, &settings)
                                 .await
                                 .unwrap();
                             check(payload);

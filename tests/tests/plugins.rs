@@ -1193,3 +1193,67 @@ async fn the_plugin_hosts_threads_end_when_the_gateway_stops() {
     gateway.stop().await;
     assert_eq!(plugins.running_threads(), 0);
 }
+
+/// Delivery calls plugins on its own task: a plugin that loops must not hold
+/// the runtime's thread while it runs, and is still stopped at its limit.
+/// On a runtime of one thread, a task beside the call keeps running.
+#[test]
+fn a_looping_plugin_called_from_async_code_yields_the_runtime_until_stopped() {
+    let host =
+        repeatd::plugins::PluginHost::without_builtins(repeatd::plugins::PluginLimits::default())
+            .unwrap();
+    let plugin = Arc::new(
+        host.load(
+            "looping",
+            &component(wasm::LOOPING),
+            repeatd::plugins::PluginSource::Builtin,
+        )
+        .unwrap(),
+    );
+    let event = repeatd::sample::events(SEED_FORM, repeatd::repeater::PayloadKind::Form, "demo")
+        .unwrap()
+        .remove(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ticks, answer, took) = runtime.block_on(async {
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        // Let the ticker start before the call takes the thread.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        let answer = host
+            .build_payload_async(
+                &plugin,
+                repeatd::repeater::PayloadKind::Form,
+                &event,
+                None,
+                &[],
+            )
+            .await;
+        let took = started.elapsed();
+        ticker.abort();
+        let during = ticks.load(std::sync::atomic::Ordering::SeqCst) - before;
+        (during, answer, took)
+    });
+    let error = answer.expect_err("a looping plugin is stopped").to_string();
+    assert_eq!(
+        error,
+        "plugin \"looping\" was stopped: ran longer than its 100 ms limit"
+    );
+    assert!(took >= Duration::from_millis(100), "stopped after {took:?}");
+    assert!(
+        ticks >= 10,
+        "the task beside the call ticked {ticks} times in {took:?}"
+    );
+}

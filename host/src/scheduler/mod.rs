@@ -9,7 +9,13 @@
 //!
 //! A lane sends up to `max_workers` records at once (all lanes together at
 //! most `[delivery] max_in_flight`, and no lane more than an equal share of
-//! it, so that one slow remote cannot take every slot). A lane whose remote keeps failing backs
+//! it, so that one slow remote cannot take every slot). A send holds its slot
+//! while it builds the payload and waits for the remote, not while its
+//! outcome is committed: the outcomes of finished sends are committed
+//! together, many to one job of the store's group commit
+//! ([`Store::commit_attempts`]), by whichever send finished first while no
+//! commit was under way. A record stays in flight (never fetched, never sent
+//! again) until its outcome is durable. A lane whose remote keeps failing backs
 //! off as a whole: no new sends until its back-off ends, then one probe at a
 //! time; a success restores full speed. A paused lane, or one whose format
 //! plugin is not loaded, sends nothing and costs nothing: its records stay
@@ -35,7 +41,7 @@ use crate::email::Notifier;
 use crate::metrics::Metrics;
 use crate::plugins::PluginHost;
 use crate::record::RetryPolicy;
-use crate::record::{Outcome, RecordState, RepeatRecord, Verdict};
+use crate::record::{Outcome, RecordState, Verdict};
 use crate::store::{AttemptResult, RepeaterRef, Store};
 
 pub use planner::Health;
@@ -51,7 +57,11 @@ const LONGEST_SLEEP: Duration = Duration::from_secs(3_600);
 
 struct Lane {
     repeater: RepeaterRef,
+    /// Records not to fetch again: being sent, or sent and their outcome not
+    /// yet durable.
     in_flight: HashSet<u64>,
+    /// How many of `in_flight` are being sent (what `max_workers` counts).
+    sending: usize,
     /// Due records fetched but not yet sent.
     buffer: VecDeque<u64>,
     /// The earliest due time not in `buffer`/`in_flight`, when known.
@@ -64,6 +74,7 @@ impl Lane {
         Lane {
             repeater,
             in_flight: HashSet::new(),
+            sending: 0,
             buffer: VecDeque::new(),
             next_due: Some(i64::MIN),
             health: Health::default(),
@@ -93,6 +104,8 @@ struct Shared {
     max_in_flight: usize,
     stopping: std::sync::atomic::AtomicBool,
     sends: tokio_util_like::TaskCounter,
+    /// Outcomes of finished sends waiting to be committed.
+    committing: Mutex<CommitQueue>,
     /// The scheduling task, awaited at shutdown so that it has let go of the
     /// store (and a restart in the same process can open it).
     run_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -130,6 +143,7 @@ impl Scheduler {
             max_in_flight: max_in_flight.max(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             sends: tokio_util_like::TaskCounter::default(),
+            committing: Mutex::new(CommitQueue::default()),
             run_task: Mutex::new(None),
         });
         let scheduler = Scheduler { shared };
@@ -330,7 +344,7 @@ impl Scheduler {
                     paused: spec.paused,
                     ready: connection.is_some() && self.shared.with.plugins.is_loaded(&spec.format),
                     max_workers: spec.max_workers,
-                    in_flight: lane.in_flight.len(),
+                    sending: lane.sending,
                     health: lane.health.clone(),
                     buffered: lane.buffer.len(),
                     next_due: lane.next_due,
@@ -403,58 +417,69 @@ impl Scheduler {
     fn spawn_send(
         &self,
         lane: &mut Lane,
-        connection: &crate::catalog::StoredConnection,
+        connection: &Arc<crate::catalog::StoredConnection>,
         seq: u64,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         lane.in_flight.insert(seq);
+        lane.sending += 1;
         let task = SendTask {
             scheduler: self.clone(),
             repeater: lane.repeater.clone(),
-            connection: connection.spec.clone(),
-            connection_origin: connection.origin,
+            connection: connection.clone(),
             seq,
             guard: self.shared.sends.enter(),
         };
         let scheduler = self.clone();
         let repeater_id = lane.repeater.id;
+        // Held by the task to its very end, after its scheduler handle, so
+        // that a finished shutdown holds nothing of the store.
+        let task_guard = self.shared.sends.enter();
         tokio::spawn(async move {
             use futures_util::FutureExt as _;
             // A bug in a send must not hold the lane's slot forever:
             // the record is released and tried again a second later.
-            if std::panic::AssertUnwindSafe(task.run())
+            let sent = std::panic::AssertUnwindSafe(task.run())
                 .catch_unwind()
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    repeater_id,
-                    seq,
-                    "a send panicked; its record will be tried again"
-                );
-                let retry_at = scheduler.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
-                let policy = scheduler.shared.with.retry_defaults;
-                scheduler.finished(repeater_id, seq, None, Some(retry_at), &policy);
-            }
-            // `finished` woke the task while this send still held its slot:
-            // had it looked before the slot came free, with every slot taken,
-            // it would sleep with due records queued. The free slot wakes it.
+                .await;
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(_) => {
+                    tracing::error!(
+                        repeater_id,
+                        seq,
+                        "a send panicked; its record will be tried again"
+                    );
+                    let retry_at = scheduler.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
+                    scheduler.sent(repeater_id, None, &scheduler.shared.with.retry_defaults);
+                    scheduler.release(&[(repeater_id, seq, Some(retry_at))]);
+                    None
+                }
+            };
+            // The send's slot is free once the remote has answered; its
+            // record stays in flight until its outcome is durable. The task
+            // is woken only now that the global slot is free too: had it
+            // looked before, with every slot taken, it would sleep with due
+            // records queued.
             drop(permit);
             scheduler.wake();
+            if let Some(outcome) = sent
+                && scheduler.hand_over(outcome)
+            {
+                scheduler.commit_outcomes().await;
+            }
+            drop(scheduler);
+            drop(task_guard);
         });
     }
 
-    fn finished(
-        &self,
-        repeater_id: u64,
-        seq: u64,
-        outcome: Option<&Outcome>,
-        retry_at: Option<i64>,
-        policy: &RetryPolicy,
-    ) {
+    /// A send of a record of `repeater_id` is over (with `outcome`, when an
+    /// attempt was made): its slot is free, and the lane's health learns
+    /// from the outcome at once, before it is committed.
+    fn sent(&self, repeater_id: u64, outcome: Option<&Outcome>, policy: &RetryPolicy) {
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         if let Some(lane) = lanes.get_mut(&repeater_id) {
-            lane.in_flight.remove(&seq);
+            lane.sending = lane.sending.saturating_sub(1);
             if let Some(outcome) = outcome {
                 let now = self.shared.with.clock.now_micros();
                 if lane
@@ -470,12 +495,191 @@ impl Scheduler {
                     );
                 }
             }
-            if let Some(at) = retry_at {
-                lane.next_due = Some(lane.next_due.map_or(at, |known| known.min(at)));
+        }
+        // No wake here: the send still holds its global slot, and letting
+        // it go wakes the task (see `spawn_send`).
+    }
+
+    /// Records no longer in flight, as `(repeater id, seq, due again at)`:
+    /// their lanes may fetch them again (when due again).
+    fn release(&self, records: &[(u64, u64, Option<i64>)]) {
+        let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+        for &(repeater_id, seq, retry_at) in records {
+            if let Some(lane) = lanes.get_mut(&repeater_id) {
+                lane.in_flight.remove(&seq);
+                if let Some(at) = retry_at {
+                    lane.next_due = Some(lane.next_due.map_or(at, |known| known.min(at)));
+                }
             }
         }
         drop(lanes);
         self.wake();
+    }
+
+    /// Queues a finished send's outcome for the next commit; true when the
+    /// caller is to commit it (no commit of outcomes is under way).
+    fn hand_over(&self, outcome: SentOutcome) -> bool {
+        let mut queue = self.shared.committing.lock().expect("commit queue lock");
+        queue.waiting.push(outcome);
+        !std::mem::replace(&mut queue.committing, true)
+    }
+
+    /// Commits the outcomes waiting, in one store job, then those that came
+    /// in meanwhile, until none is left. Only one caller at a time (see
+    /// `hand_over`), so outcomes gather while a commit waits for its fsync.
+    async fn commit_outcomes(&self) {
+        let mut batch = CommitBatch {
+            scheduler: self,
+            outcomes: Vec::new(),
+        };
+        loop {
+            {
+                let mut queue = self.shared.committing.lock().expect("commit queue lock");
+                if queue.waiting.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                std::mem::swap(&mut queue.waiting, &mut batch.outcomes);
+            }
+            let results = batch
+                .outcomes
+                .iter_mut()
+                .map(|sent| sent.result.take().expect("an outcome is committed once"))
+                .collect();
+            let committed = self.commit_when_writable(results).await;
+            let outcomes = std::mem::take(&mut batch.outcomes);
+            let mut released = Vec::with_capacity(outcomes.len());
+            match committed {
+                Ok(committed) => {
+                    for (sent, committed) in outcomes.into_iter().zip(committed) {
+                        let retry_at = self.committed(&sent, committed);
+                        released.push((sent.repeater.id, sent.seq, retry_at));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, records = outcomes.len(), "cannot commit the outcomes of attempts; their records will be sent again");
+                    let retry_at = self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
+                    released.extend(
+                        outcomes
+                            .iter()
+                            .map(|sent| (sent.repeater.id, sent.seq, Some(retry_at))),
+                    );
+                }
+            }
+            self.release(&released);
+        }
+    }
+
+    /// Commits outcomes of attempts. While the store cannot write, they are
+    /// kept here and committed once it can, so that no record is sent twice
+    /// (no send starts meanwhile: `dispatch_due`); only shutting down gives
+    /// up (the records are then sent again after the restart, under the
+    /// same `Idempotency-Key`). Each try hands the store a copy, as a failed
+    /// commit consumes what it was given.
+    async fn commit_when_writable(
+        &self,
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<crate::store::CommittedAttempt>, crate::store::StoreError> {
+        let shared = &self.shared;
+        let stopping = || shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            let committed = shared.with.store.commit_attempts(results.clone()).await;
+            if committed.is_ok() || stopping() || shared.with.store.write_failure().is_none() {
+                return committed;
+            }
+            while shared.with.store.write_failure().is_some() && !stopping() {
+                shared.with.clock.sleep(RETRY_AFTER_HOST_FAILURE).await;
+            }
+        }
+    }
+
+    /// What follows one committed outcome (metrics, error e-mails); returns
+    /// when its record is due again.
+    fn committed(
+        &self,
+        sent: &SentOutcome,
+        committed: crate::store::CommittedAttempt,
+    ) -> Option<i64> {
+        let shared = &self.shared;
+        match committed {
+            Ok((committed_record, verdict)) => {
+                if verdict == Verdict::Final(RecordState::Succeeded) {
+                    shared.with.metrics.observe_success(
+                        &sent.repeater.domain,
+                        &sent.repeater.spec.name,
+                        crate::clock::between(
+                            committed_record.registered_at,
+                            shared.with.clock.now_micros(),
+                        ),
+                    );
+                }
+                // Error e-mails (and "recovered" ones); never waits.
+                shared.with.notifier.observe(
+                    &sent.repeater.domain,
+                    &sent.connection.spec,
+                    &committed_record,
+                    &sent.outcome,
+                    sent.attempted_url.as_deref(),
+                );
+                match verdict {
+                    Verdict::RetryAt(at) => Some(at),
+                    Verdict::Final(_) => None,
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, seq = sent.seq, "cannot commit an attempt; the record will be sent again");
+                Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
+            }
+        }
+    }
+}
+
+/// The outcomes of finished sends, waiting for a commit.
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<SentOutcome>,
+    /// A task is committing outcomes (and will take those waiting too).
+    committing: bool,
+}
+
+/// A send whose outcome is still to be committed; its record is in flight.
+struct SentOutcome {
+    repeater: RepeaterRef,
+    connection: Arc<crate::catalog::StoredConnection>,
+    seq: u64,
+    /// Taken when the commit starts.
+    result: Option<AttemptResult>,
+    outcome: Outcome,
+    attempted_url: Option<String>,
+    /// Shutdown waits until the outcome is committed.
+    _guard: tokio_util_like::TaskGuard,
+}
+
+/// The outcomes one commit holds. Should the committing task fail half-way
+/// (a panic), dropping the batch releases what it still holds for another
+/// send a second later and lets the next finished send commit.
+struct CommitBatch<'a> {
+    scheduler: &'a Scheduler,
+    outcomes: Vec<SentOutcome>,
+}
+
+impl Drop for CommitBatch<'_> {
+    fn drop(&mut self) {
+        let shared = &self.scheduler.shared;
+        if !std::thread::panicking() || shared.lanes.is_poisoned() {
+            return;
+        }
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        if let Ok(mut queue) = shared.committing.lock() {
+            queue.committing = false;
+            outcomes.append(&mut queue.waiting);
+        }
+        let retry_at = shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
+        let released: Vec<(u64, u64, Option<i64>)> = outcomes
+            .iter()
+            .map(|sent| (sent.repeater.id, sent.seq, Some(retry_at)))
+            .collect();
+        self.scheduler.release(&released);
     }
 }
 
@@ -483,62 +687,34 @@ impl Scheduler {
 struct SendTask {
     scheduler: Scheduler,
     repeater: RepeaterRef,
-    connection: crate::connection::ConnectionSpec,
-    /// Who made the connection (the egress policy depends on it).
-    connection_origin: crate::catalog::Origin,
+    connection: Arc<crate::catalog::StoredConnection>,
     seq: u64,
     guard: tokio_util_like::TaskGuard,
 }
 
 impl SendTask {
-    /// Commits what a send did. While the store cannot write, the outcome is
-    /// kept here and committed once it can, so that the record is not sent
-    /// twice; only shutting down gives up (the record is then sent again
-    /// after the restart, under the same `Idempotency-Key`).
-    async fn commit_when_writable(
-        &self,
-        result: AttemptResult,
-    ) -> Result<(RepeatRecord, Verdict), crate::store::StoreError> {
-        let shared = &self.scheduler.shared;
-        loop {
-            let committed = shared.with.store.commit_attempt(result.clone()).await;
-            let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
-            if committed.is_ok() || stopping || shared.with.store.write_failure().is_none() {
-                return committed;
-            }
-            while shared.with.store.write_failure().is_some()
-                && !shared.stopping.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                shared.with.clock.sleep(RETRY_AFTER_HOST_FAILURE).await;
-            }
-        }
-    }
-
-    async fn run(self) {
+    /// Sends the record; returns its outcome, to be committed, or `None`
+    /// when nothing is to be committed (the record is released already).
+    async fn run(self) -> Option<SentOutcome> {
         let shared = &self.scheduler.shared;
         let spec = &self.repeater.spec;
         let policy = spec.retry.as_ref().map_or_else(
             || shared.with.retry_defaults,
             |over| over.resolve(&shared.with.retry_defaults),
         );
+        let repeater_id = self.repeater.id;
+        let not_sent = |retry_at: Option<i64>| {
+            self.scheduler.sent(repeater_id, None, &policy);
+            self.scheduler.release(&[(repeater_id, self.seq, retry_at)]);
+            None
+        };
         let loaded = shared.with.store.load_for_send(self.seq);
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
-            Ok(None) => {
-                self.scheduler
-                    .finished(self.repeater.id, self.seq, None, None, &policy);
-                return;
-            }
+            Ok(None) => return not_sent(None),
             Err(error) => {
                 tracing::error!(%error, seq = self.seq, "cannot read a record to send");
-                self.scheduler.finished(
-                    self.repeater.id,
-                    self.seq,
-                    None,
-                    Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)),
-                    &policy,
-                );
-                return;
+                return not_sent(Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)));
             }
         };
         // Stale entries (an operator acted since it was fetched) are skipped.
@@ -547,14 +723,7 @@ impl SendTask {
                 .next_attempt_at
                 .is_none_or(|at| at > shared.with.clock.now_micros())
         {
-            self.scheduler.finished(
-                self.repeater.id,
-                self.seq,
-                None,
-                record.next_attempt_at,
-                &policy,
-            );
-            return;
+            return not_sent(record.next_attempt_at);
         }
         let record_id = shared.with.store.record_id(self.seq);
         let started = shared.with.clock.instant();
@@ -566,22 +735,15 @@ impl SendTask {
                 &record,
                 source,
                 spec,
-                &self.connection,
-                self.connection_origin,
+                &self.connection.spec,
+                self.connection.origin,
             )
             .await;
         let (outcome, attempt) = match result {
             SendResult::Done { outcome, attempt } => (outcome, attempt),
             SendResult::PluginMissing(name) => {
                 tracing::warn!(plugin = %name, repeater = %spec.name, "format plugin not loaded; records wait for it");
-                self.scheduler.finished(
-                    self.repeater.id,
-                    self.seq,
-                    None,
-                    Some(shared.with.clock.now_micros()),
-                    &policy,
-                );
-                return;
+                return not_sent(Some(shared.with.clock.now_micros()));
             }
         };
         if attempt.is_some() {
@@ -592,58 +754,30 @@ impl SendTask {
                 started.elapsed(),
             );
         }
+        self.scheduler.sent(repeater_id, Some(&outcome), &policy);
         let attempted_url = attempt.as_ref().map(|attempt| attempt.url.clone());
-        let committed = self
-            .commit_when_writable(AttemptResult {
-                seq: self.seq,
+        let SendTask {
+            repeater,
+            connection,
+            seq,
+            guard,
+            ..
+        } = self;
+        Some(SentOutcome {
+            repeater,
+            connection,
+            seq,
+            result: Some(AttemptResult {
+                seq,
                 outcome: outcome.clone(),
                 attempt,
                 policy,
                 jitter_unit: fastrand::f64() * 2.0 - 1.0,
-            })
-            .await;
-        if let Ok((committed_record, verdict)) = &committed {
-            if *verdict == Verdict::Final(RecordState::Succeeded) {
-                shared.with.metrics.observe_success(
-                    &self.repeater.domain,
-                    &spec.name,
-                    crate::clock::between(
-                        committed_record.registered_at,
-                        shared.with.clock.now_micros(),
-                    ),
-                );
-            }
-            // Error e-mails (and "recovered" ones); never waits.
-            shared.with.notifier.observe(
-                &self.repeater.domain,
-                &self.connection,
-                committed_record,
-                &outcome,
-                attempted_url.as_deref(),
-            );
-        }
-        let retry_at = match committed {
-            Ok((_, Verdict::RetryAt(at))) => Some(at),
-            Ok((_, Verdict::Final(_))) => None,
-            Err(error) => {
-                tracing::error!(%error, seq = self.seq, "cannot commit an attempt; the record will be sent again");
-                Some(shared.with.clock.after(RETRY_AFTER_HOST_FAILURE))
-            }
-        };
-        self.scheduler.finished(
-            self.repeater.id,
-            self.seq,
-            Some(&outcome),
-            retry_at,
-            &policy,
-        );
-        // The scheduler handle goes before the guard, so that a finished
-        // shutdown holds nothing of the store.
-        let SendTask {
-            scheduler, guard, ..
-        } = self;
-        drop(scheduler);
-        drop(guard);
+            }),
+            outcome,
+            attempted_url,
+            _guard: guard,
+        })
     }
 }
 

@@ -85,7 +85,9 @@ pub struct LaneView {
     /// Its format plugin is loaded and its connection exists.
     pub ready: bool,
     pub max_workers: usize,
-    pub in_flight: usize,
+    /// Sends under way (building a payload or waiting for the remote); a
+    /// record whose outcome is being committed no longer counts.
+    pub sending: usize,
     pub health: Health,
     /// Due records already fetched from the store.
     pub buffered: usize,
@@ -150,7 +152,7 @@ pub fn plan(lanes: &[LaneView], max_in_flight: usize, free_slots: usize, now: i6
                 Some(_) => 1,
                 None => lane.max_workers.max(1).min(share),
             };
-            let room = capacity.saturating_sub(lane.in_flight);
+            let room = capacity.saturating_sub(lane.sending);
             if room == 0 {
                 // A finishing send wakes the scheduler.
                 return LanePlan::Send(0);
@@ -211,7 +213,7 @@ mod tests {
             paused: false,
             ready: true,
             max_workers,
-            in_flight: 0,
+            sending: 0,
             health: Health::default(),
             buffered: 100,
             next_due: Some(0),
@@ -307,12 +309,12 @@ mod tests {
     fn a_healthy_lane_sends_up_to_max_workers() {
         assert_eq!(plan_one(lane(4), 0), LanePlan::Send(4));
         let busy = LaneView {
-            in_flight: 3,
+            sending: 3,
             ..lane(4)
         };
         assert_eq!(plan_one(busy, 0), LanePlan::Send(1));
         let full = LaneView {
-            in_flight: 4,
+            sending: 4,
             ..lane(4)
         };
         assert_eq!(plan_one(full, 0), LanePlan::Send(0));
@@ -335,14 +337,14 @@ mod tests {
         assert_eq!(waiting.lanes, [LanePlan::WaitUntil(10 * SECOND)]);
         assert_eq!(waiting.wake_at, Some(10 * SECOND), "woken when it ends");
         assert_eq!(plan_at(&failing, 10 * SECOND).lanes, [LanePlan::Send(1)]);
-        failing.in_flight = 1;
+        failing.sending = 1;
         assert_eq!(
             plan_at(&failing, 11 * SECOND).lanes,
             [LanePlan::Send(0)],
             "no second probe while one is under way"
         );
         // The probe succeeds: full speed at once.
-        failing.in_flight = 0;
+        failing.sending = 0;
         failing.health.observe(
             &Outcome::Success { status: 200 },
             &policy(),

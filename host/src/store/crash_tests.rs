@@ -233,8 +233,8 @@ fn assert_indexes_agree(store: &Store, context: &str) {
         .map(|state| (state, 0))
         .collect();
     for entry in records.iter().unwrap() {
-        let (_, value) = entry.unwrap();
-        let record: RepeatRecord = decode(value.value(), || "record".into()).unwrap();
+        let (key, value) = entry.unwrap();
+        let record = decode_record(key.value(), value.value()).unwrap();
         if !record.state.is_queued() {
             expected_finals.insert((record.state.as_str().to_owned(), record.seq));
         }

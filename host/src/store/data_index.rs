@@ -29,14 +29,11 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
-use serde::de::DeserializeOwned;
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
-use super::encoding::decode;
-use super::tables::{
-    CASE_INDEXED_ON, CASE_LISTING, CASES, FORM_INDEXED_ON, FORM_LISTING, FORMS, LAST_INDEXED_ON,
-    LISTING_COUNTS, META,
-};
+use super::encoding::{decode_case, decode_form, stamp_indexed_on};
+use super::tables::LISTING_COUNTS;
+use super::write_tables::{ListingKind, WriteTables};
 use super::{Listed, StoreError};
 use crate::model::{Case, StoredForm};
 
@@ -93,27 +90,6 @@ fn order_key(timestamp: &str, fallback: u64) -> u64 {
     crate::time::parse_timestamp(timestamp).map_or(fallback, |micros| micros.max(0) as u64)
 }
 
-/// The next `indexed_on` of `domain`: later than every one before it.
-fn next_indexed_on(txn: &WriteTransaction, domain: &str, now: i64) -> Result<u64, StoreError> {
-    let mut last = txn.open_table(LAST_INDEXED_ON)?;
-    let previous = last.get(domain)?.map_or(0, |v| v.value());
-    let next = (now.max(0) as u64).max(previous + 1);
-    last.insert(domain, next)?;
-    Ok(next)
-}
-
-fn add_count(
-    txn: &WriteTransaction,
-    domain: &str,
-    scope: &str,
-    delta: i64,
-) -> Result<(), StoreError> {
-    let mut counts = txn.open_table(LISTING_COUNTS)?;
-    let n = counts.get((domain, scope))?.map_or(0, |v| v.value());
-    counts.insert((domain, scope), n.saturating_add_signed(delta))?;
-    Ok(())
-}
-
 fn form_entries(form: &StoredForm, indexed_on: u64) -> Vec<(String, u64)> {
     let mut entries = vec![
         (FormScope::All.key(), indexed_on),
@@ -140,177 +116,167 @@ fn case_entries(case: &Case, indexed_on: u64) -> Vec<(String, u64)> {
     ]
 }
 
-/// Takes an object's listing `entries` under `indexed_on` out of `listing`
-/// and its counts, before it is listed again under a new one.
-fn remove_entries(
-    txn: &WriteTransaction,
-    listing: TableDefinition<(&str, &str, u64, u64), &str>,
-    domain: &str,
-    entries: Vec<(String, u64)>,
+/// Where an object stands in its listings: its `indexed_on` and the
+/// (scope, order key) of each of its entries.
+pub(super) struct ListedEntries {
     indexed_on: u64,
-) -> Result<(), StoreError> {
-    let mut listing = txn.open_table(listing)?;
-    for (scope, key) in entries {
-        listing.remove((domain, scope.as_str(), key, indexed_on))?;
-        add_count(txn, domain, &scope, -1)?;
-    }
-    Ok(())
+    entries: Vec<(String, u64)>,
 }
 
-/// Gives a newly stored form its `indexed_on` and its listing entries.
+/// Where a stored case stands in the listings, to move it when it changes.
+pub(super) fn case_listed(case: &Case, indexed_on: u64) -> ListedEntries {
+    ListedEntries {
+        indexed_on,
+        entries: case_entries(case, indexed_on),
+    }
+}
+
+/// Gives a newly stored form its `indexed_on` (stamped into its encoded
+/// `value`) and its listing entries; returns the `indexed_on`.
 pub(super) fn index_form(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     form: &StoredForm,
+    value: &mut [u8],
     now: i64,
-) -> Result<(), StoreError> {
-    let indexed_on = next_indexed_on(txn, &form.domain, now)?;
-    put_form(txn, form, indexed_on)
+) -> Result<u64, StoreError> {
+    let indexed_on = tables.next_indexed_on(&form.domain, now)?;
+    stamp_indexed_on(value, indexed_on);
+    let entries = form_entries(form, indexed_on);
+    tables.list(
+        ListingKind::Forms,
+        &form.domain,
+        &form.form_id,
+        entries,
+        indexed_on,
+    )?;
+    Ok(indexed_on)
 }
 
 /// Gives a stored form that changed (a later part's attachments) a new
-/// `indexed_on` and moves its listing entries, so that a client paging by
-/// `indexed_on_start` sees it again.
+/// `indexed_on` in place of `previous` and moves its listing entries, so
+/// that a client paging by `indexed_on_start` sees it again. Returns the new
+/// `indexed_on`, for the caller to stamp into the form's value.
 pub(super) fn reindex_form(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     form: &StoredForm,
+    previous: u64,
     now: i64,
-) -> Result<(), StoreError> {
-    let domain = form.domain.as_str();
-    let previous = txn
-        .open_table(FORM_INDEXED_ON)?
-        .get((domain, form.form_id.as_str()))?
-        .map(|v| v.value());
-    if let Some(previous) = previous {
-        remove_entries(
-            txn,
-            FORM_LISTING,
-            domain,
-            form_entries(form, previous),
-            previous,
-        )?;
-    }
-    index_form(txn, form, now)
-}
-
-/// Takes a deleted form (retention) out of every listing and its counts;
-/// returns whether it was indexed.
-pub(super) fn unindex_form(txn: &WriteTransaction, form: &StoredForm) -> Result<bool, StoreError> {
-    let domain = form.domain.as_str();
-    let indexed_on = txn
-        .open_table(FORM_INDEXED_ON)?
-        .remove((domain, form.form_id.as_str()))?
-        .map(|v| v.value());
-    let Some(indexed_on) = indexed_on else {
-        return Ok(false);
-    };
-    remove_entries(
-        txn,
-        FORM_LISTING,
-        domain,
-        form_entries(form, indexed_on),
+) -> Result<u64, StoreError> {
+    tables.unlist(
+        ListingKind::Forms,
+        &form.domain,
+        form_entries(form, previous),
+        previous,
+    )?;
+    let indexed_on = tables.next_indexed_on(&form.domain, now)?;
+    let entries = form_entries(form, indexed_on);
+    tables.list(
+        ListingKind::Forms,
+        &form.domain,
+        &form.form_id,
+        entries,
         indexed_on,
     )?;
-    Ok(true)
+    Ok(indexed_on)
 }
 
-fn put_form(txn: &WriteTransaction, form: &StoredForm, indexed_on: u64) -> Result<(), StoreError> {
-    let domain = form.domain.as_str();
-    txn.open_table(FORM_INDEXED_ON)?
-        .insert((domain, form.form_id.as_str()), indexed_on)?;
-    let mut listing = txn.open_table(FORM_LISTING)?;
-    for (scope, key) in form_entries(form, indexed_on) {
-        listing.insert(
-            (domain, scope.as_str(), key, indexed_on),
-            form.form_id.as_str(),
-        )?;
-        add_count(txn, domain, &scope, 1)?;
-    }
-    Ok(())
+/// Takes a deleted form (retention), stored under `indexed_on`, out of
+/// every listing and its counts.
+pub(super) fn unindex_form(
+    tables: &mut WriteTables<'_>,
+    form: &StoredForm,
+    indexed_on: u64,
+) -> Result<(), StoreError> {
+    tables.unlist(
+        ListingKind::Forms,
+        &form.domain,
+        form_entries(form, indexed_on),
+        indexed_on,
+    )
 }
 
-/// Gives a case that a form created or changed a new `indexed_on` and moves
-/// its listing entries; `before` is the case as it was stored.
+/// Gives a case that a form created or changed a new `indexed_on` (stamped
+/// into its encoded `value`) and moves its listing entries; `before` is
+/// where the case as stored was listed.
 pub(super) fn index_case(
-    txn: &WriteTransaction,
-    before: Option<&Case>,
+    tables: &mut WriteTables<'_>,
+    before: Option<ListedEntries>,
     case: &Case,
+    value: &mut [u8],
     now: i64,
 ) -> Result<(), StoreError> {
     let domain = case.domain.as_str();
-    let indexed_on = next_indexed_on(txn, domain, now)?;
-    let previous = txn
-        .open_table(CASE_INDEXED_ON)?
-        .get((domain, case.case_id.as_str()))?
-        .map(|v| v.value());
-    if let (Some(before), Some(previous)) = (before, previous) {
-        remove_entries(
-            txn,
-            CASE_LISTING,
+    let indexed_on = tables.next_indexed_on(domain, now)?;
+    stamp_indexed_on(value, indexed_on);
+    if let Some(before) = before {
+        tables.unlist(
+            ListingKind::Cases,
             domain,
-            case_entries(before, previous),
-            previous,
+            before.entries,
+            before.indexed_on,
         )?;
     }
-    put_case(txn, case, indexed_on)
-}
-
-fn put_case(txn: &WriteTransaction, case: &Case, indexed_on: u64) -> Result<(), StoreError> {
-    let domain = case.domain.as_str();
-    txn.open_table(CASE_INDEXED_ON)?
-        .insert((domain, case.case_id.as_str()), indexed_on)?;
-    let mut listing = txn.open_table(CASE_LISTING)?;
-    for (scope, key) in case_entries(case, indexed_on) {
-        listing.insert(
-            (domain, scope.as_str(), key, indexed_on),
-            case.case_id.as_str(),
-        )?;
-        add_count(txn, domain, &scope, 1)?;
-    }
-    Ok(())
+    let entries = case_entries(case, indexed_on);
+    tables.list(
+        ListingKind::Cases,
+        domain,
+        &case.case_id,
+        entries,
+        indexed_on,
+    )
 }
 
 /// Indexes every form and case of a store written before the Data API's
-/// indexes existed; does nothing once done. Returns how many objects it
-/// indexed.
-pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    if txn.open_table(META)?.get(INDEXED_KEY)?.is_some() {
+/// indexes existed (their values carry `indexed_on` 0 since `migration`);
+/// does nothing once done. Returns how many objects it indexed.
+pub(super) fn backfill(tables: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+    if tables.meta.get(INDEXED_KEY)?.is_some() {
         return Ok(0);
     }
-    // Per domain, (time, id) in order: the order the objects were stored in.
-    let mut forms: BTreeMap<String, Vec<(u64, StoredForm)>> = BTreeMap::new();
-    for entry in txn.open_table(FORMS)?.iter()? {
+    // Per domain, (time, object, value) in the order the objects were
+    // stored in.
+    let mut forms: BTreeMap<String, Vec<(u64, StoredForm, Vec<u8>)>> = BTreeMap::new();
+    for entry in tables.forms.iter()? {
         let (key, value) = entry?;
         let (domain, form_id) = key.value();
-        let form: StoredForm = decode(value.value(), || format!("form {form_id}"))?;
+        let form = decode_form(domain, form_id, value.value())?.form;
         let at = order_key(&form.received_on, 0);
-        forms.entry(domain.to_owned()).or_default().push((at, form));
+        forms
+            .entry(domain.to_owned())
+            .or_default()
+            .push((at, form, value.value().to_vec()));
     }
-    let mut cases: BTreeMap<String, Vec<(u64, Case)>> = BTreeMap::new();
-    for entry in txn.open_table(CASES)?.iter()? {
+    let mut cases: BTreeMap<String, Vec<(u64, Case, Vec<u8>)>> = BTreeMap::new();
+    for entry in tables.cases.iter()? {
         let (key, value) = entry?;
         let (domain, case_id) = key.value();
-        let case: Case = decode(value.value(), || format!("case {case_id}"))?;
+        let (case, _) = decode_case(value.value(), case_id)?;
         let at = order_key(&case.server_date_modified, 0);
-        cases.entry(domain.to_owned()).or_default().push((at, case));
+        cases
+            .entry(domain.to_owned())
+            .or_default()
+            .push((at, case, value.value().to_vec()));
     }
     let mut indexed = 0;
     for (_, mut domain_forms) in forms {
         domain_forms.sort_by(|a, b| (a.0, &a.1.form_id).cmp(&(b.0, &b.1.form_id)));
-        for (at, form) in domain_forms {
-            let indexed_on = next_indexed_on(txn, &form.domain, at as i64)?;
-            put_form(txn, &form, indexed_on)?;
+        for (at, form, mut value) in domain_forms {
+            index_form(tables, &form, &mut value, at as i64)?;
+            let key = (form.domain.as_str(), form.form_id.as_str());
+            tables.forms.insert(key, value.as_slice())?;
             indexed += 1;
         }
     }
     for (_, mut domain_cases) in cases {
         domain_cases.sort_by(|a, b| (a.0, &a.1.case_id).cmp(&(b.0, &b.1.case_id)));
-        for (at, case) in domain_cases {
-            let indexed_on = next_indexed_on(txn, &case.domain, at as i64)?;
-            put_case(txn, &case, indexed_on)?;
+        for (at, case, mut value) in domain_cases {
+            index_case(tables, None, &case, &mut value, at as i64)?;
+            let key = (case.domain.as_str(), case.case_id.as_str());
+            tables.cases.insert(key, value.as_slice())?;
             indexed += 1;
         }
     }
-    txn.open_table(META)?.insert(INDEXED_KEY, 1)?;
+    tables.meta.insert(INDEXED_KEY, 1)?;
     Ok(indexed)
 }
 
@@ -354,17 +320,17 @@ pub type Keep<'a, T> = Option<&'a dyn Fn(&T, i64) -> bool>;
 type KeepEntry<'a> = Option<&'a mut dyn FnMut(&str, u64) -> Result<bool, StoreError>>;
 
 /// A listing's tables: the objects ((domain, id) → encoded value) and its
-/// entries; `what` names an object for errors ("form").
-pub(super) struct Listing {
+/// entries, and how an object is read from (domain, id, value).
+pub(super) struct Listing<T> {
     pub objects: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
     pub entries: TableDefinition<'static, (&'static str, &'static str, u64, u64), &'static str>,
-    pub what: &'static str,
+    pub decode: fn(&str, &str, &[u8]) -> Result<T, StoreError>,
 }
 
-impl Listing {
+impl<T> Listing<T> {
     /// One page of `scope`: the objects `keep` keeps, with their
     /// `indexed_on`, and how many match in all.
-    pub(super) fn page<T: DeserializeOwned>(
+    pub(super) fn page(
         &self,
         txn: &ReadTransaction,
         domain: &str,
@@ -376,9 +342,7 @@ impl Listing {
         let objects = txn.open_table(self.objects)?;
         let read = |id: &str| -> Result<Option<T>, StoreError> {
             match objects.get((domain, id))? {
-                Some(bytes) => Ok(Some(decode(bytes.value(), || {
-                    format!("{} {id}", self.what)
-                })?)),
+                Some(bytes) => Ok(Some((self.decode)(domain, id, bytes.value())?)),
                 None => Ok(None),
             }
         };

@@ -1,10 +1,9 @@
 //! The Data API's indexes: `indexed_on` grows strictly within a domain and
 //! moves with a case; listings page, narrow and count as `data_index` says;
-//! a store written before the indexes gets them when it is opened.
+//! a store written before the indexes gets them when it is opened
+//! (`migration_tests`).
 
-use redb::{Database, ReadableDatabase};
-
-use super::tests::{TempDir, memory_store, submission};
+use super::tests::{memory_store, submission};
 use super::*;
 
 fn all_forms(store: &Store, range: &ListingRange) -> Listed<ListedForm> {
@@ -150,42 +149,6 @@ async fn listings_page_by_offset_and_by_range_and_count_what_matches() {
         )
         .unwrap();
     assert!(other_domain.objects.is_empty());
-}
-
-#[tokio::test]
-async fn a_store_written_before_the_indexes_gets_them_when_opened() {
-    let dir = TempDir::new("backfill");
-    with_forms(Store::open(&dir.0).unwrap(), 3).await;
-    // Make it the file an earlier repeatd wrote: no index tables, no marker.
-    {
-        let db = Database::open(dir.0.join("repeatd.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.delete_table(LAST_INDEXED_ON).unwrap();
-        txn.delete_table(FORM_INDEXED_ON).unwrap();
-        txn.delete_table(CASE_INDEXED_ON).unwrap();
-        txn.delete_table(FORM_LISTING).unwrap();
-        txn.delete_table(CASE_LISTING).unwrap();
-        txn.delete_table(LISTING_COUNTS).unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .remove("data_api_indexed")
-            .unwrap();
-        txn.commit().unwrap();
-        let txn = db.begin_read().unwrap();
-        assert!(txn.open_table(FORM_LISTING).is_err(), "the listing is gone");
-    }
-    let store = Store::open(&dir.0).unwrap();
-    let listed = all_forms(&store, &ListingRange::default());
-    assert_eq!(form_ids(&listed), ["f1", "f2", "f3"]);
-    assert_eq!(listed.total_count, 3);
-    assert_eq!(cases_in(&store, CaseScope::All).1, 3);
-    // New forms come after the backfilled ones.
-    let form = submission("f4", "c4", "new");
-    store.commit_submission(form).await.unwrap();
-    let listed = all_forms(&store, &ListingRange::default());
-    assert_eq!(form_ids(&listed), ["f1", "f2", "f3", "f4"]);
-    let last_two = &listed.objects[2..];
-    assert!(last_two[0].indexed_on < last_two[1].indexed_on);
 }
 
 #[tokio::test]

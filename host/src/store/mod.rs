@@ -24,10 +24,12 @@
 mod data_index;
 mod database;
 mod encoding;
+mod migration;
 mod retention;
 mod state_index;
 mod stats;
 mod tables;
+mod write_tables;
 mod writer;
 mod writes;
 
@@ -35,6 +37,8 @@ mod writes;
 mod crash_tests;
 #[cfg(test)]
 mod data_index_tests;
+#[cfg(test)]
+mod migration_tests;
 #[cfg(test)]
 mod retention_tests;
 #[cfg(test)]
@@ -58,8 +62,9 @@ use crate::record::RetryPolicy;
 use crate::record::{
     AppChange, Attempt, OperatorAction, Outcome, PayloadRef, RecordState, RepeatRecord, Verdict,
 };
-use encoding::decode;
+use encoding::{decode, decode_case, decode_form, decode_record, indexed_on_of};
 use tables::*;
+use write_tables::WriteTables;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
@@ -171,6 +176,10 @@ pub struct AttemptResult {
     pub jitter_unit: f64,
 }
 
+/// What committing one attempt's outcome came to: the record as committed
+/// and what happens to it next, or why that one was not committed.
+pub type CommittedAttempt = Result<(RepeatRecord, Verdict), StoreError>;
+
 /// A connection's pending notification state as (domain, connection, value);
 /// a value that cannot be decoded is handed back as its error.
 pub type StoredNotification<T> = (String, String, Result<T, StoreError>);
@@ -270,19 +279,17 @@ impl Store {
     fn start(db: Database, path: PathBuf, reopen: Option<PathBuf>) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         let nonce;
-        let last_seq;
+        let from_schema_1;
         {
             let mut meta = txn.open_table(META)?;
             let found_version = meta.get("schema_version")?.map(|v| v.value());
-            match found_version {
-                Some(found) if found != SCHEMA_VERSION => {
-                    return Err(StoreError::SchemaVersion { path, found });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-            }
+            from_schema_1 = match found_version {
+                None => false,
+                Some(SCHEMA_VERSION) => false,
+                Some(1) => true,
+                Some(found) => return Err(StoreError::SchemaVersion { path, found }),
+            };
+            meta.insert("schema_version", SCHEMA_VERSION)?;
             let existing_nonce = meta.get("nonce")?.map(|v| v.value());
             nonce = match existing_nonce {
                 Some(nonce) => nonce,
@@ -295,35 +302,39 @@ impl Store {
                     nonce
                 }
             };
-            // Create every table so that readers never meet a missing one.
-            txn.open_table(FORMS)?;
-            txn.open_table(FORM_XML)?;
-            txn.open_table(CASES)?;
-            txn.open_table(DUE)?;
-            txn.open_table(ATTEMPTS)?;
-            txn.open_table(DOMAIN_RECORDS)?;
-            txn.open_table(PAYLOAD_RECORDS)?;
-            txn.open_table(STATE_COUNTS)?;
-            txn.open_table(STATE_RECORDS)?;
-            txn.open_table(OBJECTS)?;
-            txn.open_table(NOTIFICATIONS)?;
-            txn.open_table(LAST_INDEXED_ON)?;
-            txn.open_table(FORM_INDEXED_ON)?;
-            txn.open_table(CASE_INDEXED_ON)?;
-            txn.open_table(FORM_LISTING)?;
-            txn.open_table(CASE_LISTING)?;
-            txn.open_table(LISTING_COUNTS)?;
-            txn.open_table(FINAL_RECORDS)?;
-            txn.open_table(FINAL_SINCE)?;
-            txn.open_table(DOMAIN_COUNTS)?;
-            let records = txn.open_table(RECORDS)?;
-            last_seq = records.last()?.map(|(key, _)| key.value()).unwrap_or(0);
         }
-        let backfilled = data_index::backfill(&txn)?;
-        let records_indexed = state_index::backfill(&txn)?;
-        let finals_indexed = retention::backfill(&txn)?;
-        let counted = stats::backfill(&txn)?;
+        let migrated = if from_schema_1 {
+            migration::from_schema_1(&txn)?
+        } else {
+            0
+        };
+        let backfilled;
+        let records_indexed;
+        let finals_indexed;
+        let counted;
+        let last_seq;
+        {
+            // Opening them creates every table, so that readers never meet
+            // a missing one.
+            let mut tables = WriteTables::open(&txn)?;
+            backfilled = data_index::backfill(&mut tables)?;
+            records_indexed = state_index::backfill(&mut tables)?;
+            finals_indexed = retention::backfill(&mut tables)?;
+            counted = stats::backfill(&mut tables)?;
+            last_seq = tables
+                .records
+                .last()?
+                .map(|(key, _)| key.value())
+                .unwrap_or(0);
+            tables.finish()?;
+        }
         txn.commit()?;
+        if migrated > 0 {
+            tracing::info!(
+                objects = migrated,
+                "rewrote the forms and cases of a schema 1 store as schema {SCHEMA_VERSION} has them"
+            );
+        }
         if finals_indexed > 0 || counted > 0 {
             tracing::info!(
                 records = finals_indexed,
@@ -403,8 +414,13 @@ impl Store {
         // thread is outside it, where a clock that follows tokio's paused
         // time would read the wall's.
         let now = self.clock.now_micros();
-        self.write(move |txn| writes::commit_submission(txn, &next_seq, submission, now))
-            .await
+        // The costly part of encoding the form, on the caller's task rather
+        // than the writer's, which every submission waits for.
+        let compressed_xml = encoding::compress_xml(&submission.xml);
+        self.write(move |tables| {
+            writes::commit_submission(tables, &next_seq, submission, &compressed_xml, now)
+        })
+        .await
     }
 
     /// Registers one `app-schema` record per app-schema repeater of the domain.
@@ -417,14 +433,14 @@ impl Store {
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let next_seq = self.next_seq.clone();
         let now = self.clock.now_micros();
-        self.write(move |txn| {
+        self.write(move |tables| {
             let planned = crate::submission::plan_app_change(
                 &repeaters,
                 &app_id,
                 change,
                 build_id.as_deref(),
             );
-            writes::register(txn, &next_seq, &planned, now)
+            writes::register(tables, &next_seq, &planned, now)
         })
         .await
     }
@@ -513,7 +529,21 @@ impl Store {
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
         let now = self.clock.now_micros();
-        self.write(move |txn| writes::commit_attempt(txn, result, now))
+        self.write(move |tables| writes::commit_attempt(tables, result, now))
+            .await
+    }
+
+    /// Commits the outcomes of many attempts in one job of the next group
+    /// commit (one hand-over to the writer for the lot, not one each), and
+    /// answers once that commit is durable: for each attempt, in order, the
+    /// record as committed, or why that one was not (a record that is gone).
+    /// A storage failure fails them all: none of them is committed.
+    pub async fn commit_attempts(
+        &self,
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<CommittedAttempt>, StoreError> {
+        let now = self.clock.now_micros();
+        self.write(move |tables| writes::commit_attempts(tables, results, now))
             .await
     }
 
@@ -524,12 +554,12 @@ impl Store {
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
         let now = self.clock.now_micros();
-        self.write(move |txn| {
-            let mut changed = writes::apply_operator(txn, &[seq], None, action, now)?;
+        self.write(move |tables| {
+            let mut changed = writes::apply_operator(tables, &[seq], None, action, now)?;
             match changed.pop() {
                 Some(record) => Ok(record),
                 // Unchanged (cancelling a record that is not queued).
-                None => writes::read_record(txn, seq),
+                None => writes::read_record(tables, seq),
             }
         })
         .await
@@ -545,14 +575,21 @@ impl Store {
     ) -> Result<Vec<RepeatRecord>, StoreError> {
         let seqs: Vec<u64> = {
             let txn = self.db.begin_read()?;
-            let index = txn.open_table(DOMAIN_RECORDS)?;
+            let mut candidates = state_index::newest(
+                &txn,
+                &domain,
+                filter.state,
+                filter.repeater.as_deref(),
+                u64::MAX,
+                usize::MAX,
+            )?;
+            // Oldest first, as they were registered.
+            candidates.reverse();
             let records = txn.open_table(RECORDS)?;
             let mut seqs = Vec::new();
-            for entry in index.range((domain.as_str(), 0)..=(domain.as_str(), u64::MAX))? {
-                let (key, _) = entry?;
-                let seq = key.value().1;
+            for seq in candidates {
                 if let Some(bytes) = records.get(seq)? {
-                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    let record = decode_record(seq, bytes.value())?;
                     if filter.matches(&record) {
                         seqs.push(seq);
                     }
@@ -566,7 +603,9 @@ impl Store {
             let filter = filter.clone();
             let now = self.clock.now_micros();
             let mut done = self
-                .write(move |txn| writes::apply_operator(txn, &chunk, Some(&filter), action, now))
+                .write(move |tables| {
+                    writes::apply_operator(tables, &chunk, Some(&filter), action, now)
+                })
                 .await?;
             changed.append(&mut done);
         }
@@ -579,11 +618,11 @@ impl Store {
         loop {
             let now = self.clock.now_micros();
             let n = self
-                .write(move |txn| {
+                .write(move |tables| {
                     let seqs =
-                        writes::queued_of_repeater(txn, repeater_id, RECORDS_PER_TRANSACTION)?;
+                        writes::queued_of_repeater(tables, repeater_id, RECORDS_PER_TRANSACTION)?;
                     let cancelled =
-                        writes::apply_operator(txn, &seqs, None, OperatorAction::Cancel, now)?;
+                        writes::apply_operator(tables, &seqs, None, OperatorAction::Cancel, now)?;
                     Ok(cancelled.len() as u64)
                 })
                 .await?;
@@ -599,7 +638,7 @@ impl Store {
     pub fn record(&self, seq: u64) -> Result<Option<RepeatRecord>, StoreError> {
         let table = self.read_table(RECORDS)?;
         match table.get(seq)? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("record {seq}"))?)),
+            Some(bytes) => Ok(Some(decode_record(seq, bytes.value())?)),
             None => Ok(None),
         }
     }
@@ -619,22 +658,23 @@ impl Store {
     pub fn form(&self, domain: &str, form_id: &str) -> Result<Option<StoredForm>, StoreError> {
         let table = self.read_table(FORMS)?;
         match table.get((domain, form_id))? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("form {form_id}"))?)),
+            Some(bytes) => Ok(Some(decode_form(domain, form_id, bytes.value())?.form)),
             None => Ok(None),
         }
     }
 
     pub fn form_xml(&self, domain: &str, form_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let table = self.read_table(FORM_XML)?;
-        Ok(table
-            .get((domain, form_id))?
-            .map(|bytes| bytes.value().to_vec()))
+        let table = self.read_table(FORMS)?;
+        match table.get((domain, form_id))? {
+            Some(bytes) => Ok(Some(decode_form(domain, form_id, bytes.value())?.xml()?)),
+            None => Ok(None),
+        }
     }
 
     pub fn case(&self, domain: &str, case_id: &str) -> Result<Option<Case>, StoreError> {
         let table = self.read_table(CASES)?;
         match table.get((domain, case_id))? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("case {case_id}"))?)),
+            Some(bytes) => Ok(Some(decode_case(bytes.value(), case_id)?.0)),
             None => Ok(None),
         }
     }
@@ -650,32 +690,27 @@ impl Store {
         let Some(bytes) = records.get(seq)? else {
             return Ok(None);
         };
-        let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+        let record = decode_record(seq, bytes.value())?;
         let domain = record.domain.as_str();
         let source = match &record.payload {
             PayloadRef::Form { form_id } => {
                 let forms = txn.open_table(FORMS)?;
-                let xml = txn.open_table(FORM_XML)?;
-                let indexed_on = txn.open_table(FORM_INDEXED_ON)?;
-                match (
-                    forms.get((domain, form_id.as_str()))?,
-                    xml.get((domain, form_id.as_str()))?,
-                    indexed_on.get((domain, form_id.as_str()))?,
-                ) {
-                    (Some(form), Some(xml), Some(indexed_on)) => SendSource::Form {
-                        form: decode(form.value(), || format!("form {form_id}"))?,
-                        xml: xml.value().to_vec(),
-                        indexed_on: indexed_on.value() as i64,
-                    },
-                    _ => SendSource::Missing(format!("form {form_id} is not in the store")),
+                match forms.get((domain, form_id.as_str()))? {
+                    Some(value) => {
+                        let stored = decode_form(domain, form_id, value.value())?;
+                        SendSource::Form {
+                            xml: stored.xml()?,
+                            indexed_on: stored.indexed_on as i64,
+                            form: stored.form,
+                        }
+                    }
+                    None => SendSource::Missing(format!("form {form_id} is not in the store")),
                 }
             }
             PayloadRef::Case { case_id } => {
                 let cases = txn.open_table(CASES)?;
                 match cases.get((domain, case_id.as_str()))? {
-                    Some(case) => {
-                        SendSource::Case(decode(case.value(), || format!("case {case_id}"))?)
-                    }
+                    Some(case) => SendSource::Case(decode_case(case.value(), case_id)?.0),
                     None => SendSource::Missing(format!("case {case_id} is not in the store")),
                 }
             }
@@ -685,9 +720,10 @@ impl Store {
     }
 
     /// One page of a domain's records, newest first. `cursor` is the
-    /// `next_cursor` of the previous page. A filter by state reads the state
-    /// index (only matching records); otherwise the domain's or the payload
-    /// id's index is walked, at most `MAX_SCANNED` entries a page.
+    /// `next_cursor` of the previous page. Without a payload id the state
+    /// index is read (only records of the state and repeater asked for, if
+    /// any); with one, the payload id's index is walked, at most
+    /// `MAX_SCANNED` entries a page.
     pub fn list_records(
         &self,
         domain: &str,
@@ -699,12 +735,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let upper = cursor.unwrap_or(u64::MAX);
-        if let (Some(state), None) = (filter.state, filter.payload_id.as_deref()) {
+        if filter.payload_id.is_none() {
             // Only matching records are read, so no cap is needed.
-            let seqs = state_index::newest_in_state(
+            let seqs = state_index::newest(
                 &txn,
                 domain,
-                state,
+                filter.state,
                 filter.repeater.as_deref(),
                 upper,
                 limit,
@@ -712,7 +748,7 @@ impl Store {
             let mut page = Vec::with_capacity(seqs.len());
             for &seq in &seqs {
                 if let Some(bytes) = records.get(seq)? {
-                    let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                    let record = decode_record(seq, bytes.value())?;
                     if filter.matches(&record) {
                         page.push(record);
                     }
@@ -728,30 +764,20 @@ impl Store {
                 },
             });
         }
-        // The newest seqs first, from the index the filter narrows best.
-        let payload_index;
-        let domain_index;
-        let seqs: Box<dyn Iterator<Item = Result<u64, redb::StorageError>>> =
-            match filter.payload_id.as_deref() {
-                Some(payload_id) => {
-                    payload_index = txn.open_table(PAYLOAD_RECORDS)?;
-                    let range = payload_index
-                        .range((domain, payload_id, 0)..(domain, payload_id, upper))?;
-                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().2)))
-                }
-                None => {
-                    domain_index = txn.open_table(DOMAIN_RECORDS)?;
-                    let range = domain_index.range((domain, 0)..(domain, upper))?;
-                    Box::new(range.rev().map(|entry| entry.map(|(key, _)| key.value().1)))
-                }
-            };
+        // The payload id's records, newest first.
+        let payload_id = filter.payload_id.as_deref().unwrap_or_default();
+        let payload_index = txn.open_table(PAYLOAD_RECORDS)?;
+        let seqs = payload_index
+            .range((domain, payload_id, 0)..(domain, payload_id, upper))?
+            .rev()
+            .map(|entry| entry.map(|(key, _)| key.value().2));
         let mut page = Vec::new();
         let mut scanned = 0;
         let mut last_seen = None;
         for seq in seqs {
             let seq = seq?;
             if let Some(bytes) = records.get(seq)? {
-                let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+                let record = decode_record(seq, bytes.value())?;
                 if filter.matches(&record) {
                     page.push(record);
                 }
@@ -777,14 +803,24 @@ impl Store {
 
     /// A form's `indexed_on` (Unix micros).
     pub fn form_indexed_on(&self, domain: &str, form_id: &str) -> Result<Option<i64>, StoreError> {
-        let table = self.read_table(FORM_INDEXED_ON)?;
-        Ok(table.get((domain, form_id))?.map(|v| v.value() as i64))
+        let table = self.read_table(FORMS)?;
+        match table.get((domain, form_id))? {
+            Some(value) => Ok(Some(
+                indexed_on_of(value.value(), || format!("form {form_id}"))? as i64,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// A case's `indexed_on` (Unix micros).
     pub fn case_indexed_on(&self, domain: &str, case_id: &str) -> Result<Option<i64>, StoreError> {
-        let table = self.read_table(CASE_INDEXED_ON)?;
-        Ok(table.get((domain, case_id))?.map(|v| v.value() as i64))
+        let table = self.read_table(CASES)?;
+        match table.get((domain, case_id))? {
+            Some(value) => Ok(Some(
+                indexed_on_of(value.value(), || format!("case {case_id}"))? as i64,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// One page of a domain's forms in `scope` (SPEC section 11), from one
@@ -802,14 +838,14 @@ impl Store {
         let listing = data_index::Listing {
             objects: FORMS,
             entries: FORM_LISTING,
-            what: "form",
+            decode: |domain, form_id, value| Ok(decode_form(domain, form_id, value)?.form),
         };
         let listed = listing.page(&txn, domain, &scope.key(), range, page, keep)?;
-        let xml = txn.open_table(FORM_XML)?;
+        let forms = txn.open_table(FORMS)?;
         let mut objects = Vec::with_capacity(listed.objects.len());
         for (form, indexed_on) in listed.objects {
-            if let Some(xml) = xml.get((domain, form.form_id.as_str()))? {
-                let xml = xml.value().to_vec();
+            if let Some(value) = forms.get((domain, form.form_id.as_str()))? {
+                let xml = decode_form(domain, &form.form_id, value.value())?.xml()?;
                 objects.push(ListedForm {
                     form,
                     xml,
@@ -836,7 +872,7 @@ impl Store {
         let listing = data_index::Listing {
             objects: CASES,
             entries: CASE_LISTING,
-            what: "case",
+            decode: |_, case_id, value| Ok(decode_case(value, case_id)?.0),
         };
         listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
@@ -852,7 +888,7 @@ impl Store {
         cutoff: i64,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        self.write(move |txn| retention::delete_records(txn, state, cutoff, limit))
+        self.write(move |tables| retention::delete_records(tables, state, cutoff, limit))
             .await
     }
 
@@ -868,7 +904,7 @@ impl Store {
         limit: usize,
     ) -> Result<RetainedForms, StoreError> {
         let domain = domain.to_owned();
-        self.write(move |txn| retention::delete_forms(txn, &domain, cutoff, start, limit))
+        self.write(move |tables| retention::delete_forms(tables, &domain, cutoff, start, limit))
             .await
     }
 
@@ -916,13 +952,13 @@ impl Store {
 
     /// Writes several objects (and deletions, as `None`) in one transaction.
     pub async fn put_objects(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
-        self.write(move |txn| writes::put_objects(txn, &changes))
+        self.write(move |tables| writes::put_objects(tables, &changes))
             .await
     }
 
     /// Like `put_objects`, for start-up.
     pub fn put_objects_blocking(&self, changes: Vec<ObjectChange>) -> Result<(), StoreError> {
-        self.write_blocking(move |txn| writes::put_objects(txn, &changes))
+        self.write_blocking(move |tables| writes::put_objects(tables, &changes))
     }
 
     // ---- pending error e-mails ---------------------------------------------
@@ -950,7 +986,7 @@ impl Store {
         &self,
         changes: Vec<(String, String, Option<T>)>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| writes::put_notifications(txn, &changes))
+        self.write(move |tables| writes::put_notifications(tables, &changes))
             .await
     }
 

@@ -4,20 +4,19 @@
 //! record's state, and the deletions `crate::retention` decides on: records
 //! that became final at or before a cutoff, with their attempts and every
 //! index entry that names them; forms older than a cutoff that no open record
-//! needs, with their XML and listing entries. One function per table below
-//! takes a deleted record or form out of it, so a table that changes shape
-//! changes one function. Cases are never deleted.
+//! needs, with their listing entries (a form's value holds its XML). One
+//! function per table below takes a deleted record or form out of it, so a
+//! table that changes shape changes one function. Every write goes through
+//! the group commit's tables (`WriteTables`); the counts a deletion moves
+//! are summed there and written once per commit. Cases are never deleted.
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::data_index::{self, FormScope};
-use super::encoding::decode;
-use super::tables::{
-    ATTEMPTS, DOMAIN_RECORDS, DUE, FINAL_RECORDS, FINAL_SINCE, FORM_LISTING, FORM_XML, FORMS, META,
-    PAYLOAD_RECORDS, RECORDS,
-};
+use super::encoding::{decode_form, decode_record};
+use super::tables::{FINAL_RECORDS, FORM_LISTING};
+use super::write_tables::WriteTables;
 use super::{StoreError, state_index, stats};
-use crate::model::StoredForm;
 use crate::record::{PayloadRef, RecordState, RepeatRecord};
 
 /// Set in META once every final record of the store is in `FINAL_RECORDS`.
@@ -49,7 +48,7 @@ fn is_final(state: RecordState) -> bool {
 /// that enters a final state (or moves between two) is indexed from `now`;
 /// one that leaves it (resent, requeued) is taken out.
 pub(super) fn track(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
     now: i64,
@@ -59,21 +58,23 @@ pub(super) fn track(
         return Ok(());
     }
     if let Some(b) = before.filter(|b| is_final(b.state)) {
-        unindex_final(txn, b)?;
+        unindex_final(tables, b)?;
     }
     if is_final(record.state) {
         let since = now.max(0) as u64;
-        txn.open_table(FINAL_RECORDS)?
+        tables
+            .final_records
             .insert((record.state.as_str(), since, record.seq), ())?;
-        txn.open_table(FINAL_SINCE)?.insert(record.seq, since)?;
+        tables.final_since.insert(record.seq, since)?;
     }
     Ok(())
 }
 
-fn unindex_final(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), StoreError> {
-    if let Some(since) = txn.open_table(FINAL_SINCE)?.remove(record.seq)? {
-        let since = since.value();
-        txn.open_table(FINAL_RECORDS)?
+fn unindex_final(tables: &mut WriteTables<'_>, record: &RepeatRecord) -> Result<(), StoreError> {
+    let since = tables.final_since.remove(record.seq)?.map(|v| v.value());
+    if let Some(since) = since {
+        tables
+            .final_records
             .remove((record.state.as_str(), since, record.seq))?;
     }
     Ok(())
@@ -81,37 +82,37 @@ fn unindex_final(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), St
 
 /// Indexes every final record of a store written before `FINAL_RECORDS`
 /// existed, from its last attempt (or its registration); does nothing once
-/// done. Returns how many records it indexed.
-pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    if txn.open_table(META)?.get(INDEXED_KEY)?.is_some() {
+/// done (a new store, or one migrated from schema 1, has it run once).
+/// Returns how many records it indexed.
+pub(super) fn backfill(tables: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+    if tables.meta.get(INDEXED_KEY)?.is_some() {
         return Ok(0);
     }
-    let records = txn.open_table(RECORDS)?;
-    let mut index = txn.open_table(FINAL_RECORDS)?;
-    let mut since_table = txn.open_table(FINAL_SINCE)?;
     let mut indexed = 0;
-    for entry in records.iter()? {
+    for entry in tables.records.iter()? {
         let (key, value) = entry?;
         let seq = key.value();
-        let record: RepeatRecord = decode(value.value(), || format!("record {seq}"))?;
+        let record = decode_record(seq, value.value())?;
         if is_final(record.state) {
             let since = record
                 .last_attempt_at
                 .unwrap_or(record.registered_at)
                 .max(0) as u64;
-            index.insert((record.state.as_str(), since, seq), ())?;
-            since_table.insert(seq, since)?;
+            tables
+                .final_records
+                .insert((record.state.as_str(), since, seq), ())?;
+            tables.final_since.insert(seq, since)?;
             indexed += 1;
         }
     }
-    txn.open_table(META)?.insert(INDEXED_KEY, 1)?;
+    tables.meta.insert(INDEXED_KEY, 1)?;
     Ok(indexed)
 }
 
 /// Deletes up to `limit` records that have been in `state` since `cutoff`
 /// or earlier, oldest first; returns how many.
 pub(super) fn delete_records(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     state: RecordState,
     cutoff: i64,
     limit: usize,
@@ -120,9 +121,9 @@ pub(super) fn delete_records(
         return Ok(0);
     }
     let seqs: Vec<u64> = {
-        let index = txn.open_table(FINAL_RECORDS)?;
-        let range =
-            index.range((state.as_str(), 0, 0)..=(state.as_str(), cutoff as u64, u64::MAX))?;
+        let range = tables
+            .final_records
+            .range((state.as_str(), 0, 0)..=(state.as_str(), cutoff as u64, u64::MAX))?;
         let mut seqs = Vec::with_capacity(limit);
         for entry in range.take(limit) {
             seqs.push(entry?.0.value().2);
@@ -130,58 +131,63 @@ pub(super) fn delete_records(
         seqs
     };
     for &seq in &seqs {
-        delete_record(txn, seq)?;
+        delete_record(tables, seq)?;
     }
     Ok(seqs.len())
 }
 
 /// Deletes one record with its attempts and every index entry naming it.
-fn delete_record(txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
-    let removed = txn
-        .open_table(RECORDS)?
+fn delete_record(tables: &mut WriteTables<'_>, seq: u64) -> Result<(), StoreError> {
+    let removed = tables
+        .records
         .remove(seq)?
-        .map(|bytes| decode::<RepeatRecord>(bytes.value(), || format!("record {seq}")));
+        .map(|bytes| decode_record(seq, bytes.value()));
     let Some(record) = removed else {
         // Only its index entries are left (they never should be).
-        let since = txn.open_table(FINAL_SINCE)?.remove(seq)?.map(|v| v.value());
+        let since = tables.final_since.remove(seq)?.map(|v| v.value());
         if let Some(since) = since {
-            let mut index = txn.open_table(FINAL_RECORDS)?;
             for state in RecordState::ALL {
-                index.remove((state.as_str(), since, seq))?;
+                tables.final_records.remove((state.as_str(), since, seq))?;
             }
         }
         return Ok(());
     };
     let record = record?;
-    remove_attempts(txn, seq)?;
-    remove_due(txn, &record)?;
-    remove_listing_entries(txn, &record)?;
-    state_index::remove_record(txn, &record)?;
-    stats::remove_record(txn, &record)?;
-    unindex_final(txn, &record)
+    remove_attempts(tables, seq)?;
+    remove_due(tables, &record)?;
+    remove_listing_entries(tables, &record)?;
+    state_index::remove_record(tables, &record)?;
+    stats::remove_record(tables, &record);
+    unindex_final(tables, &record)
 }
 
-fn remove_attempts(txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
-    txn.open_table(ATTEMPTS)?
+fn remove_attempts(tables: &mut WriteTables<'_>, seq: u64) -> Result<(), StoreError> {
+    tables
+        .attempts
         .retain_in((seq, 0)..=(seq, u32::MAX), |_, _| false)?;
     Ok(())
 }
 
-fn remove_due(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), StoreError> {
+fn remove_due(tables: &mut WriteTables<'_>, record: &RepeatRecord) -> Result<(), StoreError> {
     if let Some(at) = record.next_attempt_at {
-        txn.open_table(DUE)?
+        tables
+            .due
             .remove((record.repeater_id, at.max(0) as u64, record.seq))?;
     }
     Ok(())
 }
 
-/// The domain's and the payload id's record listings.
-fn remove_listing_entries(txn: &WriteTransaction, record: &RepeatRecord) -> Result<(), StoreError> {
-    let domain = record.domain.as_str();
-    txn.open_table(DOMAIN_RECORDS)?
-        .remove((domain, record.seq))?;
-    txn.open_table(PAYLOAD_RECORDS)?
-        .remove((domain, record.payload.payload_id(), record.seq))?;
+/// The payload id's record listing (the state index, which also lists a
+/// domain's records, is `state_index::remove_record`'s).
+fn remove_listing_entries(
+    tables: &mut WriteTables<'_>,
+    record: &RepeatRecord,
+) -> Result<(), StoreError> {
+    tables.payload_records.remove((
+        record.domain.as_str(),
+        record.payload.payload_id(),
+        record.seq,
+    ))?;
     Ok(())
 }
 
@@ -189,7 +195,7 @@ fn remove_listing_entries(txn: &WriteTransaction, record: &RepeatRecord) -> Resu
 /// (by `indexed_on`, oldest first) and deletes those no `pending` or
 /// `failed` record needs (`retention::form_may_go`).
 pub(super) fn delete_forms(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     domain: &str,
     cutoff: i64,
     start: u64,
@@ -205,8 +211,7 @@ pub(super) fn delete_forms(
     let scope = FormScope::All.key();
     // (indexed_on, form id), read before anything is deleted.
     let candidates: Vec<(u64, String)> = {
-        let listing = txn.open_table(FORM_LISTING)?;
-        let range = listing.range(
+        let range = tables.form_listing.range(
             (domain, scope.as_str(), start, 0)..=(domain, scope.as_str(), cutoff as u64, u64::MAX),
         )?;
         let mut candidates = Vec::with_capacity(limit);
@@ -218,9 +223,9 @@ pub(super) fn delete_forms(
     };
     let mut deleted = 0;
     for (indexed_on, form_id) in &candidates {
-        let states = record_states(txn, domain, form_id)?;
+        let states = record_states(tables, domain, form_id)?;
         if crate::retention::form_may_go(*indexed_on as i64, cutoff, &states) {
-            delete_form(txn, domain, form_id)?;
+            delete_form(tables, domain, form_id)?;
             deleted += 1;
         }
     }
@@ -236,17 +241,18 @@ pub(super) fn delete_forms(
 
 /// The states of the records that forward form `form_id`.
 fn record_states(
-    txn: &WriteTransaction,
+    tables: &WriteTables<'_>,
     domain: &str,
     form_id: &str,
 ) -> Result<Vec<RecordState>, StoreError> {
-    let index = txn.open_table(PAYLOAD_RECORDS)?;
-    let records = txn.open_table(RECORDS)?;
     let mut states = Vec::new();
-    for entry in index.range((domain, form_id, 0)..=(domain, form_id, u64::MAX))? {
+    for entry in tables
+        .payload_records
+        .range((domain, form_id, 0)..=(domain, form_id, u64::MAX))?
+    {
         let seq = entry?.0.value().2;
-        if let Some(bytes) = records.get(seq)? {
-            let record: RepeatRecord = decode(bytes.value(), || format!("record {seq}"))?;
+        if let Some(bytes) = tables.records.get(seq)? {
+            let record = decode_record(seq, bytes.value())?;
             // A case or app id equal to the form id is not the form.
             if matches!(&record.payload, PayloadRef::Form { form_id: id } if id == form_id) {
                 states.push(record.state);
@@ -256,28 +262,23 @@ fn record_states(
     Ok(states)
 }
 
-/// Deletes a form, its XML and its listing entries.
-fn delete_form(txn: &WriteTransaction, domain: &str, form_id: &str) -> Result<(), StoreError> {
-    let removed = txn
-        .open_table(FORMS)?
+/// Deletes a form (its one value holds its XML) and its listing entries,
+/// and uncounts its XML's bytes.
+fn delete_form(
+    tables: &mut WriteTables<'_>,
+    domain: &str,
+    form_id: &str,
+) -> Result<(), StoreError> {
+    let removed = tables
+        .forms
         .remove((domain, form_id))?
-        .map(|bytes| decode::<StoredForm>(bytes.value(), || format!("form {form_id}")));
-    let Some(form) = removed else {
+        .map(|bytes| bytes.value().to_vec());
+    let Some(value) = removed else {
         return Ok(());
     };
-    let form = form?;
-    data_index::unindex_form(txn, &form)?;
-    remove_xml(txn, domain, form_id)
-}
-
-fn remove_xml(txn: &WriteTransaction, domain: &str, form_id: &str) -> Result<(), StoreError> {
-    let removed = txn
-        .open_table(FORM_XML)?
-        .remove((domain, form_id))?
-        .map(|xml| xml.value().len());
-    if let Some(len) = removed {
-        stats::add_form_xml(txn, domain, -(len as i64))?;
-    }
+    let stored = decode_form(domain, form_id, &value)?;
+    data_index::unindex_form(tables, &stored.form, stored.indexed_on)?;
+    stats::add_form_xml(tables, domain, -(stored.xml_len()? as i64));
     Ok(())
 }
 

@@ -23,9 +23,6 @@ fn seqs_named(store: &Store) -> Vec<(&'static str, u64)> {
     for entry in txn.open_table(DUE).unwrap().iter().unwrap() {
         named.push(("due", entry.unwrap().0.value().2));
     }
-    for entry in txn.open_table(DOMAIN_RECORDS).unwrap().iter().unwrap() {
-        named.push(("domain_records", entry.unwrap().0.value().1));
-    }
     for entry in txn.open_table(PAYLOAD_RECORDS).unwrap().iter().unwrap() {
         named.push(("payload_records", entry.unwrap().0.value().2));
     }

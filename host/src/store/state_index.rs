@@ -1,11 +1,14 @@
 //! Records by state: the per-repeater state counts (`STATE_COUNTS`) and the
 //! listing index (`STATE_RECORDS`, keyed (domain, state, repeater, seq)) move
-//! together, in `move_record`, the only place either is written after a
-//! store is opened. A listing filtered by state reads the index instead of
-//! walking the domain's records: with a repeater, one range read; without
+//! together, in `move_record` (and `remove_record`, when retention deletes a
+//! record), the only places either is written after a store is opened. A
+//! listing filtered by state reads the index instead of walking the
+//! domain's records: with a repeater, one range read; without
 //! one, a merge by seq of one range per repeater the index holds for the
 //! state, so a state that only a few old records are in costs as little as
-//! any other.
+//! any other. A listing of every state merges the ranges of all states: the
+//! index holds each record once, so no other index of a domain's records is
+//! kept.
 //!
 //! The index is keyed by the repeater's name, as the listing filter is, so
 //! that records of a deleted repeater (whose id the catalog no longer knows)
@@ -15,20 +18,22 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::StoreError;
-use super::encoding::decode;
-use super::tables::{META, RECORDS, STATE_COUNTS, STATE_RECORDS};
+use super::encoding::decode_record;
+use super::tables::STATE_RECORDS;
+use super::write_tables::WriteTables;
 use crate::record::{RecordState, RepeatRecord};
 
 /// Set in META once every record of the store is in `STATE_RECORDS`.
 const INDEXED_KEY: &str = "state_records_indexed";
 
 /// Moves a record from the state it had (`before`; `None` for a new record)
-/// to the one it has now, in the state counts and the state index alike.
+/// to the one it has now, in the state counts (summed for the group commit)
+/// and the state index alike.
 pub(super) fn move_record(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
 ) -> Result<(), StoreError> {
@@ -41,23 +46,17 @@ pub(super) fn move_record(
     if same {
         return Ok(());
     }
-    let mut counts = txn.open_table(STATE_COUNTS)?;
-    let mut index = txn.open_table(STATE_RECORDS)?;
     if let Some(b) = before {
-        let key = (b.repeater_id, b.state.as_str());
-        let n = counts.get(key)?.map_or(0, |v| v.value());
-        counts.insert(key, n.saturating_sub(1))?;
-        index.remove((
+        tables.count_state(b.repeater_id, b.state, -1);
+        tables.state_records.remove((
             b.domain.as_str(),
             b.state.as_str(),
             b.repeater.as_str(),
             b.seq,
         ))?;
     }
-    let key = (record.repeater_id, record.state.as_str());
-    let n = counts.get(key)?.map_or(0, |v| v.value());
-    counts.insert(key, n + 1)?;
-    index.insert(
+    tables.count_state(record.repeater_id, record.state, 1);
+    tables.state_records.insert(
         (
             record.domain.as_str(),
             record.state.as_str(),
@@ -69,16 +68,14 @@ pub(super) fn move_record(
     Ok(())
 }
 
-/// Takes a deleted record (retention) out of the state counts and the index.
+/// Takes a deleted record (retention) out of the state counts (summed for
+/// the group commit) and the index.
 pub(super) fn remove_record(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     record: &RepeatRecord,
 ) -> Result<(), StoreError> {
-    let mut counts = txn.open_table(STATE_COUNTS)?;
-    let key = (record.repeater_id, record.state.as_str());
-    let n = counts.get(key)?.map_or(0, |v| v.value());
-    counts.insert(key, n.saturating_sub(1))?;
-    txn.open_table(STATE_RECORDS)?.remove((
+    tables.count_state(record.repeater_id, record.state, -1);
+    tables.state_records.remove((
         record.domain.as_str(),
         record.state.as_str(),
         record.repeater.as_str(),
@@ -89,18 +86,16 @@ pub(super) fn remove_record(
 
 /// Puts every record of a store written before the state index existed into
 /// it; does nothing once done. Returns how many records it indexed.
-pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    if txn.open_table(META)?.get(INDEXED_KEY)?.is_some() {
+pub(super) fn backfill(tables: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+    if tables.meta.get(INDEXED_KEY)?.is_some() {
         return Ok(0);
     }
-    let records = txn.open_table(RECORDS)?;
-    let mut index = txn.open_table(STATE_RECORDS)?;
     let mut indexed = 0;
-    for entry in records.iter()? {
+    for entry in tables.records.iter()? {
         let (key, value) = entry?;
         let seq = key.value();
-        let record: RepeatRecord = decode(value.value(), || format!("record {seq}"))?;
-        index.insert(
+        let record = decode_record(seq, value.value())?;
+        tables.state_records.insert(
             (
                 record.domain.as_str(),
                 record.state.as_str(),
@@ -111,30 +106,43 @@ pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
         )?;
         indexed += 1;
     }
-    txn.open_table(META)?.insert(INDEXED_KEY, 1)?;
+    tables.meta.insert(INDEXED_KEY, 1)?;
     Ok(indexed)
 }
 
-/// Up to `limit` seqs below `upper` of a domain's records in `state` (of
-/// `repeater` only, if given), newest first.
-pub(super) fn newest_in_state(
+/// Up to `limit` seqs below `upper` of a domain's records in `state` (in
+/// any state, without one; of `repeater` only, if given), newest first. The
+/// index holds every record once, so this is also how a domain's records
+/// are listed without a state.
+pub(super) fn newest(
     txn: &ReadTransaction,
     domain: &str,
-    state: RecordState,
+    state: Option<RecordState>,
     repeater: Option<&str>,
     upper: u64,
     limit: usize,
 ) -> Result<Vec<u64>, StoreError> {
     let index = txn.open_table(STATE_RECORDS)?;
-    let state = state.as_str();
-    let names = match repeater {
-        Some(name) => vec![name.to_owned()],
-        None => repeaters_in_state(&index, domain, state)?,
+    let states = match state {
+        Some(state) => vec![state],
+        None => RecordState::ALL.to_vec(),
     };
-    let mut ranges = Vec::with_capacity(names.len());
-    for name in &names {
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    for state in states {
+        let state = state.as_str();
+        match repeater {
+            Some(name) => keys.push((state, name.to_owned())),
+            None => {
+                for name in repeaters_in_state(&index, domain, state)? {
+                    keys.push((state, name));
+                }
+            }
+        }
+    }
+    let mut ranges = Vec::with_capacity(keys.len());
+    for (state, name) in &keys {
         let range = index
-            .range((domain, state, name.as_str(), 0)..(domain, state, name.as_str(), upper))?;
+            .range((domain, *state, name.as_str(), 0)..(domain, *state, name.as_str(), upper))?;
         ranges.push(range.rev().map(|entry| entry.map(|(key, _)| key.value().3)));
     }
     // A merge by seq, the largest first.

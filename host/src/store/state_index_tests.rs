@@ -18,8 +18,8 @@ pub(super) fn assert_state_index_agrees(store: &Store, context: &str) {
     let txn = store.db.begin_read().unwrap();
     let mut expected = BTreeSet::new();
     for entry in txn.open_table(RECORDS).unwrap().iter().unwrap() {
-        let (_, value) = entry.unwrap();
-        let record: RepeatRecord = decode(value.value(), || "record".into()).unwrap();
+        let (key, value) = entry.unwrap();
+        let record = decode_record(key.value(), value.value()).unwrap();
         expected.insert((
             record.domain,
             record.state.as_str().to_owned(),

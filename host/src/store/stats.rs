@@ -1,24 +1,25 @@
 //! What a domain keeps, in figures (`GET /api/v1/domains/{domain}/stats`
 //! and `/metrics`): records per state and the bytes of its forms' XML, kept
-//! in `DOMAIN_COUNTS` and moved in the same transaction as the record or
-//! form they count; forms and cases are the Data API's listing counts
-//! (`LISTING_COUNTS`), so every figure costs one read. Stores written before
-//! these counts existed are counted once when opened (`backfill`).
+//! in `DOMAIN_COUNTS` and moved in the same group commit as the record or
+//! form they count (summed in memory by `WriteTables`, written once); forms
+//! and cases are the Data API's listing counts (`LISTING_COUNTS`), so every
+//! figure costs one read. Stores written before these counts existed are
+//! counted once when opened (`backfill`).
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 use serde::Serialize;
 
 use super::StoreError;
 use super::data_index::{CaseScope, FormScope};
-use super::encoding::decode;
-use super::tables::{DOMAIN_COUNTS, FORM_XML, LISTING_COUNTS, META, RECORDS};
+use super::encoding::{decode_form, decode_record};
+use super::tables::{DOMAIN_COUNTS, LISTING_COUNTS};
+use super::write_tables::{DomainFigure, WriteTables};
 use crate::record::{RecordState, RepeatRecord};
 
 /// Set in META once every record and form of the store is counted.
 const COUNTED_KEY: &str = "domain_counts_counted";
-const FORM_XML_BYTES: &str = "form_xml_bytes";
 
 /// A domain's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,80 +32,64 @@ pub struct DomainStats {
     pub form_xml_bytes: u64,
 }
 
-fn records_key(state: RecordState) -> String {
-    format!("records/{}", state.as_str())
-}
-
-fn add(txn: &WriteTransaction, domain: &str, figure: &str, delta: i64) -> Result<(), StoreError> {
-    let mut counts = txn.open_table(DOMAIN_COUNTS)?;
-    let n = counts.get((domain, figure))?.map_or(0, |v| v.value());
-    counts.insert((domain, figure), n.saturating_add_signed(delta))?;
-    Ok(())
-}
-
 /// Moves a record from the state it had (`before`; `None` for a new
-/// record) to the one it has now.
+/// record) to the one it has now; summed for the group commit.
 pub(super) fn move_record(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
-) -> Result<(), StoreError> {
+) {
     if before.is_some_and(|b| b.state == record.state && b.domain == record.domain) {
-        return Ok(());
+        return;
     }
     if let Some(b) = before {
-        add(txn, &b.domain, &records_key(b.state), -1)?;
+        tables.count_domain(&b.domain, DomainFigure::Records(b.state), -1);
     }
-    add(txn, &record.domain, &records_key(record.state), 1)
+    tables.count_domain(&record.domain, DomainFigure::Records(record.state), 1);
 }
 
 /// A record deleted (by retention).
-pub(super) fn remove_record(
-    txn: &WriteTransaction,
-    record: &RepeatRecord,
-) -> Result<(), StoreError> {
-    add(txn, &record.domain, &records_key(record.state), -1)
+pub(super) fn remove_record(tables: &mut WriteTables<'_>, record: &RepeatRecord) {
+    tables.count_domain(&record.domain, DomainFigure::Records(record.state), -1);
 }
 
-/// A form's XML stored (`bytes` > 0) or deleted (`bytes` < 0).
-pub(super) fn add_form_xml(
-    txn: &WriteTransaction,
-    domain: &str,
-    bytes: i64,
-) -> Result<(), StoreError> {
-    add(txn, domain, FORM_XML_BYTES, bytes)
+/// A form's XML (`bytes` long as submitted) stored (`bytes` > 0) or
+/// deleted (`bytes` < 0).
+pub(super) fn add_form_xml(tables: &mut WriteTables<'_>, domain: &str, bytes: i64) {
+    tables.count_domain(domain, DomainFigure::FormXmlBytes, bytes);
 }
 
 /// Counts every record and form of a store written before these counts
-/// existed; does nothing once done. Returns how many it counted.
-pub(super) fn backfill(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    if txn.open_table(META)?.get(COUNTED_KEY)?.is_some() {
+/// existed (a new store, or one migrated from schema 1, which had none);
+/// does nothing once done. Returns how many it counted.
+pub(super) fn backfill(tables: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+    if tables.meta.get(COUNTED_KEY)?.is_some() {
         return Ok(0);
     }
-    let mut figures: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut figures: BTreeMap<(String, DomainFigure), i64> = BTreeMap::new();
     let mut counted = 0;
-    for entry in txn.open_table(RECORDS)?.iter()? {
+    for entry in tables.records.iter()? {
         let (key, value) = entry?;
         let seq = key.value();
-        let record: RepeatRecord = decode(value.value(), || format!("record {seq}"))?;
+        let record = decode_record(seq, value.value())?;
         *figures
-            .entry((record.domain.clone(), records_key(record.state)))
+            .entry((record.domain, DomainFigure::Records(record.state)))
             .or_default() += 1;
         counted += 1;
     }
-    for entry in txn.open_table(FORM_XML)?.iter()? {
+    for entry in tables.forms.iter()? {
         let (key, value) = entry?;
-        let (domain, _) = key.value();
+        let (domain, form_id) = key.value();
+        let form = decode_form(domain, form_id, value.value())?;
         *figures
-            .entry((domain.to_owned(), FORM_XML_BYTES.to_owned()))
-            .or_default() += value.value().len() as u64;
+            .entry((domain.to_owned(), DomainFigure::FormXmlBytes))
+            .or_default() += form.xml_len()? as i64;
         counted += 1;
     }
-    let mut counts = txn.open_table(DOMAIN_COUNTS)?;
     for ((domain, figure), n) in figures {
-        counts.insert((domain.as_str(), figure.as_str()), n)?;
+        tables.count_domain(&domain, figure, n);
     }
-    txn.open_table(META)?.insert(COUNTED_KEY, 1)?;
+    tables.meta.insert(COUNTED_KEY, 1)?;
     Ok(counted)
 }
 
@@ -116,7 +101,7 @@ pub(super) fn domain_stats(txn: &ReadTransaction, domain: &str) -> Result<Domain
     };
     let mut records = BTreeMap::new();
     for state in RecordState::ALL {
-        records.insert(state, figure(&records_key(state))?);
+        records.insert(state, figure(&DomainFigure::Records(state).key())?);
     }
     let listings = txn.open_table(LISTING_COUNTS)?;
     let listed = |scope: String| -> Result<u64, StoreError> {
@@ -128,6 +113,6 @@ pub(super) fn domain_stats(txn: &ReadTransaction, domain: &str) -> Result<Domain
         records,
         forms: listed(FormScope::All.key())?,
         cases: listed(CaseScope::All.key())?,
-        form_xml_bytes: figure(FORM_XML_BYTES)?,
+        form_xml_bytes: figure(&DomainFigure::FormXmlBytes.key())?,
     })
 }

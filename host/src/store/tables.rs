@@ -3,16 +3,21 @@
 
 use redb::TableDefinition;
 
-/// Bumped when an encoding or a table below changes incompatibly.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+/// Bumped when an encoding or a table below changes incompatibly; a store
+/// of an earlier version is brought up to this one when opened (`migration`).
+/// 2: forms carry their XML and `indexed_on`, cases their `indexed_on`, in
+/// binary values (`encoding`); `form_xml`, `form_indexed_on`,
+/// `case_indexed_on` and `domain_records` (the state index lists a domain's
+/// records) are gone.
+pub(super) const SCHEMA_VERSION: u64 = 2;
 
 /// "schema_version", "nonce", "next_repeater_id" → their value.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// (domain, form id) → `StoredForm`.
+/// (domain, form id) → the `StoredForm`, its `indexed_on` and the submitted
+/// XML (compressed; byte for byte once decompressed): `encoding::encode_form`.
 pub(super) const FORMS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("forms");
-/// (domain, form id) → the submitted XML, byte for byte.
-pub(super) const FORM_XML: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("form_xml");
-/// (domain, case id) → `Case`.
+/// (domain, case id) → the `Case` and its `indexed_on` (of its latest
+/// change): `encoding::encode_case`.
 pub(super) const CASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cases");
 /// seq → `RepeatRecord`.
 pub(super) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -20,9 +25,6 @@ pub(super) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("re
 pub(super) const DUE: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("due");
 /// (seq, attempt number) → `Attempt`.
 pub(super) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
-/// (domain, seq): a domain's records, for listings.
-pub(super) const DOMAIN_RECORDS: TableDefinition<(&str, u64), ()> =
-    TableDefinition::new("domain_records");
 /// (domain, payload id, seq): records by form, case or app id.
 pub(super) const PAYLOAD_RECORDS: TableDefinition<(&str, &str, u64), ()> =
     TableDefinition::new("payload_records");
@@ -44,12 +46,6 @@ pub(super) const NOTIFICATIONS: TableDefinition<(&str, &str), &[u8]> =
 /// and case change gets a larger one (see `data_index`).
 pub(super) const LAST_INDEXED_ON: TableDefinition<&str, u64> =
     TableDefinition::new("last_indexed_on");
-/// (domain, form id) → the form's `indexed_on`.
-pub(super) const FORM_INDEXED_ON: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("form_indexed_on");
-/// (domain, case id) → the case's `indexed_on` (of its latest change).
-pub(super) const CASE_INDEXED_ON: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("case_indexed_on");
 /// (domain, scope, order key, indexed_on) → form id: the Data API's form
 /// listings, one key range per scope (see `data_index::FormScope`).
 pub(super) const FORM_LISTING: TableDefinition<(&str, &str, u64, u64), &str> =

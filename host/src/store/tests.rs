@@ -539,3 +539,39 @@ fn a_store_of_another_schema_version_is_refused() {
         )
     );
 }
+
+#[tokio::test]
+async fn outcomes_committed_together_each_move_their_record_and_a_missing_one_fails_alone() {
+    let store = store_with_forms(2).await;
+    let records = all_records(&store);
+    let (first, second) = (&records[0], &records[1]);
+    let attempt = answered_200(first.registered_at + 5);
+    let failure = Outcome::Retryable {
+        status: Some(503),
+        retry_after: None,
+        error: "remote answered 503".into(),
+    };
+    let missing_seq = records.iter().map(|record| record.seq).max().unwrap() + 100;
+    let committed = store
+        .commit_attempts(vec![
+            attempt_result(first.seq, Outcome::Success { status: 200 }, Some(&attempt)),
+            attempt_result(missing_seq, Outcome::Success { status: 200 }, None),
+            attempt_result(second.seq, failure, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 3, "one answer per outcome, in order");
+    let (succeeded, verdict) = committed[0].as_ref().unwrap();
+    assert_eq!(*verdict, Verdict::Final(RecordState::Succeeded));
+    assert_eq!(store.record(first.seq).unwrap().as_ref(), Some(succeeded));
+    assert_eq!(store.attempts(first.seq).unwrap().len(), 1);
+    assert!(
+        matches!(&committed[1], Err(StoreError::NoRecord(seq)) if *seq == missing_seq.to_string()),
+        "{:?}",
+        committed[1]
+    );
+    let (retried, verdict) = committed[2].as_ref().unwrap();
+    assert!(matches!(verdict, Verdict::RetryAt(_)), "{verdict:?}");
+    assert_eq!(retried.n_attempts, 1);
+    assert_eq!(store.record(second.seq).unwrap().as_ref(), Some(retried));
+}

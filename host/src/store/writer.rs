@@ -1,16 +1,18 @@
 //! The group-commit writer: one thread that takes every job waiting, runs
-//! them in one write transaction, commits it with `Durability::Immediate` and
-//! only then answers each job. Only the store's own named operations hand it
+//! them in one write transaction (its tables opened once for all of them,
+//! `WriteTables`), commits it with `Durability::Immediate` and only then
+//! answers each job. Only the store's own named operations hand it
 //! jobs (`Store::write`, `Store::write_blocking` are private to `store`).
 //! When a commit fails, `database` re-opens the file and the writer probes
 //! it until a write succeeds (`recover`).
 
 use std::sync::{Arc, Weak, mpsc};
 
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable};
 
 use super::database::{PROBE_INTERVAL, SharedDatabase};
 use super::tables::META;
+use super::write_tables::WriteTables;
 use super::{Store, StoreError};
 
 /// How many jobs one group commit takes at most.
@@ -19,7 +21,7 @@ const MAX_JOBS_PER_COMMIT: usize = 2_048;
 type Completion = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
 /// A job returns its completion and whether it may have left partial writes
 /// behind (a storage error part-way): then the whole batch is abandoned.
-pub(super) type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
+pub(super) type Job = Box<dyn FnOnce(&mut WriteTables<'_>) -> (Completion, bool) + Send>;
 
 /// Starts the writer thread for `db`. It holds the database only weakly: the
 /// file must close when the last `Store` is dropped, not whenever the thread
@@ -41,7 +43,7 @@ impl Store {
     pub(super) async fn write<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.enqueue(job, move |result| {
@@ -54,7 +56,7 @@ impl Store {
     pub(super) fn write_blocking<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel(1);
         self.enqueue(job, move |result| {
@@ -70,10 +72,10 @@ impl Store {
     ) -> Result<(), StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError> + Send + 'static,
     {
-        let boxed: Job = Box::new(move |txn| {
-            let result = job(txn);
+        let boxed: Job = Box::new(move |tables| {
+            let result = job(tables);
             // Logical refusals (no such record) are returned before any write;
             // a storage or decoding error may strike after some.
             let poisoned = matches!(
@@ -115,27 +117,7 @@ fn run(shared: &Weak<SharedDatabase>, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        let committed = shared.with_database(|db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            let mut poisoned = false;
-            for job in batch.drain(..) {
-                let (completion, job_poisoned) = job(&txn);
-                completions.push(completion);
-                poisoned |= job_poisoned;
-            }
-            if poisoned {
-                // Dropping the transaction discards every write of the batch,
-                // so a half-applied job never becomes durable.
-                txn.abort()?;
-                return Err(StoreError::Storage(
-                    "a job of this group commit failed part-way; the whole group was rolled back"
-                        .into(),
-                ));
-            }
-            txn.commit()?;
-            Ok(())
-        });
+        let committed = shared.with_database(|db| commit_group(db, batch, &mut completions));
         let committed = after_commit(&shared, committed);
         drop(shared);
         // Jobs that never ran (the transaction could not begin) are dropped:
@@ -206,4 +188,33 @@ fn after_commit(
             Err(Arc::new(reason))
         }
     }
+}
+
+/// Runs `batch` in one durable transaction, collecting each job's completion.
+fn commit_group(
+    db: &Database,
+    batch: Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut tables = WriteTables::open(&txn)?;
+    let mut poisoned = false;
+    for job in batch {
+        let (completion, job_poisoned) = job(&mut tables);
+        completions.push(completion);
+        poisoned |= job_poisoned;
+    }
+    if poisoned {
+        // Dropping the transaction discards every write of the batch, so a
+        // half-applied job never becomes durable.
+        drop(tables);
+        txn.abort()?;
+        return Err(StoreError::Storage(
+            "a job of this group commit failed part-way; the whole group was rolled back".into(),
+        ));
+    }
+    tables.finish()?;
+    txn.commit()?;
+    Ok(())
 }

@@ -7,25 +7,24 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use serde::Serialize;
 
-use super::encoding::{decode, encode};
-use super::tables::{
-    ATTEMPTS, CASES, DOMAIN_RECORDS, DUE, FORM_XML, FORMS, META, NOTIFICATIONS, OBJECTS,
-    PAYLOAD_RECORDS, RECORDS,
-};
+use super::encoding::{self, decode_case, decode_form, decode_record, encode, encode_json};
+use super::write_tables::WriteTables;
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
 use super::{data_index, retention, state_index, stats};
-use crate::model::{Case, StoredForm};
 use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::submission::{self, LaterPost, PlannedRecord, Submission};
 
 /// Stores a new form as `submission::plan` says, or counts a duplicate.
+/// `compressed_xml` is the form's XML as compressed before the job reached
+/// the writer (`encoding::compress_xml`).
 pub(super) fn commit_submission(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     next_seq: &AtomicU64,
     submission: Submission,
+    compressed_xml: &[u8],
     now: i64,
 ) -> Result<IngestResult, StoreError> {
     let Submission {
@@ -35,64 +34,68 @@ pub(super) fn commit_submission(
         repeaters,
     } = submission;
     let key = (form.domain.as_str(), form.form_id.as_str());
-    let mut forms = txn.open_table(FORMS)?;
-    let existing = forms.get(key)?.map(|v| v.value().to_vec());
+    let existing = tables.forms.get(key)?.map(|v| v.value().to_vec());
     if let Some(existing) = existing {
-        let mut stored: StoredForm = decode(&existing, || format!("form {}", form.form_id))?;
-        return add_to_stored_form(txn, &mut forms, &mut stored, &form, &xml, now);
+        return add_to_stored_form(tables, &existing, &form, &xml, now);
     }
 
-    let mut cases = txn.open_table(CASES)?;
     let mut stored_cases = BTreeMap::new();
+    // Per case as stored: its indexed_on and listing entries, to move.
+    let mut listed_before = BTreeMap::new();
     for case_id in submission::case_ids(&case_blocks) {
-        if let Some(bytes) = cases.get((form.domain.as_str(), case_id))? {
-            let case: Case = decode(bytes.value(), || format!("case {case_id}"))?;
+        if let Some(bytes) = tables.cases.get((form.domain.as_str(), case_id))? {
+            let (case, indexed_on) = decode_case(bytes.value(), case_id)?;
+            listed_before.insert(
+                case_id.to_owned(),
+                data_index::case_listed(&case, indexed_on),
+            );
             stored_cases.insert(case_id.to_owned(), case);
         }
     }
-    let cases_before = stored_cases.clone();
     let plan = submission::plan(form, &case_blocks, stored_cases, &repeaters);
     let form = &plan.form;
     let key = (form.domain.as_str(), form.form_id.as_str());
-    data_index::index_form(txn, form, now)?;
+    let mut form_value = encoding::encode_form(form, compressed_xml);
+    data_index::index_form(tables, form, &mut form_value, now)?;
     for case in &plan.cases {
-        data_index::index_case(txn, cases_before.get(&case.case_id), case, now)?;
-        cases.insert(
+        let mut value = encoding::encode_case(case);
+        data_index::index_case(
+            tables,
+            listed_before.remove(&case.case_id),
+            case,
+            &mut value,
+            now,
+        )?;
+        tables.cases.insert(
             (form.domain.as_str(), case.case_id.as_str()),
-            encode(case).as_slice(),
+            value.as_slice(),
         )?;
     }
-    forms.insert(key, encode(form).as_slice())?;
-    txn.open_table(FORM_XML)?.insert(key, xml.as_slice())?;
-    stats::add_form_xml(txn, &form.domain, xml.len() as i64)?;
+    tables.forms.insert(key, form_value.as_slice())?;
+    stats::add_form_xml(tables, &form.domain, xml.len() as i64);
     let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or(now);
-    let registered = register(txn, next_seq, &plan.records, received_micros)?;
+    let registered = register(tables, next_seq, &plan.records, received_micros)?;
     Ok(IngestResult::Accepted { registered })
 }
 
-/// A POST of a form the domain has: adds a later part's attachments to the
-/// stored form, or counts a duplicate, as `submission::later_post` says; no
-/// case and no record is touched.
+/// A POST of a form the domain has (its value `stored_value`): adds a later
+/// part's attachments to the stored form, or counts a duplicate, as
+/// `submission::later_post` says; no case and no record is touched.
 fn add_to_stored_form(
-    txn: &WriteTransaction,
-    forms: &mut redb::Table<(&str, &str), &[u8]>,
-    stored: &mut StoredForm,
-    later: &StoredForm,
+    tables: &mut WriteTables<'_>,
+    stored_value: &[u8],
+    later: &crate::model::StoredForm,
     later_xml: &[u8],
     now: i64,
 ) -> Result<IngestResult, StoreError> {
-    let key = (stored.domain.as_str(), stored.form_id.as_str());
-    let xml_table = txn.open_table(FORM_XML)?;
-    let stored_xml = xml_table.get(key)?;
-    let stored_xml = stored_xml.as_ref().map_or(&[][..], |bytes| bytes.value());
-    let result = submission::later_post(stored, stored_xml, later, later_xml);
+    let mut stored = decode_form(&later.domain, &later.form_id, stored_value)?;
+    let stored_xml = stored.xml()?;
+    let result = submission::later_post(&mut stored.form, &stored_xml, later, later_xml);
     if let LaterPost::AttachmentsAdded(_) = result {
-        data_index::reindex_form(txn, stored, now)?;
+        stored.indexed_on = data_index::reindex_form(tables, &stored.form, stored.indexed_on, now)?;
     }
-    forms.insert(
-        (stored.domain.as_str(), stored.form_id.as_str()),
-        encode(&*stored).as_slice(),
-    )?;
+    let key = (stored.form.domain.as_str(), stored.form.form_id.as_str());
+    tables.forms.insert(key, stored.reencode().as_slice())?;
     Ok(match result {
         LaterPost::AttachmentsAdded(n_added) => IngestResult::AttachmentsAdded { n_added },
         LaterPost::Duplicate => IngestResult::Duplicate,
@@ -102,13 +105,11 @@ fn add_to_stored_form(
 /// Registers planned records due at `now`; returns (repeater id, due micros)
 /// of each.
 pub(super) fn register(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     next_seq: &AtomicU64,
     planned: &[PlannedRecord],
     now: i64,
 ) -> Result<Vec<(u64, i64)>, StoreError> {
-    let mut domain_records = txn.open_table(DOMAIN_RECORDS)?;
-    let mut payload_records = txn.open_table(PAYLOAD_RECORDS)?;
     let mut registered = Vec::with_capacity(planned.len());
     for plan in planned {
         let seq = next_seq.fetch_add(1, Ordering::Relaxed);
@@ -121,9 +122,10 @@ pub(super) fn register(
             plan.payload.clone(),
             now,
         );
-        domain_records.insert((plan.domain, seq), ())?;
-        payload_records.insert((plan.domain, record.payload.payload_id(), seq), ())?;
-        write_record(txn, None, &record, now)?;
+        tables
+            .payload_records
+            .insert((plan.domain, record.payload.payload_id(), seq), ())?;
+        write_record(tables, None, &record, now)?;
         registered.push((plan.repeater_id, now));
     }
     Ok(registered)
@@ -131,11 +133,11 @@ pub(super) fn register(
 
 /// Commits one attempt's outcome; returns the record as committed.
 pub(super) fn commit_attempt(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     result: AttemptResult,
     now: i64,
 ) -> Result<(RepeatRecord, Verdict), StoreError> {
-    let before = read_record(txn, result.seq)?;
+    let before = read_record(tables, result.seq)?;
     let mut record = before.clone();
     let now = result.attempt.as_ref().map_or(now, |a| a.at);
     // Due after the attempt began: an operator resent or requeued it
@@ -179,17 +181,39 @@ pub(super) fn commit_attempt(
     };
     if let Some(mut attempt) = result.attempt {
         attempt.number = record.n_attempts;
-        txn.open_table(ATTEMPTS)?
+        tables
+            .attempts
             .insert((record.seq, attempt.number), encode(&attempt).as_slice())?;
     }
-    write_record(txn, Some(&before), &record, now)?;
+    write_record(tables, Some(&before), &record, now)?;
     Ok((record, verdict))
+}
+
+/// Commits the outcomes of many attempts, each as `commit_attempt` does. A
+/// record that is gone fails only its own entry (nothing was written for
+/// it); a storage or decoding failure fails the whole job, so that the
+/// writer rolls the group commit back rather than keep part of an attempt.
+pub(super) fn commit_attempts(
+    tables: &mut WriteTables<'_>,
+    results: Vec<AttemptResult>,
+    now: i64,
+) -> Result<Vec<super::CommittedAttempt>, StoreError> {
+    let mut committed = Vec::with_capacity(results.len());
+    for result in results {
+        match commit_attempt(tables, result, now) {
+            Err(error @ (StoreError::Storage(_) | StoreError::Corrupt { .. })) => {
+                return Err(error);
+            }
+            answer => committed.push(answer),
+        }
+    }
+    Ok(committed)
 }
 
 /// Applies `action` to each record of `seqs` that still matches `filter`
 /// (every record, without one); returns the records it changed.
 pub(super) fn apply_operator(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     seqs: &[u64],
     filter: Option<&RecordFilter>,
     action: OperatorAction,
@@ -197,13 +221,13 @@ pub(super) fn apply_operator(
 ) -> Result<Vec<RepeatRecord>, StoreError> {
     let mut changed = Vec::new();
     for &seq in seqs {
-        let before = read_record(txn, seq)?;
+        let before = read_record(tables, seq)?;
         if filter.is_some_and(|filter| !filter.matches(&before)) {
             continue;
         }
         let mut record = before.clone();
         if record::apply_operator(&mut record, action, now) {
-            write_record(txn, Some(&before), &record, now)?;
+            write_record(tables, Some(&before), &record, now)?;
             changed.push(record);
         }
     }
@@ -212,13 +236,15 @@ pub(super) fn apply_operator(
 
 /// Up to `limit` queued records of a repeater, oldest due first.
 pub(super) fn queued_of_repeater(
-    txn: &WriteTransaction,
+    tables: &WriteTables<'_>,
     repeater_id: u64,
     limit: usize,
 ) -> Result<Vec<u64>, StoreError> {
-    let due = txn.open_table(DUE)?;
     let mut seqs = Vec::new();
-    for entry in due.range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))? {
+    for entry in tables
+        .due
+        .range((repeater_id, 0, 0)..=(repeater_id, u64::MAX, u64::MAX))?
+    {
         seqs.push(entry?.0.value().2);
         if seqs.len() >= limit {
             break;
@@ -227,18 +253,20 @@ pub(super) fn queued_of_repeater(
     Ok(seqs)
 }
 
-pub(super) fn allocate_repeater_id(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let mut meta = txn.open_table(META)?;
-    let next = meta.get("next_repeater_id")?.map_or(1, |v| v.value());
-    meta.insert("next_repeater_id", next + 1)?;
+pub(super) fn allocate_repeater_id(tables: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+    let next = tables
+        .meta
+        .get("next_repeater_id")?
+        .map_or(1, |v| v.value());
+    tables.meta.insert("next_repeater_id", next + 1)?;
     Ok(next)
 }
 
 pub(super) fn put_objects(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     changes: &[ObjectChange],
 ) -> Result<(), StoreError> {
-    let mut table = txn.open_table(OBJECTS)?;
+    let table = &mut tables.objects;
     for change in changes {
         let key = (change.kind, change.domain.as_str(), change.name.as_str());
         match &change.value {
@@ -250,26 +278,26 @@ pub(super) fn put_objects(
 }
 
 pub(super) fn put_notifications<T: Serialize>(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     changes: &[(String, String, Option<T>)],
 ) -> Result<(), StoreError> {
-    let mut table = txn.open_table(NOTIFICATIONS)?;
+    let table = &mut tables.notifications;
     for (domain, connection, value) in changes {
         let key = (domain.as_str(), connection.as_str());
         match value {
-            Some(value) => table.insert(key, encode(value).as_slice())?,
+            Some(value) => table.insert(key, encode_json(value).as_slice())?,
             None => table.remove(key)?,
         };
     }
     Ok(())
 }
 
-pub(super) fn read_record(txn: &WriteTransaction, seq: u64) -> Result<RepeatRecord, StoreError> {
-    let table = txn.open_table(RECORDS)?;
-    let bytes = table
+pub(super) fn read_record(tables: &WriteTables<'_>, seq: u64) -> Result<RepeatRecord, StoreError> {
+    let bytes = tables
+        .records
         .get(seq)?
         .ok_or_else(|| StoreError::NoRecord(seq.to_string()))?;
-    decode(bytes.value(), || format!("record {seq}"))
+    decode_record(seq, bytes.value())
 }
 
 /// Writes a record and keeps the due index, the state counts, the state
@@ -277,21 +305,25 @@ pub(super) fn read_record(txn: &WriteTransaction, seq: u64) -> Result<RepeatReco
 /// with it. `before` is the record as stored (`None` for a new one); `now`
 /// is when it is written.
 fn write_record(
-    txn: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
     now: i64,
 ) -> Result<(), StoreError> {
-    txn.open_table(RECORDS)?
-        .insert(record.seq, encode(record).as_slice())?;
-    let mut due = txn.open_table(DUE)?;
+    tables
+        .records
+        .insert(record.seq, encoding::encode_record(record).as_slice())?;
     if let Some(old_at) = before.and_then(|b| b.next_attempt_at) {
-        due.remove((record.repeater_id, old_at.max(0) as u64, record.seq))?;
+        tables
+            .due
+            .remove((record.repeater_id, old_at.max(0) as u64, record.seq))?;
     }
     if let Some(at) = record.next_attempt_at {
-        due.insert((record.repeater_id, at.max(0) as u64, record.seq), ())?;
+        tables
+            .due
+            .insert((record.repeater_id, at.max(0) as u64, record.seq), ())?;
     }
-    state_index::move_record(txn, before, record)?;
-    stats::move_record(txn, before, record)?;
-    retention::track(txn, before, record, now)
+    state_index::move_record(tables, before, record)?;
+    stats::move_record(tables, before, record);
+    retention::track(tables, before, record, now)
 }

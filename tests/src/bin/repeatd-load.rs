@@ -30,6 +30,11 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", report.markdown());
+    println!("\nThe figures of issue 14's target table:\n");
+    print!("{}", report.targets_markdown());
+    for profile in &report.profile_reports {
+        println!("\n{profile}");
+    }
     println!(
         "\nforms accepted: {} of {}; payloads delivered: {} of {}",
         report.forms_accepted,
