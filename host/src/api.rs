@@ -59,8 +59,49 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 
 // ---- health and metrics -------------------------------------------------------
 
-pub async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+/// `GET /healthz`: 200 while the gateway can take submissions; 503, saying
+/// why, while its store cannot write (it recovers by itself).
+pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.write_failure() {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(failure) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "store": {
+                    "writable": false,
+                    "problem": failure.reason,
+                },
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/v1/domains/{domain}/stats`: what the domain keeps. Records per
+/// state, forms, cases, and the bytes the store can tell: the forms' XML of
+/// this domain; with the admin token also the store's whole file.
+pub async fn domain_stats(
+    State(app): State<Arc<AppState>>,
+    access: DomainAccess,
+) -> Result<Json<Value>, ApiError> {
+    let stats = app.store.domain_stats(&access.domain)?;
+    let records: serde_json::Map<String, Value> = stats
+        .records
+        .iter()
+        .map(|(state, n)| (state.as_str().to_owned(), json!(n)))
+        .collect();
+    let mut bytes = json!({ "form_xml": stats.form_xml_bytes });
+    if access.access == Access::Admin {
+        bytes["store_file"] = json!(app.store.file_bytes());
+    }
+    Ok(Json(json!({
+        "domain": access.domain,
+        "records": records,
+        "forms": stats.forms,
+        "cases": stats.cases,
+        "bytes": bytes,
+    })))
 }
 
 /// `GET /metrics`: the admin token only (the series name every domain and
@@ -106,12 +147,47 @@ pub async fn metrics(
         .filter(|plugin| plugin.kind.is_some())
         .map(|plugin| plugin.name)
         .collect();
+    scrape.lifecycle = lifecycle(&app, &snapshot)?;
     let text = app.metrics.render(
         &scrape,
         app.plugins.call_metrics(),
         app.notifier.email_counts(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// What `/metrics` shows of the data lifecycle: every domain's figures,
+/// retention's progress and the oldest it keeps, the store's health.
+fn lifecycle(
+    app: &AppState,
+    snapshot: &crate::catalog::Snapshot,
+) -> Result<crate::metrics::Lifecycle, ApiError> {
+    let mut domains = Vec::new();
+    for name in snapshot.domains.keys() {
+        domains.push((name.clone(), app.store.domain_stats(name)?));
+    }
+    let now = app.clock.now_micros();
+    let age = |at: Option<i64>| at.map(|at| crate::clock::between(at, now));
+    let oldest = app.store.oldest_kept()?;
+    let mut oldest_kept: Vec<(&'static str, Option<std::time::Duration>)> = oldest
+        .records
+        .iter()
+        .map(|(state, since)| (state.as_str(), age(*since)))
+        .collect();
+    oldest_kept.push(("form", age(oldest.form)));
+    let progress = &app.retention.progress;
+    Ok(crate::metrics::Lifecycle {
+        domains,
+        records_deleted: progress
+            .records_deleted()
+            .into_iter()
+            .map(|(state, n)| (state.as_str(), n))
+            .collect(),
+        forms_deleted: progress.forms_deleted(),
+        oldest_kept,
+        store_file_bytes: app.store.file_bytes(),
+        store_writable: app.store.write_failure().is_none(),
+    })
 }
 
 // ---- connections and repeaters ---------------------------------------------------

@@ -36,6 +36,7 @@ use crate::field::{
 use crate::plugins::PluginLimits;
 use crate::record::RetryPolicy;
 use crate::repeater::RepeaterSpec;
+use crate::retention::RetentionConfig;
 use crate::secrets::Secret;
 use crate::tls::ServeTls;
 use crate::units;
@@ -80,6 +81,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(deserialize_with = "field::table")]
     pub metrics: MetricsConfig,
+    #[serde(deserialize_with = "field::table")]
+    pub retention: RetentionConfig,
     #[serde(deserialize_with = "field::tables")]
     pub domains: Vec<DomainConfig>,
     #[serde(deserialize_with = "field::tables")]
@@ -104,6 +107,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             ingest: IngestConfig::default(),
             metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
             domains: Vec::new(),
             api_tokens: Vec::new(),
             submitters: Vec::new(),

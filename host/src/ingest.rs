@@ -94,6 +94,10 @@ fn openrosa(status: StatusCode, nature: &str, message: &str) -> Response {
     response
 }
 
+/// The `Retry-After` of a 503: the store re-tries writing every second, so
+/// a device that waits this long finds it writing again if it can.
+const NOT_STORED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a submission is not taken, answered in OpenRosa's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -144,6 +148,12 @@ impl IntoResponse for Refusal {
             ),
         };
         let mut response = openrosa(status, "submit_error", &message);
+        if let Refusal::NotStored = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(NOT_STORED_RETRY_AFTER.as_secs()),
+            );
+        }
         if let Refusal::Unauthorized { domain, .. } = &self {
             let challenge = format!("Basic realm=\"repeatd {domain}\", charset=\"UTF-8\"");
             if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -308,6 +318,11 @@ async fn take_form(
     body: Body,
 ) -> Result<Response, Refusal> {
     let objects = authenticate(app, domain.clone(), headers).await?;
+    // A store that cannot write refuses at once (it said why in the log,
+    // once); nothing of the submission is read or kept.
+    if app.store.write_failure().is_some() {
+        return Err(Refusal::NotStored);
+    }
 
     let limit = app.config.ingest.max_body_bytes as usize;
     let bytes = axum::body::to_bytes(body, limit)
@@ -335,7 +350,10 @@ async fn take_form(
     };
     let committed = app.store.commit_submission(submission).await;
     match committed.map_err(|error| {
-        tracing::error!(%error, domain, "could not store a submission");
+        // A failed write is logged once by the store, not once per request.
+        if app.store.write_failure().is_none() {
+            tracing::error!(%error, domain, "could not store a submission");
+        }
         Refusal::NotStored
     })? {
         IngestResult::Accepted { registered } => {

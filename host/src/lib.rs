@@ -19,6 +19,8 @@
 //!   planned without I/O.
 //! - [`store`]: the redb file; the only module that knows redb. It persists
 //!   plans and outcomes through named operations.
+//! - [`retention`]: how long final records and forms are kept (decided
+//!   without I/O) and the task that has the store delete what is due.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
 //! - [`ingest`]: the receiver endpoints.
 //! - [`scheduler`] (its decisions in [`scheduler::planner`], pure),
@@ -63,6 +65,7 @@ pub mod model;
 pub mod plugins;
 pub mod record;
 pub mod repeater;
+pub mod retention;
 pub mod sample;
 pub mod scheduler;
 pub mod secrets;
@@ -110,6 +113,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<Delivery>,
     pub notifier: email::Notifier,
+    /// The retention task and what it has deleted.
+    pub retention: retention::Retention,
     pub admin_token_digest: [u8; 32],
     /// Every "now" of the gateway.
     pub clock: Clock,
@@ -180,6 +185,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(&format!("{domain}/forms/{{form_id}}"), get(get_form))
         .route(&format!("{domain}/cases/{{case_id}}"), get(get_case))
+        .route(&format!("{domain}/stats"), get(domain_stats))
         .route("/api/v1/plugins", get(list_plugins));
     let routes = object_routes::<ConnectionSpec>(routes, &format!("{domain}/connections"));
     let routes = object_routes::<RepeaterSpec>(routes, &format!("{domain}/repeaters"));
@@ -278,6 +284,7 @@ pub async fn start_with_clock(
         },
         config.delivery.max_in_flight,
     );
+    let retention = retention::Retention::start(store.clone(), config.retention, clock);
     let state = Arc::new(AppState {
         config,
         store,
@@ -287,6 +294,7 @@ pub async fn start_with_clock(
         metrics,
         delivery,
         notifier,
+        retention,
         admin_token_digest: secrets::token_digest(&token),
         clock,
     });
@@ -317,6 +325,7 @@ pub async fn serve(
     }
     state.scheduler.shutdown(SHUTDOWN_GRACE).await;
     state.notifier.shutdown(EMAIL_SHUTDOWN_GRACE).await;
+    state.retention.shutdown().await;
     // Joins the plugin host's threads (the watcher may be compiling a file).
     let plugins = state.plugins.clone();
     tokio::task::spawn_blocking(move || plugins.shutdown())

@@ -145,6 +145,136 @@ pub struct Scrape {
     pub oldest_due_age: Option<Duration>,
     /// Every plugin loaded now.
     pub plugins: Vec<String>,
+    /// What the store keeps and what retention has deleted.
+    pub lifecycle: Lifecycle,
+}
+
+/// The data lifecycle as one scrape sees it: what each domain keeps (the
+/// figures of `GET /api/v1/domains/{domain}/stats`), what retention has
+/// deleted and the oldest it keeps, and whether the store can write.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Every domain the catalog holds, with its figures.
+    pub domains: Vec<(String, crate::store::DomainStats)>,
+    /// Records deleted by retention since start-up, per final state.
+    pub records_deleted: Vec<(&'static str, u64)>,
+    pub forms_deleted: u64,
+    /// Per final state and for forms ("form"): how old the oldest kept is.
+    pub oldest_kept: Vec<(&'static str, Option<Duration>)>,
+    pub store_file_bytes: Option<u64>,
+    pub store_writable: bool,
+}
+
+impl Lifecycle {
+    fn render(&self, out: &mut String) {
+        let per_domain =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             value: &dyn Fn(&crate::store::DomainStats) -> u64| {
+                family_head(out, name, "gauge", help);
+                for (domain, stats) in &self.domains {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{domain=\"{}\"}} {}",
+                        escape_label(domain),
+                        value(stats)
+                    );
+                }
+            };
+        family_head(
+            out,
+            "repeatd_domain_records",
+            "gauge",
+            "Repeat records kept, per domain and state.",
+        );
+        for (domain, stats) in &self.domains {
+            for (state, count) in &stats.records {
+                let _ = writeln!(
+                    out,
+                    "repeatd_domain_records{{domain=\"{}\",state=\"{}\"}} {count}",
+                    escape_label(domain),
+                    state.as_str()
+                );
+            }
+        }
+        per_domain(
+            out,
+            "repeatd_domain_forms",
+            "Forms kept, per domain.",
+            &|stats| stats.forms,
+        );
+        per_domain(
+            out,
+            "repeatd_domain_cases",
+            "Cases kept, per domain.",
+            &|stats| stats.cases,
+        );
+        per_domain(
+            out,
+            "repeatd_domain_form_xml_bytes",
+            "Bytes of the submitted XML of the forms kept, per domain.",
+            &|stats| stats.form_xml_bytes,
+        );
+        family_head(
+            out,
+            "repeatd_store_file_bytes",
+            "gauge",
+            "Size of the store's file.",
+        );
+        let _ = writeln!(
+            out,
+            "repeatd_store_file_bytes {}",
+            self.store_file_bytes.unwrap_or(0)
+        );
+        family_head(
+            out,
+            "repeatd_store_writable",
+            "gauge",
+            "1 while the store can write; 0 while submissions get 503 and delivery waits.",
+        );
+        let _ = writeln!(
+            out,
+            "repeatd_store_writable {}",
+            u8::from(self.store_writable)
+        );
+        family_head(
+            out,
+            "repeatd_retention_records_deleted_total",
+            "counter",
+            "Records in a final state deleted by retention, per state.",
+        );
+        for (state, count) in &self.records_deleted {
+            let _ = writeln!(
+                out,
+                "repeatd_retention_records_deleted_total{{state=\"{state}\"}} {count}"
+            );
+        }
+        family_head(
+            out,
+            "repeatd_retention_forms_deleted_total",
+            "counter",
+            "Forms (with their XML) deleted by retention.",
+        );
+        let _ = writeln!(
+            out,
+            "repeatd_retention_forms_deleted_total {}",
+            self.forms_deleted
+        );
+        family_head(
+            out,
+            "repeatd_retention_oldest_kept_seconds",
+            "gauge",
+            "Age of the oldest record kept per final state (since it entered it), and of the oldest form; 0 when none.",
+        );
+        for (kept, age) in &self.oldest_kept {
+            let _ = writeln!(
+                out,
+                "repeatd_retention_oldest_kept_seconds{{kept=\"{kept}\"}} {}",
+                age.map_or(0.0, |age| age.as_secs_f64())
+            );
+        }
+    }
 }
 
 /// Per repeater: what its sends did.
@@ -330,6 +460,7 @@ impl Metrics {
 
         plugins.render(&mut out, &scrape.plugins);
         emails.render(&mut out);
+        scrape.lifecycle.render(&mut out);
         out
     }
 }

@@ -37,6 +37,7 @@ mod http;
 pub mod load;
 pub mod raw_remote;
 pub mod remote;
+pub mod size_bench;
 pub mod smtp;
 pub mod tls;
 pub mod virtual_time;
@@ -375,6 +376,20 @@ pub fn repeatd_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// `repeatd` beside the running program: where cargo puts a workspace's
+/// binaries, so a benchmark binary (`target/release/repeatd-load`) finds the
+/// gateway built with it (`repeatd` on the PATH when that cannot be told).
+/// Test binaries, one directory further down, use [`repeatd_binary`].
+pub fn repeatd_beside_this_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .map(|dir| dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX)))
+        })
+        .unwrap_or_else(|| PathBuf::from("repeatd"))
 }
 
 /// Whether `text` is a timestamp as the gateway writes them:

@@ -257,13 +257,7 @@ self cost; the perf data and reports stay in --profile-dir.";
     pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<(Options, bool), String> {
         let args: Vec<String> = args.into_iter().collect();
         let smoke = args.iter().any(|a| a == "--smoke");
-        let default_gateway = std::env::current_exe()
-            .ok()
-            .and_then(|exe| {
-                exe.parent()
-                    .map(|dir| dir.join(format!("repeatd{}", std::env::consts::EXE_SUFFIX)))
-            })
-            .unwrap_or_else(|| PathBuf::from("repeatd"));
+        let default_gateway = crate::repeatd_beside_this_program();
         let mut options = if smoke {
             Options::smoke(default_gateway)
         } else {

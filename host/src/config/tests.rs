@@ -228,6 +228,7 @@ fn the_example_file_parses_and_documents_every_key() {
         keys_of::<DeliveryConfig>(),
         keys_of::<IngestConfig>(),
         keys_of::<MetricsConfig>(),
+        keys_of::<crate::retention::RetentionConfig>(),
         keys_of::<ApiTokenConfig>(),
         keys_of::<SubmitterConfig>(),
         keys_of::<ConnectionSpec>(),
@@ -242,6 +243,7 @@ fn the_example_file_parses_and_documents_every_key() {
             "delivery",
             "ingest",
             "metrics",
+            "retention",
             "domains",
             "api_tokens",
             "submitters",
@@ -766,6 +768,46 @@ fn bad_durations_name_the_key() {
     assert_eq!(
         error_of("[retry]\nmin_wait = \"5 minutes\""),
         "repeatd.toml:2:12: retry.min_wait: invalid duration \"5 minutes\": unknown unit \" minutes\"; use ms, s, m, h or d"
+    );
+}
+
+#[test]
+fn retention_takes_durations_or_off() {
+    let defaults = parse_ok("");
+    assert_eq!(
+        defaults.retention,
+        crate::retention::RetentionConfig::default()
+    );
+    let config = parse_ok(
+        "[retention]\nsucceeded = \"2s\"\nempty = \"off\"\ncancelled = \"1h\"\nrejected = \"7d\"\nforms = \"30d\"",
+    );
+    assert_eq!(config.retention.succeeded, Some(Duration::from_secs(2)));
+    assert_eq!(config.retention.empty, None);
+    assert_eq!(config.retention.cancelled, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        config.retention.rejected,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(
+        config.retention.forms,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(
+        error_of("[retention]\nsucceeded = \"soon\""),
+        "repeatd.toml:2:13: retention.succeeded: invalid duration \"soon\": expected a number and a unit, like \"90s\" (or \"off\" to keep for ever)"
+    );
+    assert_eq!(
+        error_of("[retention]\nforms = \"0s\""),
+        "repeatd.toml:2:9: retention.forms: must be longer than zero (or \"off\" to keep for ever)"
+    );
+    assert_eq!(
+        error_of("[retention]\nforms = 30"),
+        "repeatd.toml:2:9: retention.forms: expected a duration like \"30d\", or \"off\", found integer `30`"
+    );
+    assert!(
+        error_of("[retention]\nsuceeded = \"1d\"").contains("did you mean"),
+        "{}",
+        error_of("[retention]\nsuceeded = \"1d\"")
     );
 }
 

@@ -157,8 +157,33 @@ pub async fn overview(
             (chart("Failures", "failures", total(|m| m.failures), &minutes, |m| m.failures))
             (chart("Queue depth", "queued", queued_now, &minutes, |m| m.queued))
         }
+        (kept(&console.app, &access.domain)?)
     };
     Ok(page.render(content))
+}
+
+/// What the project space keeps and what retention has deleted (the
+/// figures of its stats endpoint), and a warning while the store cannot write.
+fn kept(app: &AppState, domain: &str) -> Result<Markup, ApiError> {
+    let stats = app.store.domain_stats(domain)?;
+    let records: u64 = stats.records.values().sum();
+    let progress = &app.retention.progress;
+    let records_deleted: u64 = progress.records_deleted().iter().map(|(_, n)| n).sum();
+    let failure = app.store.write_failure();
+    Ok(html! {
+        @if let Some(failure) = failure {
+            p.warning.store-failing {
+                "The store cannot write: submissions get 503 and delivery waits until a write succeeds ("
+                (failure.reason) ")."
+            }
+        }
+        p.retention {
+            "Kept: " strong { (records) } " records, " strong { (stats.forms) } " forms, "
+            strong { (stats.cases) } " cases (" (stats.form_xml_bytes) " bytes of form XML). "
+            "Retention has deleted " strong { (records_deleted) } " records and "
+            strong { (progress.forms_deleted()) } " forms since start-up (all project spaces)."
+        }
+    })
 }
 
 /// One chart: a headline figure and the hour as a bar chart.

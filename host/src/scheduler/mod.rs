@@ -324,6 +324,11 @@ impl Scheduler {
     /// Sends whatever is due and may be sent; returns when to look again.
     fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
         let now = self.shared.with.clock.now_micros();
+        // A store that cannot write could not record what a send did: no
+        // send starts until it writes again (records stay as they are).
+        if self.shared.with.store.write_failure().is_some() {
+            return Ok(Some(self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)));
+        }
         let snapshot = self.shared.with.catalog.snapshot();
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut connections = Vec::with_capacity(lanes.len());
@@ -541,7 +546,7 @@ impl Scheduler {
                 .iter_mut()
                 .map(|sent| sent.result.take().expect("an outcome is committed once"))
                 .collect();
-            let committed = self.shared.with.store.commit_attempts(results).await;
+            let committed = self.commit_when_writable(results).await;
             let outcomes = std::mem::take(&mut batch.outcomes);
             let mut released = Vec::with_capacity(outcomes.len());
             match committed {
@@ -562,6 +567,29 @@ impl Scheduler {
                 }
             }
             self.release(&released);
+        }
+    }
+
+    /// Commits outcomes of attempts. While the store cannot write, they are
+    /// kept here and committed once it can, so that no record is sent twice
+    /// (no send starts meanwhile: `dispatch_due`); only shutting down gives
+    /// up (the records are then sent again after the restart, under the
+    /// same `Idempotency-Key`). Each try hands the store a copy, as a failed
+    /// commit consumes what it was given.
+    async fn commit_when_writable(
+        &self,
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<crate::store::CommittedAttempt>, crate::store::StoreError> {
+        let shared = &self.shared;
+        let stopping = || shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            let committed = shared.with.store.commit_attempts(results.clone()).await;
+            if committed.is_ok() || stopping() || shared.with.store.write_failure().is_none() {
+                return committed;
+            }
+            while shared.with.store.write_failure().is_some() && !stopping() {
+                shared.with.clock.sleep(RETRY_AFTER_HOST_FAILURE).await;
+            }
         }
     }
 

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use redb::StorageBackend;
 use redb::backends::InMemoryBackend;
+use redb::{ReadableTableMetadata, StorageBackend};
 
 use super::state_index_tests::assert_state_index_agrees;
 use super::tests::{answered_200, attempt_result, submission};
@@ -227,9 +227,18 @@ fn assert_indexes_agree(store: &Store, context: &str) {
     let records = txn.open_table(RECORDS).unwrap();
     let mut expected_due = HashSet::new();
     let mut expected_counts: BTreeMap<(u64, RecordState), u64> = BTreeMap::new();
+    let mut expected_finals = HashSet::new();
+    let mut expected_domain_counts: BTreeMap<RecordState, u64> = RecordState::ALL
+        .into_iter()
+        .map(|state| (state, 0))
+        .collect();
     for entry in records.iter().unwrap() {
         let (key, value) = entry.unwrap();
         let record = decode_record(key.value(), value.value()).unwrap();
+        if !record.state.is_queued() {
+            expected_finals.insert((record.state.as_str().to_owned(), record.seq));
+        }
+        *expected_domain_counts.entry(record.state).or_default() += 1;
         if let Some(at) = record.next_attempt_at {
             expected_due.insert((record.repeater_id, at as u64, record.seq));
         }
@@ -254,6 +263,29 @@ fn assert_indexes_agree(store: &Store, context: &str) {
     let mut counts = store.state_counts().unwrap();
     counts.retain(|_, n| *n > 0);
     assert_eq!(counts, expected_counts, "{context}: the state counts");
+    let finals: HashSet<(String, u64)> = txn
+        .open_table(FINAL_RECORDS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (key, _) = entry.unwrap();
+            let (state, _, seq) = key.value();
+            (state.to_owned(), seq)
+        })
+        .collect();
+    assert_eq!(finals, expected_finals, "{context}: retention's index");
+    let n_since = txn.open_table(FINAL_SINCE).unwrap().len().unwrap();
+    assert_eq!(
+        n_since,
+        expected_finals.len() as u64,
+        "{context}: final_since"
+    );
+    assert_eq!(
+        store.domain_stats("demo").unwrap().records,
+        expected_domain_counts,
+        "{context}: the domain's counts"
+    );
     assert_state_index_agrees(store, context);
 }
 

@@ -180,6 +180,21 @@ pub(super) fn reindex_form(
     Ok(indexed_on)
 }
 
+/// Takes a deleted form (retention), stored under `indexed_on`, out of
+/// every listing and its counts.
+pub(super) fn unindex_form(
+    tables: &mut WriteTables<'_>,
+    form: &StoredForm,
+    indexed_on: u64,
+) -> Result<(), StoreError> {
+    tables.unlist(
+        ListingKind::Forms,
+        &form.domain,
+        form_entries(form, indexed_on),
+        indexed_on,
+    )
+}
+
 /// Gives a case that a form created or changed a new `indexed_on` (stamped
 /// into its encoded `value`) and moves its listing entries; `before` is
 /// where the case as stored was listed.

@@ -317,6 +317,18 @@ impl FormValue<'_> {
         decompress_xml(self.compressed_xml, &self.form.form_id)
     }
 
+    /// How long the form's XML is as submitted, from the length the
+    /// compressed XML carries in front (nothing is decompressed).
+    pub fn xml_len(&self) -> Result<u64, StoreError> {
+        match claimed_xml_len(self.compressed_xml) {
+            Some(size) => Ok(size as u64),
+            None => Err(corrupt(
+                || format!("XML of form {}", self.form.form_id),
+                "value is cut short".into(),
+            )),
+        }
+    }
+
     /// The value again, with `form` changed (a later part's attachments, a
     /// duplicate counted) and the XML kept as it is.
     pub fn reencode(&self) -> Vec<u8> {
@@ -361,12 +373,16 @@ pub(super) fn decode_form<'a>(
 /// a damaged value, not a form (the receiver's body limit is far below).
 const MAX_XML_BYTES: usize = 1 << 30;
 
+/// The length a compressed XML ([`compress_xml`]) says it expands to.
+fn claimed_xml_len(compressed: &[u8]) -> Option<usize> {
+    compressed
+        .get(..4)
+        .map(|size| u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize)
+}
+
 fn decompress_xml(compressed: &[u8], form_id: &str) -> Result<Vec<u8>, StoreError> {
     let what = || format!("XML of form {form_id}");
-    let claimed = compressed
-        .get(..4)
-        .map(|size| u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize);
-    match claimed {
+    match claimed_xml_len(compressed) {
         Some(size) if size <= MAX_XML_BYTES => lz4_flex::decompress_size_prepended(compressed)
             .map_err(|error| corrupt(what, error.to_string())),
         Some(size) => Err(corrupt(what, format!("claims {size} bytes"))),

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::encoding::encode_json;
 use super::migration::{CASE_INDEXED_ON_1, DOMAIN_RECORDS_1, FORM_INDEXED_ON_1, FORM_XML_1};
@@ -197,6 +197,19 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
         store.form_indexed_on("demo", "f2").unwrap()
     );
     assert_eq!(store.state_counts().unwrap()[&(2, RecordState::Pending)], 5);
+    // The domain's figures are counted in the same start, the XML's bytes
+    // from the migrated forms' values (as submitted, not as compressed).
+    let stats = store.domain_stats("demo").unwrap();
+    assert_eq!(stats.records[&RecordState::Pending], 8);
+    assert_eq!(stats.records[&RecordState::Succeeded], 0);
+    assert_eq!((stats.forms, stats.cases), (3, 3));
+    assert_eq!(stats.form_xml_bytes, 3 * b"<data id=\"f1\"/>".len() as u64);
+    {
+        let txn = store.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert!(meta.get("final_records_indexed").unwrap().is_some());
+        assert!(meta.get("domain_counts_counted").unwrap().is_some());
+    }
 
     // The old tables are gone; new forms come after the old ones and change
     // the migrated cases as before.
@@ -258,6 +271,10 @@ async fn a_schema_1_store_keeps_the_indexed_on_of_its_forms_and_cases() {
     );
     let record = store.record(1).unwrap().unwrap();
     assert_eq!(record.payload.payload_id(), "f1");
+    assert_eq!(
+        store.domain_stats("demo").unwrap().form_xml_bytes,
+        2 * b"<data id=\"f1\"/>".len() as u64
+    );
 }
 
 #[test]

@@ -22,9 +22,12 @@
 //! so two data directories never hand out the same id.
 
 mod data_index;
+mod database;
 mod encoding;
 mod migration;
+mod retention;
 mod state_index;
+mod stats;
 mod tables;
 mod write_tables;
 mod writer;
@@ -37,6 +40,8 @@ mod data_index_tests;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
+mod retention_tests;
+#[cfg(test)]
 mod state_index_tests;
 #[cfg(test)]
 mod tests;
@@ -47,7 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 
-use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +69,9 @@ use write_tables::WriteTables;
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
 pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
+pub use database::WriteFailure;
+pub use retention::{OldestKept, RetainedForms};
+pub use stats::DomainStats;
 
 /// redb's page cache. Its default (1 GiB) would let a large queue grow the
 /// process far past what a gateway should hold; the working set (the due
@@ -157,7 +165,7 @@ pub struct RecordPage {
 }
 
 /// The result of one attempt, to be committed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub seq: u64,
     pub outcome: Outcome,
@@ -218,7 +226,7 @@ pub struct ListedForm {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<database::SharedDatabase>,
     writer: mpsc::Sender<writer::Job>,
     nonce: u64,
     next_seq: Arc<AtomicU64>,
@@ -247,7 +255,7 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path)
+        Store::start(db, path.clone(), Some(path))
     }
 
     /// Opens a store on another storage backend (tests: one that fails or
@@ -262,12 +270,13 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path)
+        Store::start(db, path, None)
     }
 
     /// Checks the schema version, creates what a new file lacks and starts
-    /// the writer thread.
-    fn start(db: Database, path: PathBuf) -> Result<Store, StoreError> {
+    /// the writer thread; `reopen` is the file to open again after a failed
+    /// write (`None`: the database is kept as it is).
+    fn start(db: Database, path: PathBuf, reopen: Option<PathBuf>) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         let nonce;
         let from_schema_1;
@@ -301,6 +310,8 @@ impl Store {
         };
         let backfilled;
         let records_indexed;
+        let finals_indexed;
+        let counted;
         let last_seq;
         {
             // Opening them creates every table, so that readers never meet
@@ -308,6 +319,8 @@ impl Store {
             let mut tables = WriteTables::open(&txn)?;
             backfilled = data_index::backfill(&mut tables)?;
             records_indexed = state_index::backfill(&mut tables)?;
+            finals_indexed = retention::backfill(&mut tables)?;
+            counted = stats::backfill(&mut tables)?;
             last_seq = tables
                 .records
                 .last()?
@@ -322,6 +335,13 @@ impl Store {
                 "rewrote the forms and cases of a schema 1 store as schema {SCHEMA_VERSION} has them"
             );
         }
+        if finals_indexed > 0 || counted > 0 {
+            tracing::info!(
+                records = finals_indexed,
+                counted,
+                "indexed the final records and counted the domains of a store from before retention"
+            );
+        }
         if backfilled > 0 {
             tracing::info!(
                 objects = backfilled,
@@ -334,7 +354,7 @@ impl Store {
                 "indexed the records stored before the state index by state"
             );
         }
-        let db = Arc::new(db);
+        let db = Arc::new(database::SharedDatabase::new(db, reopen));
         let writer = writer::start(&db)?;
         Ok(Store {
             db,
@@ -390,12 +410,14 @@ impl Store {
         submission: Submission,
     ) -> Result<IngestResult, StoreError> {
         let next_seq = self.next_seq.clone();
-        let clock = self.clock;
+        // "Now" is read here, on the caller's side of the runtime: the writer
+        // thread is outside it, where a clock that follows tokio's paused
+        // time would read the wall's.
+        let now = self.clock.now_micros();
         // The costly part of encoding the form, on the caller's task rather
         // than the writer's, which every submission waits for.
         let compressed_xml = encoding::compress_xml(&submission.xml);
         self.write(move |tables| {
-            let now = clock.now_micros();
             writes::commit_submission(tables, &next_seq, submission, &compressed_xml, now)
         })
         .await
@@ -410,7 +432,7 @@ impl Store {
         build_id: Option<String>,
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let next_seq = self.next_seq.clone();
-        let clock = self.clock;
+        let now = self.clock.now_micros();
         self.write(move |tables| {
             let planned = crate::submission::plan_app_change(
                 &repeaters,
@@ -418,7 +440,7 @@ impl Store {
                 change,
                 build_id.as_deref(),
             );
-            writes::register(tables, &next_seq, &planned, clock.now_micros())
+            writes::register(tables, &next_seq, &planned, now)
         })
         .await
     }
@@ -506,8 +528,8 @@ impl Store {
         &self,
         result: AttemptResult,
     ) -> Result<(RepeatRecord, Verdict), StoreError> {
-        let clock = self.clock;
-        self.write(move |tables| writes::commit_attempt(tables, result, clock.now_micros()))
+        let now = self.clock.now_micros();
+        self.write(move |tables| writes::commit_attempt(tables, result, now))
             .await
     }
 
@@ -520,8 +542,8 @@ impl Store {
         &self,
         results: Vec<AttemptResult>,
     ) -> Result<Vec<CommittedAttempt>, StoreError> {
-        let clock = self.clock;
-        self.write(move |tables| writes::commit_attempts(tables, results, clock.now_micros()))
+        let now = self.clock.now_micros();
+        self.write(move |tables| writes::commit_attempts(tables, results, now))
             .await
     }
 
@@ -531,9 +553,8 @@ impl Store {
         seq: u64,
         action: OperatorAction,
     ) -> Result<RepeatRecord, StoreError> {
-        let clock = self.clock;
+        let now = self.clock.now_micros();
         self.write(move |tables| {
-            let now = clock.now_micros();
             let mut changed = writes::apply_operator(tables, &[seq], None, action, now)?;
             match changed.pop() {
                 Some(record) => Ok(record),
@@ -580,10 +601,9 @@ impl Store {
         for chunk in seqs.chunks(RECORDS_PER_TRANSACTION) {
             let chunk = chunk.to_vec();
             let filter = filter.clone();
-            let clock = self.clock;
+            let now = self.clock.now_micros();
             let mut done = self
                 .write(move |tables| {
-                    let now = clock.now_micros();
                     writes::apply_operator(tables, &chunk, Some(&filter), action, now)
                 })
                 .await?;
@@ -595,13 +615,12 @@ impl Store {
     /// Cancels every queued record of a repeater (when it is deleted).
     pub async fn cancel_repeater_records(&self, repeater_id: u64) -> Result<u64, StoreError> {
         let mut total = 0;
-        let clock = self.clock;
         loop {
+            let now = self.clock.now_micros();
             let n = self
                 .write(move |tables| {
                     let seqs =
                         writes::queued_of_repeater(tables, repeater_id, RECORDS_PER_TRANSACTION)?;
-                    let now = clock.now_micros();
                     let cancelled =
                         writes::apply_operator(tables, &seqs, None, OperatorAction::Cancel, now)?;
                     Ok(cancelled.len() as u64)
@@ -858,6 +877,62 @@ impl Store {
         listing.page(&txn, domain, &scope.key(), range, page, keep)
     }
 
+    // ---- retention and stats ------------------------------------------------
+
+    /// Deletes up to `limit` records that have been in the final `state`
+    /// since `cutoff` (Unix micros) or earlier, with their attempts and every
+    /// index entry naming them, in one transaction; returns how many.
+    pub async fn retain_records(
+        &self,
+        state: RecordState,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(move |tables| retention::delete_records(tables, state, cutoff, limit))
+            .await
+    }
+
+    /// Looks at up to `limit` forms of `domain` stored from `start` to
+    /// `cutoff` (by `indexed_on`) and deletes, with their XML and listing
+    /// entries, those that no `pending` or `failed` record needs; one
+    /// transaction.
+    pub async fn retain_forms(
+        &self,
+        domain: &str,
+        cutoff: i64,
+        start: u64,
+        limit: usize,
+    ) -> Result<RetainedForms, StoreError> {
+        let domain = domain.to_owned();
+        self.write(move |tables| retention::delete_forms(tables, &domain, cutoff, start, limit))
+            .await
+    }
+
+    /// Every domain that has stored a form.
+    pub fn form_domains(&self) -> Result<Vec<String>, StoreError> {
+        form_domains_in(&self.db.begin_read()?)
+    }
+
+    /// The oldest of what retention keeps.
+    pub fn oldest_kept(&self) -> Result<OldestKept, StoreError> {
+        retention::oldest_kept(&self.db.begin_read()?)
+    }
+
+    /// A domain's figures: records per state, forms, cases, XML bytes.
+    pub fn domain_stats(&self, domain: &str) -> Result<DomainStats, StoreError> {
+        stats::domain_stats(&self.db.begin_read()?, domain)
+    }
+
+    /// The size of the store's file, in bytes (`None` when it cannot be read).
+    pub fn file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|meta| meta.len())
+    }
+
+    /// Why the store cannot write now (`None`: it can).
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.db.write_failure()
+    }
+
     // ---- configured objects ------------------------------------------------
 
     /// Every stored object of one kind, as (domain, name, bytes).
@@ -923,4 +998,14 @@ impl Store {
     pub async fn allocate_repeater_id(&self) -> Result<u64, StoreError> {
         self.write(writes::allocate_repeater_id).await
     }
+}
+
+/// Every domain that has stored a form (each has handed out an `indexed_on`).
+fn form_domains_in(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
+    let table = txn.open_table(LAST_INDEXED_ON)?;
+    let mut domains = Vec::new();
+    for entry in table.iter()? {
+        domains.push(entry?.0.value().to_owned());
+    }
+    Ok(domains)
 }

@@ -1,8 +1,9 @@
 //! Records by state: the per-repeater state counts (`STATE_COUNTS`) and the
 //! listing index (`STATE_RECORDS`, keyed (domain, state, repeater, seq)) move
-//! together, in `move_record`, the only place either is written after a
-//! store is opened. A listing filtered by state reads the index instead of
-//! walking the domain's records: with a repeater, one range read; without
+//! together, in `move_record` (and `remove_record`, when retention deletes a
+//! record), the only places either is written after a store is opened. A
+//! listing filtered by state reads the index instead of walking the
+//! domain's records: with a repeater, one range read; without
 //! one, a merge by seq of one range per repeater the index holds for the
 //! state, so a state that only a few old records are in costs as little as
 //! any other. A listing of every state merges the ranges of all states: the
@@ -64,6 +65,22 @@ pub(super) fn move_record(
         ),
         (),
     )?;
+    Ok(())
+}
+
+/// Takes a deleted record (retention) out of the state counts (summed for
+/// the group commit) and the index.
+pub(super) fn remove_record(
+    tables: &mut WriteTables<'_>,
+    record: &RepeatRecord,
+) -> Result<(), StoreError> {
+    tables.count_state(record.repeater_id, record.state, -1);
+    tables.state_records.remove((
+        record.domain.as_str(),
+        record.state.as_str(),
+        record.repeater.as_str(),
+        record.seq,
+    ))?;
     Ok(())
 }
 

@@ -203,7 +203,7 @@ async fn a_state_only_old_records_are_in_is_found_without_reading_the_others() {
     // Make every record not failed unreadable: a listing that read one
     // would fail.
     {
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.with_database(|db| Ok(db.begin_write()?)).unwrap();
         {
             let mut records = txn.open_table(RECORDS).unwrap();
             let others: Vec<u64> = records

@@ -57,3 +57,15 @@ pub(super) const CASE_LISTING: TableDefinition<(&str, &str, u64, u64), &str> =
 /// unfiltered `total_count` costs one read.
 pub(super) const LISTING_COUNTS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("listing_counts");
+/// (final state, since micros, seq): the records in a final state, oldest
+/// first, for retention (see `store::retention`).
+pub(super) const FINAL_RECORDS: TableDefinition<(&str, u64, u64), ()> =
+    TableDefinition::new("final_records");
+/// seq → since when (micros) the record has been in its final state: the
+/// other half of `FINAL_RECORDS`, to find a record's entry there.
+pub(super) const FINAL_SINCE: TableDefinition<u64, u64> = TableDefinition::new("final_since");
+/// (domain, figure) → its value: records per state (`records/<state>`) and
+/// the bytes of the forms' XML (`form_xml_bytes`), for the stats (see
+/// `store::stats`).
+pub(super) const DOMAIN_COUNTS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("domain_counts");

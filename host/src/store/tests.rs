@@ -521,7 +521,7 @@ fn a_store_of_another_schema_version_is_refused() {
     let dir = TempDir::new("schema");
     {
         let store = Store::open(&dir.0).unwrap();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.with_database(|db| Ok(db.begin_write()?)).unwrap();
         txn.open_table(META)
             .unwrap()
             .insert("schema_version", SCHEMA_VERSION + 1)

@@ -1,7 +1,8 @@
 //! The tables of one write transaction, opened once for every job of a group
 //! commit rather than by each job for each value, and the counters jobs move
 //! (records per state, entries per listing, the last `indexed_on` of each
-//! domain): summed in memory while the jobs run and written once, by
+//! domain, a domain's figures for the stats): summed in memory while the
+//! jobs run and written once, by
 //! [`WriteTables::finish`], just before the transaction commits. A batch
 //! that is rolled back drops its sums with its writes.
 
@@ -12,6 +13,25 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::StoreError;
 use super::tables::*;
 use crate::record::RecordState;
+
+/// A figure of a domain's `DOMAIN_COUNTS` (see `stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum DomainFigure {
+    /// How many of the domain's records are in the state.
+    Records(RecordState),
+    /// The bytes of the domain's forms' XML, as submitted.
+    FormXmlBytes,
+}
+
+impl DomainFigure {
+    /// Its key in `DOMAIN_COUNTS`.
+    pub fn key(self) -> String {
+        match self {
+            DomainFigure::Records(state) => format!("records/{}", state.as_str()),
+            DomainFigure::FormXmlBytes => "form_xml_bytes".into(),
+        }
+    }
+}
 
 type Pair = (&'static str, &'static str);
 type Listing = (&'static str, &'static str, u64, u64);
@@ -27,13 +47,20 @@ pub(super) struct WriteTables<'txn> {
     pub state_records: Table<'txn, (&'static str, &'static str, &'static str, u64), ()>,
     pub objects: Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
     pub notifications: Table<'txn, Pair, &'static [u8]>,
-    form_listing: Table<'txn, Listing, &'static str>,
+    pub final_records: Table<'txn, (&'static str, u64, u64), ()>,
+    pub final_since: Table<'txn, u64, u64>,
+    /// Read by retention to find old forms; written through `list`/`unlist`.
+    pub form_listing: Table<'txn, Listing, &'static str>,
     case_listing: Table<'txn, Listing, &'static str>,
     state_counts: Table<'txn, (u64, &'static str), u64>,
     listing_counts: Table<'txn, Pair, u64>,
     last_indexed_on: Table<'txn, &'static str, u64>,
+    domain_counts: Table<'txn, Pair, u64>,
     state_count_changes: HashMap<(u64, RecordState), i64>,
     listing_count_changes: HashMap<(String, String), i64>,
+    /// Per domain (looked up by `&str`, so that a record written costs no
+    /// allocation once its domain is in the batch).
+    domain_count_changes: HashMap<String, HashMap<DomainFigure, i64>>,
     /// The last `indexed_on` handed out per domain, as it stands in this batch.
     indexed_on_so_far: HashMap<String, u64>,
 }
@@ -52,13 +79,17 @@ impl<'txn> WriteTables<'txn> {
             state_records: txn.open_table(STATE_RECORDS)?,
             objects: txn.open_table(OBJECTS)?,
             notifications: txn.open_table(NOTIFICATIONS)?,
+            final_records: txn.open_table(FINAL_RECORDS)?,
+            final_since: txn.open_table(FINAL_SINCE)?,
             form_listing: txn.open_table(FORM_LISTING)?,
             case_listing: txn.open_table(CASE_LISTING)?,
             state_counts: txn.open_table(STATE_COUNTS)?,
             listing_counts: txn.open_table(LISTING_COUNTS)?,
             last_indexed_on: txn.open_table(LAST_INDEXED_ON)?,
+            domain_counts: txn.open_table(DOMAIN_COUNTS)?,
             state_count_changes: HashMap::new(),
             listing_count_changes: HashMap::new(),
+            domain_count_changes: HashMap::new(),
             indexed_on_so_far: HashMap::new(),
         })
     }
@@ -69,6 +100,17 @@ impl<'txn> WriteTables<'txn> {
             .state_count_changes
             .entry((repeater_id, state))
             .or_default() += delta;
+    }
+
+    /// Adds `delta` to a figure of `domain` (see `stats`).
+    pub fn count_domain(&mut self, domain: &str, figure: DomainFigure, delta: i64) {
+        if !self.domain_count_changes.contains_key(domain) {
+            self.domain_count_changes
+                .insert(domain.to_owned(), HashMap::new());
+        }
+        if let Some(figures) = self.domain_count_changes.get_mut(domain) {
+            *figures.entry(figure).or_default() += delta;
+        }
     }
 
     /// One more (or fewer) entry in a listing scope of a domain.
@@ -110,6 +152,18 @@ impl<'txn> WriteTables<'txn> {
             let n = self.listing_counts.get(key)?.map_or(0, |v| v.value());
             self.listing_counts
                 .insert(key, n.saturating_add_signed(delta))?;
+        }
+        for (domain, figures) in self.domain_count_changes.drain() {
+            for (figure, delta) in figures {
+                if delta == 0 {
+                    continue;
+                }
+                let figure = figure.key();
+                let key = (domain.as_str(), figure.as_str());
+                let n = self.domain_counts.get(key)?.map_or(0, |v| v.value());
+                self.domain_counts
+                    .insert(key, n.saturating_add_signed(delta))?;
+            }
         }
         for (domain, last) in self.indexed_on_so_far.drain() {
             self.last_indexed_on.insert(domain.as_str(), last)?;

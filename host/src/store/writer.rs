@@ -3,11 +3,15 @@
 //! `WriteTables`), commits it with `Durability::Immediate` and only then
 //! answers each job. Only the store's own named operations hand it
 //! jobs (`Store::write`, `Store::write_blocking` are private to `store`).
+//! When a commit fails, `database` re-opens the file and the writer probes
+//! it until a write succeeds (`recover`).
 
 use std::sync::{Arc, Weak, mpsc};
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableTable};
 
+use super::database::{PROBE_INTERVAL, SharedDatabase};
+use super::tables::META;
 use super::write_tables::WriteTables;
 use super::{Store, StoreError};
 
@@ -23,7 +27,7 @@ pub(super) type Job = Box<dyn FnOnce(&mut WriteTables<'_>) -> (Completion, bool)
 /// file must close when the last `Store` is dropped, not whenever the thread
 /// gets round to exiting (a restart in the same process opens it again at
 /// once). It ends when every sender is gone.
-pub(super) fn start(db: &Arc<Database>) -> Result<mpsc::Sender<Job>, StoreError> {
+pub(super) fn start(db: &Arc<SharedDatabase>) -> Result<mpsc::Sender<Job>, StoreError> {
     let (writer, jobs) = mpsc::channel::<Job>();
     let writer_db = Arc::downgrade(db);
     std::thread::Builder::new()
@@ -96,10 +100,15 @@ impl Store {
 
 /// The writer thread: takes every job that is waiting, runs them in one
 /// transaction, commits durably, then answers each.
-fn run(db: &Weak<Database>, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn run(shared: &Weak<SharedDatabase>, jobs: &mpsc::Receiver<Job>) {
+    while let Some(first) = next_job(shared, jobs) {
         // Whoever sent a job holds a `Store` until it is answered.
-        let Some(db) = db.upgrade() else { break };
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        if shared.is_closed() {
+            shared.reopen();
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
             match jobs.try_recv() {
@@ -108,15 +117,75 @@ fn run(db: &Weak<Database>, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        let committed = commit_group(&db, batch, &mut completions).map_err(|error| {
-            tracing::error!(%error, "group commit failed; its jobs are refused");
-            Arc::new(error.to_string())
-        });
-        drop(db);
+        let committed = shared.with_database(|db| commit_group(db, batch, &mut completions));
+        let committed = after_commit(&shared, committed);
+        drop(shared);
         // Jobs that never ran (the transaction could not begin) are dropped:
         // their callers see `WriterGone`.
         for done in completions {
             done(committed.clone());
+        }
+    }
+}
+
+/// The next job: waits for one; while the store cannot write, tries a probe
+/// write every `PROBE_INTERVAL` meanwhile. `None` when every sender is gone.
+fn next_job(shared: &Weak<SharedDatabase>, jobs: &mpsc::Receiver<Job>) -> Option<Job> {
+    loop {
+        let failing = shared.upgrade()?.is_failing();
+        if !failing {
+            return jobs.recv().ok();
+        }
+        match jobs.recv_timeout(PROBE_INTERVAL) {
+            Ok(job) => return Some(job),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let shared = shared.upgrade()?;
+                recover(&shared);
+            }
+        }
+    }
+}
+
+/// One try at writing again: opens the file if it is closed, then commits a
+/// small durable write.
+fn recover(shared: &SharedDatabase) {
+    if shared.is_closed() {
+        shared.reopen();
+    }
+    let probed = shared.with_database(|db| {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let n = meta.get("write_probes")?.map_or(0, |v| v.value());
+            meta.insert("write_probes", n + 1)?;
+        }
+        txn.commit()?;
+        Ok(())
+    });
+    let _ = after_commit(shared, probed);
+}
+
+/// Notes what a commit did to the store's ability to write; the result for
+/// the jobs. A failed commit (whatever failed: beginning, a job's storage
+/// error, the commit itself) re-opens the file, logged once by `database`.
+fn after_commit(
+    shared: &SharedDatabase,
+    committed: Result<(), StoreError>,
+) -> Result<(), Arc<String>> {
+    match committed {
+        Ok(()) => {
+            shared.write_succeeded();
+            Ok(())
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            if !shared.is_failing() {
+                tracing::debug!(%error, "group commit failed; its jobs are refused");
+            }
+            shared.write_failed(&reason);
+            Err(Arc::new(reason))
         }
     }
 }

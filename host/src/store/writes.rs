@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::encoding::{self, decode_case, decode_form, decode_record, encode, encode_json};
 use super::write_tables::WriteTables;
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
-use super::{data_index, state_index};
+use super::{data_index, retention, state_index, stats};
 use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::submission::{self, LaterPost, PlannedRecord, Submission};
 
@@ -72,6 +72,7 @@ pub(super) fn commit_submission(
         )?;
     }
     tables.forms.insert(key, form_value.as_slice())?;
+    stats::add_form_xml(tables, &form.domain, xml.len() as i64);
     let received_micros = crate::time::parse_timestamp(&form.received_on).unwrap_or(now);
     let registered = register(tables, next_seq, &plan.records, received_micros)?;
     Ok(IngestResult::Accepted { registered })
@@ -124,7 +125,7 @@ pub(super) fn register(
         tables
             .payload_records
             .insert((plan.domain, record.payload.payload_id(), seq), ())?;
-        write_record(tables, None, &record)?;
+        write_record(tables, None, &record, now)?;
         registered.push((plan.repeater_id, now));
     }
     Ok(registered)
@@ -184,7 +185,7 @@ pub(super) fn commit_attempt(
             .attempts
             .insert((record.seq, attempt.number), encode(&attempt).as_slice())?;
     }
-    write_record(tables, Some(&before), &record)?;
+    write_record(tables, Some(&before), &record, now)?;
     Ok((record, verdict))
 }
 
@@ -226,7 +227,7 @@ pub(super) fn apply_operator(
         }
         let mut record = before.clone();
         if record::apply_operator(&mut record, action, now) {
-            write_record(tables, Some(&before), &record)?;
+            write_record(tables, Some(&before), &record, now)?;
             changed.push(record);
         }
     }
@@ -299,12 +300,15 @@ pub(super) fn read_record(tables: &WriteTables<'_>, seq: u64) -> Result<RepeatRe
     decode_record(seq, bytes.value())
 }
 
-/// Writes a record and keeps the due index, the state counts and the state
-/// index in step with it. `before` is the record as stored (`None` for a new one).
+/// Writes a record and keeps the due index, the state counts, the state
+/// index, the domain's counts and retention's index of final records in step
+/// with it. `before` is the record as stored (`None` for a new one); `now`
+/// is when it is written.
 fn write_record(
     tables: &mut WriteTables<'_>,
     before: Option<&RepeatRecord>,
     record: &RepeatRecord,
+    now: i64,
 ) -> Result<(), StoreError> {
     tables
         .records
@@ -319,5 +323,7 @@ fn write_record(
             .due
             .insert((record.repeater_id, at.max(0) as u64, record.seq), ())?;
     }
-    state_index::move_record(tables, before, record)
+    state_index::move_record(tables, before, record)?;
+    stats::move_record(tables, before, record);
+    retention::track(tables, before, record, now)
 }
