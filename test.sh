@@ -8,6 +8,15 @@ cd "$(dirname "$0")"
 
 .ci/setup-test-deps
 
+# A throwaway PostgreSQL cluster on a free loopback port for the PostgreSQL
+# backend's tests; each test makes its own database in it. Stopped and
+# removed when the tests end, however they end.
+pg_dir="$(mktemp -d -t repeatd-pg.XXXXXX)"
+pg_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+trap '.ci/postgres stop "$pg_dir" || true; rm -rf "$pg_dir" "$pg_dir.initdb.log"' EXIT
+REPEATD_TEST_PG_URL="$(.ci/postgres start "$pg_dir" "$pg_port")"
+export REPEATD_TEST_PG_URL
+
 cargo test --manifest-path plugins/Cargo.toml
 cargo test --manifest-path examples/payload-plugin/Cargo.toml
 cargo test --manifest-path examples/auth-plugin/Cargo.toml
