@@ -7,6 +7,8 @@
 //! The schema and what each column means are in `schema`.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
