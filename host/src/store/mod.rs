@@ -25,6 +25,7 @@ mod data_index;
 mod database;
 mod encoding;
 mod migration;
+pub mod postgres;
 mod retention;
 mod state_index;
 mod stats;
