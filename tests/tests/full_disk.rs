@@ -159,6 +159,11 @@ async fn a_full_disk_refuses_with_503_then_recovers_by_itself_and_loses_nothing(
     assert_eq!(status, 200, "an accepted form is still read: {form}");
     let (status, listed) = daemon.get("/api/v1/domains/demo/records?limit=5").await;
     assert_eq!(status, 200, "{listed}");
+    // The gateway's log reaches the test through a pipe read on its own
+    // task: wait for the line before counting it.
+    daemon
+        .wait_log("the store cannot write", Duration::from_secs(10))
+        .await;
     let log = daemon.log();
     assert_eq!(
         log.matches("the store cannot write").count(),
