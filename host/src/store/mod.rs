@@ -225,6 +225,21 @@ pub struct ListedForm {
     pub indexed_on: i64,
 }
 
+/// A record's public id: the store's nonce, then its seq (both backends).
+fn record_id(nonce: u64, seq: u64) -> String {
+    format!("{nonce:016x}{seq:016x}")
+}
+
+/// The seq behind a public record id of the store with `nonce`.
+fn parse_record_id(nonce: u64, id: &str) -> Option<u64> {
+    if id.len() != 32 || !id.is_ascii() {
+        return None;
+    }
+    let found = u64::from_str_radix(&id[..16], 16).ok()?;
+    let seq = u64::from_str_radix(&id[16..], 16).ok()?;
+    (found == nonce).then_some(seq)
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<database::SharedDatabase>,
@@ -386,17 +401,12 @@ impl Store {
 
     /// The public id of a record.
     pub fn record_id(&self, seq: u64) -> String {
-        format!("{:016x}{seq:016x}", self.nonce)
+        record_id(self.nonce, seq)
     }
 
     /// The sequence number behind a public record id of this store.
     pub fn parse_record_id(&self, id: &str) -> Option<u64> {
-        if id.len() != 32 || !id.is_ascii() {
-            return None;
-        }
-        let nonce = u64::from_str_radix(&id[..16], 16).ok()?;
-        let seq = u64::from_str_radix(&id[16..], 16).ok()?;
-        (nonce == self.nonce).then_some(seq)
+        parse_record_id(self.nonce, id)
     }
 
     // ---- ingest ------------------------------------------------------------

@@ -176,17 +176,12 @@ impl PgStore {
 
     /// The public id of a record.
     pub fn record_id(&self, seq: u64) -> String {
-        format!("{:016x}{seq:016x}", self.nonce)
+        super::record_id(self.nonce, seq)
     }
 
     /// The sequence number behind a public record id of this database.
     pub fn parse_record_id(&self, id: &str) -> Option<u64> {
-        if id.len() != 32 || !id.is_ascii() {
-            return None;
-        }
-        let nonce = u64::from_str_radix(&id[..16], 16).ok()?;
-        let seq = u64::from_str_radix(&id[16..], 16).ok()?;
-        (nonce == self.nonce).then_some(seq)
+        super::parse_record_id(self.nonce, id)
     }
 
     /// Whether the database holds no form, case, record, object or
@@ -208,10 +203,7 @@ impl PgStore {
     // ---- configured objects ------------------------------------------------
 
     /// Every stored object of one kind, as (domain, name, bytes).
-    pub async fn objects(
-        &self,
-        kind: &str,
-    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+    pub async fn objects(&self, kind: &str) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -383,7 +375,9 @@ impl PgStore {
     }
 
     /// Every repeater's (consecutive failures, back-off until, updated at).
-    pub async fn cluster_health(&self) -> Result<HashMap<u64, (u32, Option<i64>, i64)>, StoreError> {
+    pub async fn cluster_health(
+        &self,
+    ) -> Result<HashMap<u64, (u32, Option<i64>, i64)>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -432,7 +426,9 @@ impl PgStore {
             });
         }
         let Some(locks) = slot.as_mut() else {
-            return Err(StoreError::Storage("no connection for cluster locks".into()));
+            return Err(StoreError::Storage(
+                "no connection for cluster locks".into(),
+            ));
         };
         if locks.held.contains(name) {
             return Ok(true);
@@ -462,9 +458,12 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
             .transaction()
             .await
             .map_err(|e| sql_error("starting a migration", e))?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK])
-            .await
-            .map_err(|e| sql_error("taking the migration lock", e))?;
+        txn.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&schema::MIGRATION_LOCK],
+        )
+        .await
+        .map_err(|e| sql_error("taking the migration lock", e))?;
         txn.batch_execute(schema::MIGRATIONS_TABLE)
             .await
             .map_err(|e| sql_error("creating schema_migrations", e))?;
@@ -477,9 +476,12 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
             .transaction()
             .await
             .map_err(|e| sql_error("starting a migration", e))?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK])
-            .await
-            .map_err(|e| sql_error("taking the migration lock", e))?;
+        txn.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&schema::MIGRATION_LOCK],
+        )
+        .await
+        .map_err(|e| sql_error("taking the migration lock", e))?;
         let applied = txn
             .query_opt(
                 "SELECT 1 FROM schema_migrations WHERE version = $1",

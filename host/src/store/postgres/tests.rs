@@ -15,7 +15,10 @@ async fn fresh_url() -> String {
         .await
         .expect("connecting to REPEATD_TEST_PG_URL");
     tokio::spawn(connection);
-    let name = format!("repeatd_t_{:016x}", super::random_u64().expect("randomness"));
+    let name = format!(
+        "repeatd_t_{:016x}",
+        super::random_u64().expect("randomness")
+    );
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
