@@ -215,7 +215,7 @@ fn form_page(
         FormScope::AppId(_) | FormScope::All => !query.received_on.is_whole(),
     };
     let keep: Keep<'_, StoredForm> =
-        needs_check.then_some(&check as &dyn Fn(&StoredForm, i64) -> bool);
+        needs_check.then_some(&check as &(dyn Fn(&StoredForm, i64) -> bool + Sync));
     let listed = store.list_forms(
         domain,
         &scope,
@@ -333,7 +333,7 @@ async fn list_cases(
         let check = |case: &Case, indexed_on: i64| query.matches(case, indexed_on);
         let keep: Keep<'_, Case> = query
             .needs_check()
-            .then_some(&check as &dyn Fn(&Case, i64) -> bool);
+            .then_some(&check as &(dyn Fn(&Case, i64) -> bool + Sync));
         let listed = store.list_cases(
             &domain,
             &scope,

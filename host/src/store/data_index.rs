@@ -314,7 +314,7 @@ struct ListedIds {
 
 /// Which objects of a listing to keep, given each one and its `indexed_on`
 /// (`None`: every object of the range).
-pub type Keep<'a, T> = Option<&'a dyn Fn(&T, i64) -> bool>;
+pub type Keep<'a, T> = Option<&'a (dyn Fn(&T, i64) -> bool + Sync)>;
 
 /// Which entries to keep, given (id, indexed_on); it reads the object.
 type KeepEntry<'a> = Option<&'a mut dyn FnMut(&str, u64) -> Result<bool, StoreError>>;

@@ -6,6 +6,9 @@
 //! notification states, repeater ids, repeater health and singleton locks.
 //! The schema and what each column means are in `schema`.
 
+mod events;
+mod queue;
+mod reads;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -22,6 +25,7 @@ use tokio_postgres::NoTls;
 use super::encoding::{decode, encode_json};
 use super::{ObjectChange, StoreError, StoredNotification, WriteFailure};
 use crate::clock::Clock;
+pub use events::ClusterEvent;
 
 /// How many connections the pool keeps at most.
 const POOL_SIZE: usize = 16;
