@@ -86,7 +86,7 @@ impl CaseScope {
 }
 
 /// Unix micros of a stored server time, as an order key.
-fn order_key(timestamp: &str, fallback: u64) -> u64 {
+pub(super) fn order_key(timestamp: &str, fallback: u64) -> u64 {
     crate::time::parse_timestamp(timestamp).map_or(fallback, |micros| micros.max(0) as u64)
 }
 
@@ -292,7 +292,7 @@ pub struct ListingRange {
 }
 
 impl ListingRange {
-    fn bounds(&self) -> Option<(u64, u64)> {
+    pub(super) fn bounds(&self) -> Option<(u64, u64)> {
         let start = self.start.map_or(0, |at| at.max(0) as u64);
         let end = self.end.map_or(u64::MAX, |at| at.max(0) as u64);
         (start < end).then_some((start, end))

@@ -14,7 +14,7 @@ use super::encoding::{self, decode_case, decode_form, decode_record, encode, enc
 use super::write_tables::WriteTables;
 use super::{AttemptResult, IngestResult, ObjectChange, RecordFilter, StoreError};
 use super::{data_index, retention, state_index, stats};
-use crate::record::{self, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
+use crate::record::{self, Attempt, OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::submission::{self, LaterPost, PlannedRecord, Submission};
 
 /// Stores a new form as `submission::plan` says, or counts a duplicate.
@@ -138,6 +138,26 @@ pub(super) fn commit_attempt(
     now: i64,
 ) -> Result<(RepeatRecord, Verdict), StoreError> {
     let before = read_record(tables, result.seq)?;
+    let now = result.attempt.as_ref().map_or(now, |a| a.at);
+    let (record, verdict, attempt) = settle_attempt(&before, result, now);
+    if let Some(attempt) = attempt {
+        tables
+            .attempts
+            .insert((record.seq, attempt.number), encode(&attempt).as_slice())?;
+    }
+    write_record(tables, Some(&before), &record, now)?;
+    Ok((record, verdict))
+}
+
+/// What an attempt's outcome makes of the record as stored (`before`), on
+/// either backend: the record to write, what happens to it next, and the
+/// attempt to keep (numbered), if a request was made. `now` is when the
+/// outcome is committed; the attempt's own time wins when there is one.
+pub(super) fn settle_attempt(
+    before: &RepeatRecord,
+    result: AttemptResult,
+    now: i64,
+) -> (RepeatRecord, Verdict, Option<Attempt>) {
     let mut record = before.clone();
     let now = result.attempt.as_ref().map_or(now, |a| a.at);
     // Due after the attempt began: an operator resent or requeued it
@@ -179,14 +199,11 @@ pub(super) fn commit_attempt(
         }
         Verdict::Final(record.state)
     };
-    if let Some(mut attempt) = result.attempt {
+    let attempt = result.attempt.map(|mut attempt| {
         attempt.number = record.n_attempts;
-        tables
-            .attempts
-            .insert((record.seq, attempt.number), encode(&attempt).as_slice())?;
-    }
-    write_record(tables, Some(&before), &record, now)?;
-    Ok((record, verdict))
+        attempt
+    });
+    (record, verdict, attempt)
 }
 
 /// Commits the outcomes of many attempts, each as `commit_attempt` does. A

@@ -43,6 +43,10 @@ pub struct PgStore {
     lease: Duration,
     clock: Clock,
     write_failure: Arc<Mutex<Option<WriteFailure>>>,
+    /// The group-commit writer task's queue (`queue::run_writer`).
+    writer: tokio::sync::mpsc::Sender<queue::Job>,
+    /// Cluster events heard on this node's `LISTEN` connection (`events`).
+    events: Arc<tokio::sync::broadcast::Sender<ClusterEvent>>,
     /// The connection that holds this node's session advisory locks
     /// (`hold_lock`), kept for the life of the store.
     lock_client: Arc<tokio::sync::Mutex<Option<LockConnection>>>,
@@ -80,6 +84,17 @@ fn sql_error(what: &str, error: tokio_postgres::Error) -> StoreError {
 
 fn pool_error(url: &str, error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Storage(format!("PostgreSQL {}: {error}", redacted(url)))
+}
+
+/// Keeps `failure` in step with the last write's `result`.
+fn note_write(failure: &Mutex<Option<WriteFailure>>, result: Result<(), &StoreError>) {
+    let mut failure = match failure.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    *failure = result.err().map(|error| WriteFailure {
+        reason: error.to_string(),
+    });
 }
 
 /// Random bits, for the nonce and the node id.
@@ -122,15 +137,30 @@ impl PgStore {
                 .map_err(|e| sql_error("committing the nonce", e))?;
             row.get::<_, i64>(0) as u64
         };
+        let node_id = format!("{:016x}", random_u64()?);
+        let write_failure = Arc::new(Mutex::new(None));
+        let (writer, jobs) = tokio::sync::mpsc::channel(queue::WRITER_QUEUE);
+        tokio::spawn(queue::run_writer(
+            queue::WriterHandle {
+                pool: pool.clone(),
+                url: redacted(url),
+                node_id: node_id.clone(),
+                write_failure: write_failure.clone(),
+            },
+            jobs,
+        ));
+        let events = events::listen(url, redacted(url)).await?;
         Ok(PgStore {
             pool,
             url: redacted(url),
             full_url: url.to_owned(),
             nonce,
-            node_id: format!("{:016x}", random_u64()?),
+            node_id,
             lease,
             clock,
-            write_failure: Arc::new(Mutex::new(None)),
+            write_failure,
+            writer,
+            events,
             lock_client: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
@@ -156,13 +186,7 @@ impl PgStore {
 
     /// Keeps `write_failure` in step with the last write.
     fn note_write(&self, result: Result<(), &StoreError>) {
-        let mut failure = match self.write_failure.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *failure = result.err().map(|error| WriteFailure {
-            reason: error.to_string(),
-        });
+        note_write(&self.write_failure, result);
     }
 
     /// Why the store cannot write now (`None`: it can).
