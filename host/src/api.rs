@@ -85,7 +85,7 @@ pub async fn domain_stats(
     State(app): State<Arc<AppState>>,
     access: DomainAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let stats = app.store.domain_stats(&access.domain)?;
+    let stats = app.store.domain_stats(&access.domain).await?;
     let records: serde_json::Map<String, Value> = stats
         .records
         .iter()
@@ -116,7 +116,7 @@ pub async fn metrics(
             return Err(ApiError::Unauthenticated);
         }
     }
-    let counts = app.store.state_counts()?;
+    let counts = app.store.state_counts().await?;
     let snapshot = app.catalog.snapshot();
     let mut scrape = crate::metrics::Scrape::default();
     for ((_, state), count) in &counts {
@@ -137,6 +137,7 @@ pub async fn metrics(
     scrape.oldest_due_age = app
         .store
         .oldest_due()
+        .await
         .ok()
         .flatten()
         .map(|at| crate::clock::between(at, app.clock.now_micros()));
@@ -147,7 +148,7 @@ pub async fn metrics(
         .filter(|plugin| plugin.kind.is_some())
         .map(|plugin| plugin.name)
         .collect();
-    scrape.lifecycle = lifecycle(&app, &snapshot)?;
+    scrape.lifecycle = lifecycle(&app, &snapshot).await?;
     let text = app.metrics.render(
         &scrape,
         app.plugins.call_metrics(),
@@ -158,17 +159,17 @@ pub async fn metrics(
 
 /// What `/metrics` shows of the data lifecycle: every domain's figures,
 /// retention's progress and the oldest it keeps, the store's health.
-fn lifecycle(
+async fn lifecycle(
     app: &AppState,
     snapshot: &crate::catalog::Snapshot,
 ) -> Result<crate::metrics::Lifecycle, ApiError> {
     let mut domains = Vec::new();
     for name in snapshot.domains.keys() {
-        domains.push((name.clone(), app.store.domain_stats(name)?));
+        domains.push((name.clone(), app.store.domain_stats(name).await?));
     }
     let now = app.clock.now_micros();
     let age = |at: Option<i64>| at.map(|at| crate::clock::between(at, now));
-    let oldest = app.store.oldest_kept()?;
+    let oldest = app.store.oldest_kept().await?;
     let mut oldest_kept: Vec<(&'static str, Option<std::time::Duration>)> = oldest
         .records
         .iter()
@@ -665,7 +666,7 @@ pub async fn list_records(
         }
     };
     let cursor = parse_cursor(query.cursor.as_deref())?;
-    let page = list_matching(&app, &access.domain, &filter, limit, cursor)?;
+    let page = list_matching(&app, &access.domain, &filter, limit, cursor).await?;
     Ok(Json(json!({
         "records": page.records.iter().map(|r| record_json(&app, r)).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
@@ -686,25 +687,31 @@ pub fn parse_cursor(text: Option<&str>) -> Result<Option<u64>, ApiError> {
 /// One page of a domain's records that `filter` matches, newest first (a
 /// filter by state reads only matching records, from the store's state
 /// index).
-pub fn list_matching(
+pub async fn list_matching(
     app: &AppState,
     domain: &str,
     filter: &RecordFilter,
     limit: usize,
     cursor: Option<u64>,
 ) -> Result<RecordPage, ApiError> {
-    Ok(app.store.list_records(domain, filter, limit, cursor)?)
+    Ok(app
+        .store
+        .list_records(domain, filter, limit, cursor)
+        .await?)
 }
 
 /// How many of a domain's records `filter` matches, from the store's
 /// per-repeater state counters (a payload id narrows through its index).
-pub fn count_matching(
+pub async fn count_matching(
     app: &AppState,
     domain: &str,
     filter: &RecordFilter,
 ) -> Result<u64, ApiError> {
     if filter.payload_id.is_some() {
-        let page = app.store.list_records(domain, filter, 100_000, None)?;
+        let page = app
+            .store
+            .list_records(domain, filter, 100_000, None)
+            .await?;
         return Ok(page.records.len() as u64);
     }
     let snapshot = app.catalog.snapshot();
@@ -722,7 +729,7 @@ pub fn count_matching(
         })
         .map(|r| r.id)
         .collect();
-    let counts = app.store.state_counts()?;
+    let counts = app.store.state_counts().await?;
     Ok(counts
         .iter()
         .filter(|((id, state), _)| {
@@ -733,10 +740,10 @@ pub fn count_matching(
 }
 
 /// A domain's record by its public id (404 for another domain's).
-pub fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, ApiError> {
+pub async fn find_record(app: &AppState, domain: &str, id: &str) -> Result<RepeatRecord, ApiError> {
     let missing = || ApiError::NotFound(format!("no record \"{id}\" in domain \"{domain}\""));
     let seq = app.store.parse_record_id(id).ok_or_else(missing)?;
-    match app.store.record(seq)? {
+    match app.store.record(seq).await? {
         Some(record) if record.domain == domain => Ok(record),
         _ => Err(missing()),
     }
@@ -747,8 +754,8 @@ pub async fn get_record(
     access: DomainAccess,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = find_record(&app, &access.domain, &id)?;
-    let attempts = app.store.attempts(record.seq)?;
+    let record = find_record(&app, &access.domain, &id).await?;
+    let attempts = app.store.attempts(record.seq).await?;
     let mut value = record_json(&app, &record);
     value["attempts"] = attempts
         .iter()
@@ -784,7 +791,7 @@ pub async fn act_on_record(
     id: &str,
     action: OperatorAction,
 ) -> Result<RepeatRecord, ApiError> {
-    let record = find_record(app, domain, id)?;
+    let record = find_record(app, domain, id).await?;
     let record = app.store.operator_action(record.seq, action).await?;
     if let Some(at) = record.next_attempt_at {
         app.scheduler
@@ -856,7 +863,7 @@ pub async fn get_form(
     Path((_, form_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let domain = &access.domain;
-    match app.store.form(domain, &form_id)? {
+    match app.store.form(domain, &form_id).await? {
         Some(form) => Ok(Json(form).into_response()),
         None => Err(ApiError::NotFound(format!(
             "no form \"{form_id}\" in domain \"{domain}\""
@@ -870,7 +877,7 @@ pub async fn get_case(
     Path((_, case_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let domain = &access.domain;
-    match app.store.case(domain, &case_id)? {
+    match app.store.case(domain, &case_id).await? {
         Some(case) => Ok(Json(case_json(&case))),
         None => Err(ApiError::NotFound(format!(
             "no case \"{case_id}\" in domain \"{domain}\""

@@ -20,7 +20,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, SubmitterConfig};
 use crate::connection::ConnectionSpec;
 use crate::repeater::RepeaterSpec;
 use crate::secrets::{self, SecretKey};
@@ -188,10 +188,10 @@ fn password_matches(password: &str, hash: &str) -> bool {
 
 impl Catalog {
     /// Reads every object from the store.
-    pub fn load(store: Store, key: Arc<SecretKey>) -> Result<Catalog, CatalogError> {
+    pub async fn load(store: Store, key: Arc<SecretKey>) -> Result<Catalog, CatalogError> {
         let mut verify_salt = [0u8; 16];
         getrandom::fill(&mut verify_salt).expect("the operating system's randomness");
-        let snapshot = Arc::new(Self::read_snapshot(&store, &key)?);
+        let snapshot = Arc::new(Self::read_snapshot(&store, &key).await?);
         let (changes, _) = tokio::sync::watch::channel(snapshot.clone());
         Ok(Catalog {
             store,
@@ -206,9 +206,9 @@ impl Catalog {
         })
     }
 
-    fn read_snapshot(store: &Store, key: &SecretKey) -> Result<Snapshot, CatalogError> {
+    async fn read_snapshot(store: &Store, key: &SecretKey) -> Result<Snapshot, CatalogError> {
         let mut domains: BTreeMap<String, DomainObjects> = BTreeMap::new();
-        for (domain, _, _) in store.objects(DOMAIN)? {
+        for (domain, _, _) in store.objects(DOMAIN).await? {
             domains.insert(
                 domain.clone(),
                 DomainObjects {
@@ -229,7 +229,7 @@ impl Catalog {
                 )
             })
         }
-        for (domain, username, bytes) in store.objects(SUBMITTER)? {
+        for (domain, username, bytes) in store.objects(SUBMITTER).await? {
             let what = format!("submitter {domain}/{username}");
             let stored: StoredSubmitter =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
@@ -237,7 +237,7 @@ impl Catalog {
                 .submitters
                 .insert(username, stored.password_hash);
         }
-        for (domain, digest_hex, _) in store.objects(TOKEN)? {
+        for (domain, digest_hex, _) in store.objects(TOKEN).await? {
             let what = format!("token of {domain}");
             let digest =
                 decode_hex32(&digest_hex).ok_or_else(|| corrupt(what.clone(), "bad digest"))?;
@@ -245,7 +245,7 @@ impl Catalog {
                 .token_digests
                 .push(digest);
         }
-        for (domain, name, bytes) in store.objects(CONNECTION)? {
+        for (domain, name, bytes) in store.objects(CONNECTION).await? {
             let what = format!("connection {domain}/{name}");
             let plain = key.open(&bytes)?;
             let stored: StoredConnection =
@@ -254,7 +254,7 @@ impl Catalog {
                 .connections
                 .insert(name, Arc::new(stored));
         }
-        for (domain, name, bytes) in store.objects(REPEATER)? {
+        for (domain, name, bytes) in store.objects(REPEATER).await? {
             let what = format!("repeater {domain}/{name}");
             let stored: StoredRepeater =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(what.clone(), e))?;
@@ -287,8 +287,8 @@ impl Catalog {
         self.changes.subscribe()
     }
 
-    fn reload(&self) -> Result<(), CatalogError> {
-        let snapshot = Arc::new(Self::read_snapshot(&self.store, &self.key)?);
+    async fn reload(&self) -> Result<(), CatalogError> {
+        let snapshot = Arc::new(Self::read_snapshot(&self.store, &self.key).await?);
         *self.current.write().expect("catalog lock") = snapshot.clone();
         self.verified
             .lock()
@@ -300,7 +300,7 @@ impl Catalog {
 
     /// Creates or updates everything the config file declares. Objects made
     /// through the API and not named in the file are left as they are.
-    pub fn apply_config(&self, config: &Config) -> Result<(), CatalogError> {
+    pub async fn apply_config(&self, config: &Config) -> Result<(), CatalogError> {
         let before = self.snapshot();
         let mut changes = Vec::new();
         for domain in &config.domains {
@@ -313,23 +313,15 @@ impl Catalog {
                 });
             }
         }
-        for submitter in &config.submitters {
-            let existing = before
-                .domain(&submitter.domain)
-                .and_then(|d| d.submitters.get(&submitter.username));
-            if existing.is_some_and(|hash| password_matches(submitter.password.expose(), hash)) {
-                continue;
-            }
-            let stored = StoredSubmitter {
-                password_hash: hash_password(submitter.password.expose()),
-            };
-            changes.push(ObjectChange {
-                kind: SUBMITTER,
-                domain: submitter.domain.clone(),
-                name: submitter.username.clone(),
-                value: Some(serde_json::to_vec(&stored).expect("serializes")),
-            });
-        }
+        // argon2 (checking and hashing each password) is slow: off the runtime.
+        let submitters = {
+            let before = before.clone();
+            let submitters = config.submitters.clone();
+            tokio::task::spawn_blocking(move || submitter_changes(&before, &submitters))
+                .await
+                .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
+        };
+        changes.extend(submitters);
         for token in &config.api_tokens {
             let digest = secrets::token_digest(token.token.expose());
             changes.push(ObjectChange {
@@ -361,7 +353,7 @@ impl Catalog {
                 .map(|r| r.id);
             let id = match existing {
                 Some(id) => id,
-                None => self.store.allocate_repeater_id_blocking()?,
+                None => self.store.allocate_repeater_id().await?,
             };
             let stored = StoredRepeater {
                 id,
@@ -374,8 +366,8 @@ impl Catalog {
                 value: Some(serde_json::to_vec(&stored).expect("serializes")),
             });
         }
-        self.store.put_objects_blocking(changes)?;
-        self.reload()
+        self.store.put_objects(changes).await?;
+        self.reload().await
     }
 
     fn verification_key(&self, domain: &str, username: &str, password: &str) -> [u8; 32] {
@@ -524,7 +516,7 @@ impl Catalog {
             .seal(&serde_json::to_vec(&stored).expect("serializes"));
         self.put_object(CONNECTION, domain, &stored.spec.name, Some(sealed))
             .await?;
-        self.reload()
+        self.reload().await
     }
 
     pub async fn delete_connection(&self, domain: &str, name: &str) -> Result<(), CatalogError> {
@@ -552,7 +544,7 @@ impl Catalog {
             )));
         }
         self.put_object(CONNECTION, domain, name, None).await?;
-        self.reload()
+        self.reload().await
     }
 
     /// Creates or replaces a repeater; returns its id.
@@ -583,7 +575,7 @@ impl Catalog {
         let value = serde_json::to_vec(&stored).expect("serializes");
         self.put_object(REPEATER, domain, &stored.spec.name, Some(value))
             .await?;
-        self.reload()?;
+        self.reload().await?;
         Ok(id)
     }
 
@@ -597,7 +589,7 @@ impl Catalog {
         };
         let id = repeater.id;
         self.put_object(REPEATER, domain, name, None).await?;
-        self.reload()?;
+        self.reload().await?;
         Ok(id)
     }
 
@@ -621,6 +613,30 @@ impl Catalog {
         };
         self.put_repeater(domain, spec, true).await.map(|_| ())
     }
+}
+
+/// The changes that store `submitters` as the file declares them: those
+/// whose password the stored hash does not match, hashed anew.
+fn submitter_changes(before: &Snapshot, submitters: &[SubmitterConfig]) -> Vec<ObjectChange> {
+    let mut changes = Vec::new();
+    for submitter in submitters {
+        let existing = before
+            .domain(&submitter.domain)
+            .and_then(|d| d.submitters.get(&submitter.username));
+        if existing.is_some_and(|hash| password_matches(submitter.password.expose(), hash)) {
+            continue;
+        }
+        let stored = StoredSubmitter {
+            password_hash: hash_password(submitter.password.expose()),
+        };
+        changes.push(ObjectChange {
+            kind: SUBMITTER,
+            domain: submitter.domain.clone(),
+            name: submitter.username.clone(),
+            value: Some(serde_json::to_vec(&stored).expect("serializes")),
+        });
+    }
+    changes
 }
 
 /// Submitters' passwords verified against their argon2 hash, per (domain,
@@ -771,7 +787,7 @@ format = "form-xml"
         crate::config::parse(&text, "repeatd.toml").expect("the test config is valid")
     }
 
-    fn fixture(password: &str) -> Fixture {
+    async fn fixture(password: &str) -> Fixture {
         let dir = std::env::temp_dir().join(format!(
             "repeatd-catalog-{}-{}",
             std::process::id(),
@@ -779,16 +795,18 @@ format = "form-xml"
         ));
         let store = Store::open(&dir).expect("the store opens");
         let catalog = Catalog::load(store, Arc::new(SecretKey::from_bytes(&[3; 32])))
+            .await
             .expect("the catalog loads");
         catalog
             .apply_config(&config(password))
+            .await
             .expect("the config applies");
         Fixture { catalog, dir }
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn verified_credentials_survive_a_change_that_does_not_touch_them() {
-        let fixture = fixture("pw");
+        let fixture = fixture("pw").await;
         let catalog = &fixture.catalog;
         assert!(!catalog.submitter_known_good("demo", "danny", "pw"));
         assert!(catalog.verify_submitter("demo", "danny", "pw"));
@@ -797,7 +815,7 @@ format = "form-xml"
 
         catalog.set_paused("demo", "forms", true).await.unwrap();
         catalog.set_paused("demo", "forms", false).await.unwrap();
-        catalog.apply_config(&config("pw")).unwrap();
+        catalog.apply_config(&config("pw")).await.unwrap();
 
         assert!(
             catalog.submitter_known_good("demo", "danny", "pw"),
@@ -816,12 +834,12 @@ format = "form-xml"
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_changed_password_drops_the_verified_credential() {
-        let fixture = fixture("old-pw");
+        let fixture = fixture("old-pw").await;
         let catalog = &fixture.catalog;
         assert!(catalog.verify_submitter("demo", "danny", "old-pw"));
         assert!(catalog.submitter_known_good("demo", "danny", "old-pw"));
 
-        catalog.apply_config(&config("new-pw")).unwrap();
+        catalog.apply_config(&config("new-pw")).await.unwrap();
 
         assert!(
             !catalog.submitter_known_good("demo", "danny", "old-pw"),
@@ -838,7 +856,7 @@ format = "form-xml"
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_removed_submitter_drops_the_verified_credential() {
-        let fixture = fixture("pw");
+        let fixture = fixture("pw").await;
         let catalog = &fixture.catalog;
         assert!(catalog.verify_submitter("demo", "danny", "pw"));
 
@@ -846,7 +864,7 @@ format = "form-xml"
             .put_object(SUBMITTER, "demo", "danny", None)
             .await
             .unwrap();
-        catalog.reload().unwrap();
+        catalog.reload().await.unwrap();
 
         assert!(!catalog.submitter_known_good("demo", "danny", "pw"));
         assert!(!catalog.verify_submitter("demo", "danny", "pw"));
@@ -856,9 +874,9 @@ format = "form-xml"
         );
     }
 
-    #[test]
-    fn concurrent_first_checks_of_one_credential_run_argon2_once() {
-        let fixture = fixture("pw");
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_first_checks_of_one_credential_run_argon2_once() {
+        let fixture = fixture("pw").await;
         let catalog = &fixture.catalog;
         std::thread::scope(|scope| {
             for _ in 0..4 {

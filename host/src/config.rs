@@ -21,6 +21,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -83,6 +84,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(deserialize_with = "field::table")]
     pub retention: RetentionConfig,
+    #[serde(deserialize_with = "field::table")]
+    pub store: StoreConfig,
     #[serde(deserialize_with = "field::tables")]
     pub domains: Vec<DomainConfig>,
     #[serde(deserialize_with = "field::tables")]
@@ -108,6 +111,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            store: StoreConfig::default(),
             domains: Vec::new(),
             api_tokens: Vec::new(),
             submitters: Vec::new(),
@@ -147,6 +151,142 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 10_000_000,
+        }
+    }
+}
+
+/// `[store]`: where the gateway keeps everything (SPEC sections 3 and 12).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(deserialize_with = "store_backend")]
+    pub backend: StoreBackend,
+    /// The PostgreSQL database (`postgres://user:password@host/db`); after
+    /// parsing, also what `url_env` named.
+    pub url: Option<Secret>,
+    /// The environment variable that holds `url`.
+    pub url_env: Option<String>,
+    /// PostgreSQL: how long a node holds a record it claimed to send; a node
+    /// that dies leaves its records to the others after this long.
+    #[serde(with = "units::duration")]
+    pub lease: Duration,
+}
+
+/// Which store `[store] backend` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// One file in `data_dir` (the default).
+    #[default]
+    Redb,
+    /// A PostgreSQL database several nodes may share.
+    Postgres,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Redb => "redb",
+            StoreBackend::Postgres => "postgres",
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Redb,
+            url: None,
+            url_env: None,
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+fn store_backend<'de, D: Deserializer<'de>>(deserializer: D) -> Result<StoreBackend, D::Error> {
+    units::deserialize_text(
+        deserializer,
+        "\"redb\" or \"postgres\"",
+        |text| match text {
+            "redb" => Ok(StoreBackend::Redb),
+            "postgres" => Ok(StoreBackend::Postgres),
+            _ => Err(format!(
+                "unknown backend \"{text}\"; expected redb or postgres"
+            )),
+        },
+    )
+}
+
+impl StoreConfig {
+    /// Reads the URL that `url_env` names into `url`. It is not one of the
+    /// secrets every table may name by variable (`<key>_env`), so it is
+    /// read here, from the same environment.
+    fn read_url_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), FieldError> {
+        let Some(variable) = &self.url_env else {
+            return Ok(());
+        };
+        let field = "store.url_env";
+        if self.url.is_some() {
+            return Err(FieldError::new(
+                field,
+                "give either \"url\" or \"url_env\", not both",
+            ));
+        }
+        if variable.is_empty() {
+            return Err(FieldError::new(field, "must name an environment variable"));
+        }
+        match env(variable) {
+            Some(url) if !url.is_empty() => {
+                self.url = Some(Secret::new(url));
+                Ok(())
+            }
+            Some(_) => Err(FieldError::new(
+                field,
+                format!("environment variable \"{variable}\" is empty"),
+            )),
+            None => Err(FieldError::new(
+                field,
+                format!("environment variable \"{variable}\" is not set"),
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.lease.is_zero() {
+            return Err(FieldError::new("store.lease", "must be longer than zero"));
+        }
+        match (self.backend, &self.url) {
+            (StoreBackend::Redb, Some(_)) => {
+                let key = if self.url_env.is_some() {
+                    "url_env"
+                } else {
+                    "url"
+                };
+                Err(FieldError::new(
+                    format!("store.{key}"),
+                    "is for backend = \"postgres\"; the backend is \"redb\" (the default)",
+                ))
+            }
+            (StoreBackend::Redb, None) => Ok(()),
+            (StoreBackend::Postgres, None) => Err(FieldError::new(
+                "store",
+                "backend \"postgres\" needs \"url\" or \"url_env\"",
+            )),
+            (StoreBackend::Postgres, Some(url)) => {
+                let url = url.expose();
+                if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    Ok(())
+                } else {
+                    let key = if self.url_env.is_some() {
+                        "url_env"
+                    } else {
+                        "url"
+                    };
+                    Err(FieldError::new(
+                        format!("store.{key}"),
+                        "expected a URL like \"postgres://user:password@host/database\"",
+                    ))
+                }
+            }
         }
     }
 }
@@ -413,8 +553,10 @@ pub fn parse_with_env(
     })?;
     resolve_env_references(document.get_mut(), "", env).map_err(invalid)?;
     let positions = document.get_ref().clone();
-    let config: Config = serde_path_to_error::deserialize(toml::de::Deserializer::from(document))
-        .map_err(|error| {
+    let mut config: Config = serde_path_to_error::deserialize(toml::de::Deserializer::from(
+        document,
+    ))
+    .map_err(|error| {
         let mut field_error =
             field::from_serde(error.path(), error.inner().message(), Origin::File);
         // serde sees a TOML datetime as a table of one private key.
@@ -440,12 +582,14 @@ pub fn parse_with_env(
             span,
         })
     })?;
-    config.validate().map_err(|error| {
+    let located = |error: FieldError| {
         invalid(Located {
             span: locate(&positions, &error.field).map(Spanned::span),
             error,
         })
-    })?;
+    };
+    config.store.read_url_env(env).map_err(located)?;
+    config.validate().map_err(located)?;
     Ok(config)
 }
 
@@ -618,6 +762,7 @@ impl Config {
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|error| error.within("tls"))?;
         }
+        self.store.validate()?;
         self.plugins
             .validate()
             .map_err(|error| error.within("plugins"))?;

@@ -511,12 +511,10 @@ impl Notifier {
         };
         let counts = Arc::new(EmailCounts::default());
         let mailer = Mailer::new(smtp, counts.clone())?;
-        let stored = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.notifications::<Digest>())
-                .await
-                .context("reading pending error e-mails")??
-        };
+        let stored = store
+            .notifications::<Digest>()
+            .await
+            .context("reading pending error e-mails")?;
         let snapshot = catalog.snapshot();
         let mut entries = HashMap::new();
         let mut dirty = HashSet::new();

@@ -17,8 +17,9 @@
 //!   part that needs time (tests move it with `tokio::time::advance`).
 //! - [`submission`]: what a new form changes (cases, records to register),
 //!   planned without I/O.
-//! - [`store`]: the redb file; the only module that knows redb. It persists
-//!   plans and outcomes through named operations.
+//! - [`store`]: the redb file or the PostgreSQL database (`[store]`), behind
+//!   one `Store`; the only module that knows either. It persists plans and
+//!   outcomes through named operations.
 //! - [`retention`]: how long final records and forms are kept (decided
 //!   without I/O) and the task that has the store delete what is due.
 //! - [`catalog`], [`secrets`]: configured objects and their secrets.
@@ -222,10 +223,7 @@ pub async fn start_with_clock(
     tracing::debug!(?config, "configuration");
     let config = Arc::new(config);
     let (token, token_source) = admin_token(&config)?;
-    let store_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await??
-        .with_clock(clock);
+    let store = open_store(&config, clock).await?;
     let key = Arc::new(secrets::SecretKey::load_or_create(&config.data_dir)?);
     let limits = config.plugins;
     let cache_dir = config.data_dir.join("plugin-cache");
@@ -250,17 +248,8 @@ pub async fn start_with_clock(
             );
         }
     }
-    let catalog = {
-        let store = store.clone();
-        let key = key.clone();
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Catalog> {
-            let catalog = Catalog::load(store, key)?;
-            catalog.apply_config(&config)?;
-            Ok(catalog)
-        })
-        .await??
-    };
+    let catalog = Catalog::load(store.clone(), key.clone()).await?;
+    catalog.apply_config(&config).await?;
     let catalog = Arc::new(catalog);
     for domain in catalog.snapshot().domains.values() {
         for stored in domain.connections.values() {
@@ -299,6 +288,28 @@ pub async fn start_with_clock(
         clock,
     });
     Ok((state, token_source))
+}
+
+/// Opens the store `[store]` names: the redb file of `data_dir`, or the
+/// PostgreSQL database at `url` (its schema migrated).
+async fn open_store(config: &Config, clock: Clock) -> anyhow::Result<Store> {
+    let store = &config.store;
+    match (store.backend, &store.url) {
+        (config::StoreBackend::Postgres, Some(url)) => {
+            let connected = Store::connect_postgres(url.expose(), store.lease, clock).await?;
+            tracing::info!(lease = ?store.lease, "the store is PostgreSQL, shared by every node");
+            Ok(connected)
+        }
+        // `Config::validate` refuses postgres without a URL.
+        (config::StoreBackend::Postgres, None) => {
+            anyhow::bail!("store: backend \"postgres\" needs \"url\" or \"url_env\"")
+        }
+        (config::StoreBackend::Redb, _) => {
+            let data_dir = config.data_dir.clone();
+            let opened = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+            Ok(opened.with_clock(clock))
+        }
+    }
 }
 
 /// Serves HTTP (HTTPS with `[tls]`) until `shutdown`, then drains the scheduler.

@@ -252,7 +252,7 @@ async fn pass(
 ) -> Result<(), StoreError> {
     let cutoffs = Cutoffs::at(config, clock.now_micros());
     // A read first, so that a pass with nothing due writes nothing.
-    let oldest = store.oldest_kept()?;
+    let oldest = store.oldest_kept().await?;
     for &(state, cutoff) in &cutoffs.records {
         let oldest_since = oldest
             .records
@@ -276,7 +276,7 @@ async fn pass(
         .forms
         .filter(|cutoff| oldest.form.is_some_and(|at| at <= *cutoff))
     {
-        for domain in store.form_domains()? {
+        for domain in store.form_domains().await? {
             let mut start = form_starts.get(&domain).copied().unwrap_or(0);
             loop {
                 let retained = store.retain_forms(&domain, cutoff, start, BATCH).await?;

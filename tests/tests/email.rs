@@ -399,6 +399,7 @@ async fn last_email_at(gateway: &Gateway) -> i64 {
             .state
             .store
             .notifications::<repeatd::email::Digest>()
+            .await
             .expect("reading the stored digests");
         stored.into_iter().find_map(|(domain, connection, digest)| {
             let digest = digest.ok()?;

@@ -229,6 +229,7 @@ fn the_example_file_parses_and_documents_every_key() {
         keys_of::<IngestConfig>(),
         keys_of::<MetricsConfig>(),
         keys_of::<crate::retention::RetentionConfig>(),
+        keys_of::<StoreConfig>(),
         keys_of::<ApiTokenConfig>(),
         keys_of::<SubmitterConfig>(),
         keys_of::<ConnectionSpec>(),
@@ -244,6 +245,7 @@ fn the_example_file_parses_and_documents_every_key() {
             "ingest",
             "metrics",
             "retention",
+            "store",
             "domains",
             "api_tokens",
             "submitters",
@@ -1922,5 +1924,89 @@ fn a_table_cannot_be_given_as_an_array() {
         .unwrap_err()
         .to_string(),
         "retry: expected an object, found an array"
+    );
+}
+
+// --- [store] ---
+
+#[test]
+fn the_store_is_redb_unless_the_file_says_postgres() {
+    let config = parse_ok("");
+    assert_eq!(config.store.backend, StoreBackend::Redb);
+    assert_eq!(config.store.url, None);
+    assert_eq!(config.store.lease, Duration::from_secs(30));
+
+    let config = parse_ok(
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://repeatd:pw@127.0.0.1/repeatd\"\nlease = \"1m\"",
+    );
+    assert_eq!(config.store.backend, StoreBackend::Postgres);
+    assert_eq!(
+        config.store.url.as_ref().map(Secret::expose),
+        Some("postgres://repeatd:pw@127.0.0.1/repeatd")
+    );
+    assert_eq!(config.store.lease, Duration::from_secs(60));
+    assert!(
+        !format!("{config:?}").contains(":pw@"),
+        "the URL's password never shows in the Debug output"
+    );
+}
+
+#[test]
+fn the_store_url_may_come_from_the_environment() {
+    let text = "[store]\nbackend = \"postgres\"\nurl_env = \"REPEATD_PG\"";
+    let env = env_with(&[("REPEATD_PG", "postgres://repeatd@db/repeatd")]);
+    let config = parse_with_env(text, SOURCE, &env).unwrap();
+    assert_eq!(
+        config.store.url.as_ref().map(Secret::expose),
+        Some("postgres://repeatd@db/repeatd")
+    );
+    assert_eq!(config.store.url_env.as_deref(), Some("REPEATD_PG"));
+    assert_eq!(
+        error_of(text),
+        "repeatd.toml:3:11: store.url_env: environment variable \"REPEATD_PG\" is not set"
+    );
+    let empty = env_with(&[("REPEATD_PG", "")]);
+    assert_eq!(
+        parse_with_env(text, SOURCE, &empty)
+            .unwrap_err()
+            .to_string(),
+        "repeatd.toml:3:11: store.url_env: environment variable \"REPEATD_PG\" is empty"
+    );
+    assert_eq!(
+        error_of(&format!("{text}\nurl = \"postgres://db/repeatd\"")),
+        "repeatd.toml:3:11: store.url_env: give either \"url\" or \"url_env\", not both"
+    );
+}
+
+#[test]
+fn store_mistakes_are_named() {
+    assert_eq!(
+        error_of("[store]\nbackend = \"mysql\""),
+        "repeatd.toml:2:11: store.backend: unknown backend \"mysql\"; expected redb or postgres"
+    );
+    assert_eq!(
+        error_of("[store]\nbackend = \"postgres\""),
+        "repeatd.toml:1:1: store: backend \"postgres\" needs \"url\" or \"url_env\""
+    );
+    assert_eq!(
+        error_of("[store]\nurl = \"postgres://db/repeatd\""),
+        "repeatd.toml:2:7: store.url: is for backend = \"postgres\"; the backend is \"redb\" (the default)"
+    );
+    assert_eq!(
+        error_of("[store]\nbackend = \"postgres\"\nurl = \"mysql://db/repeatd\""),
+        "repeatd.toml:3:7: store.url: expected a URL like \"postgres://user:password@host/database\""
+    );
+    assert_eq!(
+        error_of("[store]\nlease = \"0s\""),
+        "repeatd.toml:2:9: store.lease: must be longer than zero"
+    );
+    assert_eq!(
+        error_of("[store]\nlease = 30"),
+        "repeatd.toml:2:9: store.lease: expected a duration string like \"90s\", found integer `30`"
+    );
+    assert!(
+        error_of("[store]\nbakend = \"redb\"").contains("did you mean \"backend\"?"),
+        "{}",
+        error_of("[store]\nbakend = \"redb\"")
     );
 }

@@ -78,7 +78,12 @@ pub async fn forwarding(
     Path(domain): Path<String>,
 ) -> Result<Response, ConsoleError> {
     let (visit, access) = console.domain_visit(&headers, &domain)?;
-    let counts = console.app.store.state_counts().map_err(ApiError::from)?;
+    let counts = console
+        .app
+        .store
+        .state_counts()
+        .await
+        .map_err(ApiError::from)?;
     let snapshot = console.app.catalog.snapshot();
     let repeaters: Vec<&RepeaterRef> = snapshot
         .domain(&access.domain)

@@ -52,8 +52,8 @@ struct Series {
 }
 
 /// Per domain, the queued records now.
-fn queued_now(app: &AppState) -> Result<BTreeMap<String, u64>, ApiError> {
-    let counts = app.store.state_counts()?;
+async fn queued_now(app: &AppState) -> Result<BTreeMap<String, u64>, ApiError> {
+    let counts = app.store.state_counts().await?;
     let snapshot = app.catalog.snapshot();
     let domain_of: BTreeMap<u64, &str> = snapshot
         .repeaters()
@@ -73,9 +73,9 @@ fn queued_now(app: &AppState) -> Result<BTreeMap<String, u64>, ApiError> {
 
 impl History {
     /// Closes a minute: what happened since the last sample, and the queue.
-    fn sample(&self, app: &AppState) -> Result<(), ApiError> {
+    async fn sample(&self, app: &AppState) -> Result<(), ApiError> {
         let totals = app.metrics.attempt_totals();
-        let queued = queued_now(app)?;
+        let queued = queued_now(app).await?;
         let mut series = self.inner.lock().expect("history lock");
         let domains: Vec<String> = queued.keys().chain(totals.keys()).cloned().collect();
         for domain in domains {
@@ -97,14 +97,18 @@ impl History {
     }
 
     /// The domain's closed minutes and the one under way, oldest first.
-    fn last_hour(&self, app: &AppState, domain: &str) -> Result<Vec<Minute>, ApiError> {
+    async fn last_hour(&self, app: &AppState, domain: &str) -> Result<Vec<Minute>, ApiError> {
         let now = app
             .metrics
             .attempt_totals()
             .get(domain)
             .copied()
             .unwrap_or_default();
-        let queued = queued_now(app)?.get(domain).copied().unwrap_or_default();
+        let queued = queued_now(app)
+            .await?
+            .get(domain)
+            .copied()
+            .unwrap_or_default();
         let series = self.inner.lock().expect("history lock");
         let then = series.totals_then.get(domain).copied().unwrap_or_default();
         let mut minutes: Vec<Minute> = series
@@ -133,7 +137,7 @@ pub fn start_sampling(console: Weak<Console>) {
             let Some(console) = console.upgrade() else {
                 return;
             };
-            if let Err(error) = console.history.sample(&console.app) {
+            if let Err(error) = console.history.sample(&console.app).await {
                 tracing::warn!(?error, "console history sample failed");
             }
         }
@@ -146,7 +150,11 @@ pub async fn overview(
     Path(domain): Path<String>,
 ) -> Result<Response, ConsoleError> {
     let (visit, access) = console.domain_visit(&headers, &domain)?;
-    let minutes = console.history.last_hour(&console.app, &access.domain)?;
+    let minutes = console
+        .history
+        .last_hour(&console.app, &access.domain)
+        .await?;
+    let kept = kept(&console.app, &access.domain).await?;
     let total = |pick: fn(&Minute) -> u64| minutes.iter().map(pick).sum::<u64>();
     let queued_now = minutes.last().map(|m| m.queued).unwrap_or(0);
     let page = console.page(&visit, Some(&access.domain), "Overview");
@@ -157,15 +165,15 @@ pub async fn overview(
             (chart("Failures", "failures", total(|m| m.failures), &minutes, |m| m.failures))
             (chart("Queue depth", "queued", queued_now, &minutes, |m| m.queued))
         }
-        (kept(&console.app, &access.domain)?)
+        (kept)
     };
     Ok(page.render(content))
 }
 
 /// What the project space keeps and what retention has deleted (the
 /// figures of its stats endpoint), and a warning while the store cannot write.
-fn kept(app: &AppState, domain: &str) -> Result<Markup, ApiError> {
-    let stats = app.store.domain_stats(domain)?;
+async fn kept(app: &AppState, domain: &str) -> Result<Markup, ApiError> {
+    let stats = app.store.domain_stats(domain).await?;
     let records: u64 = stats.records.values().sum();
     let progress = &app.retention.progress;
     let records_deleted: u64 = progress.records_deleted().iter().map(|(_, n)| n).sum();

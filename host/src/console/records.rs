@@ -144,7 +144,7 @@ pub async fn list(
     let filter = query.filter()?;
     let cursor = api::parse_cursor(Some(&query.cursor))?;
     let page_of_records =
-        api::list_matching(&console.app, &access.domain, &filter, PAGE_SIZE, cursor)?;
+        api::list_matching(&console.app, &access.domain, &filter, PAGE_SIZE, cursor).await?;
     let snapshot = console.app.catalog.snapshot();
     let repeater_names: Vec<String> = snapshot
         .domain(&access.domain)
@@ -335,7 +335,7 @@ pub async fn confirm_bulk(
     let (visit, access) = console.domain_visit(&headers, &domain)?;
     let action = parse_action(&query.action)?;
     let filter = query.filter()?;
-    let count = api::count_matching(&console.app, &access.domain, &filter)?;
+    let count = api::count_matching(&console.app, &access.domain, &filter).await?;
     let page = console.page(&visit, Some(&access.domain), "Confirm");
     let back = format!("{}?{}", page.link("records"), query.query());
     let content = html! {
@@ -383,11 +383,12 @@ pub async fn record(
     Path((domain, id)): DomainAnd,
 ) -> Result<Response, ConsoleError> {
     let (visit, access) = console.domain_visit(&headers, &domain)?;
-    let record = api::find_record(&console.app, &access.domain, &id)?;
+    let record = api::find_record(&console.app, &access.domain, &id).await?;
     let attempts = console
         .app
         .store
         .attempts(record.seq)
+        .await
         .map_err(crate::endpoint::ApiError::from)?;
     let preview = preview(&console, &id, &record).await;
     let title = format!("Record {id}");
@@ -448,7 +449,7 @@ async fn preview(console: &Console, id: &str, record: &RepeatRecord) -> Markup {
     let (Some(repeater), Some(connection)) = (repeater, connection) else {
         return html! { p.empty { "The repeater or its connection no longer exists: nothing would be sent." } };
     };
-    let source = match app.store.load_for_send(record.seq) {
+    let source = match app.store.load_for_send(record.seq).await {
         Ok(Some((_, source))) => source,
         Ok(None) => return html! { p.empty { "The record is gone." } },
         Err(error) => return html! { p.error-text { (error.to_string()) } },

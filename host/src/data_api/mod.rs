@@ -82,13 +82,20 @@ fn access(
 }
 
 /// Runs a listing off the async runtime (it reads and converts up to a
-/// thousand objects).
+/// thousand objects); `work` drives the store's futures to completion on its
+/// blocking-pool thread with [`block_on`].
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| ApiError::Internal(format!("a Data API listing failed: {error}")))?
+}
+
+/// Drives a store future on the blocking-pool thread of [`blocking`] (a
+/// runtime thread must never block on one).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(future)
 }
 
 /// tastypie's list envelope; `next`/`previous` repeat the query with another
@@ -161,7 +168,7 @@ async fn list_forms(
     let query = FormQuery::parse(&params)?;
     let store = app.store.clone();
     let body = blocking(move || {
-        let (listed, total_count) = form_page(&store, &domain, &query)?;
+        let (listed, total_count) = block_on(form_page(&store, &domain, &query))?;
         let context = |indexed_on| ObjectContext {
             indexed_on,
             api_version: &version,
@@ -182,13 +189,13 @@ async fn list_forms(
 type FormRow = (StoredForm, Vec<u8>, i64);
 
 /// The forms of one page and how many match.
-fn form_page(
+async fn form_page(
     store: &Store,
     domain: &str,
     query: &FormQuery,
 ) -> Result<(Vec<FormRow>, u64), ApiError> {
     if let Some(case_id) = &query.case_id {
-        return forms_of_case(store, domain, case_id, query);
+        return forms_of_case(store, domain, case_id, query).await;
     }
     let (scope, range) = match query.order {
         FormOrder::ReceivedOn => (FormScope::ByReceivedOn, query.received_on.clone()),
@@ -216,13 +223,15 @@ fn form_page(
     };
     let keep: Keep<'_, StoredForm> =
         needs_check.then_some(&check as &(dyn Fn(&StoredForm, i64) -> bool + Sync));
-    let listed = store.list_forms(
-        domain,
-        &scope,
-        &range,
-        (query.page.offset, query.page.limit),
-        keep,
-    )?;
+    let listed = store
+        .list_forms(
+            domain,
+            &scope,
+            &range,
+            (query.page.offset, query.page.limit),
+            keep,
+        )
+        .await?;
     let rows = listed
         .objects
         .into_iter()
@@ -232,21 +241,21 @@ fn form_page(
 }
 
 /// The forms of one case that match, in the requested order.
-fn forms_of_case(
+async fn forms_of_case(
     store: &Store,
     domain: &str,
     case_id: &str,
     query: &FormQuery,
 ) -> Result<(Vec<FormRow>, u64), ApiError> {
-    let Some(case) = store.case(domain, case_id)? else {
+    let Some(case) = store.case(domain, case_id).await? else {
         return Ok((Vec::new(), 0));
     };
     let mut rows = Vec::new();
     for form_id in &case.xform_ids {
         let (Some(form), Some(xml), Some(indexed_on)) = (
-            store.form(domain, form_id)?,
-            store.form_xml(domain, form_id)?,
-            store.form_indexed_on(domain, form_id)?,
+            store.form(domain, form_id).await?,
+            store.form_xml(domain, form_id).await?,
+            store.form_indexed_on(domain, form_id).await?,
         ) else {
             continue;
         };
@@ -280,9 +289,9 @@ async fn get_form(
     access(&app, &headers, &domain, &version)?;
     let store = &app.store;
     let (Some(form), Some(xml), Some(indexed_on)) = (
-        store.form(&domain, &form_id)?,
-        store.form_xml(&domain, &form_id)?,
-        store.form_indexed_on(&domain, &form_id)?,
+        store.form(&domain, &form_id).await?,
+        store.form_xml(&domain, &form_id).await?,
+        store.form_indexed_on(&domain, &form_id).await?,
     ) else {
         return Err(ApiError::NotFound(format!(
             "no form \"{form_id}\" in domain \"{domain}\""
@@ -305,9 +314,13 @@ async fn get_form_attachment(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     access(&app, &headers, &domain, "v0.5")?;
-    let xml = app.store.form_xml(&domain, &form_id)?.ok_or_else(|| {
-        ApiError::NotFound(format!("no form \"{form_id}\" in domain \"{domain}\""))
-    })?;
+    let xml = app
+        .store
+        .form_xml(&domain, &form_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no form \"{form_id}\" in domain \"{domain}\""))
+        })?;
     if name != "form.xml" {
         return Err(ApiError::NotFound(format!(
             "the content of attachment \"{name}\" of form \"{form_id}\" is not kept"
@@ -334,13 +347,13 @@ async fn list_cases(
         let keep: Keep<'_, Case> = query
             .needs_check()
             .then_some(&check as &(dyn Fn(&Case, i64) -> bool + Sync));
-        let listed = store.list_cases(
+        let listed = block_on(store.list_cases(
             &domain,
             &scope,
             &range,
             (query.page.offset, query.page.limit),
             keep,
-        )?;
+        ))?;
         let objects = listed
             .objects
             .iter()
@@ -365,8 +378,8 @@ async fn get_case(
 ) -> Result<Json<Value>, ApiError> {
     access(&app, &headers, &domain, &version)?;
     let (Some(case), Some(indexed_on)) = (
-        app.store.case(&domain, &case_id)?,
-        app.store.case_indexed_on(&domain, &case_id)?,
+        app.store.case(&domain, &case_id).await?,
+        app.store.case_indexed_on(&domain, &case_id).await?,
     ) else {
         return Err(ApiError::NotFound(format!(
             "no case \"{case_id}\" in domain \"{domain}\""

@@ -299,7 +299,7 @@ impl Scheduler {
                 catalog_changed = false;
                 self.sync_lanes();
             }
-            let next_wake = match self.dispatch_due() {
+            let next_wake = match self.dispatch_due().await {
                 Ok(next_wake) => next_wake,
                 Err(error) => {
                     tracing::error!(%error, "scheduler could not read the queue; trying again in a second");
@@ -322,15 +322,52 @@ impl Scheduler {
     }
 
     /// Sends whatever is due and may be sent; returns when to look again.
-    fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
+    ///
+    /// Three steps, so that the lanes' lock is never held while the store is
+    /// read: plan under the lock (and note which lanes must fetch due
+    /// records, and how many); fetch without it; then, under the lock again,
+    /// fill the lanes' buffers and start the sends. Only this task starts
+    /// sends, so the plan still holds after the fetches (sends that finished
+    /// meanwhile only free slots).
+    async fn dispatch_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
         let now = self.shared.with.clock.now_micros();
+        let store = &self.shared.with.store;
         // A store that cannot write could not record what a send did: no
         // send starts until it writes again (records stay as they are).
-        if self.shared.with.store.write_failure().is_some() {
+        if store.write_failure().is_some() {
             return Ok(Some(self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE)));
         }
+        let (starts, fetches, mut next_wake) = self.plan_sends(now);
+        let mut fetched = Vec::with_capacity(fetches.len());
+        let mut failure = None;
+        for fetch in fetches {
+            match self.fetch_due(&fetch, now).await {
+                Ok(found) => fetched.push((fetch, found)),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let unsent = self.start_sends(starts, fetched, now, &mut next_wake);
+        if !unsent.is_empty()
+            && let Err(error) = store.release_leases(&unsent).await
+        {
+            tracing::warn!(%error, records = unsent.len(), "cannot give up the leases of records not sent; they wait for their leases to end");
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(next_wake),
+        }
+    }
+
+    /// The plan of one round, under the lanes' lock: how many sends each lane
+    /// starts (with its connection), which lanes must fetch due records
+    /// first, and when to look again.
+    fn plan_sends(&self, now: i64) -> (Vec<PlannedStarts>, Vec<DueFetch>, Option<i64>) {
         let snapshot = self.shared.with.catalog.snapshot();
-        let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+        let clustered = self.shared.with.store.is_clustered();
+        let lanes = self.shared.lanes.lock().expect("lanes lock");
         let mut connections = Vec::with_capacity(lanes.len());
         let views: Vec<LaneView> = lanes
             .values()
@@ -359,15 +396,111 @@ impl Scheduler {
             self.shared.permits.available_permits(),
             now,
         );
-        let mut next_wake = plan.wake_at;
-        for ((lane, lane_plan), connection) in lanes.values_mut().zip(plan.lanes).zip(connections) {
-            let (LanePlan::Send(starts), Some(connection)) = (lane_plan, connection) else {
+        let mut starts = Vec::new();
+        let mut fetches = Vec::new();
+        for ((lane, lane_plan), connection) in lanes.values().zip(plan.lanes).zip(connections) {
+            let (LanePlan::Send(n_starts), Some(connection)) = (lane_plan, connection) else {
                 continue;
             };
-            for _ in 0..starts {
-                if lane.buffer.is_empty() && !self.fetch_due(lane, now)? {
+            let buffered = lane.buffer.len();
+            let due_now = lane.next_due.is_some_and(|at| at <= now);
+            if buffered < n_starts && due_now {
+                // A claim on PostgreSQL is a lease: claim only what is
+                // about to be sent. redb reads ahead a batch.
+                let limit = if clustered {
+                    n_starts - buffered
+                } else {
+                    FETCH_BATCH
+                };
+                let mut skip = lane.in_flight.clone();
+                skip.extend(lane.buffer.iter().copied());
+                fetches.push(DueFetch {
+                    repeater_id: lane.repeater.id,
+                    limit,
+                    max_workers: lane.repeater.spec.max_workers,
+                    skip,
+                });
+            }
+            starts.push(PlannedStarts {
+                repeater_id: lane.repeater.id,
+                starts: n_starts,
+                connection,
+            });
+        }
+        (starts, fetches, plan.wake_at)
+    }
+
+    /// Reads (on PostgreSQL: claims) a lane's due records, and when the
+    /// earliest one not fetched is due once all that is due now was.
+    async fn fetch_due(
+        &self,
+        fetch: &DueFetch,
+        now: i64,
+    ) -> Result<FetchedDue, crate::store::StoreError> {
+        let store = &self.shared.with.store;
+        let due = store
+            .due_records(
+                fetch.repeater_id,
+                now,
+                fetch.limit,
+                fetch.max_workers,
+                &fetch.skip,
+            )
+            .await?;
+        let next_due = if due.len() < fetch.limit {
+            let mut skip = fetch.skip.clone();
+            skip.extend(due.iter().copied());
+            Some(store.earliest_due(fetch.repeater_id, &skip).await?)
+        } else {
+            None
+        };
+        Ok(FetchedDue { due, next_due })
+    }
+
+    /// Fills the lanes' buffers with what was fetched and starts the planned
+    /// sends, under the lanes' lock. Returns the records claimed from a
+    /// clustered store but not sent (their leases are to be given up).
+    fn start_sends(
+        &self,
+        planned: Vec<PlannedStarts>,
+        fetched: Vec<(DueFetch, FetchedDue)>,
+        now: i64,
+        next_wake: &mut Option<i64>,
+    ) -> Vec<u64> {
+        let clustered = self.shared.with.store.is_clustered();
+        let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+        let mut claimed: HashMap<u64, HashSet<u64>> = HashMap::new();
+        let mut unsent = Vec::new();
+        for (fetch, found) in fetched {
+            let Some(lane) = lanes.get_mut(&fetch.repeater_id) else {
+                unsent.extend(found.due);
+                continue;
+            };
+            let fresh: Vec<u64> = found
+                .due
+                .into_iter()
+                .filter(|seq| !lane.in_flight.contains(seq) && !lane.buffer.contains(seq))
+                .collect();
+            if clustered {
+                claimed.insert(fetch.repeater_id, fresh.iter().copied().collect());
+            }
+            lane.buffer.extend(fresh);
+            if let Some(next_due) = found.next_due {
+                lane.next_due = next_due;
+                // Anything earlier than now that was skipped is in flight.
+                if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
+                    lane.next_due = None;
+                }
+            }
+        }
+        for planned in planned {
+            let Some(lane) = lanes.get_mut(&planned.repeater_id) else {
+                continue;
+            };
+            for _ in 0..planned.starts {
+                if lane.buffer.is_empty() {
                     if let Some(at) = lane.next_due {
-                        next_wake = Some(next_wake.map_or(at, |known| known.min(at)));
+                        *next_wake = Some(next_wake.map_or(at, |known| known.min(at)));
                     }
                     break;
                 }
@@ -378,39 +511,19 @@ impl Scheduler {
                 let Some(seq) = lane.buffer.pop_front() else {
                     break;
                 };
-                self.spawn_send(lane, &connection, seq, permit);
+                self.spawn_send(lane, &planned.connection, seq, permit);
+            }
+            if let Some(claimed) = claimed.remove(&planned.repeater_id) {
+                lane.buffer.retain(|seq| {
+                    let keep = !claimed.contains(seq);
+                    if !keep {
+                        unsent.push(*seq);
+                    }
+                    keep
+                });
             }
         }
-        Ok(next_wake)
-    }
-
-    /// Refills an empty lane buffer from the store's due index; false when
-    /// nothing is due now (`next_due` then says when something will be).
-    fn fetch_due(&self, lane: &mut Lane, now: i64) -> Result<bool, crate::store::StoreError> {
-        if lane.next_due.is_none_or(|at| at > now) {
-            return Ok(false);
-        }
-        let mut skip = lane.in_flight.clone();
-        let due = self
-            .shared
-            .with
-            .store
-            .due_records(lane.repeater.id, now, FETCH_BATCH, &skip)?;
-        let fetched_all = due.len() < FETCH_BATCH;
-        lane.buffer.extend(due);
-        if fetched_all {
-            skip.extend(lane.buffer.iter().copied());
-            lane.next_due = self
-                .shared
-                .with
-                .store
-                .earliest_due(lane.repeater.id, &skip)?;
-            // Anything earlier than now that was skipped is in flight.
-            if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
-                lane.next_due = None;
-            }
-        }
-        Ok(!lane.buffer.is_empty())
+        unsent
     }
 
     /// Starts the send of record `seq` of `lane` on a task of its own.
@@ -634,6 +747,32 @@ impl Scheduler {
     }
 }
 
+/// Sends a lane may start this round, as planned.
+struct PlannedStarts {
+    repeater_id: u64,
+    starts: usize,
+    connection: Arc<crate::catalog::StoredConnection>,
+}
+
+/// A lane's due records to fetch before its sends start.
+struct DueFetch {
+    repeater_id: u64,
+    /// How many at most.
+    limit: usize,
+    /// The lane's `max_workers` (a clustered store holds it across nodes).
+    max_workers: usize,
+    /// In flight or buffered already.
+    skip: HashSet<u64>,
+}
+
+/// What a fetch found.
+struct FetchedDue {
+    due: Vec<u64>,
+    /// When fewer than asked for were due: when the earliest record not
+    /// fetched is due (`Some(None)`: none is queued).
+    next_due: Option<Option<i64>>,
+}
+
 /// The outcomes of finished sends, waiting for a commit.
 #[derive(Default)]
 struct CommitQueue {
@@ -708,7 +847,7 @@ impl SendTask {
             self.scheduler.release(&[(repeater_id, self.seq, retry_at)]);
             None
         };
-        let loaded = shared.with.store.load_for_send(self.seq);
+        let loaded = shared.with.store.load_for_send(self.seq).await;
         let (record, source) = match loaded {
             Ok(Some(found)) => found,
             Ok(None) => return not_sent(None),

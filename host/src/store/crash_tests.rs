@@ -162,7 +162,7 @@ struct Answered {
 /// got done. Operations may fail (the disk did); they must not panic.
 async fn workload(backend: &CrashBackend) -> Answered {
     let mut answered = Answered::default();
-    let Ok(store) = Store::open_on(backend.clone(), "crash") else {
+    let Ok(store) = RedbStore::open_on(backend.clone(), "crash") else {
         return answered;
     };
     answered.opened = Some(backend.writes());
@@ -222,7 +222,7 @@ fn before_cut(answered_at: Option<u64>, cut: u64) -> bool {
 
 /// Every record's due entry and state count agree with the record, and every
 /// record's payload is stored.
-fn assert_indexes_agree(store: &Store, context: &str) {
+fn assert_indexes_agree(store: &RedbStore, context: &str) {
     let txn = store.db.begin_read().unwrap();
     let records = txn.open_table(RECORDS).unwrap();
     let mut expected_due = HashSet::new();
@@ -298,7 +298,7 @@ struct Found {
     later_part: bool,
 }
 
-fn found(store: &Store, context: &str) -> Found {
+fn found(store: &RedbStore, context: &str) -> Found {
     let records = store
         .list_records("demo", &RecordFilter::default(), 100, None)
         .unwrap()
@@ -367,7 +367,7 @@ async fn check_image(image: &[u8], cut: u64, answered: &Answered, context: &str)
     let backend = InMemoryBackend::new();
     backend.set_len(image.len() as u64).unwrap();
     backend.write(0, image).unwrap();
-    let store = match Store::open_on(backend, "recovered") {
+    let store = match RedbStore::open_on(backend, "recovered") {
         Ok(store) => store,
         // Nothing of the store's first transaction reached the disk.
         Err(_) if !before_cut(answered.opened, cut) => return,

@@ -6,14 +6,14 @@
 use super::tests::{memory_store, submission};
 use super::*;
 
-fn all_forms(store: &Store, range: &ListingRange) -> Listed<ListedForm> {
+fn all_forms(store: &RedbStore, range: &ListingRange) -> Listed<ListedForm> {
     store
         .list_forms("demo", &FormScope::All, range, (0, 1000), None)
         .unwrap()
 }
 
 /// demo's cases in `scope`, as (ids, total_count).
-fn cases_in(store: &Store, scope: CaseScope) -> (Vec<String>, u64) {
+fn cases_in(store: &RedbStore, scope: CaseScope) -> (Vec<String>, u64) {
     let listed = store
         .list_cases("demo", &scope, &ListingRange::default(), (0, 10), None)
         .unwrap();
@@ -26,7 +26,7 @@ fn cases_in(store: &Store, scope: CaseScope) -> (Vec<String>, u64) {
 }
 
 /// `store` after forms f1..=fn, each creating case c1, c2, ….
-async fn with_forms(store: Store, n: usize) -> Store {
+async fn with_forms(store: RedbStore, n: usize) -> RedbStore {
     for n in 1..=n {
         let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
         store.commit_submission(form).await.unwrap();

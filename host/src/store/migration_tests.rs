@@ -125,7 +125,7 @@ fn write_schema_1_store(dir: &Path, n: usize, before: Before) {
 async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
     let dir = TempDir::new("schema-1-oldest");
     write_schema_1_store(&dir.0, 3, Before::TheIndexes);
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
 
     let form = store.form("demo", "f2").unwrap().unwrap();
     assert_eq!(form.case_ids, ["c2", "c1"]);
@@ -248,7 +248,7 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
     drop(store);
 
     // Opened again, it is a schema-2 store like any other.
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     assert_eq!(store.form("demo", "f4").unwrap().unwrap().case_ids, ["c1"]);
     assert_eq!(
         store.form_xml("demo", "f1").unwrap().unwrap(),
@@ -260,7 +260,7 @@ async fn a_store_from_before_the_indexes_opens_migrated_and_indexed() {
 async fn a_schema_1_store_keeps_the_indexed_on_of_its_forms_and_cases() {
     let dir = TempDir::new("schema-1");
     write_schema_1_store(&dir.0, 2, Before::Schema2);
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     assert_eq!(store.form_indexed_on("demo", "f1").unwrap(), Some(1_001));
     assert_eq!(store.form_indexed_on("demo", "f2").unwrap(), Some(1_002));
     assert_eq!(store.case_indexed_on("demo", "c2").unwrap(), Some(2_002));
@@ -290,7 +290,7 @@ fn a_form_without_its_xml_is_named_when_a_schema_1_store_opens() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let error = Store::open(&dir.0).unwrap_err();
+    let error = RedbStore::open(&dir.0).unwrap_err();
     assert_eq!(
         error.to_string(),
         "store: form f1 is not readable: its XML is not in the store"

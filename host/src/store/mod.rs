@@ -1,5 +1,8 @@
 //! The durable store: forms, cases, repeat records, their attempts and the
-//! configured objects, in one redb file. Only this module knows redb.
+//! configured objects. Callers use `Store` (`backend`), which is either
+//! `RedbStore`, one redb file (this file and the modules beside it), or
+//! `PgStore`, a PostgreSQL database several nodes share (`postgres`). Only
+//! this module knows redb or PostgreSQL.
 //!
 //! The store decides nothing about the product: it persists what others
 //! decided, through named operations (commit a submission as
@@ -7,8 +10,8 @@
 //! form; commit an attempt outcome, apply an operator action, put objects,
 //! put notification states), and answers reads.
 //!
-//! Writes go through one writer thread (`writer`) that groups whatever jobs
-//! are waiting into a single write transaction committed with
+//! On redb, writes go through one writer thread (`writer`) that groups
+//! whatever jobs are waiting into a single write transaction committed with
 //! `Durability::Immediate` (group commit): a form, its case changes and its
 //! repeat records are one job, so they become durable together, and many
 //! forms share one fsync under load. A job's result is handed back only after
@@ -21,6 +24,7 @@
 //! `Idempotency-Key`) is that number prefixed with a random per-store nonce,
 //! so two data directories never hand out the same id.
 
+mod backend;
 mod data_index;
 mod database;
 mod encoding;
@@ -69,6 +73,7 @@ use write_tables::WriteTables;
 
 // Planning types the store's callers hand it; they live with the planner.
 pub use crate::submission::{RepeaterRef, Submission};
+pub use backend::{SharedHealth, Store};
 pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
 pub use database::WriteFailure;
 pub use retention::{OldestKept, RetainedForms};
@@ -240,8 +245,9 @@ fn parse_record_id(nonce: u64, id: &str) -> Option<u64> {
     (found == nonce).then_some(seq)
 }
 
+/// The redb backend: one file, one process.
 #[derive(Clone)]
-pub struct Store {
+pub struct RedbStore {
     db: Arc<database::SharedDatabase>,
     writer: mpsc::Sender<writer::Job>,
     nonce: u64,
@@ -251,15 +257,17 @@ pub struct Store {
     clock: Clock,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl Store {
+impl RedbStore {
     /// Opens (or creates) `data_dir/repeatd.redb` and starts the writer thread.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|error| {
             StoreError::Storage(format!("creating {}: {error}", data_dir.display()))
         })?;
@@ -271,13 +279,13 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path.clone(), Some(path))
+        RedbStore::start(db, path.clone(), Some(path))
     }
 
     /// Opens a store on another storage backend (tests: one that fails or
     /// stops part-way, to simulate a crash).
     #[cfg(test)]
-    fn open_on(backend: impl redb::StorageBackend, label: &str) -> Result<Store, StoreError> {
+    fn open_on(backend: impl redb::StorageBackend, label: &str) -> Result<RedbStore, StoreError> {
         let path = PathBuf::from(label);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -286,13 +294,17 @@ impl Store {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
-        Store::start(db, path, None)
+        RedbStore::start(db, path, None)
     }
 
     /// Checks the schema version, creates what a new file lacks and starts
     /// the writer thread; `reopen` is the file to open again after a failed
     /// write (`None`: the database is kept as it is).
-    fn start(db: Database, path: PathBuf, reopen: Option<PathBuf>) -> Result<Store, StoreError> {
+    fn start(
+        db: Database,
+        path: PathBuf,
+        reopen: Option<PathBuf>,
+    ) -> Result<RedbStore, StoreError> {
         let txn = db.begin_write()?;
         let nonce;
         let from_schema_1;
@@ -372,7 +384,7 @@ impl Store {
         }
         let db = Arc::new(database::SharedDatabase::new(db, reopen));
         let writer = writer::start(&db)?;
-        Ok(Store {
+        Ok(RedbStore {
             db,
             writer,
             nonce,
@@ -383,8 +395,8 @@ impl Store {
     }
 
     /// This store, stamping times by `clock` instead of the wall clock.
-    pub fn with_clock(self, clock: Clock) -> Store {
-        Store { clock, ..self }
+    pub fn with_clock(self, clock: Clock) -> RedbStore {
+        RedbStore { clock, ..self }
     }
 
     /// One table, in a read transaction of its own.

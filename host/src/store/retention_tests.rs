@@ -11,7 +11,7 @@ use super::*;
 const LATER: i64 = i64::MAX / 2;
 
 /// Every seq any record table or index holds.
-fn seqs_named(store: &Store) -> Vec<(&'static str, u64)> {
+fn seqs_named(store: &RedbStore) -> Vec<(&'static str, u64)> {
     let txn = store.db.begin_read().unwrap();
     let mut named = Vec::new();
     for entry in txn.open_table(RECORDS).unwrap().iter().unwrap() {
@@ -38,7 +38,7 @@ fn seqs_named(store: &Store) -> Vec<(&'static str, u64)> {
     named
 }
 
-fn the_record(store: &Store, payload_id: &str, repeater_id: u64) -> RepeatRecord {
+fn the_record(store: &RedbStore, payload_id: &str, repeater_id: u64) -> RepeatRecord {
     store
         .list_records(
             "demo",
@@ -56,7 +56,7 @@ fn the_record(store: &Store, payload_id: &str, repeater_id: u64) -> RepeatRecord
         .expect("the record")
 }
 
-async fn succeed(store: &Store, seq: u64) {
+async fn succeed(store: &RedbStore, seq: u64) {
     let at = store.clock.now_micros();
     store
         .commit_attempt(attempt_result(
@@ -144,7 +144,7 @@ async fn only_records_final_before_the_cutoff_go_with_everything_naming_them() {
     assert_eq!(after.cases, 3);
 }
 
-fn count_by_state(store: &Store, state: RecordState) -> u64 {
+fn count_by_state(store: &RedbStore, state: RecordState) -> u64 {
     store
         .state_counts()
         .unwrap()
@@ -290,7 +290,7 @@ async fn a_batch_of_needed_forms_says_where_to_resume() {
 #[tokio::test]
 async fn a_store_from_before_retention_is_indexed_and_counted_when_opened() {
     let dir = TempDir::new("before-retention");
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     store
         .commit_submission(submission("f1", "c1", "new"))
         .await
@@ -312,7 +312,7 @@ async fn a_store_from_before_retention_is_indexed_and_counted_when_opened() {
         txn.commit().unwrap();
     }
     drop(store);
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     assert_eq!(store.domain_stats("demo").unwrap(), expected);
     assert_eq!(
         store

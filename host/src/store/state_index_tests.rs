@@ -14,7 +14,7 @@ type Entry = (String, String, String, u64);
 
 /// Checks that the state index holds exactly one entry per record, of its
 /// domain, state, repeater and seq.
-pub(super) fn assert_state_index_agrees(store: &Store, context: &str) {
+pub(super) fn assert_state_index_agrees(store: &RedbStore, context: &str) {
     let txn = store.db.begin_read().unwrap();
     let mut expected = BTreeSet::new();
     for entry in txn.open_table(RECORDS).unwrap().iter().unwrap() {
@@ -41,7 +41,7 @@ pub(super) fn assert_state_index_agrees(store: &Store, context: &str) {
     assert_eq!(found, expected, "{context}: the state index");
 }
 
-async fn store_with_forms(n: usize) -> Store {
+async fn store_with_forms(n: usize) -> RedbStore {
     let store = memory_store();
     for n in 1..=n {
         let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
@@ -50,7 +50,7 @@ async fn store_with_forms(n: usize) -> Store {
     store
 }
 
-fn every_record(store: &Store) -> Vec<RepeatRecord> {
+fn every_record(store: &RedbStore) -> Vec<RepeatRecord> {
     store
         .list_records("demo", &RecordFilter::default(), 10_000, None)
         .unwrap()
@@ -65,7 +65,7 @@ fn retryable() -> Outcome {
     }
 }
 
-async fn fail(store: &Store, seq: u64) {
+async fn fail(store: &RedbStore, seq: u64) {
     let (record, _) = store
         .commit_attempt(attempt_result(seq, retryable(), None))
         .await
@@ -73,7 +73,7 @@ async fn fail(store: &Store, seq: u64) {
     assert_eq!(record.state, RecordState::Failed);
 }
 
-async fn succeed(store: &Store, seq: u64) {
+async fn succeed(store: &RedbStore, seq: u64) {
     let attempt = answered_200(1_000);
     let success = Outcome::Success { status: 200 };
     store
@@ -83,7 +83,7 @@ async fn succeed(store: &Store, seq: u64) {
 }
 
 /// Every page of `filter`, `limit` records a page, following `next_cursor`.
-fn pages(store: &Store, filter: &RecordFilter, limit: usize) -> Vec<Vec<u64>> {
+fn pages(store: &RedbStore, filter: &RecordFilter, limit: usize) -> Vec<Vec<u64>> {
     let mut pages = Vec::new();
     let mut cursor = None;
     loop {
@@ -245,7 +245,7 @@ async fn a_state_only_old_records_are_in_is_found_without_reading_the_others() {
 async fn a_store_written_before_the_state_index_gets_it_when_opened() {
     let dir = TempDir::new("state-backfill");
     {
-        let store = Store::open(&dir.0).unwrap();
+        let store = RedbStore::open(&dir.0).unwrap();
         for n in 1..=3 {
             let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
             store.commit_submission(form).await.unwrap();
@@ -266,7 +266,7 @@ async fn a_store_written_before_the_state_index_gets_it_when_opened() {
         let txn = db.begin_read().unwrap();
         assert!(txn.open_table(STATE_RECORDS).is_err(), "the index is gone");
     }
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     assert_state_index_agrees(&store, "backfilled");
     let failed = RecordFilter {
         state: Some(RecordState::Failed),

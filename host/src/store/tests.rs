@@ -12,8 +12,8 @@ use super::*;
 use crate::repeater::PayloadKind;
 use crate::submission::tests::{create_block, form, repeater, update_block};
 
-pub(super) fn memory_store() -> Store {
-    Store::open_on(InMemoryBackend::new(), "memory").expect("an in-memory store opens")
+pub(super) fn memory_store() -> RedbStore {
+    RedbStore::open_on(InMemoryBackend::new(), "memory").expect("an in-memory store opens")
 }
 
 /// The repeaters every test submits to: forms (id 1) and cases (id 2).
@@ -38,7 +38,7 @@ pub(super) fn submission(form_id: &str, case_id: &str, status: &str) -> Submissi
 }
 
 /// A store holding forms f1, f2, … (each creating case c1, c2, …).
-async fn store_with_forms(n: usize) -> Store {
+async fn store_with_forms(n: usize) -> RedbStore {
     let store = memory_store();
     for n in 1..=n {
         let form = submission(&format!("f{n}"), &format!("c{n}"), "new");
@@ -47,7 +47,7 @@ async fn store_with_forms(n: usize) -> Store {
     store
 }
 
-fn first_form_record(store: &Store) -> RepeatRecord {
+fn first_form_record(store: &RedbStore) -> RepeatRecord {
     let records = all_records(store);
     // Newest first: the last one is f1's.
     let mut form_records = records.into_iter().filter(|r| r.repeater_id == 1);
@@ -93,14 +93,14 @@ fn property<'c>(case: &'c Case, name: &str) -> Option<&'c str> {
         .map(|(_, value)| value.as_str())
 }
 
-fn all_records(store: &Store) -> Vec<RepeatRecord> {
+fn all_records(store: &RedbStore) -> Vec<RepeatRecord> {
     store
         .list_records("demo", &RecordFilter::default(), 10_000, None)
         .unwrap()
         .records
 }
 
-fn count(store: &Store, repeater_id: u64, state: RecordState) -> u64 {
+fn count(store: &RedbStore, repeater_id: u64, state: RecordState) -> u64 {
     store
         .state_counts()
         .unwrap()
@@ -493,7 +493,7 @@ impl Drop for TempDir {
 async fn a_reopened_store_keeps_its_records_ids_and_sequence() {
     let dir = TempDir::new("reopen");
     let (first_id, first_seqs) = {
-        let store = Store::open(&dir.0).unwrap();
+        let store = RedbStore::open(&dir.0).unwrap();
         store
             .commit_submission(submission("f1", "c1", "new"))
             .await
@@ -501,7 +501,7 @@ async fn a_reopened_store_keeps_its_records_ids_and_sequence() {
         let seqs = seqs_of(&all_records(&store));
         (store.record_id(seqs[0]), seqs)
     };
-    let store = Store::open(&dir.0).unwrap();
+    let store = RedbStore::open(&dir.0).unwrap();
     assert_eq!(store.path(), dir.0.join("repeatd.redb"));
     assert_eq!(store.parse_record_id(&first_id), Some(first_seqs[0]));
     store
@@ -520,7 +520,7 @@ async fn a_reopened_store_keeps_its_records_ids_and_sequence() {
 fn a_store_of_another_schema_version_is_refused() {
     let dir = TempDir::new("schema");
     {
-        let store = Store::open(&dir.0).unwrap();
+        let store = RedbStore::open(&dir.0).unwrap();
         let txn = store.db.with_database(|db| Ok(db.begin_write()?)).unwrap();
         txn.open_table(META)
             .unwrap()
@@ -528,7 +528,7 @@ fn a_store_of_another_schema_version_is_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let error = Store::open(&dir.0).unwrap_err();
+    let error = RedbStore::open(&dir.0).unwrap_err();
     let path = dir.0.join("repeatd.redb");
     assert_eq!(
         error.to_string(),

@@ -1,8 +1,8 @@
 //! The group-commit writer: one thread that takes every job waiting, runs
 //! them in one write transaction (its tables opened once for all of them,
 //! `WriteTables`), commits it with `Durability::Immediate` and only then
-//! answers each job. Only the store's own named operations hand it
-//! jobs (`Store::write`, `Store::write_blocking` are private to `store`).
+//! answers each job. Only the store's own named operations hand it jobs
+//! (`RedbStore::write`, `RedbStore::write_blocking` are private to `store`).
 //! When a commit fails, `database` re-opens the file and the writer probes
 //! it until a write succeeds (`recover`).
 
@@ -13,7 +13,7 @@ use redb::{Database, Durability, ReadableTable};
 use super::database::{PROBE_INTERVAL, SharedDatabase};
 use super::tables::META;
 use super::write_tables::WriteTables;
-use super::{Store, StoreError};
+use super::{RedbStore, StoreError};
 
 /// How many jobs one group commit takes at most.
 const MAX_JOBS_PER_COMMIT: usize = 2_048;
@@ -24,9 +24,9 @@ type Completion = Box<dyn FnOnce(Result<(), Arc<String>>) + Send>;
 pub(super) type Job = Box<dyn FnOnce(&mut WriteTables<'_>) -> (Completion, bool) + Send>;
 
 /// Starts the writer thread for `db`. It holds the database only weakly: the
-/// file must close when the last `Store` is dropped, not whenever the thread
-/// gets round to exiting (a restart in the same process opens it again at
-/// once). It ends when every sender is gone.
+/// file must close when the last `RedbStore` is dropped, not whenever the
+/// thread gets round to exiting (a restart in the same process opens it again
+/// at once). It ends when every sender is gone.
 pub(super) fn start(db: &Arc<SharedDatabase>) -> Result<mpsc::Sender<Job>, StoreError> {
     let (writer, jobs) = mpsc::channel::<Job>();
     let writer_db = Arc::downgrade(db);
@@ -37,7 +37,7 @@ pub(super) fn start(db: &Arc<SharedDatabase>) -> Result<mpsc::Sender<Job>, Store
     Ok(writer)
 }
 
-impl Store {
+impl RedbStore {
     /// Runs `job` inside the next group commit and returns its result once
     /// that commit is durable. A job that returns `Err` must not have written.
     pub(super) async fn write<R, F>(&self, job: F) -> Result<R, StoreError>
@@ -102,7 +102,7 @@ impl Store {
 /// transaction, commits durably, then answers each.
 fn run(shared: &Weak<SharedDatabase>, jobs: &mpsc::Receiver<Job>) {
     while let Some(first) = next_job(shared, jobs) {
-        // Whoever sent a job holds a `Store` until it is answered.
+        // Whoever sent a job holds a `RedbStore` until it is answered.
         let Some(shared) = shared.upgrade() else {
             break;
         };
