@@ -287,6 +287,13 @@ impl Catalog {
         self.changes.subscribe()
     }
 
+    /// Reads every object from the store again: another node of the
+    /// cluster changed some.
+    pub async fn reload_from_store(&self) -> Result<(), CatalogError> {
+        let _changing = self.change_lock.lock().await;
+        self.reload().await
+    }
+
     async fn reload(&self) -> Result<(), CatalogError> {
         let snapshot = Arc::new(Self::read_snapshot(&self.store, &self.key).await?);
         *self.current.write().expect("catalog lock") = snapshot.clone();

@@ -50,6 +50,7 @@ pub mod auth;
 pub mod cases;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod console;
@@ -273,6 +274,7 @@ pub async fn start_with_clock(
         },
         config.delivery.max_in_flight,
     );
+    cluster::follow(store.clone(), catalog.clone(), scheduler.clone(), clock);
     let retention = retention::Retention::start(store.clone(), config.retention, clock);
     let state = Arc::new(AppState {
         config,

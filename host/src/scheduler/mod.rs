@@ -52,6 +52,9 @@ const FETCH_BATCH: usize = 256;
 /// How long a record waits after its send broke down inside the gateway (a
 /// panic, a store that could not be read or written).
 const RETRY_AFTER_HOST_FAILURE: Duration = Duration::from_secs(1);
+/// How soon a lane of a clustered store whose due records other nodes hold
+/// (or that is at its `max_workers` across nodes) looks again.
+const CLUSTER_POLL: Duration = Duration::from_secs(1);
 /// The longest the task sleeps without looking again.
 const LONGEST_SLEEP: Duration = Duration::from_secs(3_600);
 
@@ -222,6 +225,61 @@ impl Scheduler {
                     lane.buffer.clear();
                     lane.next_due = Some(i64::MIN);
                 }
+            }
+        }
+        self.wake();
+    }
+
+    /// The records this node holds: being sent, sent and not yet
+    /// committed, or claimed and about to be sent (a clustered store's
+    /// leases on them are renewed while they are held).
+    pub fn held_records(&self) -> Vec<u64> {
+        let lanes = self.shared.lanes.lock().expect("lanes lock");
+        lanes
+            .values()
+            .flat_map(|lane| lane.in_flight.iter().chain(lane.buffer.iter()).copied())
+            .collect()
+    }
+
+    /// Whether the scheduler is shutting down (or has).
+    pub fn is_stopping(&self) -> bool {
+        self.shared
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every lane's (repeater id, consecutive failures, backing off until).
+    pub fn lane_health(&self) -> Vec<(u64, u32, Option<i64>)> {
+        let lanes = self.shared.lanes.lock().expect("lanes lock");
+        lanes
+            .values()
+            .map(|lane| {
+                (
+                    lane.repeater.id,
+                    lane.health.consecutive_failures,
+                    lane.health.backoff_until,
+                )
+            })
+            .collect()
+    }
+
+    /// Takes on what another node of the cluster learnt of a repeater's
+    /// remote: its failures in a row and its back-off.
+    pub fn adopt_health(
+        &self,
+        repeater_id: u64,
+        consecutive_failures: u32,
+        backoff_until: Option<i64>,
+    ) {
+        {
+            let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+            let Some(lane) = lanes.get_mut(&repeater_id) else {
+                return;
+            };
+            lane.health.consecutive_failures = consecutive_failures;
+            lane.health.backoff_until = backoff_until;
+            if consecutive_failures == 0 {
+                lane.health.backoff_level = 0;
             }
         }
         self.wake();
@@ -487,9 +545,12 @@ impl Scheduler {
             lane.buffer.extend(fresh);
             if let Some(next_due) = found.next_due {
                 lane.next_due = next_due;
-                // Anything earlier than now that was skipped is in flight.
+                // Anything earlier than now that was skipped is in flight
+                // here. In a cluster it may be held by another node or past
+                // the repeater's `max_workers` there: look again shortly,
+                // in case that node dies (its wake-ups come as events).
                 if lane.next_due.is_some_and(|at| at <= now) && lane.buffer.is_empty() {
-                    lane.next_due = None;
+                    lane.next_due = clustered.then(|| crate::clock::add(now, CLUSTER_POLL));
                 }
             }
         }

@@ -108,9 +108,7 @@ use std::collections::HashSet;
 use crate::model::Case;
 use crate::record::{OperatorAction, Outcome, RecordState, RepeatRecord, Verdict};
 use crate::store::tests::{answered_200, attempt_result, memory_store, repeaters, submission};
-use crate::store::{
-    CaseScope, FormScope, IngestResult, ListingRange, RecordFilter, Store as RedbStore,
-};
+use crate::store::{CaseScope, FormScope, IngestResult, ListingRange, RecordFilter, RedbStore};
 
 /// A record without the times each backend stamps on its own.
 fn timeless(mut record: RepeatRecord) -> RepeatRecord {
