@@ -193,7 +193,14 @@ impl Scheduler {
         {
             let now = self.shared.with.clock.now_micros();
             let mut lanes = self.shared.lanes.lock().expect("lanes lock");
-            for (repeater_id, seq, _) in items.iter().take(FETCH_BATCH).rev() {
+            // In a cluster a record is sent only once claimed: the released
+            // records are due now, and the lane claims them oldest first.
+            let ahead = if self.shared.with.store.is_clustered() {
+                0
+            } else {
+                FETCH_BATCH
+            };
+            for (repeater_id, seq, _) in items.iter().take(ahead).rev() {
                 if let Some(lane) = lanes.get_mut(repeater_id)
                     && !lane.in_flight.contains(seq)
                 {
@@ -626,7 +633,7 @@ impl Scheduler {
                     );
                     let retry_at = scheduler.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
                     scheduler.sent(repeater_id, None, &scheduler.shared.with.retry_defaults);
-                    scheduler.release(&[(repeater_id, seq, Some(retry_at))]);
+                    scheduler.release_uncommitted(&[(repeater_id, seq, Some(retry_at))]);
                     None
                 }
             };
@@ -690,6 +697,23 @@ impl Scheduler {
         self.wake();
     }
 
+    /// Like `release`, for records whose send ended without a committed
+    /// outcome: on a clustered store their leases are given up too, so
+    /// that they need not wait for them to run out.
+    fn release_uncommitted(&self, records: &[(u64, u64, Option<i64>)]) {
+        self.release(records);
+        if !self.shared.with.store.is_clustered() || records.is_empty() {
+            return;
+        }
+        let store = self.shared.with.store.clone();
+        let seqs: Vec<u64> = records.iter().map(|(_, seq, _)| *seq).collect();
+        tokio::spawn(async move {
+            if let Err(error) = store.release_leases(&seqs).await {
+                tracing::warn!(%error, records = seqs.len(), "cannot give up the leases of records not sent; they wait for their leases to end");
+            }
+        });
+    }
+
     /// Queues a finished send's outcome for the next commit; true when the
     /// caller is to commit it (no commit of outcomes is under way).
     fn hand_over(&self, outcome: SentOutcome) -> bool {
@@ -733,11 +757,11 @@ impl Scheduler {
                 Err(error) => {
                     tracing::error!(%error, records = outcomes.len(), "cannot commit the outcomes of attempts; their records will be sent again");
                     let retry_at = self.shared.with.clock.after(RETRY_AFTER_HOST_FAILURE);
-                    released.extend(
-                        outcomes
-                            .iter()
-                            .map(|sent| (sent.repeater.id, sent.seq, Some(retry_at))),
-                    );
+                    let uncommitted: Vec<_> = outcomes
+                        .iter()
+                        .map(|sent| (sent.repeater.id, sent.seq, Some(retry_at)))
+                        .collect();
+                    self.release_uncommitted(&uncommitted);
                 }
             }
             self.release(&released);
@@ -879,7 +903,7 @@ impl Drop for CommitBatch<'_> {
             .iter()
             .map(|sent| (sent.repeater.id, sent.seq, Some(retry_at)))
             .collect();
-        self.scheduler.release(&released);
+        self.scheduler.release_uncommitted(&released);
     }
 }
 
@@ -905,7 +929,8 @@ impl SendTask {
         let repeater_id = self.repeater.id;
         let not_sent = |retry_at: Option<i64>| {
             self.scheduler.sent(repeater_id, None, &policy);
-            self.scheduler.release(&[(repeater_id, self.seq, retry_at)]);
+            self.scheduler
+                .release_uncommitted(&[(repeater_id, self.seq, retry_at)]);
             None
         };
         let loaded = shared.with.store.load_for_send(self.seq).await;
