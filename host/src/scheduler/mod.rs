@@ -684,11 +684,20 @@ impl Scheduler {
     /// Records no longer in flight, as `(repeater id, seq, due again at)`:
     /// their lanes may fetch them again (when due again).
     fn release(&self, records: &[(u64, u64, Option<i64>)]) {
+        // In a cluster a record released may free a place under the
+        // repeater's `max_workers` for all nodes: its lane claims again now
+        // rather than at its next poll.
+        let now = self
+            .shared
+            .with
+            .store
+            .is_clustered()
+            .then(|| self.shared.with.clock.now_micros());
         let mut lanes = self.shared.lanes.lock().expect("lanes lock");
         for &(repeater_id, seq, retry_at) in records {
             if let Some(lane) = lanes.get_mut(&repeater_id) {
                 lane.in_flight.remove(&seq);
-                if let Some(at) = retry_at {
+                for at in [retry_at, now].into_iter().flatten() {
                     lane.next_due = Some(lane.next_due.map_or(at, |known| known.min(at)));
                 }
             }
