@@ -86,7 +86,7 @@ impl CaseScope {
 }
 
 /// Unix micros of a stored server time, as an order key.
-fn order_key(timestamp: &str, fallback: u64) -> u64 {
+pub(super) fn order_key(timestamp: &str, fallback: u64) -> u64 {
     crate::time::parse_timestamp(timestamp).map_or(fallback, |micros| micros.max(0) as u64)
 }
 

@@ -24,6 +24,7 @@
 mod data_index;
 mod database;
 mod encoding;
+mod export;
 mod migration;
 pub mod postgres;
 mod retention;
@@ -71,6 +72,10 @@ use write_tables::WriteTables;
 pub use crate::submission::{RepeaterRef, Submission};
 pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
 pub use database::WriteFailure;
+pub use export::{
+    Export, ExportBatch, ExportCounters, ExportedAttempt, ExportedCase, ExportedForm,
+    ExportedNotification, ExportedObject, ExportedRecord,
+};
 pub use retention::{OldestKept, RetainedForms};
 pub use stats::DomainStats;
 
