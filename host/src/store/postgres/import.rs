@@ -5,7 +5,9 @@
 //! as `schema` says an import fills each table: values as redb stored them,
 //! the derived columns from the export, and the counters (the nonce, the
 //! sequences behind seqs and repeater ids, each domain's last `indexed_on`)
-//! set so that record ids and orders go on where redb left them.
+//! set so that record ids and orders go on where redb left them. Only the
+//! sequences escape the transaction (`setval` is never rolled back), so they
+//! are set last, once every row is in.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -102,9 +104,13 @@ impl PgStore {
             });
         }
         let mut counts = ImportCounts::default();
+        let mut sequences = None;
         while let Some(batch) = export.next().await? {
             match batch {
-                ExportBatch::Counters(counters) => set_counters(&txn, &counters).await?,
+                ExportBatch::Counters(counters) => {
+                    set_counters(&txn, &counters).await?;
+                    sequences = Some((counters.last_seq, counters.last_repeater_id));
+                }
                 ExportBatch::Objects(objects) => {
                     counts.objects += copy_objects(&txn, &objects).await?
                 }
@@ -121,6 +127,12 @@ impl PgStore {
                 }
             }
         }
+        let Some((last_seq, last_repeater_id)) = sequences else {
+            return Err(StoreError::Storage("the export had no counters".into()).into());
+        };
+        // Last: a sequence's setval is not undone by a rollback.
+        set_sequence(&txn, "record_seq", last_seq).await?;
+        set_sequence(&txn, "repeater_id_seq", last_repeater_id).await?;
         txn.commit()
             .await
             .map_err(|e| sql_error("committing the import", e))?;
@@ -129,7 +141,8 @@ impl PgStore {
     }
 }
 
-/// The nonce, the two sequences and each domain's last `indexed_on`.
+/// The nonce and each domain's last `indexed_on` (the sequences are set
+/// once everything else is written).
 async fn set_counters(txn: &Transaction<'_>, counters: &ExportCounters) -> Result<(), StoreError> {
     // `connect` stored a nonce of its own: the redb one replaces it.
     txn.execute(
@@ -139,8 +152,6 @@ async fn set_counters(txn: &Transaction<'_>, counters: &ExportCounters) -> Resul
     )
     .await
     .map_err(|e| sql_error("storing the nonce", e))?;
-    set_sequence(txn, "record_seq", counters.last_seq).await?;
-    set_sequence(txn, "repeater_id_seq", counters.last_repeater_id).await?;
     for (domain, last_indexed_on) in &counters.last_indexed_on {
         txn.execute(
             "INSERT INTO domain_counters (domain, last_indexed_on) VALUES ($1, $2)",
@@ -153,7 +164,8 @@ async fn set_counters(txn: &Transaction<'_>, counters: &ExportCounters) -> Resul
 }
 
 /// Makes the sequence `name` hand out `last + 1` next (1 when `last` is 0,
-/// as on a fresh database).
+/// as on a fresh database). PostgreSQL does not undo this when the
+/// transaction rolls back, so it is the import's last write.
 async fn set_sequence(txn: &Transaction<'_>, name: &str, last: u64) -> Result<(), StoreError> {
     let (value, is_called) = match last {
         0 => (1, false),

@@ -451,3 +451,33 @@ async fn a_store_of_many_batches_is_copied_whole() {
     assert_eq!(pg_objects.len() as u64, n_objects);
     assert!(pg_objects == objects, "every object, byte for byte");
 }
+
+#[tokio::test]
+async fn an_import_that_fails_part_way_leaves_the_database_empty() {
+    let redb = filled_store().await;
+    // An attempt of a record that is not there: PostgreSQL's foreign key
+    // refuses it, after every other table has been copied.
+    redb.write(|tables| {
+        tables.attempts.insert((999, 1), [2u8, 0].as_slice())?;
+        Ok(())
+    })
+    .await
+    .expect("an orphan attempt");
+    let url = fresh_url().await;
+    let nonce_id = connect(&url).await.record_id(1);
+    let mut export = redb.export().expect("export");
+    let error = connect(&url)
+        .await
+        .import(&mut export)
+        .await
+        .expect_err("the orphan attempt is refused");
+    assert!(error.to_string().contains("attempts"), "{error}");
+    let after = connect(&url).await;
+    assert!(
+        after.is_empty().await.unwrap(),
+        "nothing of the import stays"
+    );
+    assert_eq!(count_rows(&after).await, [0; 6]);
+    assert_eq!(after.record_id(1), nonce_id, "the database keeps its nonce");
+    assert_eq!(after.allocate_repeater_id().await.unwrap(), 1);
+}
