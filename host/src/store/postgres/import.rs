@@ -154,7 +154,11 @@ async fn set_counters(txn: &Transaction<'_>, counters: &ExportCounters) -> Resul
     .map_err(|e| sql_error("storing the nonce", e))?;
     for (domain, last_indexed_on) in &counters.last_indexed_on {
         txn.execute(
-            "INSERT INTO domain_counters (domain, last_indexed_on) VALUES ($1, $2)",
+            // A database without forms may still have counted (its forms
+            // deleted by retention): keep the larger, as indexed_on only grows.
+            "INSERT INTO domain_counters (domain, last_indexed_on) VALUES ($1, $2)
+             ON CONFLICT (domain) DO UPDATE SET last_indexed_on =
+                 GREATEST(domain_counters.last_indexed_on, EXCLUDED.last_indexed_on)",
             &[domain, &(*last_indexed_on as i64)],
         )
         .await
