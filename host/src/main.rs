@@ -35,6 +35,31 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Copy a gateway's redb store into an empty PostgreSQL database.
+    ///
+    /// Stop the gateway first: the copy is of the store as it is when the
+    /// migration starts, and redb refuses a store another process has open.
+    /// Everything is copied (forms, cases, records with their attempts,
+    /// configured objects, pending notification states) with the record ids
+    /// unchanged, in one transaction: a migration that fails leaves the
+    /// database empty. A database that already holds data is refused.
+    ///
+    /// Then point the config at the database (`[store] backend = "postgres"`,
+    /// `url = ...`) and keep the same data_dir: its secret.key opens the
+    /// connections' sealed secrets (unless REPEATD_SECRET_KEY is set).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "to_env"])))]
+    Migrate {
+        /// The stopped gateway's data_dir (the one holding repeatd.redb).
+        #[arg(long, value_name = "DATA_DIR")]
+        from: PathBuf,
+        /// The database, as postgres://USER:PASSWORD@HOST:PORT/DATABASE.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// The name of an environment variable holding the database URL, so
+        /// that its password stays out of the process list.
+        #[arg(long, value_name = "VAR")]
+        to_env: Option<String>,
+    },
     /// A tiny receiver that prints every request and answers 200.
     Sink {
         /// Where to listen, e.g. 127.0.0.1:9000.
@@ -94,6 +119,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
+        Command::Migrate { from, to, to_env } => migrate(&from, to, to_env.as_deref()),
         Command::Sink { listen, status } => {
             runtime().and_then(|rt| rt.block_on(repeatd::sink::run(listen, status)))
         }
@@ -172,6 +198,33 @@ fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         );
         repeatd::serve(state, listener, shutdown_signal()).await
     })
+}
+
+/// `repeatd migrate`: copies the store and prints how much of each kind.
+fn migrate(from: &Path, to: Option<String>, to_env: Option<&str>) -> anyhow::Result<()> {
+    let url = match (to, to_env) {
+        (Some(url), _) => url,
+        (None, Some(name)) => std::env::var(name).map_err(|error| {
+            anyhow::anyhow!("--to-env {name}: the environment variable is not usable: {error}")
+        })?,
+        (None, None) => anyhow::bail!("migrate: give --to URL or --to-env VAR"),
+    };
+    let counts = runtime()?.block_on(repeatd::store::postgres::import::migrate(from, &url))?;
+    println!(
+        "repeatd: copied the store of {} into PostgreSQL",
+        from.display()
+    );
+    for (kind, n) in [
+        ("forms", counts.forms),
+        ("cases", counts.cases),
+        ("records", counts.records),
+        ("attempts", counts.attempts),
+        ("objects", counts.objects),
+        ("notifications", counts.notifications),
+    ] {
+        println!("{kind}: {n}");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

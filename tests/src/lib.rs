@@ -15,6 +15,8 @@
 //!   require a client certificate;
 //! - [`raw_remote`]: a hostile remote writing bytes by hand over bare TCP;
 //! - [`smtp`]: a real SMTP server (aiosmtpd) that keeps what it accepts;
+//! - [`pg`]: fresh PostgreSQL databases, and `REPEATD_TEST_STORE=postgres`,
+//!   which runs every [`Gateway`] on one;
 //! - [`load`]: the load harness behind `repeatd-load`.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +37,7 @@ pub mod daemon;
 pub mod fixture_session;
 mod http;
 pub mod load;
+pub mod pg;
 pub mod raw_remote;
 pub mod remote;
 pub mod size_bench;
@@ -294,7 +297,9 @@ impl Gateway {
     }
 
     async fn launch(dir: Arc<TempDir>, config_body: &str, clock: repeatd::clock::Clock) -> Gateway {
-        let text = format!("{}{config_body}", config_head(dir.path()));
+        // TOML: a `[store]` table goes after the body's tables.
+        let store = pg::store_switch(dir.path(), config_body).await;
+        let text = format!("{}{config_body}{store}", config_head(dir.path()));
         let config = repeatd::config::parse(&text, "test.toml")
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -28,6 +28,7 @@ mod backend;
 mod data_index;
 mod database;
 mod encoding;
+mod export;
 mod migration;
 pub mod postgres;
 mod retention;
@@ -76,6 +77,10 @@ pub use crate::submission::{RepeaterRef, Submission};
 pub use backend::{SharedHealth, Store};
 pub use data_index::{CaseScope, FormScope, Keep, ListingRange};
 pub use database::WriteFailure;
+pub use export::{
+    Export, ExportBatch, ExportCounters, ExportedAttempt, ExportedCase, ExportedForm,
+    ExportedNotification, ExportedObject, ExportedRecord,
+};
 pub use retention::{OldestKept, RetainedForms};
 pub use stats::DomainStats;
 

@@ -7,6 +7,7 @@
 //! The schema and what each column means are in `schema`.
 
 mod events;
+pub mod import;
 mod queue;
 mod reads;
 mod schema;

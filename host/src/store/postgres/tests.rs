@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::store::ObjectChange;
 
 /// A fresh database on the test cluster; fails when the URL is not given.
-async fn fresh_url() -> String {
+pub(super) async fn fresh_url() -> String {
     let base = std::env::var("REPEATD_TEST_PG_URL")
         .expect("REPEATD_TEST_PG_URL must name a PostgreSQL the tests may CREATE DATABASE on");
     let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
