@@ -15,7 +15,8 @@
 //!   require a client certificate;
 //! - [`raw_remote`]: a hostile remote writing bytes by hand over bare TCP;
 //! - [`smtp`]: a real SMTP server (aiosmtpd) that keeps what it accepts;
-//! - [`load`]: the load harness behind `repeatd-load`.
+//! - [`load`]: the load harness behind `repeatd-load`;
+//! - [`pg`]: a fresh PostgreSQL database per test, for the cluster tests.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod fixture_session;
 mod http;
 pub mod load;
+pub mod pg;
 pub mod raw_remote;
 pub mod remote;
 pub mod size_bench;

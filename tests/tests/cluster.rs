@@ -57,10 +57,7 @@ impl Cluster {
             nodes.push(launch.start().await.expect("a node starts"));
             dirs.push(dir);
         }
-        Cluster {
-            nodes,
-            _dirs: dirs,
-        }
+        Cluster { nodes, _dirs: dirs }
     }
 
     fn a(&self) -> &Daemon {
@@ -309,7 +306,9 @@ async fn max_workers_1_keeps_registration_order_across_nodes() {
         .iter()
         .map(|request| {
             let body = String::from_utf8_lossy(&request.body).into_owned();
-            let start = body.find("order-form-").expect("the form id in the payload");
+            let start = body
+                .find("order-form-")
+                .expect("the form id in the payload");
             body[start..start + "order-form-0000".len()].to_owned()
         })
         .collect();
