@@ -23,6 +23,18 @@
 //! others are tried again. (A crash between an attempt's commit and the next
 //! save of the digests, a few milliseconds, loses that attempt's mention.)
 //! Only this module speaks SMTP.
+//!
+//! On a cluster (several nodes on one PostgreSQL database) one node at a time
+//! owns the e-mails: the one holding the cluster lock [`OWNER_LOCK`]. Only it
+//! keeps digests and sends, so quiet periods hold for the cluster. Every
+//! other node queues what it observes in the store
+//! (`Store::push_email_observations`) and the owner takes it from there every
+//! [`CLUSTER_POLL`]. A node that becomes the owner (its predecessor died, or
+//! it is the first) loads the digests the store kept, as a restart does, and
+//! sends what is owed; one whose lock connection broke saves its digests and
+//! forgets them. A node not owning the e-mails forwards the successes of the
+//! connections that have a stored digest or that it saw fail lately, so that
+//! the owner hears of recoveries. On redb the one process is always the owner.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -62,6 +74,19 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 const STORE_RETRY_WAIT: Duration = Duration::from_secs(1);
 /// The longest the task sleeps without looking again.
 const LONGEST_SLEEP: Duration = Duration::from_secs(3_600);
+/// The cluster lock whose holder owns the error e-mails.
+pub const OWNER_LOCK: &str = "email";
+/// How often a node of a cluster asks whether it owns the e-mails, and the
+/// owner takes the observations other nodes queued.
+pub const CLUSTER_POLL: Duration = Duration::from_millis(500);
+/// How long asking for the lock may take before this node counts as not
+/// owning the e-mails.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queued observations taken at a time.
+const TAKE_BATCH: usize = 500;
+/// How long a node not owning the e-mails forwards the successes of a
+/// connection it saw fail, before the owner's stored digest says it must.
+const RECENT_FAILURE: Duration = Duration::from_secs(10);
 
 /// (domain, connection name).
 type ConnectionKey = (String, String);
@@ -487,6 +512,9 @@ enum Event {
     Stop(Duration, oneshot::Sender<()>),
 }
 
+/// A committed attempt the e-mails may tell; queued between nodes as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Observation {
     Failed(ConnectionKey, AttemptNote),
     Succeeded(ConnectionKey, AttemptNote),
@@ -511,37 +539,17 @@ impl Notifier {
         };
         let counts = Arc::new(EmailCounts::default());
         let mailer = Mailer::new(smtp, counts.clone())?;
-        let stored = store
-            .notifications::<Digest>()
-            .await
-            .context("reading pending error e-mails")?;
-        let snapshot = catalog.snapshot();
-        let mut entries = HashMap::new();
-        let mut dirty = HashSet::new();
-        for (domain, connection, decoded) in stored {
-            let key = (domain, connection);
-            match decoded {
-                Ok(mut digest) => {
-                    digest.unsent();
-                    if recipients(&snapshot, &key).is_empty() {
-                        dirty.insert(key);
-                    } else {
-                        entries.insert(key, Entry { digest, job: None });
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "dropping an unreadable pending error e-mail");
-                    dirty.insert(key);
-                }
-            }
-        }
-        let owed = entries.values().filter(|entry| entry.digest.owes()).count();
-        if owed > 0 {
-            tracing::info!(
-                connections = owed,
-                "error e-mails owed from before the restart will be sent"
-            );
-        }
+        let clustered = store.is_clustered();
+        // A node of a cluster loads the digests once it owns the e-mails.
+        let (entries, dirty) = if clustered {
+            (HashMap::new(), HashSet::new())
+        } else {
+            let stored = store
+                .notifications::<Digest>()
+                .await
+                .context("reading pending error e-mails")?;
+            load_digests(stored, &catalog.snapshot())
+        };
         let watched = Arc::new(Mutex::new(entries.keys().cloned().collect::<HashSet<_>>()));
         let (events, received) = mpsc::unbounded_channel();
         let (tried_tx, tried) = mpsc::unbounded_channel();
@@ -556,6 +564,11 @@ impl Notifier {
             dirty,
             tried_tx,
             running: 0,
+            clustered,
+            owner: !clustered,
+            next_poll: clock.instant(),
+            outbox: Vec::new(),
+            recent_failures: HashMap::new(),
         };
         tokio::spawn(worker.run(received, tried));
         Ok(Notifier {
@@ -634,6 +647,42 @@ impl Notifier {
             let _ = stopped.await;
         }
     }
+}
+
+/// The digests the store kept, ready to go on: an e-mail that was under way
+/// is owed again. Also the connections whose stored digest is to be removed
+/// (unreadable, or nobody left to tell).
+fn load_digests(
+    stored: Vec<crate::store::StoredNotification<Digest>>,
+    snapshot: &Snapshot,
+) -> (HashMap<ConnectionKey, Entry>, HashSet<ConnectionKey>) {
+    let mut entries = HashMap::new();
+    let mut dirty = HashSet::new();
+    for (domain, connection, decoded) in stored {
+        let key = (domain, connection);
+        match decoded {
+            Ok(mut digest) => {
+                digest.unsent();
+                if recipients(snapshot, &key).is_empty() {
+                    dirty.insert(key);
+                } else {
+                    entries.insert(key, Entry { digest, job: None });
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "dropping an unreadable pending error e-mail");
+                dirty.insert(key);
+            }
+        }
+    }
+    let owed = entries.values().filter(|entry| entry.digest.owes()).count();
+    if owed > 0 {
+        tracing::info!(
+            connections = owed,
+            "error e-mails owed from before will be sent"
+        );
+    }
+    (entries, dirty)
 }
 
 /// A URL without its password.
@@ -842,6 +891,18 @@ struct Worker {
     tried_tx: mpsc::UnboundedSender<Tried>,
     /// Tries under way.
     running: usize,
+    /// Whether other nodes share the store (and so the e-mails).
+    clustered: bool,
+    /// Whether this node keeps the digests and sends: always on redb; on a
+    /// cluster while it holds `OWNER_LOCK` and has loaded the digests.
+    owner: bool,
+    /// When a node of a cluster next asks for the lock and takes queued
+    /// observations.
+    next_poll: tokio::time::Instant,
+    /// Observations to queue for the owner (while this node is not it).
+    outbox: Vec<Observation>,
+    /// Connections this node saw fail while not the owner, and when.
+    recent_failures: HashMap<ConnectionKey, tokio::time::Instant>,
 }
 
 impl Worker {
@@ -853,12 +914,16 @@ impl Worker {
         let mut stopping: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
         loop {
             let clock = self.clock;
+            if self.clustered && stopping.is_none() && clock.instant() >= self.next_poll {
+                self.poll_cluster().await;
+                self.next_poll = clock.instant() + CLUSTER_POLL;
+            }
             let now = clock.now_micros();
             if stopping.is_none() {
                 self.start_due(now);
             }
             self.forget_spent(now);
-            let store_failed = !self.persist().await;
+            let store_failed = !self.flush().await;
             if let Some((deadline, _)) = &stopping
                 && (self.running == 0 || clock.instant() >= *deadline)
             {
@@ -879,6 +944,9 @@ impl Worker {
             };
             if store_failed {
                 sleep = sleep.min(STORE_RETRY_WAIT);
+            }
+            if self.clustered && stopping.is_none() {
+                sleep = sleep.min(self.next_poll.saturating_duration_since(clock.instant()));
             }
             tokio::select! {
                 event = events.recv() => match event {
@@ -911,7 +979,7 @@ impl Worker {
                 }
             }
         }
-        if !self.persist().await {
+        if !self.flush().await {
             tracing::error!("could not save pending error e-mails at shutdown");
         }
         // Let go of the store before saying so: a restart in this process
@@ -923,6 +991,18 @@ impl Worker {
     }
 
     fn apply(&mut self, observation: Observation) {
+        if !self.owner {
+            if let Observation::Failed(key, _) = &observation {
+                self.recent_failures
+                    .insert(key.clone(), self.clock.instant());
+                self.watched
+                    .lock()
+                    .expect("watched lock")
+                    .insert(key.clone());
+            }
+            self.outbox.push(observation);
+            return;
+        }
         match observation {
             Observation::Failed(key, note) => {
                 self.watched
@@ -1083,6 +1163,153 @@ impl Worker {
                 }),
             })
             .min()
+    }
+
+    // ---- one owner for a cluster ------------------------------------------
+
+    /// Asks whether this node owns the e-mails and acts on the answer: takes
+    /// them over, takes what other nodes queued, or hands them back.
+    async fn poll_cluster(&mut self) {
+        let holds = match tokio::time::timeout(LOCK_TIMEOUT, self.store.hold_lock(OWNER_LOCK)).await
+        {
+            Ok(Ok(holds)) => holds,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot tell whether this node sends the error e-mails; it does not meanwhile");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "no answer whether this node sends the error e-mails; it does not meanwhile"
+                );
+                false
+            }
+        };
+        match (self.owner, holds) {
+            (false, true) => self.take_ownership().await,
+            (true, true) => self.take_queued().await,
+            (true, false) => {
+                self.give_up_ownership().await;
+                self.refresh_watched().await;
+            }
+            (false, false) => self.refresh_watched().await,
+        }
+    }
+
+    /// This node holds the lock: loads the digests the store kept, then
+    /// applies what other nodes queued and what it had yet to queue itself.
+    async fn take_ownership(&mut self) {
+        let stored = match self.store.notifications::<Digest>().await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, "could not read pending error e-mails; trying again");
+                return;
+            }
+        };
+        let (entries, dirty) = load_digests(stored, &self.catalog.snapshot());
+        *self.watched.lock().expect("watched lock") = entries.keys().cloned().collect();
+        self.entries = entries;
+        self.dirty = dirty;
+        self.owner = true;
+        self.recent_failures.clear();
+        tracing::info!("this node now sends the cluster's error e-mails");
+        self.take_queued().await;
+        // Not queued yet, so newer than what was.
+        for observation in std::mem::take(&mut self.outbox) {
+            self.apply(observation);
+        }
+    }
+
+    /// Applies the observations other nodes queued.
+    async fn take_queued(&mut self) {
+        loop {
+            let taken = match self
+                .store
+                .take_email_observations::<Observation>(TAKE_BATCH)
+                .await
+            {
+                Ok(taken) => taken,
+                Err(error) => {
+                    tracing::error!(%error, "could not take the error-e-mail observations of other nodes; trying again");
+                    return;
+                }
+            };
+            let n_taken = taken.len();
+            for observation in taken {
+                match observation {
+                    Ok(observation) => self.apply(observation),
+                    Err(error) => {
+                        tracing::error!(%error, "dropping an unreadable error-e-mail observation");
+                    }
+                }
+            }
+            if n_taken < TAKE_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// This node lost the lock (its connection broke; another node may hold
+    /// it now): saves the digests and forgets them. An e-mail under way goes
+    /// out all the same, and is sent again by the next owner.
+    async fn give_up_ownership(&mut self) {
+        tracing::warn!(
+            "this node no longer holds the cluster's error e-mails; another node takes them over"
+        );
+        if !self.persist().await {
+            tracing::error!("could not save pending error e-mails before handing them over");
+        }
+        self.entries.clear();
+        self.dirty.clear();
+        self.watched.lock().expect("watched lock").clear();
+        self.owner = false;
+    }
+
+    /// While not the owner: the connections whose successes the owner must
+    /// hear of are those with a stored digest, and those this node saw fail
+    /// lately (the owner may not have stored their digest yet).
+    async fn refresh_watched(&mut self) {
+        let stored = match self.store.notifications::<serde::de::IgnoredAny>().await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "could not read which connections have pending error e-mails");
+                return;
+            }
+        };
+        let now = self.clock.instant();
+        self.recent_failures
+            .retain(|_, at| now.saturating_duration_since(*at) < RECENT_FAILURE);
+        let watched = stored
+            .into_iter()
+            .map(|(domain, connection, _)| (domain, connection))
+            .chain(self.recent_failures.keys().cloned())
+            .collect();
+        *self.watched.lock().expect("watched lock") = watched;
+    }
+
+    /// Saves the digests that changed and queues the observations for the
+    /// owner; false when the store refused either.
+    async fn flush(&mut self) -> bool {
+        let saved = self.persist().await;
+        let queued = self.push_outbox().await;
+        saved && queued
+    }
+
+    /// Queues the observations waiting for the owner; false when the store
+    /// refused.
+    async fn push_outbox(&mut self) -> bool {
+        if self.outbox.is_empty() {
+            return true;
+        }
+        match self.store.push_email_observations(&self.outbox).await {
+            Ok(()) => {
+                self.outbox.clear();
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not hand error-e-mail observations to the node that sends the e-mails; trying again");
+                false
+            }
+        }
     }
 
     /// Saves the digests that changed; false when the store refused.

@@ -65,10 +65,32 @@ impl Launch {
 
     /// Writes the test config head for `dir` followed by `config_body` to
     /// `dir/repeatd.toml`, and launches that.
+    ///
+    /// With `REPEATD_TEST_STORE=postgres`, the gateway runs on the database
+    /// of `dir` as an in-process [`crate::Gateway`] over the same directory
+    /// does ([`crate::pg::store_switch`]), so that a test may crash the
+    /// binary and start the gateway again in its own process.
     pub fn in_dir(dir: &TempDir, config_body: &str) -> Launch {
         let config = dir.path().join("repeatd.toml");
-        std::fs::write(&config, format!("{}{config_body}", config_head(dir.path())))
-            .unwrap_or_else(|error| panic!("writing {}: {error}", config.display()));
+        let store = {
+            // On a thread of its own: callers may or may not be inside a
+            // runtime, and a runtime cannot be entered from within one.
+            let (path, body) = (dir.path().to_owned(), config_body.to_owned());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the store switch")
+                    .block_on(crate::pg::store_switch(&path, &body))
+            })
+            .join()
+            .expect("the store switch")
+        };
+        std::fs::write(
+            &config,
+            format!("{}{config_body}{store}", config_head(dir.path())),
+        )
+        .unwrap_or_else(|error| panic!("writing {}: {error}", config.display()));
         Launch::new(config)
     }
 

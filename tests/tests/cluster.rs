@@ -361,3 +361,91 @@ async fn the_cluster_sends_one_email_per_quiet_period() {
         "one e-mail for the cluster within the quiet period: {mails:#?} then {mails_now:#?}"
     );
 }
+
+/// The owner of the e-mails is frozen (SIGSTOP) while the other node fails
+/// to send: nothing is e-mailed meanwhile, and once the owner runs again one
+/// e-mail tells every failure the other node saw. Then the owner dies: the
+/// other node takes the e-mails over with their stored digest, so its
+/// summary waits out the quiet period of the dead node's e-mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_owns_the_emails_and_hears_of_every_failure() {
+    const OWNER_LOG: &str = "this node now sends the cluster's error e-mails";
+    const QUIET: Duration = Duration::from_secs(4);
+    let smtp = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    receiver.plan("/in", vec![Answer::Status(503)]);
+    let body = format!(
+        "\n[smtp]\nurl = \"smtp://127.0.0.1:{}\"\nfrom = \"repeatd@example.org\"\nquiet_period = \"4s\"\n{}",
+        smtp.port,
+        domain(
+            &[("forms", receiver.url("/in"))],
+            &repeater(
+                "forms",
+                "form",
+                "forms",
+                "form-xml",
+                "retry = { max_attempts = 1, min_wait = \"10ms\", factor = 1.0, max_wait = \"10ms\" }",
+            ),
+        )
+    );
+    let url = pg::fresh_database_url().await;
+    let config = format!("{body}{}", store_section(&url, "30s"));
+    let dir_a = TempDir::new("node-a");
+    let dir_b = TempDir::new("node-b");
+    let mut a = Launch::in_dir(&dir_a, &config)
+        .env("REPEATD_SECRET_KEY", SECRET_KEY)
+        .start()
+        .await
+        .expect("node A starts");
+    a.wait_log(OWNER_LOG, WAIT).await;
+    let b = Launch::in_dir(&dir_b, &config)
+        .env("REPEATD_SECRET_KEY", SECRET_KEY)
+        .start()
+        .await
+        .expect("node B starts");
+
+    a.signal("STOP").expect("freezing node A");
+    for n in 0..5 {
+        let (status, _) = b.submit("demo", &form("frozen", n), None).await;
+        assert_eq!(status, 201);
+    }
+    let records = b.wait_records("demo", "", 5, "cancelled", WAIT).await;
+    assert_eq!(records.len(), 5);
+    assert!(
+        records.iter().all(|record| record["state"] == "cancelled"),
+        "node B sent them all: {records:#?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(smtp.mails().is_empty(), "node B does not e-mail");
+    assert!(!b.log().contains(OWNER_LOG), "{}", b.log());
+
+    a.signal("CONT").expect("thawing node A");
+    let mails = smtp.wait_mails(1, WAIT).await;
+    let first_at = Instant::now();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(
+        mails[0].subject,
+        "[repeatd] project space \"demo\": connection \"forms\" is failing (5 failed attempts)",
+        "{}",
+        mails[0].body
+    );
+
+    a.kill();
+    drop(a);
+    b.wait_log(OWNER_LOG, WAIT).await;
+    let (status, _) = b.submit("demo", &form("after", 0), None).await;
+    assert_eq!(status, 201);
+    let mails = smtp.wait_mails(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(
+        first_at.elapsed() >= QUIET - Duration::from_millis(500),
+        "the summary waits out the quiet period of the first e-mail ({:?})",
+        first_at.elapsed()
+    );
+    assert_eq!(
+        mails[1].subject,
+        "[repeatd] project space \"demo\": connection \"forms\" is still failing (1 failed attempts since the last e-mail)",
+        "{}",
+        mails[1].body
+    );
+}

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::encoding::{decode, encode_json};
 use super::postgres::{ClusterEvent, PgStore};
 use super::{
     AttemptResult, CaseScope, CommittedAttempt, DomainStats, FormScope, IngestResult, Keep, Listed,
@@ -532,6 +533,41 @@ impl Store {
         match self {
             Store::Redb(store) => store.put_notifications(changes).await,
             Store::Postgres(store) => store.put_notifications(changes).await,
+        }
+    }
+
+    /// Queues observations for the node that owns the error e-mails (the
+    /// holder of the lock "email"). On redb the only node owns them and
+    /// hands its observations to itself in memory, so it never calls this;
+    /// were it to, there is nobody else to queue for.
+    pub async fn push_email_observations<T: Serialize>(
+        &self,
+        observations: &[T],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(_) => Ok(()),
+            Store::Postgres(store) => {
+                let encoded = observations.iter().map(encode_json).collect();
+                store.push_email_observations(encoded).await
+            }
+        }
+    }
+
+    /// Takes (and removes) up to `limit` observations other nodes queued,
+    /// oldest first; one that cannot be read is an `Err` in its place. On
+    /// redb nobody queues any.
+    pub async fn take_email_observations<T: DeserializeOwned>(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(Vec::new()),
+            Store::Postgres(store) => Ok(store
+                .take_email_observations(limit)
+                .await?
+                .iter()
+                .map(|value| decode(value, || "an error-e-mail observation".to_owned()))
+                .collect()),
         }
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::data_index::order_key;
 use super::encoding::{decode_case, decode_form, decode_record};
 use super::tables::*;
-use super::{Store, StoreError};
+use super::{RedbStore, StoreError};
 use crate::record::RecordState;
 
 /// Rows in one batch at most.
@@ -133,13 +133,13 @@ enum Message {
 
 type Sender = mpsc::Sender<Result<Message, StoreError>>;
 
-/// The store's whole content, batch by batch ([`Store::export`]).
+/// The store's whole content, batch by batch ([`RedbStore::export`]).
 pub struct Export {
     batches: mpsc::Receiver<Result<Message, StoreError>>,
     ended: bool,
 }
 
-impl Store {
+impl RedbStore {
     /// Starts copying the whole store out, as of now: the batches are read
     /// on a thread of their own, a few ahead of the caller. Writes made
     /// after this call are not in the copy.

@@ -21,7 +21,7 @@ use super::{PgStore, sql_error};
 use crate::clock::Clock;
 use crate::store::{
     Export, ExportBatch, ExportCounters, ExportedAttempt, ExportedCase, ExportedForm,
-    ExportedNotification, ExportedObject, ExportedRecord, Store, StoreError,
+    ExportedNotification, ExportedObject, ExportedRecord, RedbStore, StoreError,
 };
 
 /// The lease a store made for the import would claim records for; it claims
@@ -62,7 +62,7 @@ pub async fn migrate(data_dir: &Path, url: &str) -> Result<ImportCounts, ImportE
     }
     let target = PgStore::connect(url, IMPORT_LEASE, Clock::system()).await?;
     let dir = data_dir.to_owned();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let opened = tokio::task::spawn_blocking(move || RedbStore::open(&dir))
         .await
         .map_err(|e| StoreError::Storage(format!("opening {}: {e}", path.display())))?;
     let store = match opened {

@@ -4,8 +4,10 @@
 //! per-database nonce behind record ids, and the cluster-wide pieces that do
 //! not touch records: configured objects (with `NOTIFY repeatd_catalog`),
 //! notification states, repeater ids, repeater health and singleton locks.
-//! The schema and what each column means are in `schema`.
+//! The schema and what each column means are in `schema`; the hand-over of
+//! error-e-mail observations to the node that owns the e-mails is in `email`.
 
+mod email;
 mod events;
 pub mod import;
 mod queue;

@@ -28,6 +28,8 @@
 //!   (redb's `final_since` table; `NULL` while queued), `payload_id` what
 //!   `PayloadRef::payload_id` answers; no lease (`leased_until` `NULL`).
 //! - `attempts`, `objects`, `notifications`: key columns and the value.
+//! - `email_observations`: nothing to import; redb has no such table (its
+//!   one node owns the error e-mails and hands itself observations in memory).
 
 /// The advisory lock (`pg_advisory_xact_lock`) migrations are applied under.
 pub(super) const MIGRATION_LOCK: i64 = 0x7265_7065_6174_6401; // "repeatd" 1
@@ -134,5 +136,15 @@ CREATE TABLE repeater_health (
 );
 ";
 
+/// Migration 2: observations of attempts (`email::Observation`, as
+/// `encode_json`) made on a node that does not own the error e-mails, waiting
+/// for the node that does (`postgres::email`); taken in `id` order.
+const V2: &str = "
+CREATE TABLE email_observations (
+    id    bigserial PRIMARY KEY,
+    value bytea     NOT NULL
+);
+";
+
 /// Every migration, as (version, SQL), in the order they are applied.
-pub(super) const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];

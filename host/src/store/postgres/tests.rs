@@ -395,3 +395,60 @@ async fn claims_honour_max_workers_across_nodes_and_leases_run_out() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn email_observations_are_taken_in_order_and_each_once() {
+    let url = fresh_url().await;
+    let (a, b) = tokio::join!(connect(&url), connect(&url));
+    a.push_email_observations(vec![b"first".to_vec(), b"second".to_vec()])
+        .await
+        .expect("push");
+    b.push_email_observations(vec![b"third".to_vec()])
+        .await
+        .expect("push");
+    a.push_email_observations(Vec::new())
+        .await
+        .expect("pushing nothing");
+    assert_eq!(
+        b.take_email_observations(2).await.expect("take"),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+    assert_eq!(
+        a.take_email_observations(10).await.expect("take"),
+        vec![b"third".to_vec()]
+    );
+    assert!(
+        a.take_email_observations(10)
+            .await
+            .expect("take")
+            .is_empty()
+    );
+
+    // Two takers at once, each in small batches: every value comes out
+    // once, and each taker sees its values in the order they were pushed.
+    let pushed: Vec<Vec<u8>> = (0..2_000u32).map(|n| n.to_be_bytes().to_vec()).collect();
+    for chunk in pushed.chunks(100) {
+        a.push_email_observations(chunk.to_vec())
+            .await
+            .expect("push");
+    }
+    async fn drain(store: &PgStore) -> Vec<u32> {
+        let mut taken = Vec::new();
+        loop {
+            let batch = store.take_email_observations(7).await.expect("take");
+            if batch.is_empty() {
+                return taken;
+            }
+            taken.extend(
+                batch
+                    .iter()
+                    .map(|value| u32::from_be_bytes(value[..].try_into().expect("4 bytes"))),
+            );
+        }
+    }
+    let (by_a, by_b) = tokio::join!(drain(&a), drain(&b));
+    assert!(by_a.is_sorted() && by_b.is_sorted(), "each taker in order");
+    let mut all: Vec<u32> = by_a.iter().chain(&by_b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..2_000).collect::<Vec<_>>(), "each taken once");
+}

@@ -14,7 +14,7 @@ use crate::store::postgres::PgStore;
 use crate::store::postgres::tests::fresh_url;
 use crate::store::tables::*;
 use crate::store::tests::{answered_200, attempt_result, memory_store, submission};
-use crate::store::{ObjectChange, RecordFilter, Store};
+use crate::store::{ObjectChange, RecordFilter, RedbStore as Store};
 
 async fn connect(url: &str) -> PgStore {
     PgStore::connect(url, Duration::from_secs(30), Clock::system())
