@@ -228,6 +228,7 @@ fn the_rules_see_every_module() {
         "email",
         "record",
         "scheduler",
+        "cluster",
         "clock",
         "config",
         "catalog",
