@@ -360,7 +360,11 @@ impl Catalog {
                 .map(|r| r.id);
             let id = match existing {
                 Some(id) => id,
-                None => self.store.allocate_repeater_id().await?,
+                None => {
+                    self.store
+                        .repeater_id_for(&declared.domain, &declared.spec.name)
+                        .await?
+                }
             };
             let stored = StoredRepeater {
                 id,
@@ -576,7 +580,7 @@ impl Catalog {
         let existing = objects.repeaters.get(&spec.name);
         let id = match presence(existing, replace, REPEATER, domain, &spec.name)? {
             Some(existing) => existing.id,
-            None => self.store.allocate_repeater_id().await?,
+            None => self.store.repeater_id_for(domain, &spec.name).await?,
         };
         let stored = StoredRepeater { id, spec };
         let value = serde_json::to_vec(&stored).expect("serializes");
@@ -596,6 +600,7 @@ impl Catalog {
         };
         let id = repeater.id;
         self.put_object(REPEATER, domain, name, None).await?;
+        self.store.forget_repeater_id(domain, name).await?;
         self.reload().await?;
         Ok(id)
     }

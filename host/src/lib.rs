@@ -298,7 +298,9 @@ async fn open_store(config: &Config, clock: Clock) -> anyhow::Result<Store> {
     let store = &config.store;
     match (store.backend, &store.url) {
         (config::StoreBackend::Postgres, Some(url)) => {
-            let connected = Store::connect_postgres(url.expose(), store.lease, clock).await?;
+            let node_id = node_id(&config.data_dir)?;
+            let connected =
+                Store::connect_postgres(url.expose(), store.lease, clock, Some(node_id)).await?;
             tracing::info!(lease = ?store.lease, "the store is PostgreSQL, shared by every node");
             Ok(connected)
         }
@@ -312,6 +314,26 @@ async fn open_store(config: &Config, clock: Clock) -> anyhow::Result<Store> {
             Ok(opened.with_clock(clock))
         }
     }
+}
+
+/// This node's id in a cluster, kept in `data_dir/node-id` (made on first
+/// start): each node has a data directory of its own, and a node restarted
+/// over it is the same node.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => anyhow::bail!("reading {}: {error}", path.display()),
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let id = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .map_err(|error| anyhow::anyhow!("writing {}: {error}", path.display()))?;
+    Ok(id)
 }
 
 /// Serves HTTP (HTTPS with `[tls]`) until `shutdown`, then drains the scheduler.

@@ -69,6 +69,9 @@ struct Lane {
     buffer: VecDeque<u64>,
     /// The earliest due time not in `buffer`/`in_flight`, when known.
     next_due: Option<i64>,
+    /// Records an operator made due now, to claim before the lane's queue
+    /// (a clustered store: only claimed records are sent).
+    wanted: VecDeque<u64>,
     health: Health,
 }
 
@@ -80,6 +83,7 @@ impl Lane {
             sending: 0,
             buffer: VecDeque::new(),
             next_due: Some(i64::MIN),
+            wanted: VecDeque::new(),
             health: Health::default(),
         }
     }
@@ -194,18 +198,19 @@ impl Scheduler {
             let now = self.shared.with.clock.now_micros();
             let mut lanes = self.shared.lanes.lock().expect("lanes lock");
             // In a cluster a record is sent only once claimed: the released
-            // records are due now, and the lane claims them oldest first.
-            let ahead = if self.shared.with.store.is_clustered() {
-                0
-            } else {
-                FETCH_BATCH
-            };
-            for (repeater_id, seq, _) in items.iter().take(ahead).rev() {
+            // records are claimed first, at the lane's next fetch.
+            let clustered = self.shared.with.store.is_clustered();
+            for (repeater_id, seq, _) in items.iter().take(FETCH_BATCH).rev() {
                 if let Some(lane) = lanes.get_mut(repeater_id)
                     && !lane.in_flight.contains(seq)
                 {
-                    lane.buffer.retain(|queued| queued != seq);
-                    lane.buffer.push_front(*seq);
+                    if clustered {
+                        lane.wanted.retain(|queued| queued != seq);
+                        lane.wanted.push_front(*seq);
+                    } else {
+                        lane.buffer.retain(|queued| queued != seq);
+                        lane.buffer.push_front(*seq);
+                    }
                 }
             }
             for (repeater_id, _, _) in items {
@@ -468,7 +473,7 @@ impl Scheduler {
                 continue;
             };
             let buffered = lane.buffer.len();
-            let due_now = lane.next_due.is_some_and(|at| at <= now);
+            let due_now = lane.next_due.is_some_and(|at| at <= now) || !lane.wanted.is_empty();
             if buffered < n_starts && due_now {
                 // A claim on PostgreSQL is a lease: claim only what is
                 // about to be sent. redb reads ahead a batch.
@@ -483,6 +488,7 @@ impl Scheduler {
                     repeater_id: lane.repeater.id,
                     limit,
                     max_workers: lane.repeater.spec.max_workers,
+                    first: lane.wanted.iter().take(limit).copied().collect(),
                     skip,
                 });
             }
@@ -503,15 +509,27 @@ impl Scheduler {
         now: i64,
     ) -> Result<FetchedDue, crate::store::StoreError> {
         let store = &self.shared.with.store;
-        let due = store
-            .due_records(
-                fetch.repeater_id,
-                now,
-                fetch.limit,
-                fetch.max_workers,
-                &fetch.skip,
-            )
-            .await?;
+        let mut due = if fetch.first.is_empty() {
+            Vec::new()
+        } else {
+            store
+                .claim_records(fetch.repeater_id, now, &fetch.first, fetch.max_workers)
+                .await?
+        };
+        if due.len() < fetch.limit {
+            let mut skip = fetch.skip.clone();
+            skip.extend(due.iter().copied());
+            let more = store
+                .due_records(
+                    fetch.repeater_id,
+                    now,
+                    fetch.limit - due.len(),
+                    fetch.max_workers,
+                    &skip,
+                )
+                .await?;
+            due.extend(more);
+        }
         let next_due = if due.len() < fetch.limit {
             let mut skip = fetch.skip.clone();
             skip.extend(due.iter().copied());
@@ -541,6 +559,7 @@ impl Scheduler {
                 unsent.extend(found.due);
                 continue;
             };
+            lane.wanted.retain(|seq| !fetch.first.contains(seq));
             let fresh: Vec<u64> = found
                 .due
                 .into_iter()
@@ -855,6 +874,8 @@ struct DueFetch {
     limit: usize,
     /// The lane's `max_workers` (a clustered store holds it across nodes).
     max_workers: usize,
+    /// Records to claim before the others (an operator released them).
+    first: Vec<u64>,
     /// In flight or buffered already.
     skip: HashSet<u64>,
 }

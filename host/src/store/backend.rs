@@ -55,8 +55,9 @@ impl Store {
         url: &str,
         lease: Duration,
         clock: Clock,
+        node_id: Option<String>,
     ) -> Result<Store, StoreError> {
-        PgStore::connect(url, lease, clock)
+        PgStore::connect_as(url, lease, clock, node_id)
             .await
             .map(Store::Postgres)
     }
@@ -204,6 +205,27 @@ impl Store {
         match self {
             Store::Redb(store) => store.earliest_due(repeater_id, skip),
             Store::Postgres(store) => store.earliest_due(repeater_id, skip).await,
+        }
+    }
+
+    /// Claims the records `seqs` of a repeater that are queued and no node
+    /// holds, within `max_workers` across the nodes; returns those claimed.
+    /// Only a clustered store is asked (the scheduler sends redb's records
+    /// straight from its buffer): redb hands `seqs` back as they are.
+    pub async fn claim_records(
+        &self,
+        repeater_id: u64,
+        now: i64,
+        seqs: &[u64],
+        max_workers: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(seqs.to_vec()),
+            Store::Postgres(store) => {
+                store
+                    .claim_records(repeater_id, now, seqs, max_workers)
+                    .await
+            }
         }
     }
 
@@ -509,6 +531,26 @@ impl Store {
         match self {
             Store::Redb(store) => store.allocate_repeater_id().await,
             Store::Postgres(store) => store.allocate_repeater_id().await,
+        }
+    }
+
+    /// The id of a repeater about to be stored for the first time. On
+    /// PostgreSQL every node asking for the same (domain, name) gets the
+    /// same id until `forget_repeater_id`; on redb one process holds the
+    /// catalog's change lock, and a fresh id is simply allocated.
+    pub async fn repeater_id_for(&self, domain: &str, name: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Redb(store) => store.allocate_repeater_id().await,
+            Store::Postgres(store) => store.repeater_id_for(domain, name).await,
+        }
+    }
+
+    /// A repeater was deleted: its name gets a fresh id when made again
+    /// (nothing to do on redb, which never keeps one).
+    pub async fn forget_repeater_id(&self, domain: &str, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(_) => Ok(()),
+            Store::Postgres(store) => store.forget_repeater_id(domain, name).await,
         }
     }
 

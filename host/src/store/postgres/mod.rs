@@ -89,6 +89,12 @@ fn pool_error(url: &str, error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Storage(format!("PostgreSQL {}: {error}", redacted(url)))
 }
 
+/// The `meta` key of a repeater's id (names may hold any character but
+/// the domain's cannot hold a newline).
+fn repeater_id_key(domain: &str, name: &str) -> String {
+    format!("repeater_id\n{domain}\n{name}")
+}
+
 /// Keeps `failure` in step with the last write's `result`.
 fn note_write(failure: &Mutex<Option<WriteFailure>>, result: Result<(), &StoreError>) {
     let mut failure = match failure.lock() {
@@ -111,6 +117,18 @@ impl PgStore {
     /// Connects to `url`, applies the schema migrations this build has and
     /// the database lacks, and reads (or makes) the database's nonce.
     pub async fn connect(url: &str, lease: Duration, clock: Clock) -> Result<PgStore, StoreError> {
+        PgStore::connect_as(url, lease, clock, None).await
+    }
+
+    /// Like `connect`, as the node `node_id` (`None`: a new one). A node
+    /// that restarts under its id takes back at once the records it held
+    /// when it stopped, rather than wait for their leases to end.
+    pub async fn connect_as(
+        url: &str,
+        lease: Duration,
+        clock: Clock,
+        node_id: Option<String>,
+    ) -> Result<PgStore, StoreError> {
         let mut config = deadpool_postgres::Config::new();
         config.url = Some(url.to_owned());
         config.pool = Some(deadpool_postgres::PoolConfig::new(POOL_SIZE));
@@ -140,7 +158,20 @@ impl PgStore {
                 .map_err(|e| sql_error("committing the nonce", e))?;
             row.get::<_, i64>(0) as u64
         };
-        let node_id = format!("{:016x}", random_u64()?);
+        let node_id = match node_id {
+            Some(node_id) => {
+                client
+                    .execute(
+                        "UPDATE records SET leased_until = NULL, leased_by = NULL
+                         WHERE leased_by = $1",
+                        &[&node_id],
+                    )
+                    .await
+                    .map_err(|e| sql_error("taking back this node's records", e))?;
+                node_id
+            }
+            None => format!("{:016x}", random_u64()?),
+        };
         let write_failure = Arc::new(Mutex::new(None));
         let (writer, jobs) = tokio::sync::mpsc::channel(queue::WRITER_QUEUE);
         tokio::spawn(queue::run_writer(
@@ -371,6 +402,44 @@ impl PgStore {
             .await
             .map_err(|e| sql_error("allocating a repeater id", e))?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The id of repeater `name` of `domain` when it is new: the same on
+    /// every node that asks before it is deleted, so that nodes starting
+    /// together on one config (each adding its repeaters) agree, and no
+    /// record is registered under an id the catalog then drops.
+    pub async fn repeater_id_for(&self, domain: &str, name: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let key = repeater_id_key(domain, name);
+        // Two statements: the second's snapshot sees a row another node's
+        // insert committed while this one waited on it.
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, nextval('repeater_id_seq'))
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key],
+            )
+            .await
+            .map_err(|e| sql_error("allocating a repeater id", e))?;
+        let row = client
+            .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
+            .await
+            .map_err(|e| sql_error("reading a repeater id", e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Forgets the id of a deleted repeater: one made again with its name
+    /// gets a fresh one, as on redb.
+    pub async fn forget_repeater_id(&self, domain: &str, name: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM meta WHERE key = $1",
+                &[&repeater_id_key(domain, name)],
+            )
+            .await
+            .map_err(|e| sql_error("forgetting a repeater id", e))?;
+        Ok(())
     }
 
     // ---- the cluster ---------------------------------------------------------

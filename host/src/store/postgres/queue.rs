@@ -46,6 +46,14 @@ const RECORDS_PER_TRANSACTION: usize = 1_000;
 /// The first key of the per-repeater advisory locks of claims.
 const CLAIM_LOCK: i32 = 0x7270_6474; // "rpdt"
 
+/// Which records a claim takes.
+enum Claim<'a> {
+    /// The repeater's due records, oldest due first, but these.
+    Due(&'a HashSet<u64>),
+    /// These records, when queued (due or not).
+    Only(&'a [u64]),
+}
+
 /// A write waiting for the next group commit.
 pub(super) enum Job {
     Submission {
@@ -826,6 +834,32 @@ impl PgStore {
         max_workers: usize,
         skip: &HashSet<u64>,
     ) -> Result<Vec<u64>, StoreError> {
+        self.claim(repeater_id, now, limit, max_workers, Claim::Due(skip))
+            .await
+    }
+
+    /// Claims the records `seqs` of a repeater that are queued and no node
+    /// holds, within `max_workers` across the nodes (an operator made them
+    /// due now: they go before the repeater's queue).
+    pub async fn claim_records(
+        &self,
+        repeater_id: u64,
+        now: i64,
+        seqs: &[u64],
+        max_workers: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.claim(repeater_id, now, seqs.len(), max_workers, Claim::Only(seqs))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        repeater_id: u64,
+        now: i64,
+        limit: usize,
+        max_workers: usize,
+        which: Claim<'_>,
+    ) -> Result<Vec<u64>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -857,23 +891,35 @@ impl PgStore {
         if free == 0 {
             return Ok(Vec::new());
         }
-        let skip: Vec<i64> = skip.iter().map(|seq| *seq as i64).collect();
         let lease_end = now.saturating_add(self.lease.as_micros() as i64);
+        let (sql, seqs) = match which {
+            Claim::Due(skip) => (
+                "UPDATE records SET leased_until = $5, leased_by = $6
+                 WHERE seq IN (
+                     SELECT seq FROM records
+                     WHERE repeater_id = $1 AND due IS NOT NULL AND due <= $2
+                       AND (leased_until IS NULL OR leased_until <= $2)
+                       AND seq <> ALL($3)
+                     ORDER BY due, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, due",
+                skip.iter().map(|seq| *seq as i64).collect::<Vec<i64>>(),
+            ),
+            Claim::Only(only) => (
+                "UPDATE records SET leased_until = $5, leased_by = $6
+                 WHERE seq IN (
+                     SELECT seq FROM records
+                     WHERE repeater_id = $1 AND due IS NOT NULL
+                       AND (leased_until IS NULL OR leased_until <= $2)
+                       AND seq = ANY($3)
+                     ORDER BY due, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, due",
+                only.iter().map(|seq| *seq as i64).collect::<Vec<i64>>(),
+            ),
+        };
         let rows = txn
             .query(
-                &prepared(
-                    &txn,
-                    "UPDATE records SET leased_until = $5, leased_by = $6
-                     WHERE seq IN (
-                         SELECT seq FROM records
-                         WHERE repeater_id = $1 AND due IS NOT NULL AND due <= $2
-                           AND (leased_until IS NULL OR leased_until <= $2)
-                           AND seq <> ALL($3)
-                         ORDER BY due, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-                     RETURNING seq, due",
-                )
-                .await?,
-                &[&repeater, &now, &skip, &free, &lease_end, &self.node_id],
+                &prepared(&txn, sql).await?,
+                &[&repeater, &now, &seqs, &free, &lease_end, &self.node_id],
             )
             .await
             .map_err(|e| sql_error("claiming due records", e))?;

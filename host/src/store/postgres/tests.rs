@@ -452,3 +452,20 @@ async fn email_observations_are_taken_in_order_and_each_once() {
     all.sort_unstable();
     assert_eq!(all, (0..2_000).collect::<Vec<_>>(), "each taken once");
 }
+
+/// Nodes adding the same repeater at once agree on its id; once it is
+/// deleted, its name gets a fresh one.
+#[tokio::test]
+async fn nodes_agree_on_a_new_repeaters_id() {
+    let url = fresh_url().await;
+    let (a, b) = tokio::join!(connect(&url), connect(&url));
+    let (from_a, from_b) = tokio::join!(
+        a.repeater_id_for("demo", "forms"),
+        b.repeater_id_for("demo", "forms")
+    );
+    let id = from_a.expect("a");
+    assert_eq!(id, from_b.expect("b"));
+    assert_ne!(a.repeater_id_for("demo", "cases").await.expect("a"), id);
+    b.forget_repeater_id("demo", "forms").await.expect("forget");
+    assert_ne!(a.repeater_id_for("demo", "forms").await.expect("a"), id);
+}
