@@ -72,6 +72,10 @@ struct Lane {
     /// Records an operator made due now, to claim before the lane's queue
     /// (a clustered store: only claimed records are sent).
     wanted: VecDeque<u64>,
+    /// Counts what made `next_due` earlier (records registered, released,
+    /// a refresh), so that a fetch planned before one of them does not
+    /// overwrite what it learnt (the fetch runs without the lanes' lock).
+    due_changes: u64,
     health: Health,
 }
 
@@ -84,6 +88,7 @@ impl Lane {
             buffer: VecDeque::new(),
             next_due: Some(i64::MIN),
             wanted: VecDeque::new(),
+            due_changes: 0,
             health: Health::default(),
         }
     }
@@ -183,6 +188,7 @@ impl Scheduler {
             for (repeater_id, due) in items {
                 if let Some(lane) = lanes.get_mut(repeater_id) {
                     lane.next_due = Some(lane.next_due.map_or(*due, |known| known.min(*due)));
+                    lane.due_changes += 1;
                 }
             }
         }
@@ -236,6 +242,7 @@ impl Scheduler {
                 if repeater_id.is_none_or(|id| id == lane.repeater.id) {
                     lane.buffer.clear();
                     lane.next_due = Some(i64::MIN);
+                    lane.due_changes += 1;
                 }
             }
         }
@@ -489,6 +496,7 @@ impl Scheduler {
                     limit,
                     max_workers: lane.repeater.spec.max_workers,
                     first: lane.wanted.iter().take(limit).copied().collect(),
+                    due_changes: lane.due_changes,
                     skip,
                 });
             }
@@ -569,7 +577,15 @@ impl Scheduler {
                 claimed.insert(fetch.repeater_id, fresh.iter().copied().collect());
             }
             lane.buffer.extend(fresh);
-            if let Some(next_due) = found.next_due {
+            if let Some(next_due) = found.next_due
+                && lane.due_changes != fetch.due_changes
+            {
+                // Something became due while the fetch ran: keep what that
+                // said, and look again.
+                if let Some(at) = next_due {
+                    lane.next_due = Some(lane.next_due.map_or(at, |known| known.min(at)));
+                }
+            } else if let Some(next_due) = found.next_due {
                 lane.next_due = next_due;
                 // Anything earlier than now that was skipped is in flight
                 // here. In a cluster it may be held by another node or past
@@ -716,6 +732,7 @@ impl Scheduler {
         for &(repeater_id, seq, retry_at) in records {
             if let Some(lane) = lanes.get_mut(&repeater_id) {
                 lane.in_flight.remove(&seq);
+                lane.due_changes += 1;
                 for at in [retry_at, now].into_iter().flatten() {
                     lane.next_due = Some(lane.next_due.map_or(at, |known| known.min(at)));
                 }
@@ -876,6 +893,8 @@ struct DueFetch {
     max_workers: usize,
     /// Records to claim before the others (an operator released them).
     first: Vec<u64>,
+    /// The lane's `due_changes` when the fetch was planned.
+    due_changes: u64,
     /// In flight or buffered already.
     skip: HashSet<u64>,
 }

@@ -869,6 +869,12 @@ impl PgStore {
             .await
             .map_err(|e| sql_error("starting a transaction", e))?;
         let repeater = repeater_id as i64;
+        // A claim need not survive a crash of the database: a lost lease
+        // leaves the record claimable, as the end of a lease does. Not
+        // waiting for its WAL flush halves the fsyncs per payload.
+        txn.batch_execute("SET LOCAL synchronous_commit TO off")
+            .await
+            .map_err(|e| sql_error("starting a claim", e))?;
         txn.execute(
             &prepared(&txn, "SELECT pg_advisory_xact_lock($1, $2)").await?,
             &[&CLAIM_LOCK, &(repeater_id as i32)],
