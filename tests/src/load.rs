@@ -297,8 +297,9 @@ impl Options {
         match scenario {
             Scenario::Fanout => 10_000,
             Scenario::DeadRemote => 100_000,
-            // 12.5 s for one node at its ceiling (64 sends in 20 ms: 3,200/s).
-            Scenario::Scaleout => 40_000,
+            // Two payloads each: 12.5 s for one node at its ceiling (64
+            // sends in 20 ms: 3,200/s).
+            Scenario::Scaleout => 20_000,
             _ => self.forms,
         }
     }
@@ -342,13 +343,14 @@ at the end. CPU per 1,000 on PostgreSQL is the gateway's plus the server's
 cannot see), with the database's commits, write transactions, WAL fsyncs and
 WAL bytes per 1,000.
 
-scaleout (PostgreSQL, not part of `all`): one form-xml repeater to a receiver
+scaleout (PostgreSQL, not part of `all`): two form-xml repeaters to a receiver
 that answers after --scaleout-answer-after ms (20), --scaleout-in-flight sends
-per node ([delivery] max_in_flight; max_workers, which holds for the whole
-cluster, is twice that); --forms forms (40,000) queued while paused, then
-drained by one node, then (on a fresh database) by two nodes sharing it; the
-figure is the two-node rate over the one-node rate, and every payload must
-arrive once (forms and Idempotency-Key counted).";
+per node ([delivery] max_in_flight, 64; each repeater's max_workers, which
+holds for the whole cluster, is that too, at most 64); --forms forms (20,000,
+two payloads each) queued while paused, then drained by one node, then (on a
+fresh database) by two nodes sharing it; the figure is the two-node rate over
+the one-node rate, and every payload must arrive once (forms and
+Idempotency-Key counted).";
 
     /// Parses the command line (without the program name).
     pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<(Options, bool), String> {
@@ -2643,12 +2645,15 @@ const SCALEOUT_NODES: usize = 2;
 /// would still be counted.
 const SECOND_SEND_LINGER: Duration = Duration::from_millis(500);
 
-/// PostgreSQL only: a backlog of forms for one form-xml repeater, drained by
-/// one node, then (on a fresh database) by two nodes sharing it, to a
+/// PostgreSQL only: a backlog of forms for two form-xml repeaters, drained
+/// by one node, then (on a fresh database) by two nodes sharing it, to a
 /// remote that answers after `--scaleout-answer-after`: with
 /// `--scaleout-in-flight` sends per node, the remote's latency limits each
-/// node, not the CPU. Every payload must arrive once, by form id and by
-/// Idempotency-Key.
+/// node, not the CPU. A repeater's `max_workers` holds for the whole
+/// cluster and is at most 64, so one repeater could never have more than 64
+/// sends in flight however many nodes: there is one repeater per node of
+/// the largest cluster, each with `max_workers` = the sends per node. Every
+/// payload must arrive once, by form id and by Idempotency-Key.
 async fn scaleout(
     options: &Options,
     postgres: &PgServer,
@@ -2658,13 +2663,15 @@ async fn scaleout(
     let forms = options.forms_for(scenario);
     let in_flight = options.scaleout_in_flight;
     let answer_after = options.scaleout_answer_after;
-    let plans = vec![Plan {
-        name: "form-xml-0".into(),
-        kind: "form",
-        format: "form-xml",
-        lane: Some(0),
-        paused: true,
-    }];
+    let plans: Vec<Plan> = (0..SCALEOUT_NODES)
+        .map(|i| Plan {
+            name: format!("form-xml-{i}"),
+            kind: "form",
+            format: "form-xml",
+            lane: Some(i),
+            paused: true,
+        })
+        .collect();
     let capacity = SCALEOUT_NODES as u64 * forms;
     let mut bench = Bench::on(
         options,
@@ -2677,9 +2684,9 @@ async fn scaleout(
     .await?;
     bench.delivery_keys = format!("max_in_flight = {in_flight}\n");
     bench.gateway_env = vec![("REPEATD_SECRET_KEY", CLUSTER_SECRET_KEY)];
-    // max_workers holds for the whole cluster: room for every node's sends,
-    // so that each node's own max_in_flight is what limits it.
-    let max_workers = options.max_workers.unwrap_or(in_flight * SCALEOUT_NODES);
+    // Together the repeaters have room for every node's sends, so that each
+    // node's own max_in_flight is what limits it.
+    let max_workers = options.max_workers.unwrap_or(in_flight);
 
     let mut rates = Vec::new();
     for n_nodes in 1..=SCALEOUT_NODES {
@@ -2758,7 +2765,9 @@ async fn scaleout(
         let cpu_before: f64 = nodes.iter().map(GatewayProcess::cpu_seconds).sum();
         let resumed = Instant::now();
         for gateway in &nodes {
-            gateway.repeater_action("form-xml-0", "resume").await?;
+            for plan in &plans {
+                gateway.repeater_action(&plan.name, "resume").await?;
+            }
         }
         let delivered = bench.wait_delivered(&nodes[0], phase.clone()).await;
         let cpu_seconds = nodes.iter().map(GatewayProcess::cpu_seconds).sum::<f64>() - cpu_before;
@@ -2791,7 +2800,7 @@ async fn scaleout(
         }
         tokio::time::sleep(SECOND_SEND_LINGER).await;
         let keys = bench.tally.take_key_counts();
-        let expected = phase.end - phase.start;
+        let expected = bench.tally.expected(phase.clone());
         bench.figure(Figure::new(
             scenario,
             format!("records sent twice (Idempotency-Key), {nodes_label}"),
