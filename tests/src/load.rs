@@ -2169,7 +2169,9 @@ impl<'a> Bench<'a> {
     }
 
     /// What the database spent between two marks on `n` forms or payloads
-    /// (`what`) of the phase `phase`, beside `gateway_cpu_seconds`: its CPU
+    /// (`what`) of a phase, the figures' names ending in `phase` (as the
+    /// gateway's own figure of that phase ends), beside
+    /// `gateway_cpu_seconds`: its CPU
     /// and the sum with the gateway's, its commits, write transactions,
     /// WAL fsyncs per 1,000 and WAL bytes per one. Nothing on redb.
     fn database_figures(
@@ -2193,13 +2195,13 @@ impl<'a> Bench<'a> {
             let database = to - from;
             self.figure(Figure::new(
                 self.scenario,
-                format!("database CPU per 1,000 {what}, {phase}"),
+                format!("database CPU per 1,000 {what}{phase}"),
                 per_thousand(database),
                 "CPU s",
             ));
             self.figure(Figure::new(
                 self.scenario,
-                format!("gateway + database CPU per 1,000 {what}, {phase}"),
+                format!("gateway + database CPU per 1,000 {what}{phase}"),
                 per_thousand(gateway_cpu_seconds + database),
                 "CPU s",
             ));
@@ -2209,20 +2211,20 @@ impl<'a> Bench<'a> {
         };
         self.figure(Figure::new(
             self.scenario,
-            format!("database commits per 1,000 {what}, {phase}"),
+            format!("database commits per 1,000 {what}{phase}"),
             per_thousand(to.commits - from.commits),
             "",
         ));
         self.figure(Figure::new(
             self.scenario,
-            format!("database write transactions per 1,000 {what}, {phase}"),
+            format!("database write transactions per 1,000 {what}{phase}"),
             per_thousand(to.write_transactions - from.write_transactions),
             "",
         ));
         if let (Some(from), Some(to)) = (from.wal_syncs, to.wal_syncs) {
             self.figure(Figure::new(
                 self.scenario,
-                format!("WAL fsyncs per 1,000 {what}, {phase}"),
+                format!("WAL fsyncs per 1,000 {what}{phase}"),
                 per_thousand(to - from),
                 "",
             ));
@@ -2230,7 +2232,7 @@ impl<'a> Bench<'a> {
         let singular = what.trim_end_matches('s');
         self.figure(Figure::new(
             self.scenario,
-            format!("WAL per {singular}, {phase}"),
+            format!("WAL per {singular}{phase}"),
             (to.wal_bytes - from.wal_bytes) / n / 1000.0,
             "KB",
         ));
@@ -2510,7 +2512,7 @@ async fn flow(
         forms as f64,
     );
     bench.database_figures(
-        "(ingest + delivery)",
+        " (ingest + delivery)",
         "forms",
         forms as f64,
         cpu_after - cpu_before,
@@ -2557,7 +2559,7 @@ async fn flow(
         steady.then_some(targets::INGEST_CPU),
     );
     bench.database_figures(
-        "ingest only",
+        ", ingest only",
         "forms",
         driven.ok as f64,
         cpu_ingest,
@@ -2596,7 +2598,7 @@ async fn flow(
             steady.then_some(targets::DELIVERY_CPU),
         );
         bench.database_figures(
-            "delivery only",
+            ", delivery only",
             "payloads",
             stats.count as f64,
             cpu_delivery,
@@ -2791,7 +2793,7 @@ async fn scaleout(
                 stats.count.max(1) as f64,
             );
             bench.database_figures(
-                &nodes_label,
+                &format!(", {nodes_label}"),
                 "payloads",
                 stats.count as f64,
                 cpu_seconds,
