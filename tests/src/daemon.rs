@@ -414,7 +414,7 @@ pub struct Stopped {
 }
 
 /// Clock ticks per second of `/proc` CPU times.
-fn clock_ticks_per_second() -> f64 {
+pub(crate) fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")

@@ -23,6 +23,7 @@
 //! hold what it should, a gateway that does not stop cleanly. Timing never
 //! fails a run.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -39,11 +40,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 mod mixed;
+pub mod postgres;
 pub mod profile;
 
 use crate::daemon::cpu_seconds;
 use crate::http;
 use crate::{ADMIN_TOKEN, Daemon, Launch, TempDir, config_head, demo_config, repeater, wait_for};
+use postgres::{DatabaseCounters, PgServer};
 
 /// The submitter every generated config declares (`danny:pw`), as a header.
 const SUBMITTER_AUTHORIZATION: &str = "Basic ZGFubnk6cHc=";
@@ -76,6 +79,9 @@ pub enum Scenario {
     Restart,
     /// The built-in payload plugins, called in this process.
     Plugin,
+    /// PostgreSQL only: one node, then two on one database, draining a
+    /// backlog to a remote that answers in 20 ms (issue 15).
+    Scaleout,
 }
 
 impl Scenario {
@@ -96,14 +102,71 @@ impl Scenario {
             Scenario::DeadRemote => "dead-remote",
             Scenario::Restart => "restart",
             Scenario::Plugin => "plugin",
+            Scenario::Scaleout => "scaleout",
         }
     }
 
     pub fn parse(text: &str) -> Result<Scenario, String> {
         Scenario::ALL
             .into_iter()
+            .chain([Scenario::Scaleout])
             .find(|scenario| scenario.name() == text)
-            .ok_or_else(|| format!("unknown scenario \"{text}\" (steady, mixed, fanout, dead-remote, restart, plugin, all)"))
+            .ok_or_else(|| format!("unknown scenario \"{text}\" (steady, mixed, fanout, dead-remote, restart, plugin, scaleout, all)"))
+    }
+
+    /// Whether the scenario runs on the store `--store` names (the others
+    /// run on redb whatever it says; scaleout always on PostgreSQL).
+    pub fn follows_store_option(self) -> bool {
+        matches!(self, Scenario::Steady | Scenario::Fanout)
+    }
+
+    /// The scenario's name in the tables: `steady` on redb, `steady on
+    /// postgres` on PostgreSQL.
+    pub fn label(self, backend: StoreBackend) -> &'static str {
+        match (self, backend) {
+            (_, StoreBackend::Redb) => self.name(),
+            (Scenario::Steady, StoreBackend::Postgres) => "steady on postgres",
+            (Scenario::Fanout, StoreBackend::Postgres) => "fanout on postgres",
+            (Scenario::Scaleout, StoreBackend::Postgres) => "scaleout",
+            (_, StoreBackend::Postgres) => "on postgres",
+        }
+    }
+}
+
+/// Where a scenario's gateways store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Redb,
+    Postgres,
+}
+
+/// `--store`: which backends the steady and fan-out scenarios run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    Redb,
+    Postgres,
+    /// Both in the same invocation, redb first; the report sets them side by side.
+    Both,
+}
+
+impl StoreChoice {
+    pub fn parse(text: &str) -> Result<StoreChoice, String> {
+        match text {
+            "redb" => Ok(StoreChoice::Redb),
+            "postgres" => Ok(StoreChoice::Postgres),
+            "both" => Ok(StoreChoice::Both),
+            other => Err(format!(
+                "--store: \"{other}\" is not redb, postgres or both"
+            )),
+        }
+    }
+
+    pub fn backends(self) -> Vec<StoreBackend> {
+        match self {
+            StoreChoice::Redb => vec![StoreBackend::Redb],
+            StoreChoice::Postgres => vec![StoreBackend::Postgres],
+            StoreChoice::Both => vec![StoreBackend::Redb, StoreBackend::Postgres],
+        }
     }
 }
 
@@ -155,6 +218,15 @@ pub struct Options {
     pub profile: Option<profile::Phase>,
     /// Where profiles are written.
     pub profile_dir: PathBuf,
+    /// Which backends steady and fan-out run on.
+    pub store: StoreChoice,
+    /// The PostgreSQL server to make databases on (a role that may CREATE
+    /// DATABASE); `None`: a throwaway cluster of `.ci/postgres`.
+    pub pg_url: Option<String>,
+    /// The scaleout scenario: how long its receiver takes to answer, and
+    /// sends in flight per node.
+    pub scaleout_answer_after: Duration,
+    pub scaleout_in_flight: usize,
 }
 
 impl Options {
@@ -186,6 +258,10 @@ impl Options {
             mixed_concurrency: 512,
             profile: None,
             profile_dir: PathBuf::from("repeatd-load-profiles"),
+            store: StoreChoice::Redb,
+            pg_url: None,
+            scaleout_answer_after: Duration::from_millis(20),
+            scaleout_in_flight: 64,
         }
     }
 
@@ -221,19 +297,24 @@ impl Options {
         match scenario {
             Scenario::Fanout => 10_000,
             Scenario::DeadRemote => 100_000,
+            // Two payloads each: 12.5 s for one node at its ceiling (64
+            // sends in 20 ms: 3,200/s).
+            Scenario::Scaleout => 20_000,
             _ => self.forms,
         }
     }
 
     pub const USAGE: &'static str = "\
-usage: repeatd-load [--scenario steady|mixed|fanout|dead-remote|restart|plugin|all]...
+usage: repeatd-load [--scenario steady|mixed|fanout|dead-remote|restart|plugin|scaleout|all]...
+                    [--store redb|postgres|both] [--pg-url URL]
                     [--smoke] [--gateway PATH] [--runs N] [--forms N] [--concurrency N]
                     [--latency-forms N] [--rate FORMS_PER_S] [--ceiling-requests N]
                     [--queued N] [--paused-repeaters N] [--drain-window SECONDS|all]
                     [--idle SECONDS] [--plugin-calls N] [--max-workers N] [--keep]
                     [--mixed-rate FORMS_PER_S] [--mixed-step SECONDS] [--mixed-steps N]
                     [--mixed-max-rate FORMS_PER_S] [--mixed-duration SECONDS]
-                    [--mixed-concurrency N]
+                    [--mixed-concurrency N] [--scaleout-answer-after MS]
+                    [--scaleout-in-flight N]
                     [--profile live|ingest|delivery|mixed|fill|drain] [--profile-dir DIR]
 
 Starts the gateway binary (default: `repeatd` next to this program) on loopback,
@@ -251,7 +332,25 @@ figure. Pass --mixed-steps 0 to run --mixed-rate only.
 phase runs (live: steady/fan-out submitting and delivering at once; ingest:
 delivery paused; delivery: draining the backlog; mixed: the run at the rate
 found; fill and drain: restart's) and prints its top functions by inclusive and
-self cost; the perf data and reports stay in --profile-dir.";
+self cost; the perf data and reports stay in --profile-dir.
+
+--store postgres runs steady and fan-out on PostgreSQL (the other scenarios
+stay on redb), --store both on redb and then on PostgreSQL, with a table of
+the two side by side. Each gateway start gets a fresh database on --pg-url, or
+without it on a throwaway cluster that .ci/postgres makes and that is removed
+at the end. CPU per 1,000 on PostgreSQL is the gateway's plus the server's
+(its processes in /proc; not counted with --pg-url, whose processes the tool
+cannot see), with the database's commits, write transactions, WAL fsyncs and
+WAL bytes per 1,000.
+
+scaleout (PostgreSQL, not part of `all`): two form-xml repeaters to a receiver
+that answers after --scaleout-answer-after ms (20), --scaleout-in-flight sends
+per node ([delivery] max_in_flight, 64; each repeater's max_workers, which
+holds for the whole cluster, is that too, at most 64); --forms forms (20,000,
+two payloads each) queued while paused, then drained by one node, then (on a
+fresh database) by two nodes sharing it; the figure is the two-node rate over
+the one-node rate, and every payload must arrive once (forms and
+Idempotency-Key counted).";
 
     /// Parses the command line (without the program name).
     pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<(Options, bool), String> {
@@ -346,6 +445,16 @@ self cost; the perf data and reports stay in --profile-dir.";
                     options.profile = Some(profile::Phase::parse(&value(&mut iter, &arg)?)?)
                 }
                 "--profile-dir" => options.profile_dir = PathBuf::from(value(&mut iter, &arg)?),
+                "--store" => options.store = StoreChoice::parse(&value(&mut iter, &arg)?)?,
+                "--pg-url" => options.pg_url = Some(value(&mut iter, &arg)?),
+                "--scaleout-answer-after" => {
+                    options.scaleout_answer_after =
+                        Duration::from_secs_f64(number::<f64>(value(&mut iter, &arg)?, &arg)? / 1e3)
+                }
+                "--scaleout-in-flight" => {
+                    options.scaleout_in_flight =
+                        number::<usize>(value(&mut iter, &arg)?, &arg)?.max(1)
+                }
                 other => {
                     return Err(format!(
                         "unknown argument \"{other}\"\n\n{}",
@@ -433,6 +542,9 @@ pub mod targets {
     pub const RESTART: Target = Target::below("< 0.1 s", 0.1);
     /// Issue 8's, still in force.
     pub const PLUGIN_CALL: Target = Target::below("< 20 µs", 20.0);
+    /// Issue 15's: two nodes deliver at least 1.8 times what one does when
+    /// the remote is the limit.
+    pub const SCALEOUT: Target = Target::at_least("≥ 1.8", 1.8);
 }
 
 /// One measured figure of one run.
@@ -530,6 +642,8 @@ pub struct Report {
     /// `--profile`'s recordings, and their reports in markdown.
     pub profiles: Vec<profile::Profile>,
     pub profile_reports: Vec<String>,
+    /// What a reader of the figures must know (what was not counted).
+    pub notes: Vec<String>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -605,6 +719,64 @@ impl Report {
             );
         }
         out
+    }
+
+    /// Each figure measured on PostgreSQL beside the same figure on redb
+    /// (`--store both`), with postgres / redb; CPU on PostgreSQL is the
+    /// gateway's plus the database's. Empty when not both ran.
+    pub fn comparison_markdown(&self) -> String {
+        let summaries = self.summaries();
+        let mut rows = String::new();
+        for on_postgres in &summaries {
+            let Some(scenario) = Scenario::ALL
+                .into_iter()
+                .find(|s| s.label(StoreBackend::Postgres) == on_postgres.scenario)
+            else {
+                continue;
+            };
+            let redb_name = on_postgres
+                .name
+                .replace("gateway + database CPU", "gateway CPU");
+            let Some(on_redb) = summaries
+                .iter()
+                .find(|s| s.scenario == scenario.name() && s.name == redb_name)
+            else {
+                continue;
+            };
+            let with_database = on_postgres
+                .name
+                .replace("gateway CPU", "gateway + database CPU");
+            if with_database != on_postgres.name
+                && summaries
+                    .iter()
+                    .any(|s| s.scenario == on_postgres.scenario && s.name == with_database)
+            {
+                // The sum is what compares with redb; the gateway alone is
+                // a row of the full table.
+                continue;
+            }
+            let _ = writeln!(
+                rows,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                scenario.name(),
+                on_postgres.name,
+                format_value(on_redb.median, on_redb.unit),
+                on_redb.range(),
+                format_value(on_postgres.median, on_postgres.unit),
+                on_postgres.range(),
+                if on_redb.median != 0.0 {
+                    format!("{:.2}", on_postgres.median / on_redb.median)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if rows.is_empty() {
+            return rows;
+        }
+        format!(
+            "| scenario | figure | redb | min – max | postgres | min – max | postgres / redb |\n|---|---|--:|--:|--:|--:|--:|\n{rows}"
+        )
     }
 
     /// Only the figures that have a target, as the target table of
@@ -877,10 +1049,23 @@ struct Tally {
     duplicates: AtomicU64,
     unrecognised: AtomicU64,
     ceiling_hits: AtomicU64,
+    /// How many times each `Idempotency-Key` (the record id) arrived, when
+    /// counted; and payloads that came without one.
+    idempotency_keys: Option<Mutex<HashMap<Bytes, u32>>>,
+    keys_missing: AtomicU64,
+}
+
+/// What the `Idempotency-Key` counts say.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyCounts {
+    distinct: u64,
+    /// Keys that arrived more than once.
+    repeated: u64,
+    missing: u64,
 }
 
 impl Tally {
-    fn new(capacity: u64, lanes: &[IdKind]) -> Tally {
+    fn new(capacity: u64, lanes: &[IdKind], count_keys: bool) -> Tally {
         let words = (capacity as usize * 3).div_ceil(64);
         Tally {
             epoch: Instant::now(),
@@ -897,6 +1082,38 @@ impl Tally {
             duplicates: AtomicU64::new(0),
             unrecognised: AtomicU64::new(0),
             ceiling_hits: AtomicU64::new(0),
+            idempotency_keys: count_keys.then(|| Mutex::new(HashMap::new())),
+            keys_missing: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts the `Idempotency-Key` of a payload, when keys are counted.
+    fn count_key(&self, key: Option<&hyper::header::HeaderValue>) {
+        let Some(keys) = &self.idempotency_keys else {
+            return;
+        };
+        match key {
+            Some(key) => {
+                let key = Bytes::copy_from_slice(key.as_bytes());
+                *keys.lock().expect("keys lock").entry(key).or_default() += 1;
+            }
+            None => {
+                self.keys_missing.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The counts since the last call, forgetting them: record ids start
+    /// again in each fresh database.
+    fn take_key_counts(&self) -> KeyCounts {
+        let Some(keys) = &self.idempotency_keys else {
+            return KeyCounts::default();
+        };
+        let keys = std::mem::take(&mut *keys.lock().expect("keys lock"));
+        KeyCounts {
+            distinct: keys.len() as u64,
+            repeated: keys.values().filter(|n| **n > 1).count() as u64,
+            missing: self.keys_missing.swap(0, Ordering::Relaxed),
         }
     }
 
@@ -995,6 +1212,14 @@ impl Tally {
     }
 }
 
+/// Where the database stood at some moment (see [`Bench::database_mark`]).
+#[derive(Debug, Clone, Copy)]
+struct DatabaseMark {
+    cpu_seconds_before_settling: Option<f64>,
+    cpu_seconds_after_settling: Option<f64>,
+    counters: Option<DatabaseCounters>,
+}
+
 #[derive(Debug, Default)]
 struct ArrivalStats {
     count: u64,
@@ -1030,7 +1255,12 @@ fn respond(status: u16, body: &'static [u8]) -> Answer {
 
 /// The fast receiver: `POST /p/{lane}` is a payload for lane `lane`;
 /// `POST /ceiling` is the load tool measuring the receiver's own rate.
-async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
+/// With `answer_after`, every request is answered that long after it
+/// arrived (a remote slower than the gateway: scaleout).
+async fn start_receiver(
+    tally: Arc<Tally>,
+    answer_after: Option<Duration>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the receiver")?;
@@ -1038,7 +1268,9 @@ async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
     http::serve(listener, move |request: Request<Incoming>| {
         let tally = tally.clone();
         async move {
+            let arrived = tokio::time::Instant::now();
             let path = request.uri().path().to_owned();
+            let key = request.headers().get("idempotency-key").cloned();
             let Ok(body) = request.into_body().collect().await.map(|b| b.to_bytes()) else {
                 return respond(400, b"unreadable body");
             };
@@ -1052,6 +1284,10 @@ async fn start_receiver(tally: Arc<Tally>) -> anyhow::Result<SocketAddr> {
                     .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(usize::MAX);
                 tally.arrived(lane, &body);
+                tally.count_key(key.as_ref());
+            }
+            if let Some(answer_after) = answer_after {
+                tokio::time::sleep_until(arrived + answer_after).await;
             }
             respond(200, b"ok")
         }
@@ -1351,14 +1587,20 @@ impl GatewayProcess {
         &self.daemon
     }
 
-    /// Starts `binary serve --config config`, its log copied to `log`, and
-    /// waits until `/healthz` answers 200.
-    pub async fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<GatewayProcess> {
-        let daemon = Launch::new(config)
-            .binary(binary)
-            .log_file(log)
-            .start()
-            .await?;
+    /// Starts `binary serve --config config` with the environment
+    /// variables `env`, its log copied to `log`, and waits until `/healthz`
+    /// answers 200.
+    pub async fn start(
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayProcess> {
+        let mut launch = Launch::new(config).binary(binary).log_file(log);
+        for (name, value) in env {
+            launch = launch.env(name, value);
+        }
+        let daemon = launch.start().await?;
         Ok(GatewayProcess {
             pid: daemon.pid().to_string(),
             daemon,
@@ -1571,13 +1813,18 @@ pub fn healthy_plans(count: usize) -> Vec<Plan> {
 }
 
 /// The gateway config of a scenario: `dir` for its data, the repeaters of
-/// `plans` delivering to `receiver` (or to `dead_port`, which refuses).
+/// `plans` delivering to `receiver` (or to `dead_port`, which refuses);
+/// `delivery_keys` more lines of `[delivery]`, and `store_url` a PostgreSQL
+/// database to store in (a `[store]` table at the end: TOML's tables follow
+/// the top-level keys and each other).
 pub fn config_text(
     dir: &Path,
     receiver: SocketAddr,
     dead_port: u16,
     plans: &[Plan],
     max_workers: Option<usize>,
+    delivery_keys: &str,
+    store_url: Option<&str>,
 ) -> String {
     let urls: Vec<(String, String)> = plans
         .iter()
@@ -1608,8 +1855,11 @@ pub fn config_text(
             &extra,
         ));
     }
+    let store = store_url.map_or(String::new(), |url| {
+        format!("\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n")
+    });
     format!(
-        "{}\n[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n\n{}",
+        "{}\n[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n{delivery_keys}\n{}{store}",
         config_head(dir),
         demo_config(&connections, &repeaters)
     )
@@ -1621,6 +1871,17 @@ pub fn config_text(
 struct Bench<'a> {
     options: &'a Options,
     scenario: Scenario,
+    /// The scenario's name in the tables (with its store).
+    label: &'static str,
+    /// The PostgreSQL server its gateways store in; `None`: redb.
+    postgres: Option<&'a PgServer>,
+    /// The database of the gateway(s) started next (a fresh one per start
+    /// of a scenario; two nodes share one).
+    database_url: Option<String>,
+    /// More `[delivery]` lines of the config.
+    delivery_keys: String,
+    /// Environment variables every gateway gets.
+    gateway_env: Vec<(&'static str, &'static str)>,
     /// The scenario's directory: config, data, gateway logs.
     path: PathBuf,
     /// Removes `path` when dropped, unless `--keep`.
@@ -1638,19 +1899,40 @@ struct Bench<'a> {
 }
 
 impl<'a> Bench<'a> {
+    /// A scenario on redb with the fast receiver.
     async fn new(
         options: &'a Options,
         scenario: Scenario,
         plans: &[Plan],
         capacity: u64,
     ) -> anyhow::Result<Bench<'a>> {
+        Bench::on(options, scenario, plans, capacity, None, None).await
+    }
+
+    /// A scenario storing in `postgres` (redb when `None`), with a receiver
+    /// that answers after `answer_after` (at once when `None`; the slow
+    /// one counts Idempotency-Keys too).
+    async fn on(
+        options: &'a Options,
+        scenario: Scenario,
+        plans: &[Plan],
+        capacity: u64,
+        postgres: Option<&'a PgServer>,
+        answer_after: Option<Duration>,
+    ) -> anyhow::Result<Bench<'a>> {
         let lanes: Vec<IdKind> = plans
             .iter()
             .filter(|p| p.lane.is_some())
             .map(|p| IdKind::of(p.kind))
             .collect();
-        let tally = Arc::new(Tally::new(capacity, &lanes));
-        let receiver = start_receiver(tally.clone()).await?;
+        let tally = Arc::new(Tally::new(capacity, &lanes, answer_after.is_some()));
+        let receiver = start_receiver(tally.clone(), answer_after).await?;
+        let backend = if postgres.is_some() {
+            StoreBackend::Postgres
+        } else {
+            StoreBackend::Redb
+        };
+        let label = scenario.label(backend);
         let dir = TempDir::new(&format!("load-{}", scenario.name()));
         let path = dir.path().to_owned();
         let dir = if options.keep {
@@ -1663,6 +1945,11 @@ impl<'a> Bench<'a> {
         Ok(Bench {
             options,
             scenario,
+            label,
+            postgres,
+            database_url: None,
+            delivery_keys: String::new(),
+            gateway_env: Vec::new(),
             path,
             _dir: dir,
             tally,
@@ -1678,7 +1965,13 @@ impl<'a> Bench<'a> {
         })
     }
 
-    fn figure(&mut self, figure: Figure) {
+    /// Records a figure under the bench's label; issue 14's targets are
+    /// redb's, so a figure on PostgreSQL is held against none.
+    fn figure(&mut self, mut figure: Figure) {
+        figure.scenario = self.label;
+        if self.postgres.is_some() && self.scenario != Scenario::Scaleout {
+            figure.target = None;
+        }
         self.figures.push(figure);
     }
 
@@ -1805,20 +2098,40 @@ impl<'a> Bench<'a> {
     }
 
     fn fail(&mut self, problem: String) {
-        self.failures
-            .push(format!("{}: {problem}", self.scenario.name()));
+        self.failures.push(format!("{}: {problem}", self.label));
+    }
+
+    /// On PostgreSQL, makes the database the next config names; nothing on redb.
+    async fn fresh_database(&mut self) -> anyhow::Result<()> {
+        if let Some(postgres) = self.postgres {
+            self.database_url = Some(postgres.fresh_database().await?);
+        }
+        Ok(())
     }
 
     fn write_config(&self, plans: &[Plan], dead_port: u16) -> anyhow::Result<PathBuf> {
-        let path = self.path.join("repeatd.toml");
+        self.write_config_in(&self.path, plans, dead_port, self.options.max_workers)
+    }
+
+    /// The config of a gateway whose data is in `dir` (a node of its own).
+    fn write_config_in(
+        &self,
+        dir: &Path,
+        plans: &[Plan],
+        dead_port: u16,
+        max_workers: Option<usize>,
+    ) -> anyhow::Result<PathBuf> {
+        let path = dir.join("repeatd.toml");
         std::fs::write(
             &path,
             config_text(
-                &self.path,
+                dir,
                 self.receiver,
                 dead_port,
                 plans,
-                self.options.max_workers,
+                max_workers,
+                &self.delivery_keys,
+                self.database_url.as_deref(),
             ),
         )
         .with_context(|| format!("writing {}", path.display()))?;
@@ -1828,7 +2141,101 @@ impl<'a> Bench<'a> {
     async fn start_gateway(&mut self, config: &Path) -> anyhow::Result<GatewayProcess> {
         self.n_starts += 1;
         let log = self.path.join(format!("gateway-{}.log", self.n_starts));
-        GatewayProcess::start(&self.options.gateway, config, &log).await
+        GatewayProcess::start(&self.options.gateway, config, &log, &self.gateway_env).await
+    }
+
+    /// Where the database stands: the server's CPU (when this tool can see
+    /// its processes) before and after [`postgres::STATISTICS_SETTLE`], and
+    /// the database's counters after it. `None` on redb.
+    async fn database_mark(&mut self) -> Option<DatabaseMark> {
+        let postgres = self.postgres?;
+        let url = self.database_url.clone()?;
+        let cpu_seconds_before_settling = postgres.cpu_seconds();
+        if !self.options.smoke {
+            tokio::time::sleep(postgres::STATISTICS_SETTLE).await;
+        }
+        let counters = match postgres::database_counters(&url).await {
+            Ok(counters) => Some(counters),
+            Err(error) => {
+                self.fail(format!("{error:#}"));
+                None
+            }
+        };
+        Some(DatabaseMark {
+            cpu_seconds_before_settling,
+            cpu_seconds_after_settling: postgres.cpu_seconds(),
+            counters,
+        })
+    }
+
+    /// What the database spent between two marks on `n` forms or payloads
+    /// (`what`) of a phase, the figures' names ending in `phase` (as the
+    /// gateway's own figure of that phase ends), beside
+    /// `gateway_cpu_seconds`: its CPU
+    /// and the sum with the gateway's, its commits, write transactions,
+    /// WAL fsyncs per 1,000 and WAL bytes per one. Nothing on redb.
+    fn database_figures(
+        &mut self,
+        phase: &str,
+        what: &str,
+        n: f64,
+        gateway_cpu_seconds: f64,
+        marks: (Option<DatabaseMark>, Option<DatabaseMark>),
+    ) {
+        let (Some(before), Some(after)) = marks else {
+            return;
+        };
+        let n = n.max(1.0);
+        let per_thousand = |value: f64| value / n * 1000.0;
+        // The settling of either mark is not the phase's.
+        if let (Some(from), Some(to)) = (
+            before.cpu_seconds_after_settling,
+            after.cpu_seconds_before_settling,
+        ) {
+            let database = to - from;
+            self.figure(Figure::new(
+                self.scenario,
+                format!("database CPU per 1,000 {what}{phase}"),
+                per_thousand(database),
+                "CPU s",
+            ));
+            self.figure(Figure::new(
+                self.scenario,
+                format!("gateway + database CPU per 1,000 {what}{phase}"),
+                per_thousand(gateway_cpu_seconds + database),
+                "CPU s",
+            ));
+        }
+        let (Some(from), Some(to)) = (before.counters, after.counters) else {
+            return;
+        };
+        self.figure(Figure::new(
+            self.scenario,
+            format!("database commits per 1,000 {what}{phase}"),
+            per_thousand(to.commits - from.commits),
+            "",
+        ));
+        self.figure(Figure::new(
+            self.scenario,
+            format!("database write transactions per 1,000 {what}{phase}"),
+            per_thousand(to.write_transactions - from.write_transactions),
+            "",
+        ));
+        if let (Some(from), Some(to)) = (from.wal_syncs, to.wal_syncs) {
+            self.figure(Figure::new(
+                self.scenario,
+                format!("WAL fsyncs per 1,000 {what}{phase}"),
+                per_thousand(to - from),
+                "",
+            ));
+        }
+        let singular = what.trim_end_matches('s');
+        self.figure(Figure::new(
+            self.scenario,
+            format!("WAL per {singular}{phase}"),
+            (to.wal_bytes - from.wal_bytes) / n / 1000.0,
+            "KB",
+        ));
     }
 
     /// Measures and records both ceilings the scenario's figures are read
@@ -2045,24 +2452,28 @@ fn delivery_concurrency(plans: &[Plan], max_workers: Option<usize>) -> usize {
     (live * max_workers.unwrap_or(DEFAULT_MAX_WORKERS)).clamp(1, DEFAULT_MAX_IN_FLIGHT)
 }
 
-/// steady and fanout: live delivery, a backlog drain, unsaturated latency.
+/// steady and fanout: live delivery, a backlog drain, unsaturated latency;
+/// stored in `postgres` (a fresh database) or, when `None`, in redb.
 async fn flow(
     options: &Options,
     scenario: Scenario,
     repeaters: usize,
+    postgres: Option<&PgServer>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let forms = options.forms_for(scenario);
     let plans = healthy_plans(repeaters);
     let capacity = 2 * forms + options.latency_forms;
-    let mut bench = Bench::new(options, scenario, &plans, capacity).await?;
+    let mut bench = Bench::on(options, scenario, &plans, capacity, postgres, None).await?;
     let (submit_ceiling, receiver_ceiling) = bench.ceilings(&plans).await?;
 
+    bench.fresh_database().await?;
     let config = bench.write_config(&plans, 0)?;
     let gateway = bench.start_gateway(&config).await?;
 
     // Phase 1: submissions and deliveries at once, as in production.
     let live = 0..forms;
+    let database_before = bench.database_mark().await;
     let recording = bench.profile_start(&gateway, profile::Phase::Live).await;
     let (cpu_before, own_before) = (gateway.cpu_seconds(), own_cpu_seconds());
     let driven = bench
@@ -2071,6 +2482,7 @@ async fn flow(
     let delivered = bench.wait_delivered(&gateway, live.clone()).await;
     let (cpu_after, own_after) = (gateway.cpu_seconds(), own_cpu_seconds());
     bench.profile_finish(recording).await;
+    let database_after = bench.database_mark().await;
     let stats = bench.tally.stats(live.clone());
     let per_form = stats.count as f64 / forms as f64;
     bench.accepted_figure(
@@ -2099,6 +2511,13 @@ async fn flow(
         cpu_after - cpu_before,
         forms as f64,
     );
+    bench.database_figures(
+        " (ingest + delivery)",
+        "forms",
+        forms as f64,
+        cpu_after - cpu_before,
+        (database_before, database_after),
+    );
     bench.cpu_per_thousand_figure(
         "load tool CPU per 1,000 forms (submit + receive)",
         own_after - own_before,
@@ -2111,6 +2530,7 @@ async fn flow(
     for plan in &plans {
         gateway.repeater_action(&plan.name, "pause").await?;
     }
+    let database_before = bench.database_mark().await;
     let recording = bench.profile_start(&gateway, profile::Phase::Ingest).await;
     let (driven, cpu_ingest) = bench
         .ingest(
@@ -2120,6 +2540,7 @@ async fn flow(
         )
         .await;
     bench.profile_finish(recording).await;
+    let database_after_ingest = bench.database_mark().await;
     let steady = scenario == Scenario::Steady;
     bench.accepted_figure(
         "accepted forms/s, delivery paused",
@@ -2137,6 +2558,13 @@ async fn flow(
         forms as f64,
         steady.then_some(targets::INGEST_CPU),
     );
+    bench.database_figures(
+        ", ingest only",
+        "forms",
+        driven.ok as f64,
+        cpu_ingest,
+        (database_before, database_after_ingest),
+    );
     let recording = bench
         .profile_start(&gateway, profile::Phase::Delivery)
         .await;
@@ -2150,6 +2578,7 @@ async fn flow(
     let cpu_delivery = gateway.cpu_seconds() - cpu_before;
     bench.profile_finish(recording).await;
     bench.writer_busy_figure(&gateway, writer, "store-writer thread busy, delivery only");
+    let database_after_delivery = bench.database_mark().await;
     let stats = bench.tally.stats(backlog.clone());
     if delivered && let Some(last) = stats.last {
         let seconds = bench.tally.seconds_since(resumed, last);
@@ -2167,6 +2596,13 @@ async fn flow(
             cpu_delivery,
             stats.count.max(1) as f64,
             steady.then_some(targets::DELIVERY_CPU),
+        );
+        bench.database_figures(
+            ", delivery only",
+            "payloads",
+            stats.count as f64,
+            cpu_delivery,
+            (database_after_ingest, database_after_delivery),
         );
     }
 
@@ -2200,6 +2636,216 @@ async fn flow(
         ));
     }
     bench.conclude(gateway, report, "gateway peak RSS").await;
+    Ok(())
+}
+
+/// The secret key every node of a scaleout cluster shares (SPEC section 12).
+const CLUSTER_SECRET_KEY: &str = "5ca1e0a75ca1e0a75ca1e0a75ca1e0a75ca1e0a75ca1e0a75ca1e0a75ca1e0a7";
+/// The most nodes scaleout runs at once.
+const SCALEOUT_NODES: usize = 2;
+/// How long after a phase's last payload a second send of some record
+/// would still be counted.
+const SECOND_SEND_LINGER: Duration = Duration::from_millis(500);
+
+/// PostgreSQL only: a backlog of forms for two form-xml repeaters, drained
+/// by one node, then (on a fresh database) by two nodes sharing it, to a
+/// remote that answers after `--scaleout-answer-after`: with
+/// `--scaleout-in-flight` sends per node, the remote's latency limits each
+/// node, not the CPU. A repeater's `max_workers` holds for the whole
+/// cluster and is at most 64, so one repeater could never have more than 64
+/// sends in flight however many nodes: there is one repeater per node of
+/// the largest cluster, each with `max_workers` = the sends per node. Every
+/// payload must arrive once, by form id and by Idempotency-Key.
+async fn scaleout(
+    options: &Options,
+    postgres: &PgServer,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let scenario = Scenario::Scaleout;
+    let forms = options.forms_for(scenario);
+    let in_flight = options.scaleout_in_flight;
+    let answer_after = options.scaleout_answer_after;
+    let plans: Vec<Plan> = (0..SCALEOUT_NODES)
+        .map(|i| Plan {
+            name: format!("form-xml-{i}"),
+            kind: "form",
+            format: "form-xml",
+            lane: Some(i),
+            paused: true,
+        })
+        .collect();
+    let capacity = SCALEOUT_NODES as u64 * forms;
+    let mut bench = Bench::on(
+        options,
+        scenario,
+        &plans,
+        capacity,
+        Some(postgres),
+        Some(answer_after),
+    )
+    .await?;
+    bench.delivery_keys = format!("max_in_flight = {in_flight}\n");
+    bench.gateway_env = vec![("REPEATD_SECRET_KEY", CLUSTER_SECRET_KEY)];
+    // Together the repeaters have room for every node's sends, so that each
+    // node's own max_in_flight is what limits it.
+    let max_workers = options.max_workers.unwrap_or(in_flight);
+
+    let mut rates = Vec::new();
+    for n_nodes in 1..=SCALEOUT_NODES {
+        let nodes_label = if n_nodes == 1 {
+            "1 node".to_owned()
+        } else {
+            format!("{n_nodes} nodes")
+        };
+        let ceiling = bench.receiver_ceiling(in_flight * n_nodes).await?;
+        bench.figure(Figure::new(
+            scenario,
+            format!(
+                "ceiling: receiver alone, {} in flight ({nodes_label})",
+                in_flight * n_nodes
+            ),
+            ceiling,
+            "payloads/s",
+        ));
+        let phase = (n_nodes as u64 - 1) * forms..n_nodes as u64 * forms;
+
+        bench.fresh_database().await?;
+        let mut nodes = Vec::new();
+        for node in 0..n_nodes {
+            let dir = bench.path.join(format!("{n_nodes}-nodes-node-{node}"));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config = bench.write_config_in(&dir, &plans, 0, Some(max_workers))?;
+            nodes.push(bench.start_gateway(&config).await?);
+        }
+
+        // The backlog: forms submitted to every node at once, in shares.
+        let queueing = Instant::now();
+        let mut drives = Vec::new();
+        let share = forms.div_ceil(n_nodes as u64);
+        for (node, gateway) in nodes.iter().enumerate() {
+            let start = phase.start + node as u64 * share;
+            let indices = start..(start + share).min(phase.end);
+            drives.push(tokio::spawn(drive(
+                Drive {
+                    addr: gateway.daemon.addr(),
+                    path: format!("/a/demo/receiver/{APP_ID}"),
+                    authorization: Some(SUBMITTER_AUTHORIZATION),
+                    indices,
+                    concurrency: options.concurrency.div_ceil(n_nodes),
+                    rate: None,
+                    open_loop: false,
+                    end: None,
+                    expect: 201,
+                },
+                Some(bench.tally.clone()),
+            )));
+        }
+        let mut accepted = 0;
+        for submitted in drives {
+            let driven = submitted.await.context("a submitting task panicked")?;
+            accepted += driven.ok;
+            if driven.refused > 0 {
+                bench.fail(format!(
+                    "{nodes_label}: {} forms were not accepted: {}",
+                    driven.refused,
+                    driven.problems.join("; ")
+                ));
+            }
+        }
+        bench.forms_submitted += forms;
+        bench.forms_accepted += accepted;
+        bench.figure(Figure::new(
+            scenario,
+            format!("accepted forms/s while queueing, {nodes_label}"),
+            accepted as f64 / queueing.elapsed().as_secs_f64().max(1e-9),
+            "forms/s",
+        ));
+
+        // The drain: every node resumes, the way an operator's resume
+        // reaches them all.
+        let database_before = bench.database_mark().await;
+        let cpu_before: f64 = nodes.iter().map(GatewayProcess::cpu_seconds).sum();
+        let resumed = Instant::now();
+        for gateway in &nodes {
+            for plan in &plans {
+                gateway.repeater_action(&plan.name, "resume").await?;
+            }
+        }
+        let delivered = bench.wait_delivered(&nodes[0], phase.clone()).await;
+        let cpu_seconds = nodes.iter().map(GatewayProcess::cpu_seconds).sum::<f64>() - cpu_before;
+        let database_after = bench.database_mark().await;
+        let stats = bench.tally.stats(phase.clone());
+        if delivered && let Some(last) = stats.last {
+            let rate = stats.count as f64 / bench.tally.seconds_since(resumed, last);
+            rates.push(rate);
+            bench.figure(
+                Figure::new(
+                    scenario,
+                    format!("delivered payloads/s, {nodes_label}"),
+                    rate,
+                    "payloads/s",
+                )
+                .ceiling(ceiling),
+            );
+            bench.cpu_per_thousand_figure(
+                &format!("gateway CPU per 1,000 payloads, {nodes_label}"),
+                cpu_seconds,
+                stats.count.max(1) as f64,
+            );
+            bench.database_figures(
+                &format!(", {nodes_label}"),
+                "payloads",
+                stats.count as f64,
+                cpu_seconds,
+                (database_before, database_after),
+            );
+        }
+        tokio::time::sleep(SECOND_SEND_LINGER).await;
+        let keys = bench.tally.take_key_counts();
+        let expected = bench.tally.expected(phase.clone());
+        bench.figure(Figure::new(
+            scenario,
+            format!("records sent twice (Idempotency-Key), {nodes_label}"),
+            keys.repeated as f64,
+            "",
+        ));
+        if keys.distinct != expected || keys.repeated > 0 || keys.missing > 0 {
+            bench.fail(format!(
+                "{nodes_label}: {} distinct Idempotency-Keys of {expected} payloads, {} arrived more than once, {} payloads without one",
+                keys.distinct, keys.repeated, keys.missing
+            ));
+        }
+        for (node, gateway) in nodes.into_iter().enumerate() {
+            bench.figure(Figure::new(
+                scenario,
+                format!("gateway peak RSS, {nodes_label}, node {node}"),
+                gateway.peak_rss_mib(),
+                "MiB",
+            ));
+            bench.stop(gateway).await;
+        }
+    }
+    if let [one, two] = rates[..] {
+        bench.figure(
+            Figure::new(
+                scenario,
+                "delivered payloads/s, 2 nodes / 1 node",
+                two / one,
+                "",
+            )
+            .target(targets::SCALEOUT),
+        );
+    }
+    if let Some(load) = load_average() {
+        bench.figure(Figure::new(
+            scenario,
+            "machine load average (1 min) at the end",
+            load,
+            "",
+        ));
+    }
+    bench.check_receiver();
+    bench.finish(report);
     Ok(())
 }
 
@@ -2572,36 +3218,86 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         options.gateway.display()
     );
     let mut report = Report::default();
+    let on_postgres = options.store != StoreChoice::Redb;
+    let needs_postgres = options.scenarios.iter().any(|scenario| {
+        *scenario == Scenario::Scaleout || (on_postgres && scenario.follows_store_option())
+    });
+    // Dropped at the end of the run, on error too: a cluster of our own
+    // stops and goes.
+    let postgres = if needs_postgres {
+        Some(PgServer::start_or_use(options.pg_url.as_deref())?)
+    } else {
+        None
+    };
+    if postgres.as_ref().is_some_and(|pg| !pg.counts_server_cpu()) {
+        report.notes.push(
+            "--pg-url: the PostgreSQL server's CPU is not counted (its processes are not this tool's to see); CPU per 1,000 on PostgreSQL is the gateway's alone".into(),
+        );
+    }
+    if on_postgres {
+        let redb_only: Vec<&str> = options
+            .scenarios
+            .iter()
+            .filter(|s| {
+                !s.follows_store_option() && !matches!(s, Scenario::Scaleout | Scenario::Plugin)
+            })
+            .map(|s| s.name())
+            .collect();
+        if !redb_only.is_empty() {
+            report.notes.push(format!(
+                "--store applies to steady and fanout; {} ran on redb",
+                redb_only.join(", ")
+            ));
+        }
+    }
     for run in 1..=options.runs {
         for &scenario in &options.scenarios {
-            eprintln!(
-                "repeatd-load: {} run {run} of {}",
-                scenario.name(),
-                options.runs
-            );
-            let before = report.figures.len();
-            let result = match scenario {
-                Scenario::Steady => runtime.block_on(flow(options, scenario, 3, &mut report)),
-                Scenario::Mixed => runtime.block_on(mixed::mixed(options, &mut report)),
-                Scenario::Fanout => runtime.block_on(flow(options, scenario, 10, &mut report)),
-                Scenario::DeadRemote => runtime.block_on(dead_remote(options, &mut report)),
-                Scenario::Restart => runtime.block_on(restart(options, &mut report)),
-                Scenario::Plugin => plugin_cost(options, &mut report),
+            let backends = if scenario.follows_store_option() {
+                options.store.backends()
+            } else if scenario == Scenario::Scaleout {
+                vec![StoreBackend::Postgres]
+            } else {
+                vec![StoreBackend::Redb]
             };
-            if let Err(error) = result {
-                report
-                    .failures
-                    .push(format!("{}: {error:#}", scenario.name()));
-            }
-            for figure in &report.figures[before..] {
-                eprintln!(
-                    "  {:<58} {:>16}{}",
-                    figure.name,
-                    format_value(figure.value, figure.unit),
-                    figure
-                        .ratio()
-                        .map_or(String::new(), |r| format!("  (ratio {r:.2})"))
-                );
+            for backend in backends {
+                let label = scenario.label(backend);
+                eprintln!("repeatd-load: {label} run {run} of {}", options.runs);
+                let before = report.figures.len();
+                let server = match backend {
+                    StoreBackend::Redb => None,
+                    StoreBackend::Postgres => postgres.as_ref(),
+                };
+                let result = match (scenario, server) {
+                    (Scenario::Steady, server) => {
+                        runtime.block_on(flow(options, scenario, 3, server, &mut report))
+                    }
+                    (Scenario::Fanout, server) => {
+                        runtime.block_on(flow(options, scenario, 10, server, &mut report))
+                    }
+                    (Scenario::Scaleout, Some(server)) => {
+                        runtime.block_on(scaleout(options, server, &mut report))
+                    }
+                    (Scenario::Scaleout, None) => Err(anyhow::anyhow!("scaleout needs PostgreSQL")),
+                    (Scenario::Mixed, _) => runtime.block_on(mixed::mixed(options, &mut report)),
+                    (Scenario::DeadRemote, _) => {
+                        runtime.block_on(dead_remote(options, &mut report))
+                    }
+                    (Scenario::Restart, _) => runtime.block_on(restart(options, &mut report)),
+                    (Scenario::Plugin, _) => plugin_cost(options, &mut report),
+                };
+                if let Err(error) = result {
+                    report.failures.push(format!("{label}: {error:#}"));
+                }
+                for figure in &report.figures[before..] {
+                    eprintln!(
+                        "  {:<58} {:>16}{}",
+                        figure.name,
+                        format_value(figure.value, figure.unit),
+                        figure
+                            .ratio()
+                            .map_or(String::new(), |r| format!("  (ratio {r:.2})"))
+                    );
+                }
             }
         }
     }
@@ -2650,6 +3346,44 @@ mod tests {
             assert!((1..=3).contains(&blocks));
         }
         assert!((0..300).any(|i| cases_in(i) == 1) && (0..300).any(|i| cases_in(i) == 3));
+    }
+
+    #[test]
+    fn postgres_figures_are_set_beside_redb_ones() {
+        let figure = |scenario, name: &str, value| Figure {
+            scenario,
+            name: name.to_owned(),
+            value,
+            unit: "CPU s",
+            ceiling: None,
+            target: None,
+        };
+        let report = Report {
+            figures: vec![
+                figure("steady", "gateway CPU per 1,000 forms, ingest only", 0.1),
+                figure(
+                    "steady on postgres",
+                    "gateway CPU per 1,000 forms, ingest only",
+                    0.15,
+                ),
+                figure(
+                    "steady on postgres",
+                    "gateway + database CPU per 1,000 forms, ingest only",
+                    0.3,
+                ),
+                figure("steady on postgres", "WAL per form, ingest only", 4.0),
+            ],
+            ..Report::default()
+        };
+        let table = report.comparison_markdown();
+        assert!(
+            table.contains(
+                "| steady | gateway + database CPU per 1,000 forms, ingest only | 0.100 CPU s |  | 0.300 CPU s |  | 3.00 |"
+            ),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 3, "header, rule, one row:\n{table}");
+        assert!(Report::default().comparison_markdown().is_empty());
     }
 
     #[test]

@@ -30,8 +30,16 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", report.markdown());
-    println!("\nThe figures of issue 14's target table:\n");
+    let comparison = report.comparison_markdown();
+    if !comparison.is_empty() {
+        println!("\nPostgreSQL beside redb (same run; CPU on PostgreSQL is gateway + database):\n");
+        print!("{comparison}");
+    }
+    println!("\nThe figures with a target (issues 14 and 15):\n");
     print!("{}", report.targets_markdown());
+    for note in &report.notes {
+        println!("\nNote: {note}");
+    }
     for profile in &report.profile_reports {
         println!("\n{profile}");
     }
