@@ -32,16 +32,17 @@ cargo build --release -p repeatd --bin repeatd
 # Every test, then the suites that exercise the store most again on the PostgreSQL
 # backend: with REPEATD_TEST_STORE=postgres every test gateway without a
 # [store] table of its own gets a fresh database (tests/src/pg.rs). Both runs
-# go to the end; the script fails if either failed.
+# go to the end; the script fails if either failed. `--workspace` in both, so
+# that features unify as in the first run and nothing is compiled again.
 postgres_suites=(--test ingest --test delivery --test connections --test tenancy --test plugins)
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --no-fail-fast || status=$?
     REPEATD_TEST_STORE=postgres \
-        cargo nextest run --release -p repeatd-tests --no-fail-fast "${postgres_suites[@]}" || status=$?
+        cargo nextest run --release --workspace --no-fail-fast "${postgres_suites[@]}" || status=$?
 else
     cargo test --release --workspace --no-fail-fast || status=$?
     REPEATD_TEST_STORE=postgres \
-        cargo test --release -p repeatd-tests --no-fail-fast "${postgres_suites[@]}" || status=$?
+        cargo test --release --workspace --no-fail-fast "${postgres_suites[@]}" || status=$?
 fi
 exit "$status"
