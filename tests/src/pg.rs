@@ -29,10 +29,6 @@ pub async fn fresh_database_url() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::var("REPEATD_TEST_PG_URL")
         .expect("REPEATD_TEST_PG_URL must name a PostgreSQL the tests may CREATE DATABASE on");
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("connecting to REPEATD_TEST_PG_URL: {error}"));
-    let connection = tokio::spawn(connection);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.subsec_nanos());
@@ -41,16 +37,30 @@ pub async fn fresh_database_url() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
+    create_database(&base, &name)
+        .await
+        .unwrap_or_else(|error| panic!("REPEATD_TEST_PG_URL: {error:#}"))
+}
+
+/// Creates the database `name` on the server of `base` (a URL naming a
+/// database the role may CREATE DATABASE from); returns its URL. The tests
+/// and the load tool make theirs with it.
+pub async fn create_database(base: &str, name: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .context("connecting")?;
+    let connection = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
-        .unwrap_or_else(|error| panic!("creating the test database {name}: {error}"));
+        .with_context(|| format!("creating the database {name}"))?;
     drop(client);
     let _ = connection.await;
     let (prefix, _) = base
         .rsplit_once('/')
-        .expect("REPEATD_TEST_PG_URL ends in a database name");
-    format!("{prefix}/{name}")
+        .context("the PostgreSQL URL ends in a database name")?;
+    Ok(format!("{prefix}/{name}"))
 }
 
 /// A `[store]` table for the database at `url`.

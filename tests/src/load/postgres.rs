@@ -105,16 +105,7 @@ impl PgServer {
     /// a URL.
     pub async fn fresh_database(&self) -> anyhow::Result<String> {
         let name = format!("repeatd_load_{:x}_{}", std::process::id(), unique_suffix());
-        let client = connect(&self.base_url).await?;
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .with_context(|| format!("creating the database {name}"))?;
-        let (prefix, _) = self
-            .base_url
-            .rsplit_once('/')
-            .context("the PostgreSQL URL ends in a database name")?;
-        Ok(format!("{prefix}/{name}"))
+        crate::pg::create_database(&self.base_url, &name).await
     }
 }
 
